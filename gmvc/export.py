@@ -1,0 +1,116 @@
+"""Outputs a program can load (csv, json, json lines) and pictures a person can look at (PNG).
+Every file is written to a temporary name and renamed, so a crash never leaves half a file."""
+import json
+import os
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def atomic_write_text(path, text):
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_predictions_csv(path, gamma, labels=None):
+    """One row per sample: index, cluster, [label], p_0 .. p_{K-1}."""
+    cluster = gamma.argmax(1)
+    cols = [np.arange(len(gamma)), cluster] + ([labels] if labels is not None else [])
+    header = ["index", "cluster"] + (["label"] if labels is not None else []) + [f"p_{k}" for k in range(gamma.shape[1])]
+    ints = np.stack(cols, 1).astype(np.int64)
+    lines = [",".join(header)]
+    lines += [",".join(map(str, row_i)) + "," + ",".join(f"{p:.6g}" for p in row_p) for row_i, row_p in zip(ints, gamma)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _save(fig, path):
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _to_2d(a):
+    """First two principal components when there are more than two dimensions."""
+    a = a.reshape(len(a), -1)
+    if a.shape[1] <= 2:
+        return a if a.shape[1] == 2 else np.concatenate([a, np.zeros_like(a)], 1)
+    a = a - a.mean(0)
+    _, _, vt = np.linalg.svd(a[:5000], full_matrices=False)
+    return a @ vt[:2].T
+
+
+def _scatter(ax, points, colors, k, title):
+    cmap = plt.get_cmap("tab10" if k <= 10 else "tab20")
+    ax.scatter(points[:, 0], points[:, 1], c=colors, cmap=cmap, vmin=-0.5, vmax=(10 if k <= 10 else 20) - 0.5,
+               s=4, alpha=0.7, linewidths=0)
+    ax.set_title(title)
+    ax.set_aspect("equal", adjustable="datalim")
+
+
+def plot_scatter(path, points, clusters, k, title, max_points):
+    idx = np.linspace(0, len(points) - 1, min(len(points), max_points)).astype(int)
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    _scatter(ax, _to_2d(points)[idx], clusters[idx], k, title)
+    _save(fig, path)
+
+
+def image_grid(images):
+    """[rows, cols, H, W, C] -> one [rows*H, cols*W] (or RGB) array with 1-pixel gaps."""
+    rows, cols, h, w, c = images.shape
+    grid = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1, c), np.float32)
+    for i in range(rows):
+        for j in range(cols):
+            grid[i * (h + 1): i * (h + 1) + h, j * (w + 1): j * (w + 1) + w] = images[i, j]
+    return grid[..., 0] if c == 1 else grid
+
+
+def plot_image_rows(path, images, row_labels, title):
+    """One row of images per cluster."""
+    grid = image_grid(np.clip(images, 0, 1))
+    fig, ax = plt.subplots(figsize=(0.6 * images.shape[1] + 1, 0.6 * images.shape[0] + 0.6))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    h = images.shape[2] + 1
+    ax.set_yticks(np.arange(len(row_labels)) * h + h / 2 - 1, row_labels)
+    ax.set_xticks([])
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def examples_per_cluster(x, clusters, k, per_cluster):
+    """[K, per_cluster, ...] members of each cluster (blank where a cluster has too few)."""
+    out = np.ones((k, per_cluster) + x.shape[1:], np.float32)
+    for c in range(k):
+        members = x[clusters == c][:per_cluster]
+        out[c, : len(members)] = members
+    return out
+
+
+def write_plots(workdir, x, clusters, z_mean, samples, k, max_points):
+    """data_clusters.png, latent.png, samples.png; returns their paths."""
+    workdir = pathlib.Path(workdir)
+    paths = {name: workdir / f"{name}.png" for name in ("data_clusters", "latent", "samples")}
+    if x.ndim == 4:
+        n = samples.shape[1]
+        plot_image_rows(paths["data_clusters"], examples_per_cluster(x, clusters, k, n),
+                        [f"cluster {c}" for c in range(k)], "data by predicted cluster")
+        plot_image_rows(paths["samples"], samples, [f"cluster {c}" for c in range(k)], "samples per cluster")
+    else:
+        plot_scatter(paths["data_clusters"], x, clusters, k, "data coloured by predicted cluster", max_points)
+        flat = samples.reshape(-1, samples.shape[-1])
+        plot_scatter(paths["samples"], flat, np.repeat(np.arange(k), samples.shape[1]), k,
+                     "samples generated per cluster", max_points)
+    plot_scatter(paths["latent"], z_mean, clusters, k,
+                 "latent means" + (" (first 2 principal components)" if z_mean.shape[1] > 2 else ""), max_points)
+    return paths

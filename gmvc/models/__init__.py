@@ -1,0 +1,13 @@
+"""Model registry. A model is a bundle of pure functions over one parameter pytree
+`{"net": ..., "prior": ...}`; see gmvc/models/base.py."""
+from gmvc.errors import ConfigError
+from gmvc.models import gmvae
+from gmvc.models.base import Model
+
+_MODELS = {"gmvae": gmvae.make_gmvae}
+
+
+def make_model(model_cfg, data_shape) -> Model:
+    if model_cfg.name not in _MODELS:
+        raise ConfigError(f"unknown model {model_cfg.name!r}; known models: {sorted(_MODELS)}")
+    return _MODELS[model_cfg.name](model_cfg, tuple(data_shape))

@@ -1,0 +1,36 @@
+"""An objective is a weighted sum of ELBO terms: `{"recon": 1.0, "cv": 2.0, ...}` in the config.
+Weights may be schedules of the step (gmvc/schedules.py)."""
+import jax.numpy as jnp
+
+from gmvc.errors import ConfigError
+from gmvc.objectives.terms import TERMS
+from gmvc.schedules import make_schedule
+
+
+def make_objective(model, weights, term_options):
+    """Return loss_fn(params, batch, rng, step) -> (loss, aux) with one forward pass per call.
+
+    aux holds every term's unweighted value under its own name, plus "loss".
+    """
+    weights, term_options = dict(weights), {k: dict(v) for k, v in dict(term_options).items()}
+    unknown = sorted(set(weights) - set(TERMS))
+    if unknown:
+        raise ConfigError(f"unknown objective term(s) {unknown}; known terms: {sorted(TERMS)}")
+    unknown_opts = sorted(set(term_options) - set(TERMS))
+    if unknown_opts:
+        raise ConfigError(f"options given for unknown term(s) {unknown_opts}; known terms: {sorted(TERMS)}")
+    terms = {name: TERMS[name](term_options.get(name, {})) for name in weights}
+    schedules = {name: make_schedule(w, f"objective.{name}") for name, w in weights.items()}
+
+    def loss_fn(params, batch, rng, step):
+        out = model.apply(params, batch, rng)
+        loss, aux = jnp.float32(0.0), {}
+        for name, term in terms.items():
+            value, term_aux = term(params, batch, out, rng)
+            loss = loss + schedules[name](step) * value
+            aux[name] = value
+            aux.update(term_aux)
+        aux["loss"] = loss
+        return loss, aux
+
+    return loss_fn

@@ -1,0 +1,62 @@
+"""ELBO terms. Each factory takes the term's options and returns
+`term(params, batch, out, rng) -> (scalar, aux)`, where `out` is the model's one shared forward pass.
+Every term is a per-sample quantity averaged over the batch, so weights are comparable across
+batch sizes. Names here are the names used in configs, aux dicts and logs.
+"""
+import jax.numpy as jnp
+
+from gmvc import mixture
+from gmvc.models.base import log_likelihood
+
+
+def make_recon(opts):
+    """-E_q(z|x)[log p(x | z)] with the model's likelihood."""
+    def recon(params, batch, out, rng):
+        return -jnp.mean(log_likelihood(out["x_flat"], out)), {}
+    return recon
+
+
+def make_kl_z(opts):
+    """KL(q(z | x) || N(0, I)) in closed form (the VAE's prior term)."""
+    def kl_z(params, batch, out, rng):
+        return jnp.mean(mixture.kl_standard_normal(out["z_mean"], out["z_log_var"])), {}
+    return kl_z
+
+
+def make_cond_prior(opts):
+    """GMVAE conditional prior: E_{q(w|x) p(c|z,w)} KL(q(z | x) || p(z | w, c))."""
+    def cond_prior(params, batch, out, rng):
+        kl = mixture.kl_diag_normals(out["z_mean"][:, None], out["z_log_var"][:, None],
+                                     out["prior_means"], out["prior_log_vars"])   # [B, K]
+        return jnp.mean(jnp.sum(jnp.exp(out["log_gamma"]) * kl, axis=-1)), {}
+    return cond_prior
+
+
+def make_w_prior(opts):
+    """GMVAE w-prior: KL(q(w | x) || N(0, I))."""
+    def w_prior(params, batch, out, rng):
+        return jnp.mean(mixture.kl_standard_normal(out["w_mean"], out["w_log_var"])), {}
+    return w_prior
+
+
+def make_c_prior(opts):
+    """GMVAE c-prior: E[KL(p(c | z, w) || Uniform(K))], active only above the free-bits threshold
+    lambda (Dilokthanakul et al.'s minimum information constraint): max(KL, lambda)."""
+    free_bits = float(opts.get("free_bits", 0.0))
+
+    def c_prior(params, batch, out, rng):
+        log_gamma = out["log_gamma"]
+        kl = jnp.mean(jnp.log(log_gamma.shape[-1]) - mixture.categorical_entropy(log_gamma))
+        return jnp.maximum(kl, free_bits), {"c_prior_kl": kl}
+    return c_prior
+
+
+def make_cv(opts):
+    """Consistency violation: E[H(p(c | z, w))], the mean entropy of the responsibilities."""
+    def cv(params, batch, out, rng):
+        return jnp.mean(mixture.categorical_entropy(out["log_gamma"])), {}
+    return cv
+
+
+TERMS = {"recon": make_recon, "kl_z": make_kl_z, "cond_prior": make_cond_prior, "w_prior": make_w_prior,
+         "c_prior": make_c_prior, "cv": make_cv}

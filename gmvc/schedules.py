@@ -1,0 +1,45 @@
+"""Weight and learning-rate schedules: pure functions of the step, evaluated inside jit.
+
+A schedule spec in a config is either a number (constant) or a dict naming a kind:
+  {"kind": "constant", "value": v}
+  {"kind": "linear_warmup", "value": v, "warmup_steps": n, "start": s0}   s0 -> v over n steps
+  {"kind": "exponential_decay", "value": v, "decay_rate": r, "decay_steps": n, "floor": f}
+"""
+import jax.numpy as jnp
+
+from gmvc.errors import ConfigError
+
+
+def _constant(value):
+    return lambda step: jnp.asarray(value, jnp.float32)
+
+
+def _linear_warmup(value, warmup_steps, start=0.0):
+    def schedule(step):
+        frac = jnp.clip(step / max(warmup_steps, 1), 0.0, 1.0)
+        return jnp.asarray(start + (value - start) * frac, jnp.float32)
+    return schedule
+
+
+def _exponential_decay(value, decay_rate, decay_steps, floor=0.0):
+    def schedule(step):
+        decayed = value * decay_rate ** jnp.floor(step / decay_steps)
+        return jnp.maximum(jnp.asarray(decayed, jnp.float32), floor)
+    return schedule
+
+
+_KINDS = {"constant": _constant, "linear_warmup": _linear_warmup, "exponential_decay": _exponential_decay}
+
+
+def make_schedule(spec, what="schedule"):
+    """Return step -> float32 scalar from a number or a schedule dict."""
+    if isinstance(spec, (int, float)):
+        return _constant(float(spec))
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind not in _KINDS:
+        raise ConfigError(f"{what}: unknown schedule kind {kind!r}; known kinds: {sorted(_KINDS)}")
+    try:
+        return _KINDS[kind](**spec)
+    except TypeError as e:
+        raise ConfigError(f"{what}: bad arguments for schedule {kind!r}: {e}") from None
