@@ -51,6 +51,7 @@ def base_config():
     c.train.log_every = 250            # steps per compiled chunk; metrics are fetched once per chunk
     c.train.checkpoint_every = 2500    # rounded up to a multiple of log_every
     c.train.max_checkpoints = 3
+    c.train.restarts = 1               # independent inits trained together; the lowest objective wins
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 1000

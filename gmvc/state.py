@@ -29,5 +29,7 @@ def group_labels(params):
     return {group: jax.tree.map(lambda _: group, subtree) for group, subtree in params.items()}
 
 
-def create_state(params, tx):
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+def create_state(init_fn, tx, rng, restarts=1):
+    """{"step": scalar, "params": [R, ...], "opt_state": [R, ...]}: R independent initialisations."""
+    params = jax.vmap(init_fn)(jax.random.split(rng, restarts))
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": jax.vmap(tx.init)(params)}

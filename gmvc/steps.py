@@ -22,45 +22,81 @@ def make_train_step(loss_fn, tx, axis_name=None):
     return train_step
 
 
-def make_batch_indices(rng, num_examples, batch_size):
-    """indices(step) -> [batch_size] sample indices: epoch e is a permutation drawn from
-    fold_in(rng, e), cut into batches (the remainder is dropped). A function of the step alone,
-    so a resumed run reads exactly the batches an uninterrupted run would."""
+def make_restarts_step(train_step, restarts):
+    """Lift train_step to a state whose params and opt_state carry a leading [R] axis (independent
+    restarts) while the step counter and the batch are shared: one vmapped program trains all R."""
+
+    def restarts_step(state, batch, rng):
+        def one(params, opt_state, rng_r):
+            new, aux = train_step({"step": state["step"], "params": params, "opt_state": opt_state}, batch, rng_r)
+            return new["params"], new["opt_state"], aux
+
+        params, opt_state, aux = jax.vmap(one)(state["params"], state["opt_state"], jax.random.split(rng, restarts))
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, aux   # aux leaves [R]
+
+    return restarts_step
+
+
+def make_epoch_order(rng, num_examples, batch_size):
+    """Returns (steps_per_epoch, order(epoch) -> [N] permutation drawn from fold_in(rng, epoch)).
+    Epoch e is that permutation cut into batches (the remainder dropped): the batch of a step is a
+    function of the step alone, so a resumed run reads exactly what an uninterrupted one would."""
     steps_per_epoch = num_examples // batch_size
 
-    def indices(step):
-        perm = jax.random.permutation(jax.random.fold_in(rng, step // steps_per_epoch), num_examples)
-        return jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size)
+    def order(epoch):
+        # argsort of uniforms: one sort, much cheaper on CPU than jax.random.permutation.
+        return jnp.argsort(jax.random.uniform(jax.random.fold_in(rng, epoch), (num_examples,)))
 
-    return indices
+    return steps_per_epoch, order
 
 
-def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_steps, rng):
-    """chunk(state, x) -> (state, metrics): `chunk_len` steps in one lax.scan on device, with the
-    metrics averaged over the chunk. Steps at or past `total_steps` leave the state unchanged, so
-    every chunk has the same shape and the program compiles once."""
-    data_rng, step_rng = jax.random.split(rng)
-    batch_indices = make_batch_indices(data_rng, num_examples, batch_size)
+def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_steps):
+    """chunk(state, x, rng) -> (state, metrics): `chunk_len` steps in one lax.scan on device, with
+    the metrics averaged over the chunk. Steps at or past `total_steps` leave the state unchanged,
+    so every chunk has the same shape and the program compiles once. `rng` is the run's training
+    key: data order and step noise are folded in from it by epoch and by step."""
 
-    def chunk(state, x):
-        def run(s):
+    def chunk(state, x, rng):
+        data_rng, step_rng = jax.random.split(rng)
+        steps_per_epoch, order = make_epoch_order(data_rng, num_examples, batch_size)
+
+        def run(s, perm):
             step = s["step"]
-            return train_step(s, x[batch_indices(step)], jax.random.fold_in(step_rng, step))
+            idx = jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size)
+            return train_step(s, x[idx], jax.random.fold_in(step_rng, step))
 
-        aux_shape = jax.eval_shape(lambda s: run(s)[1], state)
+        perm0 = order(state["step"] // steps_per_epoch)
+        aux_shape = jax.eval_shape(lambda s: run(s, perm0)[1], state)
 
-        def body(s, _):
-            active = s["step"] < total_steps
-            skip = lambda s: (s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape))
-            s, aux = jax.lax.cond(active, run, skip, s)
-            return s, (aux, active)
+        def body(carry, _):
+            s, perm = carry
+            step = s["step"]
+            perm = jax.lax.cond(step % steps_per_epoch == 0, lambda: order(step // steps_per_epoch), lambda: perm)
+            skip = lambda s, perm: (s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape))
+            active = step < total_steps
+            s, aux = jax.lax.cond(active, run, skip, s, perm)
+            return (s, perm), (aux, active)
 
-        state, (aux, active) = jax.lax.scan(body, state, None, length=chunk_len)
+        (state, _), (aux, active) = jax.lax.scan(body, (state, perm0), None, length=chunk_len)
         count = jnp.maximum(jnp.sum(active), 1)
-        metrics = jax.tree.map(lambda a: jnp.sum(jnp.where(active, a, 0.0)) / count, aux)
+        # aux leaves are [chunk_len, ...]: average the active steps, keep any trailing axes.
+        metrics = jax.tree.map(lambda a: jnp.sum(jnp.where(active.reshape((-1,) + (1,) * (a.ndim - 1)), a, 0.0),
+                                                 axis=0) / count, aux)
         return state, metrics
 
     return chunk
+
+
+def make_full_loss(loss_fn, batch_size):
+    """full_loss(params, x) -> the objective averaged over every full batch of x, with fixed noise:
+    a label-free score to choose between restarts."""
+    batch_loss = jax.jit(lambda params, batch, step: loss_fn(params, batch, jax.random.key(0), step)[0])
+
+    def full_loss(params, x, step):
+        n = max(1, len(x) // batch_size)
+        return float(np.mean([batch_loss(params, x[i * batch_size:(i + 1) * batch_size], step) for i in range(n)]))
+
+    return full_loss
 
 
 def make_predict(model, batch_size):

@@ -27,7 +27,7 @@ def check_config(config, data):
     if t.batch_size < 1 or t.batch_size > n:
         raise DataError(f"train.batch_size={t.batch_size} must be between 1 and the number of samples ({n}) "
                         f"in {data.name!r}")
-    for key in ("steps", "log_every", "checkpoint_every"):
+    for key in ("steps", "log_every", "checkpoint_every", "restarts"):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {t[key]}")
 
@@ -47,7 +47,7 @@ class Progress:
         record = {"step": step, "steps_per_sec": round(rate, 2), "elapsed_s": round(elapsed, 2), **values}
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        terms = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+        terms = " ".join(f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, float))
         self.echo(f"step {step}/{self.total} | {rate:.1f} steps/s | ETA {_fmt_time(eta)} | {terms}", flush=True)
 
 
@@ -66,11 +66,11 @@ def _truncate_log(path, step):
     export.atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
-def _check_finite(step, values):
-    bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+def _check_finite(step, per_restart):
+    bad = {k: np.asarray(v).tolist() for k, v in per_restart.items() if not np.isfinite(v).all()}
     if bad:
-        raise TrainingError(f"non-finite values at step {step} in term(s) {bad}: "
-                            f"{ {k: values[k] for k in bad} }; no checkpoint was written for this chunk")
+        raise TrainingError(f"non-finite values at step {step} in term(s) {sorted(bad)} (values per restart: "
+                            f"{bad}); no checkpoint was written for this chunk")
 
 
 def train_and_evaluate(config, workdir, echo=print):
@@ -87,7 +87,8 @@ def train_and_evaluate(config, workdir, echo=print):
     export.write_json(workdir / "config.json", config_lib.to_dict(config))
     rng = jax.random.key(config.seed)
     init_rng, train_rng, sample_rng = jax.random.split(rng, 3)
-    state = create_state(model.init(init_rng), tx)
+    restarts = config.train.restarts
+    state = create_state(model.init, tx, init_rng, restarts)
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
     start = ckpt.latest_step() or 0
     if start:
@@ -98,14 +99,14 @@ def train_and_evaluate(config, workdir, echo=print):
 
     t = config.train
     ckpt_every = math.ceil(t.checkpoint_every / t.log_every) * t.log_every
-    chunk = steps.make_train_chunk(steps.make_train_step(loss_fn, tx), num_examples=len(data.x),
-                                   batch_size=t.batch_size, chunk_len=t.log_every, total_steps=t.steps,
-                                   rng=train_rng)
+    train_step = steps.make_restarts_step(steps.make_train_step(loss_fn, tx), restarts)
+    chunk = steps.make_train_chunk(train_step, num_examples=len(data.x),
+                                   batch_size=t.batch_size, chunk_len=t.log_every, total_steps=t.steps)
     trace_count = [0]
 
-    def counted_chunk(state, x):
+    def counted_chunk(state, x, rng):
         trace_count[0] += 1
-        return chunk(state, x)
+        return chunk(state, x, rng)
 
     run_chunk = jax.jit(counted_chunk, donate_argnums=0)
     x_device = jax.device_put(data.x)
@@ -113,20 +114,38 @@ def train_and_evaluate(config, workdir, echo=print):
     step = start
     t_train = time.time()
     while step < t.steps:
-        state, chunk_metrics = run_chunk(state, x_device)
-        values = {k: float(v) for k, v in jax.device_get(chunk_metrics).items()}
+        state, chunk_metrics = run_chunk(state, x_device, train_rng)
+        per_restart = jax.device_get(chunk_metrics)                 # each [R]
         step = min(step + t.log_every, t.steps)
-        _check_finite(step, values)
+        _check_finite(step, per_restart)
+        values = {k: float(np.mean(v)) for k, v in per_restart.items()}
+        if restarts > 1:
+            values["loss_per_restart"] = [round(float(v), 5) for v in per_restart["loss"]]
         progress(step, values)
         if step % ckpt_every == 0 or step == t.steps:
             ckpt.save(step, state)
     train_seconds = time.time() - t_train
     ckpt.close()
-    summary = evaluate(config, model, state["params"], data, workdir, sample_rng, echo)
+    params, choice = choose_restart(config, loss_fn, state["params"], data.x, t.steps)
+    if restarts > 1:
+        echo(f"restart {choice['chosen_restart']} of {restarts} has the lowest objective on the data "
+             f"({choice['restart_objective'][choice['chosen_restart']]:.4f}); its parameters are used", flush=True)
+    summary = evaluate(config, model, params, data, workdir, sample_rng, echo)
+    summary.update(choice)
     summary.update({"steps": int(step), "train_seconds": round(train_seconds, 2), "compiles": trace_count[0]})
     export.write_json(workdir / "results.json", summary)
     echo(f"results: {workdir / 'results.json'}", flush=True)
     return summary
+
+
+def choose_restart(config, loss_fn, stacked_params, x, step):
+    """Pick the restart with the lowest training objective on the whole data (no labels)."""
+    full_loss = steps.make_full_loss(loss_fn, config.eval.batch_size)
+    losses = [full_loss(jax.tree.map(lambda a: a[r], stacked_params), x, step)
+              for r in range(config.train.restarts)]
+    best = int(np.nanargmin(losses)) if np.isfinite(losses).any() else 0
+    return (jax.tree.map(lambda a: a[best], stacked_params),
+            {"chosen_restart": best, "restart_objective": [round(v, 5) for v in losses]})
 
 
 def evaluate(config, model, params, data, workdir, rng, echo=print):

@@ -3,6 +3,7 @@
 Every term is a per-sample quantity averaged over the batch, so weights are comparable across
 batch sizes. Names here are the names used in configs, aux dicts and logs.
 """
+import jax
 import jax.numpy as jnp
 
 from gmvc import mixture
@@ -58,5 +59,14 @@ def make_cv(opts):
     return cv
 
 
+def make_c_marginal(opts):
+    """KL(mean_b q(c | x_b) || Uniform(K)): how far the batch's cluster usage is from the uniform
+    p(c). The per-sample c-prior cannot see one cluster taking all the data; this term can."""
+    def c_marginal(params, batch, out, rng):
+        log_marginal = jax.nn.logsumexp(out["log_gamma"], axis=0) - jnp.log(out["log_gamma"].shape[0])   # [K]
+        return jnp.log(log_marginal.shape[0]) - mixture.categorical_entropy(log_marginal), {}
+    return c_marginal
+
+
 TERMS = {"recon": make_recon, "kl_z": make_kl_z, "cond_prior": make_cond_prior, "w_prior": make_w_prior,
-         "c_prior": make_c_prior, "cv": make_cv}
+         "c_prior": make_c_prior, "cv": make_cv, "c_marginal": make_c_marginal}
