@@ -1,8 +1,9 @@
 """gmvc command line: python -m gmvc.main --config=configs/gmvae_spiral.py [--workdir=DIR]
 Any config field can be overridden: --config.train.steps=2000."""
+import logging as std_logging
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gmvc.errors import GmvcError
@@ -18,6 +19,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from gmvc.train import train_and_evaluate  # after flag parsing: keeps --help fast
 
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    std_logging.getLogger().setLevel(std_logging.WARNING)
     config = _CONFIG.value
     workdir = _WORKDIR.value or f"runs/{config.name}"
     try:
@@ -27,8 +30,22 @@ def main(argv):
         sys.exit(2)
 
 
+def parse_flags(argv):
+    """absl's parser, with config errors (unknown key, bad value, missing file) as one clear line."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+        message = str(e).replace("\\n", " ").replace("\n", " ").replace("\\'", "'").strip("'\" ")
+        if isinstance(e, AttributeError):
+            message = f"unknown config key: {message}"
+        print(f"gmvc: error: {message}", file=sys.stderr)
+        print(f"usage: python -m gmvc.main --config=configs/<experiment>.py [--workdir=DIR] "
+              f"[--config.<key>=<value> ...]", file=sys.stderr)
+        sys.exit(2)
+
+
 def run():
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

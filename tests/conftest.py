@@ -1,0 +1,36 @@
+"""Test setup: 8 fake CPU devices (before jax is imported), quiet logs, and small-run helpers."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, timeout=300, **popen):
+    """Run `python -m gmvc.main` from the project root; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "gmvc.main", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, **popen)
+
+
+def read_results(workdir):
+    return json.loads((pathlib.Path(workdir) / "results.json").read_text())
+
+
+@pytest.fixture
+def spiral_config():
+    """The default spiral config, shrunk for fast tests (one restart, few steps)."""
+    from gmvc.config import from_sibling
+    c = from_sibling(str(ROOT / "configs" / "x.py"), "gmvae_spiral.py")
+    c.train.restarts = 1
+    c.train.steps = 200
+    c.train.log_every = 50
+    c.train.checkpoint_every = 100
+    c.data.num_points = 1000
+    return c

@@ -1,0 +1,260 @@
+"""ELBO terms (gmvc/objectives/terms.py) and make_objective on a real, small GMVAE."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+from scipy import special, stats
+
+from gmvc.config import base_config
+from gmvc.errors import ConfigError
+from gmvc.models import make_model
+from gmvc.objectives import make_objective
+from gmvc.objectives.terms import TERMS
+
+B, K = 8, 3
+SETTINGS = ("gaussian_fixed", "gaussian_learned", "bernoulli")
+
+
+def _setup(setting):
+    cfg = base_config()
+    m = cfg.model
+    m.hidden_sizes, m.z_dim, m.w_dim, m.prior_hidden, m.num_clusters = (16,), 2, 2, 8, K
+    rng = np.random.default_rng(0)
+    if setting == "bernoulli":
+        m.likelihood = "bernoulli"
+        shape = (3, 3, 1)                       # images, flattened by the model
+        x = rng.uniform(0.0, 1.0, (B, *shape))
+    else:
+        m.likelihood, m.sigma = "gaussian", (0.1 if setting == "gaussian_fixed" else 0.0)
+        shape = (5,)
+        x = rng.normal(0.0, 1.0, (B, *shape))
+    model = make_model(m, shape)
+    params = model.init(jax.random.PRNGKey(0))
+    return cfg, model, params, jnp.asarray(x, jnp.float32)
+
+
+@pytest.fixture(scope="module", params=SETTINGS)
+def setup(request):
+    cfg, model, params, x = _setup(request.param)
+    rng = jax.random.PRNGKey(1)
+    out = model.apply(params, x, rng)
+    return {"setting": request.param, "cfg": cfg, "model": model, "params": params, "x": x, "rng": rng,
+            "out": out, "np": {k: np.asarray(v, np.float64) for k, v in out.items()}}
+
+
+def _term_fn(model, name, x, rng, opts=None):
+    term = TERMS[name](opts or {})
+    return lambda params: term(params, x, model.apply(params, x, rng), rng)[0]
+
+
+def _np_kl_normals(mq, lvq, mp, lvp):
+    """Textbook KL(N(mq, sq^2) || N(mp, sp^2)) = log(sp/sq) + (sq^2 + (mq-mp)^2) / (2 sp^2) - 1/2, summed."""
+    sq, sp = np.exp(0.5 * lvq), np.exp(0.5 * lvp)
+    return np.sum(np.log(sp / sq) + (sq**2 + (mq - mp) ** 2) / (2 * sp**2) - 0.5, axis=-1)
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_term_value_and_grad_finite(setup, name):
+    f = _term_fn(setup["model"], name, setup["x"], setup["rng"])
+    value, grads = jax.value_and_grad(f)(setup["params"])
+    assert value.shape == () and np.isfinite(float(value))
+    leaves = jax.tree_util.tree_leaves(grads)
+    assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+
+
+# Which parameters each term must reach (a term with an all-zero gradient would train nothing).
+_REACHES = {"recon": ("encoder", "z_head", "decoder", "decoder_head"), "kl_z": ("encoder", "z_head"),
+            "w_prior": ("encoder", "w_head"), "cond_prior": ("z_head", "w_head", "prior_hidden", "prior_head"),
+            "c_prior": ("z_head", "w_head", "prior_head"), "cv": ("z_head", "w_head", "prior_head"),
+            "c_marginal": ("z_head", "w_head", "prior_head")}
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_term_gradient_reaches_its_parameters(name):
+    _, model, params, x = _setup("gaussian_fixed")
+    grads = jax.grad(_term_fn(model, name, x, jax.random.PRNGKey(1)))(params)["net"]
+    for module in _REACHES[name]:
+        assert float(jnp.abs(grads[module]["kernel"]).max()) > 0.0, (name, module)
+    if name in ("kl_z", "w_prior"):     # depends on the encoder only
+        assert float(jnp.abs(grads["decoder_head"]["kernel"]).max()) == 0.0
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_term_gradient_numerically(setting, name):
+    # Finite differences in float32 (eps ~ 1e-3, values up to ~1e3 for sigma = 0.1) are too noisy to
+    # say anything, so the check runs in float64: params and data cast, the same rng key.
+    _, model, params, x = _setup(setting)
+    with jax.enable_x64(True):
+        params64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x64 = jnp.asarray(x, jnp.float64)
+        f = _term_fn(model, name, x64, jax.random.PRNGKey(1))
+        assert f(params64).dtype == jnp.float64
+        check_grads(f, (params64,), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_log_gamma_is_exact_posterior(setup):
+    o = setup["np"]
+    dens = np.array([[stats.multivariate_normal(o["prior_means"][b, k], np.diag(np.exp(o["prior_log_vars"][b, k])))
+                      .logpdf(o["z"][b]) for k in range(K)] for b in range(B)])
+    want = dens - special.logsumexp(dens, axis=1, keepdims=True)       # uniform p(c)
+    np.testing.assert_allclose(o["log_gamma"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_recon_value(setup):
+    o, setting = setup["np"], setup["setting"]
+    value, aux = TERMS["recon"]({})(setup["params"], setup["x"], setup["out"], setup["rng"])
+    x = o["x_flat"]
+    assert x.shape == (B, 9 if setting == "bernoulli" else 5)
+    if setting == "bernoulli":
+        p = special.expit(o["x_logits"])
+        want = -np.mean(np.sum(stats.bernoulli.logpmf(0, p) * (1 - x) + stats.bernoulli.logpmf(1, p) * x, 1))
+    else:
+        if setting == "gaussian_fixed":
+            np.testing.assert_allclose(o["x_log_var"], 2 * np.log(0.1), rtol=1e-6)
+        else:
+            assert np.all(o["x_log_var"] >= 2 * np.log(0.01) - 1e-5) and np.all(o["x_log_var"] <= 1e-6)
+        want = -np.mean(np.sum(stats.norm.logpdf(x, o["x_loc"], np.exp(0.5 * o["x_log_var"])), 1))
+    assert aux == {}
+    assert float(value) == pytest.approx(want, rel=1e-5, abs=1e-4)
+
+
+@pytest.mark.parametrize("name,prefix", [("kl_z", "z"), ("w_prior", "w")])
+def test_standard_normal_kl_terms(setup, name, prefix):
+    o = setup["np"]
+    m, lv = o[f"{prefix}_mean"], o[f"{prefix}_log_var"]
+    want = np.mean(_np_kl_normals(m, lv, np.zeros_like(m), np.zeros_like(lv)))
+    value, _ = TERMS[name]({})(setup["params"], setup["x"], setup["out"], setup["rng"])
+    assert want > 0.0
+    assert float(value) == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_cond_prior_is_responsibility_weighted_kl(setup):
+    o = setup["np"]
+    kl = _np_kl_normals(o["z_mean"][:, None], o["z_log_var"][:, None], o["prior_means"], o["prior_log_vars"])  # [B, K]
+    gamma = np.exp(o["log_gamma"])
+    want = np.mean(np.sum(gamma * kl, axis=1))
+    value, aux = TERMS["cond_prior"]({})(setup["params"], setup["x"], setup["out"], setup["rng"])
+    assert aux == {}
+    assert float(value) == pytest.approx(want, rel=1e-5, abs=1e-5)
+    # Not a plain average over components: weights matter (responsibilities are not uniform here).
+    assert abs(want - np.mean(kl)) > 1e-4
+
+
+def test_c_prior_free_bits(setup):
+    o = setup["np"]
+    kl = float(np.mean(np.log(K) - stats.entropy(np.exp(o["log_gamma"]), axis=1)))
+    assert 0.0 < kl < np.log(K)
+    args = (setup["params"], setup["x"], setup["out"], setup["rng"])
+    for free_bits in (0.0, kl / 2):                 # below the KL: the KL itself
+        value, aux = TERMS["c_prior"]({"free_bits": free_bits})(*args)
+        assert float(value) == pytest.approx(kl, rel=1e-4, abs=1e-6)
+        assert float(aux["c_prior_kl"]) == pytest.approx(kl, rel=1e-4, abs=1e-6)
+    value, aux = TERMS["c_prior"]({"free_bits": kl + 0.3})(*args)   # above: the threshold, KL still reported
+    assert float(value) == pytest.approx(kl + 0.3, rel=1e-6)
+    assert float(aux["c_prior_kl"]) == pytest.approx(kl, rel=1e-4, abs=1e-6)
+    assert float(TERMS["c_prior"]({})(*args)[0]) == pytest.approx(kl, rel=1e-4, abs=1e-6)   # default 0
+
+
+def test_c_prior_free_bits_blocks_gradient():
+    _, model, params, x = _setup("gaussian_fixed")
+    rng = jax.random.PRNGKey(1)
+    grads = jax.grad(_term_fn(model, "c_prior", x, rng, {"free_bits": 10.0}))(params)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(grads))
+    grads = jax.grad(_term_fn(model, "c_prior", x, rng, {"free_bits": 0.0}))(params)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads)) > 0.0
+
+
+def test_cv_is_mean_entropy(setup):
+    want = np.mean(stats.entropy(np.exp(setup["np"]["log_gamma"]), axis=1))
+    value, aux = TERMS["cv"]({})(setup["params"], setup["x"], setup["out"], setup["rng"])
+    assert aux == {}
+    assert float(value) == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_c_marginal_value(setup):
+    p = np.exp(setup["np"]["log_gamma"]).mean(axis=0)
+    want = np.sum(p * np.log(p * K))
+    value, _ = TERMS["c_marginal"]({})(setup["params"], setup["x"], setup["out"], setup["rng"])
+    assert float(value) == pytest.approx(want, rel=1e-4, abs=1e-6)
+
+
+def _c_marginal(log_gamma):
+    return float(TERMS["c_marginal"]({})(None, None, {"log_gamma": jnp.asarray(log_gamma, jnp.float32)}, None)[0])
+
+
+def test_c_marginal_zero_for_uniform_usage():
+    assert _c_marginal(np.full((5, K), -np.log(K))) == pytest.approx(0.0, abs=1e-6)
+    # Confident samples that use the clusters equally: also uniform marginal.
+    rows = np.array([[0.98, 0.01, 0.01], [0.01, 0.98, 0.01], [0.01, 0.01, 0.98]])
+    assert _c_marginal(np.log(np.tile(rows, (2, 1)))) == pytest.approx(0.0, abs=1e-6)
+    # The per-sample c-prior would call these confident samples far from uniform; c_marginal does not.
+    assert np.mean(np.log(K) - stats.entropy(rows, axis=1)) > 0.9
+
+
+def test_c_marginal_log_k_when_one_cluster_takes_all():
+    log_gamma = jax.nn.log_softmax(jnp.tile(jnp.array([0.0, -1e4, -1e4]), (6, 1)))   # p = (1, 0, 0) numerically
+    assert _c_marginal(log_gamma) == pytest.approx(np.log(K), rel=1e-6)
+    # Two of three clusters equally: log 3 - log 2.
+    log_gamma = np.log(np.array([[0.999, 0.0005, 0.0005], [0.0005, 0.999, 0.0005]] * 3))
+    assert _c_marginal(log_gamma) == pytest.approx(np.log(3) - np.log(2), abs=2e-3)
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_terms_are_batch_averages(setup, name):
+    """Every term is a per-sample mean: the batch repeated twice gives the same value."""
+    out2 = {k: jnp.concatenate([v, v], axis=0) for k, v in setup["out"].items()}
+    x2 = jnp.concatenate([setup["x"]] * 2)
+    term = TERMS[name]({})
+    v1 = float(term(setup["params"], setup["x"], setup["out"], setup["rng"])[0])
+    v2 = float(term(setup["params"], x2, out2, setup["rng"])[0])
+    assert v2 == pytest.approx(v1, rel=1e-5, abs=1e-6)
+
+
+# ---------------------------------------------------------------- make_objective
+
+def test_make_objective_weighted_sum():
+    cfg, model, params, x = _setup("gaussian_fixed")
+    weights = {"recon": 1.0, "kl_z": 0.1, "cond_prior": 0.5, "c_prior": 2.0, "cv": 3.0, "c_marginal": 0.25,
+               "w_prior": {"kind": "linear_warmup", "value": 2.0, "warmup_steps": 10, "start": 0.0}}
+    loss_fn = make_objective(model, weights, {"c_prior": {"free_bits": 0.0}})
+    rng = jax.random.PRNGKey(1)
+    loss, aux = loss_fn(params, x, rng, 5)
+    assert set(aux) == set(weights) | {"c_prior_kl", "loss"}
+    w_at_5 = dict(weights, w_prior=1.0)
+    want = sum(w * float(aux[name]) for name, w in w_at_5.items())
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    assert float(aux["loss"]) == float(loss)
+    # aux holds the unweighted term values of the same forward pass.
+    out = model.apply(params, x, rng)
+    for name in weights:
+        assert float(aux[name]) == pytest.approx(float(TERMS[name]({})(params, x, out, rng)[0]), rel=1e-5, abs=1e-6)
+    # Schedules follow the step, also under jit with a traced step.
+    loss_0, aux_0 = jax.jit(loss_fn)(params, x, rng, jnp.int32(0))
+    want_0 = sum(w * float(aux_0[name]) for name, w in dict(weights, w_prior=0.0).items())
+    assert float(loss_0) == pytest.approx(want_0, rel=1e-4)
+    assert float(loss_0) == pytest.approx(float(loss) - float(aux["w_prior"]), rel=1e-4)
+
+
+def test_make_objective_from_base_config():
+    cfg, model, params, x = _setup("bernoulli")
+    loss_fn = make_objective(model, cfg.objective, cfg.terms)        # ConfigDicts, as the trainer passes them
+    loss, aux = loss_fn(params, x, jax.random.PRNGKey(2), 0)
+    assert set(aux) == {"recon", "cond_prior", "w_prior", "c_prior", "cv", "c_prior_kl", "loss"}
+    assert float(aux["c_prior"]) == pytest.approx(max(float(aux["c_prior_kl"]), 0.5), rel=1e-6)   # free_bits 0.5
+    want = sum(float(aux[n]) for n in ("recon", "cond_prior", "w_prior", "c_prior", "cv"))
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    value, grads = jax.value_and_grad(lambda p: loss_fn(p, x, jax.random.PRNGKey(2), 0)[0])(params)
+    assert float(value) == pytest.approx(float(loss), rel=1e-6)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_make_objective_unknown_term():
+    _, model, _, _ = _setup("gaussian_fixed")
+    with pytest.raises(ConfigError, match="recn"):
+        make_objective(model, {"recon": 1.0, "recn": 1.0}, {})
+    with pytest.raises(ConfigError, match="cv_prior"):
+        make_objective(model, {"recon": 1.0}, {"cv_prior": {"free_bits": 1.0}})
+    with pytest.raises(ConfigError, match="objective.cv"):
+        make_objective(model, {"cv": {"kind": "cosine"}}, {})

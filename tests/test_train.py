@@ -1,0 +1,110 @@
+"""The training loop: resume equivalence, one compile, outputs, NaN reporting, checkpoints."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from gmvc.checkpoint import Checkpointer
+from gmvc.errors import CheckpointError, TrainingError
+from gmvc.train import train_and_evaluate
+
+quiet = dict(echo=lambda *a, **k: None)
+
+
+def final_params(workdir, step):
+    ckpt = Checkpointer(workdir / "checkpoints")
+    try:
+        restored = ckpt._manager.restore(step)
+    finally:
+        ckpt.close()
+    return restored["params"]
+
+
+def assert_trees_equal(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_resume_gives_identical_parameters(spiral_config, tmp_path):
+    straight = train_and_evaluate(spiral_config, tmp_path / "straight", **quiet)
+    assert straight["compiles"] == 1
+
+    half = spiral_config.copy_and_resolve_references()
+    half.train.steps = 100
+    train_and_evaluate(half, tmp_path / "resumed", **quiet)
+    messages = []
+    resumed = train_and_evaluate(spiral_config, tmp_path / "resumed", echo=lambda m, **k: messages.append(m))
+    assert any("Resuming from checkpoint" in m and "step 100" in m for m in messages)
+    assert resumed["compiles"] == 1
+    assert_trees_equal(final_params(tmp_path / "straight", 200), final_params(tmp_path / "resumed", 200))
+    # The log of the resumed run holds each logged step exactly once.
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [50, 100, 150, 200]
+
+
+def test_steps_not_multiple_of_log_every(spiral_config, tmp_path):
+    spiral_config.train.steps = 120   # the last chunk runs 20 active steps of 50
+    out = train_and_evaluate(spiral_config, tmp_path, **quiet)
+    assert out["steps"] == 120 and out["compiles"] == 1
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.latest_step() == 120
+    state = ckpt._manager.restore(120)
+    ckpt.close()
+    assert int(state["step"]) == 120
+
+
+def test_restarts_choose_lowest_objective(spiral_config, tmp_path):
+    spiral_config.train.restarts = 3
+    out = train_and_evaluate(spiral_config, tmp_path, **quiet)
+    losses = out["restart_objective"]
+    assert len(losses) == 3 and len(set(losses)) == 3          # different inits, different results
+    assert out["chosen_restart"] == int(np.argmin(losses))
+
+
+def test_outputs_written(spiral_config, tmp_path):
+    out = train_and_evaluate(spiral_config, tmp_path, **quiet)
+    for name in ("predictions", "metrics_log", "config", "data_clusters", "latent", "samples"):
+        assert (tmp_path / out["files"][name].split("/")[-1]).stat().st_size > 0, name
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "index,cluster,label," + ",".join(f"p_{k}" for k in range(5))
+    assert len(rows) == 1 + 1000
+    probs = np.array([[float(v) for v in r.split(",")[3:]] for r in rows[1:]])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    clusters = np.array([int(r.split(",")[1]) for r in rows[1:]])
+    np.testing.assert_array_equal(clusters, probs.argmax(1))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["train"]["steps"] == 200 and saved["model"]["num_clusters"] == 5
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("step", "steps_per_sec", "loss", "recon", "cond_prior", "w_prior", "c_prior", "cv"):
+        assert key in record
+    assert 0.0 <= out["acc"] <= 1.0 and sum(out["cluster_sizes"]) == 1000
+
+
+def test_nan_is_reported_with_step_and_term(spiral_config, tmp_path):
+    spiral_config.data.source = "file:" + str(tmp_path / "huge.npy")
+    np.save(tmp_path / "huge.npy", np.full((500, 2), 1e30, np.float32))
+    with pytest.raises(TrainingError, match=r"step 50 .*recon"):
+        train_and_evaluate(spiral_config, tmp_path / "run", **quiet)
+    assert not (tmp_path / "run" / "checkpoints" / "50").exists()
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(spiral_config, tmp_path):
+    train_and_evaluate(spiral_config, tmp_path, **quiet)
+    step_dir = tmp_path / "checkpoints" / "200"
+    files = [p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 0]
+    for p in files:
+        p.write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError, match=str(step_dir)):
+        train_and_evaluate(spiral_config, tmp_path, **quiet)
+    assert all(p.exists() for p in files)
+
+
+def test_incompatible_checkpoint_is_reported_and_kept(spiral_config, tmp_path):
+    train_and_evaluate(spiral_config, tmp_path, **quiet)
+    spiral_config.model.hidden_sizes = (37,)
+    with pytest.raises(CheckpointError, match="checkpoints/200"):
+        train_and_evaluate(spiral_config, tmp_path, **quiet)
+    assert (tmp_path / "checkpoints" / "200").is_dir()
