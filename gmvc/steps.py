@@ -14,7 +14,7 @@ def make_train_step(loss_fn, tx, axis_name=None):
         if axis_name is not None:
             grads, aux = jax.lax.pmean((grads, aux), axis_name)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        aux["grad_norm"] = optax.global_norm(grads)
+        aux["grad_norm"] = optax.tree.norm(grads)
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                      "opt_state": opt_state}
         return new_state, aux

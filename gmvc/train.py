@@ -37,18 +37,22 @@ class Progress:
 
     def __init__(self, log_path, start_step, total_steps, echo=print):
         self.log_path, self.total, self.echo = log_path, total_steps, echo
-        self.t0, self.step0 = time.time(), start_step
+        self.t0 = self.t_last = time.time()
+        self.step_last = start_step
         _truncate_log(log_path, start_step)
 
     def __call__(self, step, values):
-        elapsed = time.time() - self.t0
-        rate = (step - self.step0) / max(elapsed, 1e-9)
+        now = time.time()
+        first = self.t_last == self.t0    # the first chunk's time includes compilation
+        rate = (step - self.step_last) / max(now - self.t_last, 1e-9)
+        self.t_last, self.step_last = now, step
         eta = (self.total - step) / rate if rate > 0 else float("nan")
-        record = {"step": step, "steps_per_sec": round(rate, 2), "elapsed_s": round(elapsed, 2), **values}
+        record = {"step": step, "steps_per_sec": round(rate, 2), "elapsed_s": round(now - self.t0, 2), **values}
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         terms = " ".join(f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, float))
-        self.echo(f"step {step}/{self.total} | {rate:.1f} steps/s | ETA {_fmt_time(eta)} | {terms}", flush=True)
+        note = " (incl. compile)" if first else ""
+        self.echo(f"step {step}/{self.total} | {rate:.1f} steps/s{note} | ETA {_fmt_time(eta)} | {terms}", flush=True)
 
 
 def _fmt_time(seconds):

@@ -1,4 +1,7 @@
 """ELBO terms (gmvc/objectives/terms.py) and make_objective on a real, small GMVAE."""
+import functools
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +17,12 @@ from gmvc.objectives.terms import TERMS
 
 B, K = 8, 3
 SETTINGS = ("gaussian_fixed", "gaussian_learned", "bernoulli")
+NAMES = sorted(TERMS)
 
 
+@functools.lru_cache(maxsize=None)
 def _setup(setting):
+    """(cfg, model, params, x) for one likelihood setting; cached, so treat as read-only."""
     cfg = base_config()
     m = cfg.model
     m.hidden_sizes, m.z_dim, m.w_dim, m.prior_hidden, m.num_clusters = (16,), 2, 2, 8, K
@@ -30,22 +36,37 @@ def _setup(setting):
         shape = (5,)
         x = rng.normal(0.0, 1.0, (B, *shape))
     model = make_model(m, shape)
-    params = model.init(jax.random.PRNGKey(0))
+    params = jax.jit(model.init)(jax.random.PRNGKey(0))
     return cfg, model, params, jnp.asarray(x, jnp.float32)
+
+
+def _all_terms_fn(model, x, rng, opts=None):
+    """params -> [len(NAMES)] vector of every term's value, from one forward pass."""
+    terms = [TERMS[n]((opts or {}).get(n, {})) for n in NAMES]
+
+    def f(params):
+        out = model.apply(params, x, rng)
+        return jnp.stack([t(params, x, out, rng)[0] for t in terms])
+    return f
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(setting):
+    """One compiled float32 call per setting (compiles dominate this file's runtime): the forward
+    pass `out`, every term's value and d(term)/d(params) for each term (leaves [len(NAMES), ...])."""
+    _, model, params, x = _setup(setting)
+    rng = jax.random.PRNGKey(1)
+    f = _all_terms_fn(model, x, rng)
+    out, values, jac = jax.jit(lambda p: (model.apply(p, x, rng), f(p), jax.jacrev(f)(p)))(params)
+    return out, np.asarray(values), jac
 
 
 @pytest.fixture(scope="module", params=SETTINGS)
 def setup(request):
     cfg, model, params, x = _setup(request.param)
-    rng = jax.random.PRNGKey(1)
-    out = model.apply(params, x, rng)
-    return {"setting": request.param, "cfg": cfg, "model": model, "params": params, "x": x, "rng": rng,
-            "out": out, "np": {k: np.asarray(v, np.float64) for k, v in out.items()}}
-
-
-def _term_fn(model, name, x, rng, opts=None):
-    term = TERMS[name](opts or {})
-    return lambda params: term(params, x, model.apply(params, x, rng), rng)[0]
+    out, _, _ = _compiled(request.param)
+    return {"setting": request.param, "cfg": cfg, "model": model, "params": params, "x": x,
+            "rng": jax.random.PRNGKey(1), "out": out, "np": {k: np.asarray(v, np.float64) for k, v in out.items()}}
 
 
 def _np_kl_normals(mq, lvq, mp, lvp):
@@ -54,44 +75,68 @@ def _np_kl_normals(mq, lvq, mp, lvp):
     return np.sum(np.log(sp / sq) + (sq**2 + (mq - mp) ** 2) / (2 * sp**2) - 0.5, axis=-1)
 
 
-@pytest.mark.parametrize("name", sorted(TERMS))
-def test_term_value_and_grad_finite(setup, name):
-    f = _term_fn(setup["model"], name, setup["x"], setup["rng"])
-    value, grads = jax.value_and_grad(f)(setup["params"])
-    assert value.shape == () and np.isfinite(float(value))
-    leaves = jax.tree_util.tree_leaves(grads)
-    assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("name", NAMES)
+def test_term_value_and_grad_finite(setting, name):
+    _, values, jac = _compiled(setting)
+    i = NAMES.index(name)
+    assert np.isfinite(values[i])
+    leaves = jax.tree_util.tree_leaves(jac)
+    assert len(leaves) == 14 and all(bool(jnp.all(jnp.isfinite(g[i]))) for g in leaves)
 
 
-# Which parameters each term must reach (a term with an all-zero gradient would train nothing).
+def test_values_match_eager_terms(setup):
+    """The compiled all-terms vector is the terms' values on `out` (guards the helper)."""
+    _, values, _ = _compiled(setup["setting"])
+    for i, name in enumerate(NAMES):
+        want = float(TERMS[name]({})(setup["params"], setup["x"], setup["out"], setup["rng"])[0])
+        assert values[i] == pytest.approx(want, rel=1e-5, abs=1e-5), name
+
+
+# Which parameter groups each term must reach (a term with an all-zero gradient would train nothing).
 _REACHES = {"recon": ("encoder", "z_head", "decoder", "decoder_head"), "kl_z": ("encoder", "z_head"),
             "w_prior": ("encoder", "w_head"), "cond_prior": ("z_head", "w_head", "prior_hidden", "prior_head"),
             "c_prior": ("z_head", "w_head", "prior_head"), "cv": ("z_head", "w_head", "prior_head"),
             "c_marginal": ("z_head", "w_head", "prior_head")}
 
 
-@pytest.mark.parametrize("name", sorted(TERMS))
+@pytest.mark.parametrize("name", NAMES)
 def test_term_gradient_reaches_its_parameters(name):
-    _, model, params, x = _setup("gaussian_fixed")
-    grads = jax.grad(_term_fn(model, name, x, jax.random.PRNGKey(1)))(params)["net"]
-    for module in _REACHES[name]:
-        assert float(jnp.abs(grads[module]["kernel"]).max()) > 0.0, (name, module)
-    if name in ("kl_z", "w_prior"):     # depends on the encoder only
-        assert float(jnp.abs(grads["decoder_head"]["kernel"]).max()) == 0.0
+    _, _, jac = _compiled("gaussian_learned")
+    i = NAMES.index(name)
+    for module, grads in jac["net"].items():
+        size = max(float(jnp.abs(g[i]).max()) for g in jax.tree_util.tree_leaves(grads))
+        if module in _REACHES[name]:
+            assert size > 0.0, (name, module)
+        elif name in ("kl_z", "w_prior") or (name != "recon" and module.startswith("decoder")):
+            assert size == 0.0, (name, module)     # e.g. only recon depends on the decoder
 
 
-@pytest.mark.parametrize("setting", SETTINGS)
-@pytest.mark.parametrize("name", sorted(TERMS))
-def test_term_gradient_numerically(setting, name):
-    # Finite differences in float32 (eps ~ 1e-3, values up to ~1e3 for sigma = 0.1) are too noisy to
-    # say anything, so the check runs in float64: params and data cast, the same rng key.
-    _, model, params, x = _setup(setting)
+def test_term_gradients_numerically():
+    # Finite differences in float32 (eps ~ 1e-3, recon ~ 1e3 for sigma = 0.1) are too noisy to say
+    # anything, so the check runs in float64: params and data cast, the same rng key. One compiled
+    # function gives all terms; check_grads compares each term's VJP with central differences.
+    # Through the params for the learned-variance Gaussian (the likelihood with most parameters);
+    # the other likelihoods differ only in recon, checked below with respect to the decoder output.
+    _, model, params, x = _setup("gaussian_learned")
     with jax.enable_x64(True):
         params64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
-        x64 = jnp.asarray(x, jnp.float64)
-        f = _term_fn(model, name, x64, jax.random.PRNGKey(1))
+        f = jax.jit(_all_terms_fn(model, jnp.asarray(x, jnp.float64), jax.random.PRNGKey(1)))
         assert f(params64).dtype == jnp.float64
-        check_grads(f, (params64,), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+        for i in range(len(NAMES)):
+            check_grads(lambda p: f(p)[i], (params64,), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("setting", ["gaussian_fixed", "bernoulli"])
+def test_recon_gradient_numerically(setup, setting):
+    if setup["setting"] != setting:
+        pytest.skip("one setting per case")
+    key = "x_logits" if setting == "bernoulli" else "x_loc"
+    recon = TERMS["recon"]({})
+    with jax.enable_x64(True):
+        out64 = {k: jnp.asarray(v, jnp.float64) for k, v in setup["np"].items()}
+        f = lambda v: recon(None, None, dict(out64, **{key: v}), None)[0]
+        check_grads(f, (out64[key],), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 def test_log_gamma_is_exact_posterior(setup):
@@ -109,12 +154,13 @@ def test_recon_value(setup):
     assert x.shape == (B, 9 if setting == "bernoulli" else 5)
     if setting == "bernoulli":
         p = special.expit(o["x_logits"])
-        want = -np.mean(np.sum(stats.bernoulli.logpmf(0, p) * (1 - x) + stats.bernoulli.logpmf(1, p) * x, 1))
+        want = -np.mean(np.sum(x * np.log(p) + (1 - x) * np.log1p(-p), 1))
     else:
         if setting == "gaussian_fixed":
             np.testing.assert_allclose(o["x_log_var"], 2 * np.log(0.1), rtol=1e-6)
-        else:
+        else:   # learned, bounded to sigma in [0.01, 1]
             assert np.all(o["x_log_var"] >= 2 * np.log(0.01) - 1e-5) and np.all(o["x_log_var"] <= 1e-6)
+            assert np.ptp(o["x_log_var"]) > 0.0
         want = -np.mean(np.sum(stats.norm.logpdf(x, o["x_loc"], np.exp(0.5 * o["x_log_var"])), 1))
     assert aux == {}
     assert float(value) == pytest.approx(want, rel=1e-5, abs=1e-4)
@@ -138,7 +184,7 @@ def test_cond_prior_is_responsibility_weighted_kl(setup):
     value, aux = TERMS["cond_prior"]({})(setup["params"], setup["x"], setup["out"], setup["rng"])
     assert aux == {}
     assert float(value) == pytest.approx(want, rel=1e-5, abs=1e-5)
-    # Not a plain average over components: weights matter (responsibilities are not uniform here).
+    # The weights matter: a plain average over components differs here.
     assert abs(want - np.mean(kl)) > 1e-4
 
 
@@ -151,32 +197,36 @@ def test_c_prior_free_bits(setup):
         value, aux = TERMS["c_prior"]({"free_bits": free_bits})(*args)
         assert float(value) == pytest.approx(kl, rel=1e-4, abs=1e-6)
         assert float(aux["c_prior_kl"]) == pytest.approx(kl, rel=1e-4, abs=1e-6)
-    value, aux = TERMS["c_prior"]({"free_bits": kl + 0.3})(*args)   # above: the threshold, KL still reported
+    value, aux = TERMS["c_prior"]({"free_bits": kl + 0.3})(*args)   # above: the threshold; KL still reported
     assert float(value) == pytest.approx(kl + 0.3, rel=1e-6)
     assert float(aux["c_prior_kl"]) == pytest.approx(kl, rel=1e-4, abs=1e-6)
     assert float(TERMS["c_prior"]({})(*args)[0]) == pytest.approx(kl, rel=1e-4, abs=1e-6)   # default 0
 
 
-def test_c_prior_free_bits_blocks_gradient():
-    _, model, params, x = _setup("gaussian_fixed")
-    rng = jax.random.PRNGKey(1)
-    grads = jax.grad(_term_fn(model, "c_prior", x, rng, {"free_bits": 10.0}))(params)
-    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(grads))
-    grads = jax.grad(_term_fn(model, "c_prior", x, rng, {"free_bits": 0.0}))(params)
-    assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads)) > 0.0
+def test_c_prior_free_bits_blocks_gradient(setup):
+    out = setup["out"]
+
+    def grad_log_gamma(free_bits):
+        term = TERMS["c_prior"]({"free_bits": free_bits})
+        return np.asarray(jax.grad(lambda lg: term(None, None, dict(out, log_gamma=lg), None)[0])(out["log_gamma"]))
+
+    assert np.all(grad_log_gamma(10.0) == 0.0)           # below lambda: no pressure at all
+    assert np.abs(grad_log_gamma(0.0)).max() > 1e-4
 
 
 def test_cv_is_mean_entropy(setup):
     want = np.mean(stats.entropy(np.exp(setup["np"]["log_gamma"]), axis=1))
     value, aux = TERMS["cv"]({})(setup["params"], setup["x"], setup["out"], setup["rng"])
     assert aux == {}
+    assert want > 0.0
     assert float(value) == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
 def test_c_marginal_value(setup):
     p = np.exp(setup["np"]["log_gamma"]).mean(axis=0)
     want = np.sum(p * np.log(p * K))
-    value, _ = TERMS["c_marginal"]({})(setup["params"], setup["x"], setup["out"], setup["rng"])
+    value, aux = TERMS["c_marginal"]({})(setup["params"], setup["x"], setup["out"], setup["rng"])
+    assert aux == {}
     assert float(value) == pytest.approx(want, rel=1e-4, abs=1e-6)
 
 
@@ -186,22 +236,29 @@ def _c_marginal(log_gamma):
 
 def test_c_marginal_zero_for_uniform_usage():
     assert _c_marginal(np.full((5, K), -np.log(K))) == pytest.approx(0.0, abs=1e-6)
-    # Confident samples that use the clusters equally: also uniform marginal.
+    # Confident samples that use the clusters equally: also a uniform marginal.
     rows = np.array([[0.98, 0.01, 0.01], [0.01, 0.98, 0.01], [0.01, 0.01, 0.98]])
     assert _c_marginal(np.log(np.tile(rows, (2, 1)))) == pytest.approx(0.0, abs=1e-6)
-    # The per-sample c-prior would call these confident samples far from uniform; c_marginal does not.
+    # ... which the per-sample c-prior calls far from uniform; c_marginal does not.
     assert np.mean(np.log(K) - stats.entropy(rows, axis=1)) > 0.9
 
 
 def test_c_marginal_log_k_when_one_cluster_takes_all():
     log_gamma = jax.nn.log_softmax(jnp.tile(jnp.array([0.0, -1e4, -1e4]), (6, 1)))   # p = (1, 0, 0) numerically
     assert _c_marginal(log_gamma) == pytest.approx(np.log(K), rel=1e-6)
-    # Two of three clusters equally: log 3 - log 2.
+    # Two of three clusters used equally: log 3 - log 2 (up to the 0.001 leak).
     log_gamma = np.log(np.array([[0.999, 0.0005, 0.0005], [0.0005, 0.999, 0.0005]] * 3))
     assert _c_marginal(log_gamma) == pytest.approx(np.log(3) - np.log(2), abs=2e-3)
 
 
-@pytest.mark.parametrize("name", sorted(TERMS))
+@pytest.mark.xfail(strict=True, reason="BUG gmvc/mixture.py:52 categorical_entropy: exp(-inf) * -inf = nan, "
+                                       "so exactly one-hot responsibilities give NaN")
+def test_c_marginal_exact_one_hot():
+    log_gamma = np.log(np.tile(np.array([1.0, 0.0, 0.0]), (4, 1)))      # log 0 = -inf
+    assert _c_marginal(log_gamma) == pytest.approx(np.log(K), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_terms_are_batch_averages(setup, name):
     """Every term is a per-sample mean: the batch repeated twice gives the same value."""
     out2 = {k: jnp.concatenate([v, v], axis=0) for k, v in setup["out"].items()}
@@ -215,39 +272,39 @@ def test_terms_are_batch_averages(setup, name):
 # ---------------------------------------------------------------- make_objective
 
 def test_make_objective_weighted_sum():
-    cfg, model, params, x = _setup("gaussian_fixed")
+    _, model, params, x = _setup("gaussian_fixed")
     weights = {"recon": 1.0, "kl_z": 0.1, "cond_prior": 0.5, "c_prior": 2.0, "cv": 3.0, "c_marginal": 0.25,
                "w_prior": {"kind": "linear_warmup", "value": 2.0, "warmup_steps": 10, "start": 0.0}}
     loss_fn = make_objective(model, weights, {"c_prior": {"free_bits": 0.0}})
     rng = jax.random.PRNGKey(1)
-    loss, aux = loss_fn(params, x, rng, 5)
+    loss_fn = jax.jit(loss_fn)                           # the step is traced, as in training
+    loss, aux = loss_fn(params, x, rng, jnp.int32(5))
     assert set(aux) == set(weights) | {"c_prior_kl", "loss"}
-    w_at_5 = dict(weights, w_prior=1.0)
+    w_at_5 = dict(weights, w_prior=1.0)                  # halfway through the warmup
     want = sum(w * float(aux[name]) for name, w in w_at_5.items())
     assert float(loss) == pytest.approx(want, rel=1e-5)
     assert float(aux["loss"]) == float(loss)
-    # aux holds the unweighted term values of the same forward pass.
-    out = model.apply(params, x, rng)
-    for name in weights:
-        assert float(aux[name]) == pytest.approx(float(TERMS[name]({})(params, x, out, rng)[0]), rel=1e-5, abs=1e-6)
-    # Schedules follow the step, also under jit with a traced step.
-    loss_0, aux_0 = jax.jit(loss_fn)(params, x, rng, jnp.int32(0))
-    want_0 = sum(w * float(aux_0[name]) for name, w in dict(weights, w_prior=0.0).items())
-    assert float(loss_0) == pytest.approx(want_0, rel=1e-4)
+    # aux holds the unweighted term values of one forward pass with this rng.
+    _, values, _ = _compiled("gaussian_fixed")
+    for i, name in enumerate(NAMES):
+        assert float(aux[name]) == pytest.approx(values[i], rel=1e-5, abs=1e-5), name
+    # Schedules follow the step: at step 0 the warmup weight is 0.
+    loss_0, _ = loss_fn(params, x, rng, jnp.int32(0))
     assert float(loss_0) == pytest.approx(float(loss) - float(aux["w_prior"]), rel=1e-4)
 
 
-def test_make_objective_from_base_config():
-    cfg, model, params, x = _setup("bernoulli")
-    loss_fn = make_objective(model, cfg.objective, cfg.terms)        # ConfigDicts, as the trainer passes them
-    loss, aux = loss_fn(params, x, jax.random.PRNGKey(2), 0)
+def test_make_objective_from_base_config(setup):
+    # make_objective only calls model.apply: a stub returning the real forward pass avoids a compile.
+    stub = types.SimpleNamespace(apply=lambda params, batch, rng: setup["out"])
+    loss_fn = make_objective(stub, setup["cfg"].objective, setup["cfg"].terms)   # ConfigDicts, as the trainer passes them
+    loss, aux = loss_fn(setup["params"], setup["x"], setup["rng"], 0)
     assert set(aux) == {"recon", "cond_prior", "w_prior", "c_prior", "cv", "c_prior_kl", "loss"}
     assert float(aux["c_prior"]) == pytest.approx(max(float(aux["c_prior_kl"]), 0.5), rel=1e-6)   # free_bits 0.5
     want = sum(float(aux[n]) for n in ("recon", "cond_prior", "w_prior", "c_prior", "cv"))
     assert float(loss) == pytest.approx(want, rel=1e-5)
-    value, grads = jax.value_and_grad(lambda p: loss_fn(p, x, jax.random.PRNGKey(2), 0)[0])(params)
-    assert float(value) == pytest.approx(float(loss), rel=1e-6)
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+    _, values, _ = _compiled(setup["setting"])
+    for name in ("recon", "cond_prior", "w_prior", "cv"):
+        assert float(aux[name]) == pytest.approx(values[NAMES.index(name)], rel=1e-5, abs=1e-5)
 
 
 def test_make_objective_unknown_term():

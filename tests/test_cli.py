@@ -1,0 +1,112 @@
+"""The command line, end to end: a short spiral run, SIGKILL and resume, and bad input."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, read_results, run_cli
+from test_train import assert_trees_equal, final_params
+
+SPIRAL = "--config=configs/gmvae_spiral.py"
+
+
+def test_short_spiral_run_clusters_the_arms(tmp_path):
+    # 2,500 of the default 12,500 steps, 2 restarts: enough to separate the arms.
+    proc = run_cli(SPIRAL, f"--workdir={tmp_path}", "--config.train.steps=2500", "--config.train.restarts=2",
+                   "--config.objective.cv.warmup_steps=1000")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "steps/s" in out and "ETA" in out and "cv=" in out and "recon=" in out
+    assert "clustering: acc=" in out and "nmi=" in out and "ari=" in out
+    for name in ("predictions.csv", "metrics.jsonl", "config.json", "data_clusters.png", "latent.png",
+                 "samples.png", "results.json"):
+        assert f"{tmp_path / name}" in out, name
+        assert (tmp_path / name).stat().st_size > 0
+    results = read_results(tmp_path)
+    assert results["acc"] >= 0.9, results
+    assert results["compiles"] == 1
+    assert (tmp_path / "checkpoints" / "2500").is_dir()
+
+    again = run_cli(SPIRAL, f"--workdir={tmp_path}", "--config.train.steps=2500", "--config.train.restarts=2",
+                    "--config.objective.cv.warmup_steps=1000")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resuming from checkpoint" in again.stdout and "step 2500" in again.stdout
+    assert read_results(tmp_path)["acc"] == results["acc"]
+
+
+# A deliberately slow model so the run can be killed between checkpoints.
+SLOW = [SPIRAL, "--config.model.hidden_sizes=(768,768)", "--config.train.batch_size=1000",
+        "--config.train.restarts=1", "--config.train.steps=80", "--config.train.log_every=10",
+        "--config.train.checkpoint_every=10", "--config.train.max_checkpoints=20"]
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    straight = run_cli(*SLOW, f"--workdir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "gmvc.main", *SLOW, f"--workdir={killed_dir}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed_dir / "checkpoints" / "40").is_dir():
+        assert proc.poll() is None, "run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "checkpoints" / "80").exists(), "killed too late to test a resume"
+
+    resumed = run_cli(*SLOW, f"--workdir={killed_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from checkpoint" in resumed.stdout
+    assert_trees_equal(final_params(tmp_path / "straight", 80), final_params(killed_dir, 80))
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    def make(array, name="data.npy"):
+        path = tmp_path / name
+        np.save(path, array)
+        return f"--config.data.source=file:{path}"
+    return make
+
+
+def bad_run(tmp_path, *args):
+    proc = run_cli(SPIRAL, f"--workdir={tmp_path / 'run'}", "--config.train.steps=10", *args)
+    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()   # nothing computed, nothing written
+    return proc.stderr
+
+
+def test_unknown_config_key(tmp_path):
+    assert "unknown config key" in bad_run(tmp_path, "--config.train.stpes=10")
+
+
+def test_unknown_dataset(tmp_path):
+    err = bad_run(tmp_path, "--config.data.source=imagenet")
+    assert "unknown dataset 'imagenet'" in err and "spiral" in err
+
+
+def test_nan_in_data(tmp_path, data_file):
+    x = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
+    x[7, 1] = np.nan
+    err = bad_run(tmp_path, data_file(x))
+    assert "NaN" in err and "[7]" in err
+
+
+def test_wrong_rank(tmp_path, data_file):
+    assert "rank" in bad_run(tmp_path, data_file(np.zeros(300, np.float32)))
+
+
+def test_more_clusters_than_samples(tmp_path, data_file):
+    err = bad_run(tmp_path, data_file(np.zeros((4, 2), np.float32)), "--config.train.batch_size=2")
+    assert "num_clusters=5 is larger than the number of samples (4)" in err
+
+
+def test_batch_larger_than_data(tmp_path, data_file):
+    err = bad_run(tmp_path, data_file(np.zeros((100, 2), np.float32)))
+    assert "batch_size=200" in err and "(100)" in err
