@@ -38,8 +38,8 @@ def test_short_spiral_run_clusters_the_arms(tmp_path):
 
 
 # A deliberately slow model so the run can be killed between checkpoints.
-SLOW = [SPIRAL, "--config.model.hidden_sizes=(768,768)", "--config.train.batch_size=1000",
-        "--config.train.restarts=1", "--config.train.steps=80", "--config.train.log_every=10",
+SLOW = [SPIRAL, "--config.model.hidden_sizes=(512,512)", "--config.train.batch_size=1000",
+        "--config.train.restarts=1", "--config.train.steps=60", "--config.train.log_every=10",
         "--config.train.checkpoint_every=10", "--config.train.max_checkpoints=20"]
 
 
@@ -51,18 +51,18 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "gmvc.main", *SLOW, f"--workdir={killed_dir}"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not (killed_dir / "checkpoints" / "40").is_dir():
+    while not (killed_dir / "checkpoints" / "30").is_dir():
         assert proc.poll() is None, "run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (killed_dir / "checkpoints" / "80").exists(), "killed too late to test a resume"
+    assert not (killed_dir / "checkpoints" / "60").exists(), "killed too late to test a resume"
 
     resumed = run_cli(*SLOW, f"--workdir={killed_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from checkpoint" in resumed.stdout
-    assert_trees_equal(final_params(tmp_path / "straight", 80), final_params(killed_dir, 80))
+    assert_trees_equal(final_params(tmp_path / "straight", 60), final_params(killed_dir, 60))
 
 
 @pytest.fixture
