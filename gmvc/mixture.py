@@ -49,7 +49,8 @@ def kl_standard_normal(mean, log_var):
 
 def categorical_entropy(log_p):
     """H(p) from log-probabilities over the last axis (0 * log 0 handled as 0)."""
-    return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+    finite_log_p = jnp.where(jnp.isneginf(log_p), 0.0, log_p)
+    return -jnp.sum(jnp.exp(log_p) * finite_log_p, axis=-1)
 
 
 def reparameterize(rng, mean, log_var):
