@@ -5,6 +5,8 @@ A schedule spec in a config is either a number (constant) or a dict naming a kin
   {"kind": "linear_warmup", "value": v, "warmup_steps": n, "start": s0}   s0 -> v over n steps
   {"kind": "exponential_decay", "value": v, "decay_rate": r, "decay_steps": n, "floor": f}
 """
+import numbers
+
 import jax.numpy as jnp
 
 from gmvc.errors import ConfigError
@@ -15,13 +17,19 @@ def _constant(value):
 
 
 def _linear_warmup(value, warmup_steps, start=0.0):
+    if warmup_steps <= 0:
+        return _constant(value)
+
     def schedule(step):
-        frac = jnp.clip(step / max(warmup_steps, 1), 0.0, 1.0)
+        frac = jnp.clip(step / warmup_steps, 0.0, 1.0)
         return jnp.asarray(start + (value - start) * frac, jnp.float32)
     return schedule
 
 
 def _exponential_decay(value, decay_rate, decay_steps, floor=0.0):
+    if decay_steps <= 0:
+        raise ConfigError(f"exponential_decay needs decay_steps > 0, got {decay_steps}")
+
     def schedule(step):
         decayed = value * decay_rate ** jnp.floor(step / decay_steps)
         return jnp.maximum(jnp.asarray(decayed, jnp.float32), floor)
@@ -33,7 +41,7 @@ _KINDS = {"constant": _constant, "linear_warmup": _linear_warmup, "exponential_d
 
 def make_schedule(spec, what="schedule"):
     """Return step -> float32 scalar from a number or a schedule dict."""
-    if isinstance(spec, (int, float)):
+    if isinstance(spec, numbers.Real):
         return _constant(float(spec))
     spec = dict(spec)
     kind = spec.pop("kind", None)

@@ -164,11 +164,12 @@ def test_categorical_entropy_underflowed_probability_is_zero():
     assert float(mixture.categorical_entropy(log_p)) == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG gmvc/mixture.py:52: docstring says 0*log 0 is handled as 0, "
-                                       "but exp(-inf) * -inf = nan")
 def test_categorical_entropy_exact_zero_probability():
-    got = mixture.categorical_entropy(jnp.log(jnp.array([0.5, 0.5, 0.0])))
-    assert float(got) == pytest.approx(np.log(2.0), rel=1e-6)
+    # 0 * log 0 counts as 0 (was NaN before 9af6ae0), and so does its gradient.
+    log_p = jnp.log(jnp.array([0.5, 0.5, 0.0]))
+    assert float(mixture.categorical_entropy(log_p)) == pytest.approx(np.log(2.0), rel=1e-6)
+    grad = np.asarray(jax.grad(mixture.categorical_entropy)(log_p))
+    np.testing.assert_allclose(grad, [-0.5 * (1 + np.log(0.5))] * 2 + [0.0], rtol=1e-6)   # -p (1 + log p)
 
 
 def test_reparameterize_moments():
