@@ -23,7 +23,9 @@ def base_config():
     c.model = ml_collections.ConfigDict()
     c.model.name = "gmvae"
     c.model.num_clusters = 10
-    c.model.net = "mlp"
+    c.model.net = "mlp"                # mlp | conv
+    c.model.conv_filters = (32, 64, 128)
+    c.model.conv_kernels = (5, 5, 3)
     c.model.hidden_sizes = (500,)
     c.model.activation = "relu"
     c.model.z_dim = 10

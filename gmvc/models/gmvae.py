@@ -3,30 +3,26 @@ x | z ~ p(x | z); q(z | x), q(w | x) diagonal Gaussians from one encoder, p(c | 
 of the uniform-prior mixture. The prior network lives under params["net"]; params["prior"] is empty
 because the mixture is produced from w rather than stored.
 """
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from gmvc import mixture
 from gmvc.models import base
-from gmvc.nets import make_trunk
+from gmvc.nets import make_decoder, make_encoder
 
 
 class GMVAENet(nn.Module):
-    cfg: dict  # plain dict copy of config.model
-    data_dim: int
+    cfg: dict  # z_dim, w_dim, prior_hidden, num_clusters
+    encoder: nn.Module
+    decoder: nn.Module
 
     def setup(self):
         c = self.cfg
-        self.encoder = make_trunk(c["net"], c["hidden_sizes"], c["activation"])
         self.z_head = nn.Dense(2 * c["z_dim"])
         self.w_head = nn.Dense(2 * c["w_dim"])
         self.prior_hidden = nn.Dense(c["prior_hidden"])
         self.prior_head = nn.Dense(2 * c["num_clusters"] * c["z_dim"])
-        self.decoder = make_trunk(c["net"], tuple(reversed(c["hidden_sizes"])), c["activation"])
-        self.decoder_head = nn.Dense(self.data_dim * (2 if c["learned_var"] else 1))
 
     def encode(self, x):
         h = self.encoder(x)
@@ -41,7 +37,7 @@ class GMVAENet(nn.Module):
         return out[:, :, 0], out[:, :, 1]
 
     def decode(self, z):
-        return self.decoder_head(self.decoder(z))
+        return self.decoder(z)
 
     def __call__(self, x):  # used by init only: touches every submodule
         z_mean, _, w_mean, _ = self.encode(x)
@@ -50,14 +46,11 @@ class GMVAENet(nn.Module):
 
 def make_gmvae(model_cfg, data_shape):
     base.check_likelihood(model_cfg)
-    data_dim = math.prod(data_shape)
     k = model_cfg.num_clusters
-    net_cfg = {
-        "net": model_cfg.net, "hidden_sizes": tuple(model_cfg.hidden_sizes), "activation": model_cfg.activation,
-        "z_dim": model_cfg.z_dim, "w_dim": model_cfg.w_dim, "prior_hidden": model_cfg.prior_hidden,
-        "num_clusters": k, "learned_var": base.learns_variance(model_cfg),
-    }
-    net = GMVAENet(cfg=net_cfg, data_dim=data_dim)
+    net_cfg = {"z_dim": model_cfg.z_dim, "w_dim": model_cfg.w_dim, "prior_hidden": model_cfg.prior_hidden,
+               "num_clusters": k}
+    net = GMVAENet(cfg=net_cfg, encoder=make_encoder(model_cfg, data_shape),
+                   decoder=make_decoder(model_cfg, data_shape, 2 if base.learns_variance(model_cfg) else 1))
 
     def init(rng):
         return {"net": net.init(rng, jnp.zeros((1, *data_shape)))["params"], "prior": {}}

@@ -1,15 +1,44 @@
-"""Network registry: encoders/decoders chosen by name in the config."""
+"""Network registry: encoders and decoders chosen by name (config.model.net).
+
+make_encoder(model_cfg, data_shape) -> module: x [B, *data_shape] -> features [B, F]
+make_decoder(model_cfg, data_shape, outputs_per_value) -> module: z [B, Dz] -> raw [B, m * prod(data_shape)]
+where the raw output is m blocks of prod(data_shape) values, each in the data's own (H, W, C) order.
+"""
 from gmvc.errors import ConfigError
-from gmvc.nets import mlp
+from gmvc.nets import conv, mlp
 
 ACTIVATIONS = mlp.ACTIVATIONS
-_TRUNKS = {"mlp": mlp.MLP}
 
 
-def make_trunk(name, hidden_sizes, activation):
-    """A network body mapping a flat input to its last hidden layer."""
-    if name not in _TRUNKS:
-        raise ConfigError(f"unknown network {name!r}; known networks: {sorted(_TRUNKS)}")
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
-    return _TRUNKS[name](hidden_sizes=tuple(hidden_sizes), activation=activation)
+def _check(model_cfg, data_shape):
+    if model_cfg.net not in ("mlp", "conv"):
+        raise ConfigError(f"unknown network {model_cfg.net!r}; known networks: ['conv', 'mlp']")
+    if model_cfg.activation not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {model_cfg.activation!r}; known: {sorted(ACTIVATIONS)}")
+    if model_cfg.net == "conv" and len(data_shape) != 3:
+        raise ConfigError(f"the conv network needs image data [H, W, C]; this data has samples of shape {data_shape}")
+
+
+def make_encoder(model_cfg, data_shape):
+    _check(model_cfg, data_shape)
+    if model_cfg.net == "conv":
+        return conv.ConvEncoder(filters=tuple(model_cfg.conv_filters), kernels=tuple(model_cfg.conv_kernels),
+                                hidden_sizes=tuple(model_cfg.hidden_sizes), activation=model_cfg.activation)
+    return mlp.MLP(hidden_sizes=tuple(model_cfg.hidden_sizes), activation=model_cfg.activation)
+
+
+def make_decoder(model_cfg, data_shape, outputs_per_value=1):
+    _check(model_cfg, data_shape)
+    if model_cfg.net == "conv":
+        return conv.ConvDecoder(filters=tuple(model_cfg.conv_filters), kernels=tuple(model_cfg.conv_kernels),
+                                hidden_sizes=tuple(model_cfg.hidden_sizes), activation=model_cfg.activation,
+                                data_shape=tuple(data_shape), outputs_per_value=outputs_per_value)
+    return mlp.MLPDecoder(hidden_sizes=tuple(reversed(model_cfg.hidden_sizes)), activation=model_cfg.activation,
+                          out_size=outputs_per_value * _prod(data_shape))
+
+
+def _prod(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n

@@ -20,3 +20,15 @@ class MLP(nn.Module):
         for width in self.hidden_sizes:
             h = ACTIVATIONS[self.activation](nn.Dense(width)(h))
         return h
+
+
+class MLPDecoder(nn.Module):
+    """Dense + activation per hidden size, then a linear layer of out_size units."""
+
+    hidden_sizes: Sequence[int]
+    activation: str
+    out_size: int
+
+    @nn.compact
+    def __call__(self, z):
+        return nn.Dense(self.out_size)(MLP(self.hidden_sizes, self.activation)(z))
