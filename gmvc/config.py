@@ -33,6 +33,7 @@ def base_config():
     c.model.prior_hidden = 500
     c.model.likelihood = "bernoulli"   # bernoulli | gaussian
     c.model.sigma = 1.0                # gaussian: output std; <= 0 learns a log-variance per output
+    c.model.gamma_transform = "none"   # vade: none | inverse_minmax (S3VDC's NaN guard)
 
     # Term name -> weight (a number or a schedule dict, see gmvc/schedules.py).
     c.objective = ml_collections.ConfigDict({"recon": 1.0, "cond_prior": 1.0, "w_prior": 1.0,
@@ -53,7 +54,10 @@ def base_config():
     c.train.log_every = 250            # steps per compiled chunk; metrics are fetched once per chunk
     c.train.checkpoint_every = 2500    # rounded up to a multiple of log_every
     c.train.max_checkpoints = 3
+    c.train.phases = ()                # names of config.phases in order; () = one phase of train.steps
     c.train.restarts = 1               # independent inits trained together; the lowest objective wins
+
+    c.phases = ml_collections.ConfigDict()   # see gmvc/phases.py
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 1000

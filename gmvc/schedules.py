@@ -4,6 +4,7 @@ A schedule spec in a config is either a number (constant) or a dict naming a kin
   {"kind": "constant", "value": v}
   {"kind": "linear_warmup", "value": v, "warmup_steps": n, "start": s0}   s0 -> v over n steps
   {"kind": "exponential_decay", "value": v, "decay_rate": r, "decay_steps": n, "floor": f}
+  {"kind": "periodic_cubic", "value": v, "ramp_steps": n, "hold_steps": m, "start": s0}  (S3VDC's beta)
 """
 import numbers
 
@@ -36,7 +37,20 @@ def _exponential_decay(value, decay_rate, decay_steps, floor=0.0):
     return schedule
 
 
-_KINDS = {"constant": _constant, "linear_warmup": _linear_warmup, "exponential_decay": _exponential_decay}
+def _periodic_cubic(value, ramp_steps, hold_steps, start=0.0):
+    """S3VDC's periodic beta-annealing: start -> value along a cubic over ramp_steps, hold at value
+    for hold_steps, repeat."""
+    if ramp_steps <= 0 or hold_steps < 0:
+        raise ConfigError(f"periodic_cubic needs ramp_steps > 0 and hold_steps >= 0, got {ramp_steps}, {hold_steps}")
+
+    def schedule(step):
+        frac = jnp.minimum(jnp.mod(step, ramp_steps + hold_steps) / ramp_steps, 1.0)
+        return jnp.asarray(start + (value - start) * frac**3, jnp.float32)
+    return schedule
+
+
+_KINDS = {"constant": _constant, "linear_warmup": _linear_warmup, "exponential_decay": _exponential_decay,
+          "periodic_cubic": _periodic_cubic}
 
 
 def make_schedule(spec, what="schedule"):

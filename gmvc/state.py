@@ -10,15 +10,21 @@ import optax
 from gmvc.schedules import make_schedule
 
 
-def make_optimizer(optim_cfg):
+def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
+    """Adam per parameter group; groups not in `trainable` (or with learning rate 0) are frozen
+    by set_to_zero. `lr` overrides optim.lr for the "net" group (a phase's own rate)."""
     def adam(lr_spec, what):
         return optax.adam(make_schedule(lr_spec, what), b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps)
 
+    net_lr = optim_cfg.lr if lr is None else lr
     prior_lr = optim_cfg.prior_lr
     if isinstance(prior_lr, (int, float)) and prior_lr < 0:
-        prior_lr = optim_cfg.lr
-    prior_tx = optax.set_to_zero() if prior_lr == 0 else adam(prior_lr, "optim.prior_lr")
-    tx = optax.partition({"net": adam(optim_cfg.lr, "optim.lr"), "prior": prior_tx}, group_labels)
+        prior_lr = net_lr
+    groups = {}
+    for group, rate in (("net", net_lr), ("prior", prior_lr)):
+        frozen = group not in trainable or (isinstance(rate, (int, float)) and rate == 0)
+        groups[group] = optax.set_to_zero() if frozen else adam(rate, f"learning rate of {group!r}")
+    tx = optax.partition(groups, group_labels)
     if optim_cfg.clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(optim_cfg.clip_norm), tx)
     return tx
@@ -29,7 +35,11 @@ def group_labels(params):
     return {group: jax.tree.map(lambda _: group, subtree) for group, subtree in params.items()}
 
 
-def create_state(init_fn, tx, rng, restarts=1):
-    """{"step": scalar, "params": [R, ...], "opt_state": [R, ...]}: R independent initialisations."""
-    params = jax.vmap(init_fn)(jax.random.split(rng, restarts))
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": jax.vmap(tx.init)(params)}
+def init_params(init_fn, rng, restarts=1):
+    """[R, ...] parameters: R independent initialisations."""
+    return jax.vmap(init_fn)(jax.random.split(rng, restarts))
+
+
+def create_state(params, tx, step=0):
+    """{"step": scalar, "params": [R, ...], "opt_state": [R, ...]}."""
+    return {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": jax.vmap(tx.init)(params)}

@@ -6,6 +6,7 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gmvc import config as config_lib
@@ -14,8 +15,10 @@ from gmvc.checkpoint import Checkpointer
 from gmvc.data import load_dataset
 from gmvc.errors import ConfigError, DataError, TrainingError
 from gmvc.models import make_model
+from gmvc.mixture_init import fit_diag_gmm
 from gmvc.objectives import make_objective
-from gmvc.state import create_state, make_optimizer
+from gmvc.phases import build_phases, resume_index
+from gmvc.state import create_state, init_params, make_optimizer
 
 
 def check_config(config, data):
@@ -41,18 +44,18 @@ class Progress:
         self.step_last = start_step
         _truncate_log(log_path, start_step)
 
-    def __call__(self, step, values):
+    def __call__(self, step, values, phase="main"):
         now = time.time()
         first = self.t_last == self.t0    # the first chunk's time includes compilation
         rate = (step - self.step_last) / max(now - self.t_last, 1e-9)
         self.t_last, self.step_last = now, step
         eta = (self.total - step) / rate if rate > 0 else float("nan")
-        record = {"step": step, "steps_per_sec": round(rate, 2), "elapsed_s": round(now - self.t0, 2), **values}
+        record = {"step": step, "phase": phase, "steps_per_sec": round(rate, 2), "elapsed_s": round(now - self.t0, 2), **values}
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         terms = " ".join(f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, float))
         note = " (incl. compile)" if first else ""
-        self.echo(f"step {step}/{self.total} | {rate:.1f} steps/s{note} | ETA {_fmt_time(eta)} | {terms}", flush=True)
+        self.echo(f"[{phase}] step {step}/{self.total} | {rate:.1f} steps/s{note} | ETA {_fmt_time(eta)} | {terms}", flush=True)
 
 
 def _fmt_time(seconds):
@@ -78,73 +81,130 @@ def _check_finite(step, per_restart):
 
 
 def train_and_evaluate(config, workdir, echo=print):
-    """Train (or resume) the run in `workdir`, then evaluate it; returns a summary dict."""
+    """Train (or resume) the run in `workdir` through its phases, then evaluate; returns a summary."""
     config.lock()
     workdir = pathlib.Path(workdir)
     data = load_dataset(config.data, config.seed)
     check_config(config, data)
     model = make_model(config.model, data.x.shape[1:])
-    loss_fn = make_objective(model, config.objective, config.terms)
-    tx = make_optimizer(config.optim)
+    phases = build_phases(config)
+    runners = {p.name: PhaseRunner(config, model, p, len(data.x)) for p in phases if p.kind == "train"}
+    if any(p.kind == "init_prior" for p in phases) and model.embed is None:
+        raise ConfigError(f"model {config.model.name!r} has no stored mixture prior to initialise "
+                          f"(an init_prior phase needs one)")
 
     workdir.mkdir(parents=True, exist_ok=True)
     export.write_json(workdir / "config.json", config_lib.to_dict(config))
     rng = jax.random.key(config.seed)
-    init_rng, train_rng, sample_rng = jax.random.split(rng, 3)
-    restarts = config.train.restarts
-    state = create_state(model.init, tx, init_rng, restarts)
+    init_rng, train_rng, sample_rng, prior_rng = jax.random.split(rng, 4)
+    params = init_params(model.init, init_rng, config.train.restarts)
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
-    start = ckpt.latest_step() or 0
-    if start:
-        state = ckpt.restore(start, state)
-        echo(f"Resuming from checkpoint {ckpt.path(start)} (step {start} of {config.train.steps})", flush=True)
+    step, opt_state, resume_at = ckpt.latest_step() or 0, None, -1
+    if step:
+        resume_at = resume_index(phases, step)
+        restored = ckpt.restore(step, create_state(params, runners[phases[resume_at].name].tx))
+        params, opt_state = restored["params"], restored["opt_state"]
+        echo(f"Resuming from checkpoint {ckpt.path(step)} (step {step} of {config.train.steps}, "
+             f"phase {phases[resume_at].name!r})", flush=True)
     else:
         echo(f"Starting a new run in {workdir} ({len(data.x)} samples from {data.name!r})", flush=True)
 
-    t = config.train
-    ckpt_every = math.ceil(t.checkpoint_every / t.log_every) * t.log_every
-    train_step = steps.make_restarts_step(steps.make_train_step(loss_fn, tx), restarts)
-    chunk = steps.make_train_chunk(train_step, num_examples=len(data.x),
-                                   batch_size=t.batch_size, chunk_len=t.log_every, total_steps=t.steps)
-    trace_count = [0]
-
-    def counted_chunk(state, x, rng):
-        trace_count[0] += 1
-        return chunk(state, x, rng)
-
-    run_chunk = jax.jit(counted_chunk, donate_argnums=0)
     x_device = jax.device_put(data.x)
-    progress = Progress(workdir / "metrics.jsonl", start, t.steps, echo)
-    step = start
+    progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo)
     t_train = time.time()
-    while step < t.steps:
-        state, chunk_metrics = run_chunk(state, x_device, train_rng)
-        per_restart = jax.device_get(chunk_metrics)                 # each [R]
-        step = min(step + t.log_every, t.steps)
-        _check_finite(step, per_restart)
-        values = {k: float(np.mean(v)) for k, v in per_restart.items()}
-        if restarts > 1:
-            values["loss_per_restart"] = [round(float(v), 5) for v in per_restart["loss"]]
-        progress(step, values)
-        if step % ckpt_every == 0 or step == t.steps:
-            ckpt.save(step, state)
+    for i, phase in enumerate(phases):
+        if i < resume_at:
+            continue
+        if phase.kind == "init_prior":
+            params = init_prior_phase(phase, model, params, data.x, jax.random.fold_in(prior_rng, i), config)
+            echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings ({phase.spec['method']})",
+                 flush=True)
+            continue
+        runner = runners[phase.name]
+        state = ({"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
+                 if i == resume_at else create_state(params, runner.tx, step))
+        state = runner.run(state, x_device, train_rng, ckpt, progress)
+        step, params, opt_state = int(state["step"]), state["params"], state["opt_state"]
     train_seconds = time.time() - t_train
     ckpt.close()
-    params, choice = choose_restart(config, loss_fn, state["params"], data.x, t.steps)
-    if restarts > 1:
-        echo(f"restart {choice['chosen_restart']} of {restarts} has the lowest objective on the data "
+
+    last = runners[[p.name for p in phases if p.kind == "train"][-1]]
+    params, choice = choose_restart(config, last, params, data.x)
+    if config.train.restarts > 1:
+        echo(f"restart {choice['chosen_restart']} of {config.train.restarts} has the lowest objective on the data "
              f"({choice['restart_objective'][choice['chosen_restart']]:.4f}); its parameters are used", flush=True)
     summary = evaluate(config, model, params, data, workdir, sample_rng, echo)
     summary.update(choice)
-    summary.update({"steps": int(step), "train_seconds": round(train_seconds, 2), "compiles": trace_count[0]})
+    summary.update({"steps": step, "train_seconds": round(train_seconds, 2),
+                    "compiles": sum(r.trace_count for r in runners.values())})
     export.write_json(workdir / "results.json", summary)
     echo(f"results: {workdir / 'results.json'}", flush=True)
     return summary
 
 
-def choose_restart(config, loss_fn, stacked_params, x, step):
-    """Pick the restart with the lowest training objective on the whole data (no labels)."""
-    full_loss = steps.make_full_loss(loss_fn, config.eval.batch_size)
+class PhaseRunner:
+    """One train phase: its objective, optimizer and compiled chunk (compiled once)."""
+
+    def __init__(self, config, model, phase, num_examples):
+        self.config, self.phase = config, phase
+        self.loss = make_objective(model, phase.spec["objective"], config.terms)
+        self.tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
+        start = phase.start
+        phase_loss = lambda p, b, r, s: self.loss(p, b, r, s - start)   # weight schedules count from the phase start
+        t = config.train
+        step_fn = steps.make_restarts_step(steps.make_train_step(phase_loss, self.tx), t.restarts)
+        chunk = steps.make_train_chunk(step_fn, num_examples=num_examples, batch_size=t.batch_size,
+                                       chunk_len=t.log_every, total_steps=phase.end)
+        self.trace_count = 0
+
+        def counted(state, x, rng):
+            self.trace_count += 1
+            return chunk(state, x, rng)
+
+        self.run_chunk = jax.jit(counted, donate_argnums=0)
+
+    def run(self, state, x, rng, ckpt, progress):
+        t = self.config.train
+        ckpt_every = math.ceil(t.checkpoint_every / t.log_every) * t.log_every
+        step = int(state["step"])
+        while step < self.phase.end:
+            state, chunk_metrics = self.run_chunk(state, x, rng)
+            per_restart = jax.device_get(chunk_metrics)                 # each [R]
+            step = min(step + t.log_every, self.phase.end)
+            _check_finite(step, per_restart)
+            values = {k: float(np.mean(v)) for k, v in per_restart.items()}
+            if t.restarts > 1:
+                values["loss_per_restart"] = [round(float(v), 5) for v in per_restart["loss"]]
+            progress(step, values, self.phase.name)
+            if (step - self.phase.start) % ckpt_every == 0 or step == self.phase.end:
+                ckpt.save(step, state)
+        return state
+
+
+def init_prior_phase(phase, model, params, x, rng, config):
+    """Refit each restart's mixture prior to its embeddings of the data (all of it for "em", at
+    most batches * batch_size samples for "minibatch")."""
+    spec = phase.spec
+    if spec["method"] == "minibatch":
+        n = min(len(x), spec["batches"] * spec["batch_size"])
+        x = x[np.asarray(jax.random.permutation(jax.random.fold_in(rng, 1), len(x)))[:n]]
+    embed = jax.jit(model.embed)
+    fit = jax.jit(lambda r, z: fit_diag_gmm(r, z, model.num_clusters, spec["kmeans_iters"],
+                                            spec["em_iters"] if spec["method"] == "em" else 0))
+    priors = []
+    for r in range(config.train.restarts):
+        params_r = jax.tree.map(lambda a: a[r], params)
+        bs = config.eval.batch_size
+        z = jnp.concatenate([embed(params_r, x[i:i + bs]) for i in range(0, len(x), bs)])
+        priors.append(fit(jax.random.fold_in(rng, r), z))
+    return {**params, "prior": jax.tree.map(lambda *a: jnp.stack(a), *priors)}
+
+
+def choose_restart(config, runner, stacked_params, x):
+    """Pick the restart with the lowest objective of the last train phase on the whole data
+    (no labels)."""
+    full_loss = steps.make_full_loss(runner.loss, config.eval.batch_size)
+    step = runner.phase.end - runner.phase.start
     losses = [full_loss(jax.tree.map(lambda a: a[r], stacked_params), x, step)
               for r in range(config.train.restarts)]
     best = int(np.nanargmin(losses)) if np.isfinite(losses).any() else 0

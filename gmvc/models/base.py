@@ -20,6 +20,7 @@ class Model(NamedTuple):
     predict: Callable   # (params, x) -> {"log_gamma": [B, K], "z_mean": [B, Dz]}, deterministic
     sample: Callable    # (params, rng, n) -> x [K, n, *data_shape], n samples per cluster
     num_clusters: int
+    embed: Callable = None   # (params, x) -> z_mean [B, Dz]; models with a stored mixture prior have it
 
 
 def check_likelihood(model_cfg):

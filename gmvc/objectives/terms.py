@@ -27,9 +27,7 @@ def make_kl_z(opts):
 def make_cond_prior(opts):
     """GMVAE conditional prior: E_{q(w|x) p(c|z,w)} KL(q(z | x) || p(z | w, c))."""
     def cond_prior(params, batch, out, rng):
-        kl = mixture.kl_diag_normals(out["z_mean"][:, None], out["z_log_var"][:, None],
-                                     out["prior_means"], out["prior_log_vars"])   # [B, K]
-        return jnp.mean(jnp.sum(jnp.exp(out["log_gamma"]) * kl, axis=-1)), {}
+        return jnp.mean(_expected_component_kl(out)), {}
     return cond_prior
 
 
@@ -40,16 +38,37 @@ def make_w_prior(opts):
     return w_prior
 
 
+def _kl_gamma_prior(out):
+    """KL(q(c | x) || p(c)) per sample: p(c) from out["log_pi"], uniform when the model has none."""
+    log_gamma = out["log_gamma"]
+    log_pi = out.get("log_pi", -jnp.log(log_gamma.shape[-1]))
+    return -mixture.categorical_entropy(log_gamma) - jnp.sum(jnp.exp(log_gamma) * log_pi, axis=-1)
+
+
+def _expected_component_kl(out):
+    """sum_k q(c = k | x) KL(q(z | x) || N(mu_k, sigma2_k)) per sample: [B]."""
+    kl = mixture.kl_diag_normals(out["z_mean"][:, None], out["z_log_var"][:, None],
+                                 out["prior_means"], out["prior_log_vars"])   # [B, K]
+    return jnp.sum(jnp.exp(out["log_gamma"]) * kl, axis=-1)
+
+
 def make_c_prior(opts):
-    """GMVAE c-prior: E[KL(p(c | z, w) || Uniform(K))], active only above the free-bits threshold
-    lambda (Dilokthanakul et al.'s minimum information constraint): max(KL, lambda)."""
+    """c-prior: E[KL(q(c | x) || p(c))] (GMVAE: p(c | z, w) against Uniform(K)), active only above
+    the free-bits threshold lambda (Dilokthanakul et al.'s minimum information constraint)."""
     free_bits = float(opts.get("free_bits", 0.0))
 
     def c_prior(params, batch, out, rng):
-        log_gamma = out["log_gamma"]
-        kl = jnp.mean(jnp.log(log_gamma.shape[-1]) - mixture.categorical_entropy(log_gamma))
+        kl = jnp.mean(_kl_gamma_prior(out))
         return jnp.maximum(kl, free_bits), {"c_prior_kl": kl}
     return c_prior
+
+
+def make_vade_kl(opts):
+    """VaDE's mixture KL, KL(q(z, c | x) || p(z, c)) =
+    sum_k gamma_k KL(q(z | x) || N(mu_k, sigma2_k)) + KL(gamma || pi), per sample, averaged."""
+    def vade_kl(params, batch, out, rng):
+        return jnp.mean(_expected_component_kl(out) + _kl_gamma_prior(out)), {}
+    return vade_kl
 
 
 def make_cv(opts):
@@ -69,4 +88,5 @@ def make_c_marginal(opts):
 
 
 TERMS = {"recon": make_recon, "kl_z": make_kl_z, "cond_prior": make_cond_prior, "w_prior": make_w_prior,
-         "c_prior": make_c_prior, "cv": make_cv, "c_marginal": make_c_marginal}
+         "c_prior": make_c_prior, "cv": make_cv, "c_marginal": make_c_marginal,
+         "vade_kl": make_vade_kl}

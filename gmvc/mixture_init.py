@@ -1,0 +1,63 @@
+"""Initialising the mixture prior from embeddings, in JAX: k-means++ seeding, Lloyd iterations,
+then diagonal-Gaussian EM. Pure functions returning a new prior pytree
+{"logits": [K], "means": [K, D], "log_vars": [K, D]}."""
+import jax
+import jax.numpy as jnp
+
+from gmvc import mixture
+
+MIN_VAR = 1e-4   # variance floor: a component on a single point must not collapse to zero width
+
+
+def _sq_dists(z, centres):
+    """|z_b - c_k|^2 as [B, K] without forming [B, K, D]."""
+    return jnp.sum(z**2, 1)[:, None] - 2 * z @ centres.T + jnp.sum(centres**2, 1)[None, :]
+
+
+def kmeans_pp_seeds(rng, z, k):
+    """k-means++: each new centre drawn with probability proportional to squared distance."""
+    first = z[jax.random.randint(jax.random.fold_in(rng, 0), (), 0, len(z))]
+    centres = jnp.zeros((k, z.shape[1]), z.dtype).at[0].set(first)
+    d2 = jnp.sum((z - first) ** 2, 1)
+
+    def add(i, carry):
+        centres, d2 = carry
+        idx = jax.random.categorical(jax.random.fold_in(rng, i), jnp.log(jnp.maximum(d2, 1e-30)))
+        centres = centres.at[i].set(z[idx])
+        return centres, jnp.minimum(d2, jnp.sum((z - z[idx]) ** 2, 1))
+
+    return jax.lax.fori_loop(1, k, add, (centres, d2))[0]
+
+
+def kmeans(rng, z, k, iters=50):
+    """Lloyd's algorithm from k-means++ seeds; an empty cluster keeps its previous centre."""
+    def step(centres, _):
+        one_hot = jax.nn.one_hot(jnp.argmin(_sq_dists(z, centres), 1), k, dtype=z.dtype)   # [B, K]
+        counts = one_hot.sum(0)
+        new = (one_hot.T @ z) / jnp.maximum(counts, 1)[:, None]
+        return jnp.where(counts[:, None] > 0, new, centres), None
+
+    centres, _ = jax.lax.scan(step, kmeans_pp_seeds(rng, z, k), None, length=iters)
+    return centres
+
+
+def moments(z, resp):
+    """Weighted mixture parameters from responsibilities [B, K]."""
+    counts = resp.sum(0) + 1e-8                                                       # [K]
+    means = (resp.T @ z) / counts[:, None]
+    var = (resp.T @ z**2) / counts[:, None] - means**2
+    return {"logits": jnp.log(counts / counts.sum()), "means": means,
+            "log_vars": jnp.log(jnp.maximum(var, 0.0) + MIN_VAR)}
+
+
+def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0):
+    """k-means, then `em_iters` EM steps of a diagonal GMM; returns the prior pytree."""
+    centres = kmeans(rng, z, k, kmeans_iters)
+    prior = moments(z, jax.nn.one_hot(jnp.argmin(_sq_dists(z, centres), 1), k, dtype=z.dtype))
+
+    def em_step(prior, _):
+        resp = jnp.exp(mixture.log_responsibilities(z, prior["logits"], prior["means"], prior["log_vars"]))
+        return moments(z, resp), None
+
+    prior, _ = jax.lax.scan(em_step, prior, None, length=em_iters)
+    return prior

@@ -1,0 +1,84 @@
+"""Training phases from the config: each trains some steps with its own objective and trainable
+parameter groups, or re-initialises the mixture prior from the embeddings. The loop in train.py
+runs them all the same way; nothing here is specific to one method.
+
+config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.phases:
+  {"kind": "train", "steps": n (-1 = the rest of train.steps), "objective": {...} (default
+   config.objective), "trainable": ("net", "prior"), "lr": schedule (default optim.lr)}
+  {"kind": "init_prior", "method": "em" | "minibatch", "kmeans_iters": 50, "em_iters": 20,
+   "batches": 200, "batch_size": 128}   (minibatch: at most batches * batch_size embeddings)
+An empty train.phases is one train phase of train.steps with config.objective.
+"""
+from typing import NamedTuple
+
+from gmvc.errors import ConfigError
+
+TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr"}
+INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "batches", "batch_size"}
+INIT_DEFAULTS = {"method": "em", "kmeans_iters": 50, "em_iters": 20, "batches": 200, "batch_size": 128}
+GROUPS = ("net", "prior")
+
+
+class Phase(NamedTuple):
+    name: str
+    kind: str        # "train" | "init_prior"
+    start: int       # first global step (init_prior phases take no steps: start == end)
+    end: int
+    spec: dict
+
+
+def build_phases(config):
+    total = config.train.steps
+    if not config.train.phases:
+        return [Phase("main", "train", 0, total, {"objective": dict(config.objective), "trainable": GROUPS})]
+    specs = []
+    for name in config.train.phases:
+        if name not in config.phases:
+            raise ConfigError(f"train.phases names {name!r}, which is not in config.phases ({sorted(config.phases)})")
+        specs.append((name, _check_spec(name, config.phases[name].to_dict(), config)))
+    fixed = sum(s["steps"] for _, s in specs if s["kind"] == "train" and s["steps"] >= 0)
+    rest = [n for n, s in specs if s["kind"] == "train" and s["steps"] < 0]
+    if len(rest) > 1:
+        raise ConfigError(f"only one phase may take the rest of train.steps (steps=-1); these do: {rest}")
+    if fixed > total or (rest and fixed == total):
+        raise ConfigError(f"train.steps={total} leaves no steps for the phases {rest or ''}: the phases with "
+                          f"fixed steps take {fixed}")
+    phases, step = [], 0
+    for name, spec in specs:
+        steps = (total - fixed if spec["steps"] < 0 else spec["steps"]) if spec["kind"] == "train" else 0
+        phases.append(Phase(name, spec["kind"], step, step + steps, spec))
+        step += steps
+    return phases
+
+
+def _check_spec(name, spec, config):
+    kind = spec.get("kind")
+    allowed = {"train": TRAIN_KEYS, "init_prior": INIT_KEYS}.get(kind)
+    if allowed is None:
+        raise ConfigError(f"phase {name!r}: unknown kind {kind!r}; known kinds: ['init_prior', 'train']")
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ConfigError(f"phase {name!r}: unknown key(s) {unknown}; a {kind} phase takes {sorted(allowed)}")
+    if kind == "init_prior":
+        spec = {**INIT_DEFAULTS, **spec}
+        if spec["method"] not in ("em", "minibatch"):
+            raise ConfigError(f"phase {name!r}: unknown method {spec['method']!r}; known: ['em', 'minibatch']")
+        return spec
+    spec = {"objective": dict(config.objective), "trainable": GROUPS, **spec}
+    spec["trainable"] = tuple(spec["trainable"])
+    bad = sorted(set(spec["trainable"]) - set(GROUPS))
+    if bad:
+        raise ConfigError(f"phase {name!r}: unknown parameter group(s) {bad}; groups are {list(GROUPS)}")
+    if "steps" not in spec:
+        raise ConfigError(f"phase {name!r}: a train phase needs 'steps' (-1 for the rest of train.steps)")
+    return spec
+
+
+def resume_index(phases, step):
+    """The train phase a checkpoint at `step` belongs to: the one whose steps end it.
+    A checkpoint at a phase boundary is written before any init_prior phase that follows."""
+    for i, p in enumerate(phases):
+        if p.kind == "train" and p.start < step <= p.end:
+            return i
+    raise ConfigError(f"a checkpoint at step {step} is past the phases of this config (train.steps="
+                      f"{phases[-1].end}); raise train.steps or use another --workdir")
