@@ -50,8 +50,14 @@ def moments(z, resp):
             "log_vars": jnp.log(jnp.maximum(var, 0.0) + MIN_VAR)}
 
 
-def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0):
-    """k-means, then `em_iters` EM steps of a diagonal GMM; returns the prior pytree."""
+def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1):
+    """k-means, then `em_iters` EM steps of a diagonal GMM; returns the prior pytree. With
+    n_init > 1, that many fits from different k-means++ seeds run together (vmapped) and the one
+    with the highest mean log-likelihood of z is kept (no labels involved)."""
+    if n_init > 1:
+        fits = jax.vmap(lambda r: fit_diag_gmm(r, z, k, kmeans_iters, em_iters))(jax.random.split(rng, n_init))
+        best = jnp.argmax(jax.vmap(lambda p: mean_log_likelihood(p, z))(fits))
+        return jax.tree.map(lambda a: a[best], fits)
     centres = kmeans(rng, z, k, kmeans_iters)
     prior = moments(z, jax.nn.one_hot(jnp.argmin(_sq_dists(z, centres), 1), k, dtype=z.dtype))
 
@@ -61,3 +67,9 @@ def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0):
 
     prior, _ = jax.lax.scan(em_step, prior, None, length=em_iters)
     return prior
+
+
+def mean_log_likelihood(prior, z):
+    """Mean log-density of z under the mixture prior."""
+    log_pi = jax.nn.log_softmax(prior["logits"])
+    return jnp.mean(mixture.log_density(z, log_pi, prior["means"], prior["log_vars"]))

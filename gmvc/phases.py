@@ -6,7 +6,8 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
   {"kind": "train", "steps": n (-1 = the rest of train.steps), "objective": {...} (default
    config.objective), "trainable": ("net", "prior"), "lr": schedule (default optim.lr)}
   {"kind": "init_prior", "method": "em" | "minibatch", "kmeans_iters": 50, "em_iters": 20,
-   "batches": 200, "batch_size": 128}   (minibatch: at most batches * batch_size embeddings)
+   "n_init": 1, "batches": 200, "batch_size": 128}   (minibatch: at most batches * batch_size
+   embeddings; n_init fits from different seeds, the most likely one kept)
 An empty train.phases is one train phase of train.steps with config.objective.
 """
 from typing import NamedTuple
@@ -14,8 +15,9 @@ from typing import NamedTuple
 from gmvc.errors import ConfigError
 
 TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr"}
-INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "batches", "batch_size"}
-INIT_DEFAULTS = {"method": "em", "kmeans_iters": 50, "em_iters": 20, "batches": 200, "batch_size": 128}
+INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size"}
+INIT_DEFAULTS = {"method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 1, "batches": 200,
+                 "batch_size": 128}
 GROUPS = ("net", "prior")
 
 

@@ -34,3 +34,13 @@ def spiral_config():
     c.train.checkpoint_every = 100
     c.data.num_points = 1000
     return c
+
+
+@pytest.fixture
+def tfds_mock():
+    """tfds.testing.mock_data(num_examples=n) as a context factory: random images, no download."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def mock(num_examples):
+        return tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE)
+    return mock

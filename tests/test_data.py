@@ -230,15 +230,6 @@ def test_label_length_mismatch(tmp_path):
 
 # ---------------------------------------------------------------- tensorflow-datasets (mocked, offline)
 
-@pytest.fixture
-def tfds_mock():
-    tfds = pytest.importorskip("tensorflow_datasets")
-
-    def mock(num_examples):
-        return tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE)
-    return mock
-
-
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_tfds(tfds_mock, name):
     with tfds_mock(12):

@@ -1,0 +1,160 @@
+"""Clustering quality over seeds, with k-means and a diagonal GMM on the raw data as baselines.
+
+    python benchmarks/quality.py --config=configs/vade_digits.py --seeds=5
+    python benchmarks/quality.py --config=configs/vade_digits.py --config=configs/vade_mnist5k.py \
+        --seeds=10 --set=train.restarts=1 --out=quality.json
+
+Prints one JSON object per config (one line each) on stdout, and writes them all to --out if
+given; progress goes to stderr. Each run trains the config from scratch with seed 0..N-1 in
+its own directory under --workdir. Labels are used only to score: the run, its restart and
+its stopping point are chosen without them.
+
+Per method: mean and std of accuracy (Hungarian), NMI and ARI; mean wall time per run;
+`nan_runs` (training stopped on a non-finite value); `collapsed_runs` (one cluster holds more
+than half of the data although no class does).
+"""
+import argparse
+import ast
+import json
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gmvc import metrics  # noqa: E402
+from gmvc.config import from_sibling  # noqa: E402
+from gmvc.data import load_dataset  # noqa: E402
+from gmvc.errors import TrainingError  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", action="append", required=True, help="config file (repeatable)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. train.steps=500 (repeatable)")
+    p.add_argument("--workdir", default="", help="where runs go (default: a temporary folder, removed)")
+    p.add_argument("--no-baselines", action="store_true", help="skip k-means and the diagonal GMM")
+    p.add_argument("--out", default="", help="also write the results to this JSON file")
+    return p.parse_args(argv)
+
+
+def load_config(path, overrides, seed):
+    config = from_sibling(str(pathlib.Path(path).resolve()), pathlib.Path(path).name)
+    config.unlock()
+    for item in overrides:
+        key, _, value = item.partition("=")
+        parts = key.split(".")
+        target = config
+        for part in parts[:-1]:
+            target = target[part]
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass                                  # a plain string
+        if parts[-1] not in target:
+            raise SystemExit(f"quality.py: unknown config key {key!r}")
+        target[parts[-1]] = value
+    config.seed = seed
+    return config
+
+
+def collapsed(pred, labels, k):
+    """One cluster holds more than half of the data while no class does."""
+    largest_cluster = np.bincount(pred, minlength=k).max() / len(pred)
+    largest_class = np.bincount(labels).max() / len(labels) if labels is not None else 0.0
+    return bool(largest_cluster > 0.5 and largest_class <= 0.5)
+
+
+def summarise(runs):
+    ok = [r for r in runs if not r.get("nan")]
+    out = {"runs": len(runs), "nan_runs": sum(bool(r.get("nan")) for r in runs),
+           "collapsed_runs": sum(bool(r.get("collapsed")) for r in runs)}
+    for m in ("acc", "nmi", "ari", "seconds"):
+        values = [r[m] for r in ok if m in r]
+        if values:
+            out[f"{m}_mean"] = round(float(np.mean(values)), 4)
+            out[f"{m}_std"] = round(float(np.std(values)), 4)
+    out["per_seed"] = runs
+    return out
+
+
+def run_gmvc(config, workdir, labels):
+    from gmvc.train import train_and_evaluate
+    t0 = time.time()
+    try:
+        s = train_and_evaluate(config, workdir, echo=lambda *a, **k: None)
+    except TrainingError as e:
+        return {"seed": config.seed, "nan": True, "error": str(e), "seconds": round(time.time() - t0, 2)}
+    run = {"seed": config.seed, "seconds": round(time.time() - t0, 2), "cluster_sizes": s["cluster_sizes"]}
+    if "acc" in s:
+        run.update({m: round(s[m], 4) for m in ("acc", "nmi", "ari")})
+    pred = np.repeat(np.arange(len(s["cluster_sizes"])), s["cluster_sizes"])   # only the sizes matter
+    run["collapsed"] = collapsed(pred, labels, config.model.num_clusters)
+    return run
+
+
+def baselines(data, k, seeds):
+    """k-means (10 inits) and a diagonal-covariance GMM (k-means init) on the flattened data."""
+    from sklearn.cluster import KMeans
+    from sklearn.mixture import GaussianMixture
+    x = data.x.reshape(len(data.x), -1)
+    out = {}
+    for name, make in (("kmeans", lambda s: KMeans(k, n_init=10, random_state=s)),
+                       ("diag_gmm", lambda s: GaussianMixture(k, covariance_type="diag", reg_covar=1e-3,
+                                                              random_state=s))):
+        runs = []
+        for seed in range(seeds):
+            t0 = time.time()
+            pred = make(seed).fit_predict(x)
+            run = {"seed": seed, "seconds": round(time.time() - t0, 2),
+                   "collapsed": collapsed(pred, data.y, k)}
+            if data.y is not None:
+                run.update({m: round(v, 4) for m, v in metrics.clustering_report(pred, data.y).items()
+                            if m in ("acc", "nmi", "ari")})
+            runs.append(run)
+        out[name] = summarise(runs)
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
+    root = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp(prefix="gmvc_quality_"))
+    results = []
+    try:
+        for path in args.config:
+            name = pathlib.Path(path).stem
+            config = load_config(path, args.set, 0)
+            data = load_dataset(config.data, config.seed)
+            runs = []
+            for seed in range(args.seeds):
+                config = load_config(path, args.set, seed)
+                run = run_gmvc(config, root / name / f"seed{seed}", data.y)
+                runs.append(run)
+                print(f"{name} seed {seed}: " + " ".join(f"{k}={v}" for k, v in run.items() if k != "seed"),
+                      file=sys.stderr, flush=True)
+            result = {"config": path, "dataset": config.data.source, "num_samples": len(data.x),
+                      "num_clusters": config.model.num_clusters, "overrides": args.set, "seeds": args.seeds,
+                      "gmvc": summarise(runs)}
+            if not args.no_baselines:
+                result.update(baselines(data, config.model.num_clusters, args.seeds))
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(root, ignore_errors=True)
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

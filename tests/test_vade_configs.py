@@ -1,0 +1,57 @@
+"""The VaDE / S3VDC experiment configs: the full-MNIST ones run end to end on tensorflow-datasets
+mock data (this machine cannot download MNIST), with their reference settings intact."""
+import pytest
+
+from conftest import ROOT, read_results
+
+
+def _config(name):
+    from gmvc.config import from_sibling
+    c = from_sibling(str(ROOT / "configs" / "x.py"), name)
+    c.unlock()
+    return c
+
+
+def _shrink(c, steps):
+    """Keep every phase and setting, but train a few steps (phase lengths scaled down)."""
+    first = c.train.phases[0]
+    c.phases[first].steps = steps // 2
+    for name in c.train.phases:
+        if c.phases[name].kind == "init_prior" and c.phases[name].method == "minibatch":
+            c.phases[name].batches = 2
+    c.train.steps = steps
+    c.train.log_every = steps // 4
+    c.train.checkpoint_every = steps // 2
+    c.eval.batch_size = 32
+    c.eval.samples_per_cluster = 2
+    return c
+
+
+def test_reference_settings():
+    vade, s3vdc = _config("vade_mnist.py"), _config("s3vdc_mnist.py")
+    assert vade.data.source == s3vdc.data.source == "tfds:mnist"
+    assert vade.model.hidden_sizes == (500, 500, 2000) and vade.model.z_dim == 10 and vade.model.num_clusters == 10
+    assert vade.train.batch_size == 100 and vade.optim.eps == 1e-4
+    assert vade.optim.lr.value == 0.002 and vade.optim.lr.decay_rate == 0.9 and vade.optim.lr.floor == 0.0002
+    assert vade.optim.lr.decay_steps == 6000          # 10 epochs of 600 steps
+    assert s3vdc.model.net == "conv" and s3vdc.model.conv_filters == (32, 64, 128)
+    assert s3vdc.model.conv_kernels == (5, 5, 3) and s3vdc.model.activation == "elu"
+    assert s3vdc.model.z_dim == 8 and s3vdc.train.batch_size == 128
+    assert s3vdc.model.gamma_transform == "inverse_minmax"
+    assert s3vdc.phases.gamma_training.objective.kl_z == 5e-4
+    assert s3vdc.phases.gmm_init.method == "minibatch" and s3vdc.phases.gmm_init.batches == 200
+    assert s3vdc.objective.vade_kl.kind == "periodic_cubic" and s3vdc.objective.vade_kl.start == 5e-4
+    assert s3vdc.optim.lr.decay_rate == 0.96 and s3vdc.optim.lr.decay_steps == 1000
+
+
+@pytest.mark.parametrize("name", ["vade_mnist.py", "s3vdc_mnist.py"])
+def test_full_mnist_config_runs_on_mock_data(tfds_mock, tmp_path, name):
+    from gmvc.train import train_and_evaluate
+    c = _shrink(_config(name), 8)
+    with tfds_mock(256):
+        summary = train_and_evaluate(c, tmp_path, echo=lambda *a, **k: None)
+    assert summary["steps"] == 8 and summary["num_samples"] == 256
+    assert sum(summary["cluster_sizes"]) == 256 and len(summary["cluster_sizes"]) == 10
+    assert 0.0 <= summary["acc"] <= 1.0
+    assert read_results(tmp_path)["compiles"] == 2        # one compiled chunk per train phase
+    assert (tmp_path / "predictions.csv").exists()
