@@ -44,7 +44,8 @@ def get_config():
                      "kmeans_iters": 100, "em_iters": 0},
         "main": {"kind": "train", "steps": -1},
     }
-    c.optim.lr = {"kind": "exponential_decay", "value": 0.002, "decay_rate": 0.96, "decay_steps": 1000}
+    c.optim.lr = 0.002
+    c.optim.lr_schedule = {"kind": "exponential_decay", "decay_rate": 0.96, "decay_steps": 1000}
     c.train.batch_size = 128
     c.train.steps = 60000
     c.train.log_every = 500

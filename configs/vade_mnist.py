@@ -32,8 +32,9 @@ def get_config():
         "gmm_init": {"kind": "init_prior", "method": "em", "kmeans_iters": 100, "em_iters": 100},
         "main": {"kind": "train", "steps": -1},
     }
-    c.optim.lr = {"kind": "exponential_decay", "value": 0.002, "decay_rate": 0.9, "decay_steps": 10 * EPOCH,
-                  "floor": 0.0002}
+    c.optim.lr = 0.002
+    c.optim.lr_schedule = {"kind": "exponential_decay", "decay_rate": 0.9, "decay_steps": 10 * EPOCH,
+                           "floor": 0.0002}
     c.optim.eps = 1e-4
     c.train.batch_size = 100
     c.train.steps = 350 * EPOCH      # 50 pretraining + 300 VaDE epochs

@@ -41,7 +41,9 @@ def base_config():
     c.terms = ml_collections.ConfigDict({"c_prior": {"free_bits": 0.5}})
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-3                  # number or schedule dict, for the "net" group
+    c.optim.lr = 1e-3                  # learning rate of the "net" group (the schedule's value)
+    c.optim.lr_schedule = ml_collections.ConfigDict()   # {} = constant; else a schedule dict without
+                                                        # "value" (gmvc/schedules.py), e.g. exponential_decay
     c.optim.prior_lr = -1.0            # for the "prior" group; < 0 = same as lr, 0 = frozen
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999

@@ -45,9 +45,11 @@ def moments(z, resp):
     """Weighted mixture parameters from responsibilities [B, K]."""
     counts = resp.sum(0) + 1e-8                                                       # [K]
     means = (resp.T @ z) / counts[:, None]
-    var = (resp.T @ z**2) / counts[:, None] - means**2
+    # E[(z - mean)^2], not E[z^2] - mean^2: the latter cancels catastrophically in float32 when the
+    # embeddings sit far from zero relative to their spread.
+    var = jnp.einsum("bk,bkd->kd", resp, (z[:, None] - means[None]) ** 2) / counts[:, None]
     return {"logits": jnp.log(counts / counts.sum()), "means": means,
-            "log_vars": jnp.log(jnp.maximum(var, 0.0) + MIN_VAR)}
+            "log_vars": jnp.log(var + MIN_VAR)}
 
 
 def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1):

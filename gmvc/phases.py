@@ -6,7 +6,7 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
   {"kind": "train", "steps": n (-1 = the rest of train.steps), "objective": {...} (default
    config.objective), "trainable": ("net", "prior"), "lr": schedule (default optim.lr)}
   {"kind": "init_prior", "method": "em" | "minibatch", "kmeans_iters": 50, "em_iters": 20,
-   "n_init": 1, "batches": 200, "batch_size": 128}   (minibatch: at most batches * batch_size
+   "n_init": 10, "batches": 200, "batch_size": 128}   (minibatch: at most batches * batch_size
    embeddings; n_init fits from different seeds, the most likely one kept)
 An empty train.phases is one train phase of train.steps with config.objective.
 """
@@ -16,7 +16,7 @@ from gmvc.errors import ConfigError
 
 TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr"}
 INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size"}
-INIT_DEFAULTS = {"method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 1, "batches": 200,
+INIT_DEFAULTS = {"method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
                  "batch_size": 128}
 GROUPS = ("net", "prior")
 

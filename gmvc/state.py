@@ -12,11 +12,16 @@ from gmvc.schedules import make_schedule
 
 def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
     """Adam per parameter group; groups not in `trainable` (or with learning rate 0) are frozen
-    by set_to_zero. `lr` overrides optim.lr for the "net" group (a phase's own rate)."""
+    by set_to_zero. `lr` overrides optim.lr for the "net" group (a phase's own rate); the
+    optim.lr_schedule, if any, shapes a numeric rate (decay counts the group's own updates)."""
     def adam(lr_spec, what):
-        return optax.adam(make_schedule(lr_spec, what), b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps)
+        opt = optax.adam(make_schedule(lr_spec, what), b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps)
+        # clipping inside the group: a frozen group's gradients must not shrink a trained group's steps
+        return optax.chain(optax.clip_by_global_norm(optim_cfg.clip_norm), opt) if optim_cfg.clip_norm > 0 else opt
 
     net_lr = optim_cfg.lr if lr is None else lr
+    if optim_cfg.lr_schedule and isinstance(net_lr, (int, float)):
+        net_lr = {**optim_cfg.lr_schedule.to_dict(), "value": net_lr}
     prior_lr = optim_cfg.prior_lr
     if isinstance(prior_lr, (int, float)) and prior_lr < 0:
         prior_lr = net_lr
@@ -24,10 +29,7 @@ def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
     for group, rate in (("net", net_lr), ("prior", prior_lr)):
         frozen = group not in trainable or (isinstance(rate, (int, float)) and rate == 0)
         groups[group] = optax.set_to_zero() if frozen else adam(rate, f"learning rate of {group!r}")
-    tx = optax.partition(groups, group_labels)
-    if optim_cfg.clip_norm > 0:
-        tx = optax.chain(optax.clip_by_global_norm(optim_cfg.clip_norm), tx)
-    return tx
+    return optax.partition(groups, group_labels)
 
 
 def group_labels(params):

@@ -187,7 +187,7 @@ def init_prior_phase(phase, model, params, x, rng, config):
     spec = phase.spec
     if spec["method"] == "minibatch":
         n = min(len(x), spec["batches"] * spec["batch_size"])
-        x = x[np.asarray(jax.random.permutation(jax.random.fold_in(rng, 1), len(x)))[:n]]
+        x = x[np.asarray(jax.random.permutation(jax.random.fold_in(rng, 0), len(x)))[:n]]
     embed = jax.jit(model.embed)
     fit = jax.jit(lambda r, z: fit_diag_gmm(r, z, model.num_clusters, spec["kmeans_iters"],
                                             spec["em_iters"] if spec["method"] == "em" else 0, spec["n_init"]))
@@ -196,7 +196,7 @@ def init_prior_phase(phase, model, params, x, rng, config):
         params_r = jax.tree.map(lambda a: a[r], params)
         bs = config.eval.batch_size
         z = jnp.concatenate([embed(params_r, x[i:i + bs]) for i in range(0, len(x), bs)])
-        priors.append(fit(jax.random.fold_in(rng, r), z))
+        priors.append(fit(jax.random.fold_in(rng, r + 1), z))
     return {**params, "prior": jax.tree.map(lambda *a: jnp.stack(a), *priors)}
 
 

@@ -32,8 +32,8 @@ def test_reference_settings():
     assert vade.data.source == s3vdc.data.source == "tfds:mnist"
     assert vade.model.hidden_sizes == (500, 500, 2000) and vade.model.z_dim == 10 and vade.model.num_clusters == 10
     assert vade.train.batch_size == 100 and vade.optim.eps == 1e-4
-    assert vade.optim.lr.value == 0.002 and vade.optim.lr.decay_rate == 0.9 and vade.optim.lr.floor == 0.0002
-    assert vade.optim.lr.decay_steps == 6000          # 10 epochs of 600 steps
+    assert vade.optim.lr == 0.002 and vade.optim.lr_schedule.decay_rate == 0.9
+    assert vade.optim.lr_schedule.floor == 0.0002 and vade.optim.lr_schedule.decay_steps == 6000   # 10 epochs
     assert s3vdc.model.net == "conv" and s3vdc.model.conv_filters == (32, 64, 128)
     assert s3vdc.model.conv_kernels == (5, 5, 3) and s3vdc.model.activation == "elu"
     assert s3vdc.model.z_dim == 8 and s3vdc.train.batch_size == 128
@@ -41,7 +41,8 @@ def test_reference_settings():
     assert s3vdc.phases.gamma_training.objective.kl_z == 5e-4
     assert s3vdc.phases.gmm_init.method == "minibatch" and s3vdc.phases.gmm_init.batches == 200
     assert s3vdc.objective.vade_kl.kind == "periodic_cubic" and s3vdc.objective.vade_kl.start == 5e-4
-    assert s3vdc.optim.lr.decay_rate == 0.96 and s3vdc.optim.lr.decay_steps == 1000
+    assert s3vdc.optim.lr == 0.002 and s3vdc.optim.lr_schedule.decay_rate == 0.96
+    assert s3vdc.optim.lr_schedule.decay_steps == 1000
 
 
 @pytest.mark.parametrize("name", ["vade_mnist.py", "s3vdc_mnist.py"])

@@ -34,15 +34,16 @@ class VaDENet(nn.Module):
 
 def inverse_minmax_log_gamma(log_joint):
     """S3VDC's guard: rescale s = -log_joint over the whole [B, K] tensor to [-20, 0] before the
-    softmax, so no logit can overflow."""
+    softmax, so no logit can overflow. The min and max are over the batch, so the soft
+    responsibilities depend on the batch a sample is in (their argmax does not)."""
     s = -log_joint
     scaled = (s - s.min()) / (s.max() - s.min() + 1e-12) * (-20.0)
     return jax.nn.log_softmax(scaled, axis=-1)
 
 
 def init_prior(k, z_dim):
-    """Uniform weights, unit variances, means spread on a small random grid; the GMM
-    initialisation phase replaces these from the embeddings."""
+    """Uniform weights, unit variances, zero means (init draws the means from N(0, I)); an
+    init_prior phase replaces these from the embeddings."""
     return {"logits": jnp.zeros((k,)), "means": jnp.zeros((k, z_dim)), "log_vars": jnp.zeros((k, z_dim))}
 
 

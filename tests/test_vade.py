@@ -1,0 +1,496 @@
+"""VaDE pieces: the mixture KL against Monte Carlo, the responsibilities against the exact posterior
+(and S3VDC's inverse min-max transform), the mixture initialisation on known blobs (full data and
+the mini-batch subsample), S3VDC's periodic beta schedule, and the phases that freeze parameter
+groups (directly through the optimizer, and through the training loop's checkpoints).
+
+Models here are tiny (a 16-unit MLP, Dz = 2, K = 3) so that XLA compile time stays small.
+"""
+import functools
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import optimize, special, stats
+
+from gmvc import steps
+from gmvc.config import base_config
+from gmvc.errors import ConfigError
+from gmvc.mixture_init import fit_diag_gmm, mean_log_likelihood
+from gmvc.models import make_model
+from gmvc.objectives import make_objective
+from gmvc.objectives.terms import TERMS, _expected_component_kl, _kl_gamma_prior
+from gmvc.phases import Phase, build_phases
+from gmvc.schedules import make_schedule
+from gmvc.state import make_optimizer
+
+K, DZ, DX = 3, 2, 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compiles():
+    """XLA's backend optimisations off while this module runs: the programs here are tiny and each
+    runs a few times, so compile time is the whole cost (same semantics, as in test_terms.py)."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+def _vade_config(gamma_transform="none"):
+    c = base_config()
+    c.model.name = "vade"
+    c.model.hidden_sizes = (16,)
+    c.model.z_dim = DZ
+    c.model.num_clusters = K
+    c.model.likelihood = "bernoulli"
+    c.model.gamma_transform = gamma_transform
+    c.objective = {"recon": 1.0, "vade_kl": 1.0}
+    return c
+
+
+def _uniform_data(n=200, seed=0):
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (n, DX)).astype(np.float32)
+
+
+def _assert_trees_equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb) > 0
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _max_abs_diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a),
+                                                                                    jax.tree.leaves(b)))
+
+
+# ---------------------------------------------------------------- 1. the mixture KL against Monte Carlo
+
+def _kl_setup():
+    """A random prior (K=3, Dz=2), q(z|x) for 4 samples, and a fixed gamma per sample (float64)."""
+    rng = np.random.default_rng(0)
+    b = 4
+    return {"z_mean": rng.normal(0.0, 1.5, (b, DZ)), "z_log_var": rng.uniform(-1.5, 0.5, (b, DZ)),
+            "prior_means": rng.normal(0.0, 2.0, (K, DZ)), "prior_log_vars": rng.uniform(-0.5, 0.8, (K, DZ)),
+            "logits": rng.normal(0.0, 1.0, K), "gamma": rng.dirichlet(np.ones(K), size=b)}
+
+
+def _out_dict(s, rows=slice(None)):
+    """The `out` dict the vade_kl term reads, built by hand (float32 as in training)."""
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    return {"z_mean": f32(s["z_mean"][rows]), "z_log_var": f32(s["z_log_var"][rows]),
+            "prior_means": f32(s["prior_means"]), "prior_log_vars": f32(s["prior_log_vars"]),
+            "log_pi": f32(s["logits"] - special.logsumexp(s["logits"])), "log_gamma": f32(np.log(s["gamma"][rows]))}
+
+
+def _mc_vade_kl(rng, s, b, n=100_000):
+    """E_q(z|x)[sum_c gamma_c (log q(z|x) + log gamma_c - log p(z|c) - log p(c))] by sampling z ~ q(z|x),
+    with scipy densities in float64; returns (estimate, standard error)."""
+    mean, var = s["z_mean"][b], np.exp(s["z_log_var"][b])
+    z = mean + np.sqrt(var) * rng.standard_normal((n, DZ))
+    log_q = stats.multivariate_normal(mean, np.diag(var)).logpdf(z)                              # [n]
+    log_p = np.stack([stats.multivariate_normal(s["prior_means"][c], np.diag(np.exp(s["prior_log_vars"][c])))
+                      .logpdf(z) for c in range(K)], axis=1)                                        # [n, K]
+    log_pi = s["logits"] - special.logsumexp(s["logits"])
+    gamma = s["gamma"][b]
+    f = np.sum(gamma * (log_q[:, None] + np.log(gamma) - log_p - log_pi), axis=1)
+    return f.mean(), f.std() / np.sqrt(n)
+
+
+@functools.lru_cache(maxsize=None)
+def _vade_kl_fn():
+    term = TERMS["vade_kl"]({})
+    return jax.jit(lambda out: term(None, None, out, None)[0])
+
+
+def _vade_kl(s, rows=slice(None)):
+    return float(_vade_kl_fn()(_out_dict(s, rows)))
+
+
+def test_vade_kl_matches_monte_carlo():
+    s = _kl_setup()
+    per_sample = np.asarray(jax.jit(lambda o: _expected_component_kl(o) + _kl_gamma_prior(o))(_out_dict(s)))
+    assert per_sample.shape == (4,)
+    rng = np.random.default_rng(1)
+    for b in range(4):
+        got = _vade_kl(s, slice(b, b + 1))                                       # a batch of one: that sample
+        assert got == pytest.approx(float(per_sample[b]), rel=1e-6)
+        mc, se = _mc_vade_kl(rng, s, b)
+        # 1e5 seeded samples: within 1% and within 5 standard errors of the estimate.
+        assert se < 2e-3 * abs(mc), (b, mc, se)
+        assert got == pytest.approx(mc, rel=1e-2), (b, got, mc, se)
+        assert abs(got - mc) < 5 * se + 1e-4, (b, got, mc, se)
+    # The term is the batch mean of the per-sample values.
+    assert _vade_kl(s) == pytest.approx(float(per_sample.mean()), rel=1e-6)
+
+
+def test_vade_kl_monte_carlo_sees_wrong_gamma_and_pi():
+    """The tolerance above is tight enough to tell the responsibilities or the weights apart."""
+    s = _kl_setup()
+    rng = np.random.default_rng(2)
+    mc, se = _mc_vade_kl(rng, s, 0)
+    got = _vade_kl(s, slice(0, 1))
+    assert got == pytest.approx(mc, rel=1e-2)
+    wrong_gamma = dict(s, gamma=np.full_like(s["gamma"], 1.0 / K))
+    wrong_pi = dict(s, logits=np.zeros(K))
+    for wrong in (wrong_gamma, wrong_pi):
+        value = _vade_kl(wrong, slice(0, 1))
+        assert abs(value - mc) > 2e-2 * abs(mc) and abs(value - mc) > 20 * se, (value, mc, got)
+
+
+# ---------------------------------------------------------------- 2. responsibilities = exact posterior
+
+@functools.lru_cache(maxsize=None)
+def _model_and_predictions():
+    """One tiny VaDE net, a random prior placed among its embeddings; predictions of both gamma
+    transforms (the transform changes no parameters, only the responsibilities)."""
+    x = _uniform_data(24, seed=3)
+    model = make_model(_vade_config().model, x.shape[1:])
+    model_mm = make_model(_vade_config("inverse_minmax").model, x.shape[1:])
+    params = jax.jit(model.init)(jax.random.key(0))
+    z_mean = np.asarray(jax.jit(model.embed)(params, x), np.float64)
+    rng = np.random.default_rng(4)
+    spread = z_mean.std(0)
+    prior = {"logits": rng.normal(0.0, 1.0, K),
+             "means": z_mean[rng.choice(len(x), K, replace=False)] + 0.3 * spread * rng.normal(size=(K, DZ)),
+             "log_vars": np.log(spread**2) + rng.uniform(-1.5, 0.0, (K, DZ))}
+    params = {"net": params["net"], "prior": jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), prior)}
+    predict = jax.jit(lambda p, x: (model.predict(p, x), model_mm.predict(p, x)))
+    out, out_mm = jax.device_get(predict(params, x))
+    return {"x": x, "z_mean": z_mean, "prior": prior, "out": out, "out_mm": out_mm}
+
+
+def _scipy_log_joint(z, prior):
+    """log pi_c + log N(z | mu_c, diag sigma2_c) with pi = softmax(logits): [B, K], float64."""
+    log_pi = prior["logits"] - special.logsumexp(prior["logits"])
+    dens = np.stack([stats.multivariate_normal(prior["means"][c], np.diag(np.exp(prior["log_vars"][c]))).logpdf(z)
+                     for c in range(K)], axis=1)
+    return log_pi + dens
+
+
+def test_predict_log_gamma_is_exact_posterior():
+    m = _model_and_predictions()
+    out = m["out"]
+    np.testing.assert_allclose(out["z_mean"], m["z_mean"], rtol=1e-6, atol=1e-6)    # predict uses z = z_mean
+    log_joint = _scipy_log_joint(m["z_mean"], m["prior"])
+    want = log_joint - special.logsumexp(log_joint, axis=1, keepdims=True)            # log p(c | z)
+    assert out["log_gamma"].shape == (24, K)
+    np.testing.assert_allclose(out["log_gamma"], want, rtol=1e-4, atol=1e-4)
+    gamma = np.exp(want)
+    # Not a degenerate case: the responsibilities are soft, the weights matter, all clusters are used.
+    assert 0.05 < gamma.max(1).min() and gamma.max(1).min() < 0.9
+    assert len(np.unique(gamma.argmax(1))) == K
+    log_pi = m["prior"]["logits"] - special.logsumexp(m["prior"]["logits"])
+    without_pi = (log_joint - log_pi) - special.logsumexp(log_joint - log_pi, axis=1, keepdims=True)
+    assert np.abs(without_pi - want).max() > 1e-2
+
+
+def test_inverse_minmax_responsibilities():
+    m = _model_and_predictions()
+    log_gamma = m["out_mm"]["log_gamma"].astype(np.float64)
+    log_joint = _scipy_log_joint(m["z_mean"], m["prior"])
+    exact = log_joint - special.logsumexp(log_joint, axis=1, keepdims=True)
+    # Rows are distributions.
+    np.testing.assert_allclose(np.exp(log_gamma).sum(1), 1.0, atol=1e-5)
+    # The logits: s = -log_joint rescaled over the whole [B, K] batch to [-20, 0].
+    s = -log_joint
+    logits = (s - s.min()) / (s.max() - s.min()) * -20.0
+    assert logits.min() == -20.0 and logits.max() == 0.0
+    np.testing.assert_allclose(log_gamma, logits - special.logsumexp(logits, axis=1, keepdims=True),
+                               rtol=1e-4, atol=1e-4)
+    # Order-preserving: same argmax, same ranking of the clusters in every row, as the exact posterior.
+    np.testing.assert_array_equal(log_gamma.argmax(1), exact.argmax(1))
+    np.testing.assert_array_equal(np.argsort(log_gamma, 1), np.argsort(exact, 1))
+    # ... but a different (softer or harder) distribution: the transform did something.
+    assert np.abs(log_gamma - exact).max() > 1e-2
+
+
+# ---------------------------------------------------------------- 3. mixture initialisation on known blobs
+
+BLOB_MEANS = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 1.0], [0.0, 6.0, -2.0], [3.0, 3.0, 6.0]])
+BLOB_STDS = np.array([[0.3, 0.5, 0.4], [0.6, 0.3, 0.5], [0.4, 0.4, 0.2], [0.5, 0.6, 0.3]])
+BLOB_WEIGHTS = np.array([0.2, 0.25, 0.25, 0.3])
+
+
+def _blobs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.choice(len(BLOB_WEIGHTS), n, p=BLOB_WEIGHTS)
+    return (BLOB_MEANS[y] + BLOB_STDS[y] * rng.standard_normal((n, 3))).astype(np.float32), y
+
+
+def _matched(prior):
+    """The fitted (weights, means, variances) reordered to the true components (Hungarian on distances)."""
+    means = np.asarray(prior["means"], np.float64)
+    _, cols = optimize.linear_sum_assignment(np.linalg.norm(BLOB_MEANS[:, None] - means[None], axis=-1))
+    weights = np.exp(np.asarray(prior["logits"], np.float64))
+    return weights[cols] / weights.sum(), means[cols], np.exp(np.asarray(prior["log_vars"], np.float64))[cols]
+
+
+def _empirical(z, y):
+    """Per-label weights, means and (biased) variances of a sample: what hard assignments give."""
+    z = z.astype(np.float64)
+    return (np.bincount(y, minlength=4) / len(y), np.stack([z[y == k].mean(0) for k in range(4)]),
+            np.stack([z[y == k].var(0) for k in range(4)]))
+
+
+N_INIT = 6   # one k-means++ seeding puts two seeds in one blob ~13% of the time here: see test_n_init_...
+N_KEYS = {1: 24, N_INIT: 8}   # seeds per n_init: enough single fits to see a bad seeding
+
+
+@functools.lru_cache(maxsize=None)
+def _all_blob_fits():
+    """fit_diag_gmm (20 k-means steps, 20 EM steps) on 2000 blob points, vmapped over the first
+    N_KEYS[n] of the same seeds, for n_init = 1 and N_INIT (one compiled program)."""
+    z = jnp.asarray(_blobs(2000)[0])
+    keys = jax.random.split(jax.random.key(0), 24)
+
+    def fits(keys):
+        return {n: jax.vmap(lambda r: fit_diag_gmm(r, z, 4, 20, 20, n))(keys[:N_KEYS[n]]) for n in N_KEYS}
+    return jax.device_get(jax.jit(fits)(keys))
+
+
+def _blob_fits(n_init):
+    """Leaves [N_KEYS[n_init], ...]."""
+    return _all_blob_fits()[n_init]
+
+
+def _fit_i(fits, i):
+    return jax.tree.map(lambda a: a[i], fits)
+
+
+def _mean_errors(prior):
+    return np.abs(_matched(prior)[1] - BLOB_MEANS).max()
+
+
+def test_fit_diag_gmm_recovers_blobs():
+    z, y = _blobs(2000)
+    emp_w, emp_m, emp_v = _empirical(z, y)
+    fits = _blob_fits(N_INIT)
+    for i in range(N_KEYS[N_INIT]):
+        weights, means, variances = _matched(_fit_i(fits, i))
+        np.testing.assert_allclose(means, BLOB_MEANS, atol=0.1)
+        np.testing.assert_allclose(weights, BLOB_WEIGHTS, atol=0.05)
+        np.testing.assert_allclose(variances, BLOB_STDS**2, rtol=0.2)
+        # Well separated: EM ends on the hard per-blob statistics of the sample itself.
+        np.testing.assert_allclose(weights, emp_w, atol=1e-4)
+        np.testing.assert_allclose(means, emp_m, atol=1e-3)
+        np.testing.assert_allclose(variances, emp_v, rtol=1e-2)
+
+
+def test_n_init_keeps_the_most_likely_fit():
+    """A single k-means++ seeding sometimes splits one blob and merges two (Lloyd and EM cannot undo
+    that); n_init fits from different seeds, keeping the most likely, recover the blobs every time."""
+    single, best = _blob_fits(1), _blob_fits(N_INIT)
+    errors = np.array([_mean_errors(_fit_i(single, i)) for i in range(N_KEYS[1])])
+    assert np.sum(errors > 1.0) >= 1 and np.sum(errors < 0.1) >= N_KEYS[1] // 2, errors
+    errors_best = np.array([_mean_errors(_fit_i(best, i)) for i in range(N_KEYS[N_INIT])])
+    assert np.all(errors_best < 0.1), errors_best
+    # Kept by likelihood: every right fit reaches the same moments, a wrong one is less likely.
+    z = jnp.asarray(_blobs(2000)[0])
+    ll = jax.jit(jax.vmap(mean_log_likelihood, in_axes=(0, None)))
+    ll_single, ll_best = np.asarray(ll(single, z)), np.asarray(ll(best, z))
+    np.testing.assert_allclose(ll_best, ll_best.max(), rtol=1e-5)
+    assert np.all(ll_best >= ll_single[:N_KEYS[N_INIT]] - 1e-4 * np.abs(ll_best))
+    assert np.all(ll_single[errors > 1.0] < ll_best.max() - 0.1)
+
+
+def test_minibatch_init_prior_uses_a_subsample():
+    """The init_prior phase with method "minibatch" (batches * batch_size = 500 of 2000 points; k-means
+    then moments, em_iters ignored) through train.init_prior_phase, with an identity embedding."""
+    from gmvc.train import init_prior_phase
+    z, y = _blobs(2000, seed=1)
+    model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
+    spec = {"kind": "init_prior", "method": "minibatch", "kmeans_iters": 50, "em_iters": 20, "n_init": N_INIT,
+            "batches": 5, "batch_size": 100}
+    config = types.SimpleNamespace(train=types.SimpleNamespace(restarts=1), eval=types.SimpleNamespace(batch_size=128))
+    params = {"net": {"w": jnp.ones((1, 2))},
+              "prior": {"logits": jnp.zeros((1, 4)), "means": jnp.zeros((1, 4, 3)), "log_vars": jnp.zeros((1, 4, 3))}}
+    new = init_prior_phase(Phase("gmm_init", "init_prior", 0, 0, spec), model, params, z, jax.random.key(5), config)
+    _assert_trees_equal(new["net"], params["net"])
+    assert jax.tree.map(np.shape, new["prior"]) == jax.tree.map(np.shape, params["prior"])
+    prior = jax.tree.map(lambda a: a[0], new["prior"])
+    weights, means, variances = _matched(prior)
+    # Hard assignments of exactly 500 points: every weight is a whole number of points out of 500.
+    counts = weights * 500
+    np.testing.assert_allclose(counts, np.round(counts), atol=1e-2)
+    assert counts.sum() == pytest.approx(500, abs=1e-2)
+    np.testing.assert_allclose(means, BLOB_MEANS, atol=0.1)
+    np.testing.assert_allclose(weights, BLOB_WEIGHTS, atol=0.05)
+    # ~100 points per blob: a sample variance's standard error is ~14% of the truth; allow 3 of them.
+    np.testing.assert_allclose(variances, BLOB_STDS**2, rtol=0.4)
+
+
+# ---------------------------------------------------------------- 4. S3VDC's periodic beta schedule
+
+def _periodic_cubic_by_hand(step, value=1.0, ramp=100, hold=50, start=5e-4):
+    frac = min((step % (ramp + hold)) / ramp, 1.0)
+    return start + (value - start) * frac**3
+
+
+def test_periodic_cubic_values():
+    spec = {"kind": "periodic_cubic", "value": 1.0, "ramp_steps": 100, "hold_steps": 50, "start": 5e-4}
+    expected = {0: 5e-4, 50: 5e-4 + (1 - 5e-4) / 8, 100: 1.0, 120: 1.0, 149: 1.0, 150: 5e-4,
+                200: 5e-4 + (1 - 5e-4) / 8, 275: 1.0, 310: 5e-4 + (1 - 5e-4) * 0.1**3}
+    for step, want in expected.items():
+        assert want == pytest.approx(_periodic_cubic_by_hand(step), rel=1e-12)
+    schedule = make_schedule(spec)
+    for step, want in expected.items():
+        assert float(schedule(step)) == pytest.approx(want, rel=1e-6), step
+    got = jax.jit(jax.vmap(schedule))(jnp.asarray(sorted(expected), jnp.int32))     # traced int32 steps
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), [expected[s] for s in sorted(expected)], rtol=1e-6)
+
+
+def test_s3vdc_reference_beta_schedule():
+    """S3VDC's reference beta: gamma = 5e-4 -> 1 along a cubic over 2500 steps, 2500 at 1, repeat."""
+    ramp, hold, start = 2500, 2500, 5e-4
+    schedule = make_schedule({"kind": "periodic_cubic", "value": 1.0, "start": start, "ramp_steps": ramp,
+                              "hold_steps": hold})
+    expected = {0: start, 1250: start + (1 - start) / 8, 2500: 1.0, 4999: 1.0, 5000: start,
+                5625: start + (1 - start) / 64, 17500: 1.0}
+    for step, want in expected.items():
+        assert want == pytest.approx(_periodic_cubic_by_hand(step, 1.0, ramp, hold, start), rel=1e-12)
+        assert float(schedule(step)) == pytest.approx(want, rel=1e-6), step
+    with pytest.raises(ConfigError, match="periodic_cubic"):
+        make_schedule({"kind": "periodic_cubic", "value": 1.0, "ramp_steps": 0, "hold_steps": hold})
+
+
+# ---------------------------------------------------------------- 5. phases switch the trainable groups
+
+def _train_few_steps(params, tx, loss_fn, x, n=5, batch=50):
+    train_step = steps.make_train_step(loss_fn, tx)
+
+    def run(params, x):
+        state = {"step": jnp.asarray(0, jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+        def body(state, i):
+            batch_x = jax.lax.dynamic_slice_in_dim(x, (i % (len(x) // batch)) * batch, batch)
+            return train_step(state, batch_x, jax.random.fold_in(jax.random.key(7), i))
+
+        state, aux = jax.lax.scan(body, state, jnp.arange(n))
+        return state, aux
+
+    state, aux = jax.jit(run)(params, jnp.asarray(x))
+    assert np.all(np.isfinite(np.asarray(aux["loss"])))
+    return state["params"], aux
+
+
+@pytest.fixture(scope="module")
+def tiny_vade():
+    cfg = _vade_config()
+    x = _uniform_data()
+    model = make_model(cfg.model, x.shape[1:])
+    params = jax.jit(model.init)(jax.random.key(0))
+    # The objective reaches the prior (vade_kl), so only the optimizer can keep it fixed.
+    loss_fn = make_objective(model, cfg.objective, cfg.terms)
+    return cfg, model, params, loss_fn, x
+
+
+@pytest.mark.parametrize("trainable", [("net",), ("net", "prior")])
+def test_optimizer_freezes_untrained_groups(tiny_vade, trainable):
+    cfg, model, params, loss_fn, x = tiny_vade
+    new, aux = _train_few_steps(params, make_optimizer(cfg.optim, trainable=trainable), loss_fn, x)
+    assert np.all(np.asarray(aux["grad_norm"]) > 0)
+    for group in ("net", "prior"):
+        if group in trainable:
+            assert _max_abs_diff(new[group], params[group]) > 1e-4, group    # Adam moves every leaf ~ lr
+            for a, b in zip(jax.tree.leaves(new[group]), jax.tree.leaves(params[group])):
+                assert np.any(np.asarray(a) != np.asarray(b)), group
+        else:
+            _assert_trees_equal(new[group], params[group])                  # bit-identical
+
+
+def _phase_config(tmp_path, steps_total=21):
+    """Pretrain 20 steps (net only), fit the prior by EM, then the rest (1 step) with
+    everything; one step per chunk so that checkpoints land at 20 (pretrain's end) and 21."""
+    c = _vade_config()
+    np.savez(tmp_path / "data.npz", x=_uniform_data())
+    c.data.source = f"file:{tmp_path / 'data.npz'}"
+    c.train.steps = steps_total
+    c.train.batch_size = 50
+    c.train.log_every = 1
+    c.train.checkpoint_every = 20
+    c.train.max_checkpoints = 5
+    c.eval.batch_size = 100
+    c.eval.plot_points = 60
+    c.train.phases = ("pretrain", "init", "main")
+    # vade_kl in the pretraining objective gives the prior gradients: with recon alone they are zero
+    # and Adam would leave the prior unchanged even if it were trainable.
+    c.phases = {"pretrain": {"kind": "train", "steps": 20, "objective": {"recon": 1.0, "vade_kl": 1.0},
+                             "trainable": ("net",)},
+                "init": {"kind": "init_prior", "method": "em", "kmeans_iters": 10, "em_iters": 5},
+                "main": {"kind": "train", "steps": -1}}
+    return c
+
+
+def _mixture_moments(prior):
+    """The mean and per-dimension variance of a diagonal mixture (float64)."""
+    pi = special.softmax(np.asarray(prior["logits"], np.float64))
+    means, variances = np.asarray(prior["means"], np.float64), np.exp(np.asarray(prior["log_vars"], np.float64))
+    mean = pi @ means
+    return mean, pi @ (variances + means**2) - mean**2
+
+
+def test_phases_through_the_training_loop(tmp_path):
+    from gmvc.checkpoint import Checkpointer
+    from gmvc.mixture_init import MIN_VAR
+    from gmvc.state import init_params
+    from gmvc.train import init_prior_phase, train_and_evaluate
+    c = _phase_config(tmp_path)
+    phases = build_phases(c)
+    assert [(p.name, p.kind, p.start, p.end) for p in phases] == [
+        ("pretrain", "train", 0, 20), ("init", "init_prior", 20, 20), ("main", "train", 20, 21)]
+    assert phases[0].spec["trainable"] == ("net",) and phases[2].spec["trainable"] == ("net", "prior")
+    assert phases[2].spec["objective"] == {"recon": 1.0, "vade_kl": 1.0}
+
+    summary = train_and_evaluate(c, tmp_path / "run", echo=lambda *a, **k: None)
+    assert summary["steps"] == 21 and summary["compiles"] == 2 and summary["num_samples"] == 200
+
+    model = make_model(c.model, (DX,))
+    init_rng = jax.random.split(jax.random.key(c.seed), 4)[0]     # as train_and_evaluate draws it
+    initial = init_params(model.init, init_rng, 1)
+    ckpt = Checkpointer(tmp_path / "run" / "checkpoints")
+    try:
+        assert ckpt._manager.all_steps() == [20, 21]
+        after_pretrain, final = (ckpt._manager.restore(s)["params"] for s in (20, 21))
+    finally:
+        ckpt.close()
+    # Pretraining: the net moved, the prior is bit-identical to its initialisation.
+    _assert_trees_equal(after_pretrain["prior"], initial["prior"])
+    assert _max_abs_diff(after_pretrain["net"], initial["net"]) > 1e-3
+    # The init phase fitted the prior to the pretrained net's embeddings (one Adam step of ~lr = 1e-3
+    # since): whatever the EM fit, its mixture has the embeddings' mean and per-dimension variance.
+    z = np.asarray(jax.jit(model.embed)(jax.tree.map(lambda a: a[0], after_pretrain), _uniform_data()), np.float64)
+    mean, var = _mixture_moments(jax.tree.map(lambda a: a[0], final["prior"]))
+    np.testing.assert_allclose(mean, z.mean(0), atol=5e-3)
+    np.testing.assert_allclose(var, z.var(0) + MIN_VAR, rtol=2e-2)
+    init_mean, init_var = _mixture_moments(jax.tree.map(lambda a: a[0], initial["prior"]))
+    assert np.abs(init_mean - z.mean(0)).max() > 0.05 or np.abs(init_var / (z.var(0) + MIN_VAR) - 1).max() > 0.1
+    # Three clusters fitted, not one copied three times.
+    assert np.ptp(np.asarray(final["prior"]["means"])[0], axis=0).max() > 0.1 * np.sqrt(z.var(0).max())
+    # The main phase trains the prior too: redo the init phase as the loop does (same key), then every
+    # prior leaf has taken one Adam step of size ~lr = 1e-3 from that fit.
+    prior_rng = jax.random.split(jax.random.key(c.seed), 4)[3]
+    fitted = init_prior_phase(phases[1], model, after_pretrain, _uniform_data(), jax.random.fold_in(prior_rng, 1), c)
+    for a, b in zip(jax.tree.leaves(final["prior"]), jax.tree.leaves(fitted["prior"])):
+        step = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+        assert step.max() < 1.01e-3 and np.median(step) > 5e-4, step
+
+
+def test_build_phases_errors(tmp_path):
+    c = _phase_config(tmp_path)
+    c.phases.pretrain.trainable = ("net", "encoder")
+    with pytest.raises(ConfigError, match="unknown parameter group.*encoder"):
+        build_phases(c)
+
+    c = _phase_config(tmp_path)
+    c.phases.pretrain.steps = -1
+    with pytest.raises(ConfigError, match="only one phase.*steps=-1") as e:
+        build_phases(c)
+    assert "pretrain" in str(e.value) and "main" in str(e.value)
+
+    c = _phase_config(tmp_path, steps_total=20)          # pretrain takes all 20: nothing left for main
+    with pytest.raises(ConfigError, match="leaves no steps"):
+        build_phases(c)
