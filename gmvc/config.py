@@ -44,7 +44,8 @@ def base_config():
     c.optim.lr = 1e-3                  # learning rate of the "net" group (the schedule's value)
     c.optim.lr_schedule = ml_collections.ConfigDict()   # {} = constant; else a schedule dict without
                                                         # "value" (gmvc/schedules.py), e.g. exponential_decay
-    c.optim.prior_lr = -1.0            # for the "prior" group; < 0 = same as lr, 0 = frozen
+    c.optim.prior_lr = -1.0            # for the "prior" group; < 0 = same as lr (and schedule), 0 = frozen
+    c.optim.prior_lr_schedule = ml_collections.ConfigDict()   # {} = lr_schedule's shape
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8

@@ -13,18 +13,22 @@ from gmvc.schedules import make_schedule
 def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
     """Adam per parameter group; groups not in `trainable` (or with learning rate 0) are frozen
     by set_to_zero. `lr` overrides optim.lr for the "net" group (a phase's own rate); the
-    optim.lr_schedule, if any, shapes a numeric rate (decay counts the group's own updates)."""
+    optim.lr_schedule (and optim.prior_lr_schedule for the prior, default the same) shapes a
+    numeric rate; decay counts the group's own updates within the phase."""
     def adam(lr_spec, what):
         opt = optax.adam(make_schedule(lr_spec, what), b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps)
         # clipping inside the group: a frozen group's gradients must not shrink a trained group's steps
         return optax.chain(optax.clip_by_global_norm(optim_cfg.clip_norm), opt) if optim_cfg.clip_norm > 0 else opt
 
-    net_lr = optim_cfg.lr if lr is None else lr
-    if optim_cfg.lr_schedule and isinstance(net_lr, (int, float)):
-        net_lr = {**optim_cfg.lr_schedule.to_dict(), "value": net_lr}
+    def shaped(rate, schedule):
+        return {**schedule.to_dict(), "value": rate} if schedule and isinstance(rate, (int, float)) and rate else rate
+
+    net_lr = shaped(optim_cfg.lr if lr is None else lr, optim_cfg.lr_schedule)
     prior_lr = optim_cfg.prior_lr
     if isinstance(prior_lr, (int, float)) and prior_lr < 0:
         prior_lr = net_lr
+    else:
+        prior_lr = shaped(prior_lr, optim_cfg.prior_lr_schedule or optim_cfg.lr_schedule)
     groups = {}
     for group, rate in (("net", net_lr), ("prior", prior_lr)):
         frozen = group not in trainable or (isinstance(rate, (int, float)) and rate == 0)

@@ -128,7 +128,8 @@ def test_term_values_and_grads_finite(setting):
 _REACHES = {"recon": ("encoder", "z_head", "decoder", "decoder_head"), "kl_z": ("encoder", "z_head"),
             "w_prior": ("encoder", "w_head"), "cond_prior": ("z_head", "w_head", "prior_hidden", "prior_head"),
             "c_prior": ("z_head", "w_head", "prior_head"), "cv": ("z_head", "w_head", "prior_head"),
-            "c_marginal": ("z_head", "w_head", "prior_head")}
+            "c_marginal": ("z_head", "w_head", "prior_head"),
+            "vade_kl": ("z_head", "w_head", "prior_hidden", "prior_head")}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -318,6 +319,14 @@ def test_exact_one_hot_responsibilities():
     assert float(TERMS["c_prior"]({})(None, None, out, None)[1]["c_prior_kl"]) == pytest.approx(np.log(K), rel=1e-6)
 
 
+def test_vade_kl_is_component_kl_plus_cluster_kl(setup):
+    """On a GMVAE forward pass the mixture KL splits into the conditional prior (expected
+    component KL) and the cluster KL (c_prior without free bits)."""
+    want = _value(setup, "cond_prior") + _value(setup, "c_prior")      # default free_bits 0
+    assert _value(setup, "vade_kl") == pytest.approx(want, rel=1e-5)
+    assert _value(setup, "vade_kl") > _value(setup, "cond_prior")
+
+
 # ---------------------------------------------------------------- make_objective
 
 def test_make_objective_weighted_sum():
@@ -328,7 +337,7 @@ def test_make_objective_weighted_sum():
     calls = []
     stub = types.SimpleNamespace(apply=lambda p, batch, key: calls.append((batch, key)) or out)
     weights = {"recon": 1.0, "kl_z": 0.1, "cond_prior": 0.5, "c_prior": 2.0, "cv": 3.0, "c_marginal": 0.25,
-               "w_prior": {"kind": "linear_warmup", "value": 2.0, "warmup_steps": 10, "start": 0.0}}
+               "vade_kl": 0.7, "w_prior": {"kind": "linear_warmup", "value": 2.0, "warmup_steps": 10, "start": 0.0}}
     loss_fn = jax.jit(make_objective(stub, weights, {"c_prior": {"free_bits": 0.0}}))   # the step is traced
     loss, aux = loss_fn(params, x, rng, jnp.int32(5))
     assert len(calls) == 1                               # one forward pass for all terms
