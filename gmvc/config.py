@@ -12,7 +12,7 @@ def base_config():
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "spiral"       # spiral | digits | mnist5k | tfds:<name> | file:<path>
+    c.data.source = "spiral"       # spiral | digits | mnist5k | tfds:<name> | file:<path> | folder:<root>
     c.data.num_points = 5000       # spiral: total points
     c.data.arms = 5                # spiral: number of arms
     c.data.noise = 0.05            # spiral: std of the noise across an arm
@@ -58,6 +58,7 @@ def base_config():
     c.train.checkpoint_every = 2500    # rounded up to a multiple of log_every
     c.train.max_checkpoints = 3
     c.train.phases = ()                # names of config.phases in order; () = one phase of train.steps
+    c.train.loop = "auto"              # scan | host | auto (host for conv networks; see gmvc/train.py)
     c.train.restarts = 1               # independent inits trained together; the lowest objective wins
 
     c.phases = ml_collections.ConfigDict()   # see gmvc/phases.py

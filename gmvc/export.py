@@ -33,6 +33,15 @@ def write_predictions_csv(path, gamma, labels=None):
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def write_latent_csv(path, z_mean, labels=None):
+    """One row per sample: index, [label], z_0 .. z_{D-1} (the latent means)."""
+    header = ["index"] + (["label"] if labels is not None else []) + [f"z_{d}" for d in range(z_mean.shape[1])]
+    ids = np.arange(len(z_mean))[:, None] if labels is None else np.stack([np.arange(len(z_mean)), labels], 1)
+    lines = [",".join(header)]
+    lines += [",".join(map(str, row_i)) + "," + ",".join(f"{v:.6g}" for v in row_z) for row_i, row_z in zip(ids, z_mean)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
 def _save(fig, path):
     path = pathlib.Path(path)
     tmp = path.with_name(path.stem + ".tmp.png")
@@ -76,13 +85,34 @@ def image_grid(images):
     return grid[..., 0] if c == 1 else grid
 
 
+def grid_scale(height):
+    """Integer upscaling so a grid cell is at least about 56 pixels high (8x8 digits become visible)."""
+    return max(1, -(-56 // height))
+
+
+def save_image_grid(path, images):
+    """[rows, cols, H, W, C] in [0, 1] -> one PNG of exactly rows x cols cells with 1-pixel white
+    gaps, each pixel upscaled by grid_scale(H) (no axes or titles: the file is the grid itself)."""
+    from PIL import Image
+    grid = image_grid(np.clip(np.asarray(images, np.float32), 0, 1))
+    s = grid_scale(images.shape[2])
+    grid = np.repeat(np.repeat(grid, s, axis=0), s, axis=1)
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    Image.fromarray(np.round(grid * 255).astype(np.uint8)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
 def plot_image_rows(path, images, row_labels, title):
     """One row of images per cluster."""
     grid = image_grid(np.clip(images, 0, 1))
     fig, ax = plt.subplots(figsize=(0.6 * images.shape[1] + 1, 0.6 * images.shape[0] + 0.6))
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     h = images.shape[2] + 1
-    ax.set_yticks(np.arange(len(row_labels)) * h + h / 2 - 1, row_labels)
+    if any(row_labels):
+        ax.set_yticks(np.arange(len(row_labels)) * h + h / 2 - 1, row_labels)
+    else:
+        ax.set_yticks([])
     ax.set_xticks([])
     ax.set_title(title)
     _save(fig, path)
@@ -97,20 +127,30 @@ def examples_per_cluster(x, clusters, k, per_cluster):
     return out
 
 
-def write_plots(workdir, x, clusters, z_mean, samples, k, max_points):
-    """data_clusters.png, latent.png, samples.png; returns their paths."""
+def write_plots(workdir, x, clusters, z_mean, samples, k, max_points, group_name="cluster"):
+    """data_clusters.png, latent.png, samples.png; returns their paths. `clusters` colours the
+    points (predicted clusters, or labels for a model that does not cluster); samples are
+    [G, n, ...] grouped by `group_name` ("cluster", "label", or "" for one ungrouped set)."""
     workdir = pathlib.Path(workdir)
     paths = {name: workdir / f"{name}.png" for name in ("data_clusters", "latent", "samples")}
+    by = "predicted cluster" if group_name == "cluster" else "label"
     if x.ndim == 4:
         n = samples.shape[1]
-        plot_image_rows(paths["data_clusters"], examples_per_cluster(x, clusters, k, n),
-                        [f"cluster {c}" for c in range(k)], "data by predicted cluster")
-        plot_image_rows(paths["samples"], samples, [f"cluster {c}" for c in range(k)], "samples per cluster")
+        plot_image_rows(paths["data_clusters"], examples_per_cluster(x, clusters, k, min(n, 10)),
+                        [f"{by.split()[-1]} {c}" for c in range(k)], f"data by {by}")
+        if group_name:
+            plot_image_rows(paths["samples"], samples, [f"{group_name} {c}" for c in range(len(samples))],
+                            f"samples per {group_name}")
+        else:
+            side = int(np.sqrt(n))
+            plot_image_rows(paths["samples"], samples[0, : side * side].reshape(side, side, *samples.shape[2:]),
+                            [""] * side, "samples from the prior")
     else:
-        plot_scatter(paths["data_clusters"], x, clusters, k, "data coloured by predicted cluster", max_points)
+        plot_scatter(paths["data_clusters"], x, clusters, k, f"data coloured by {by}", max_points)
         flat = samples.reshape(-1, samples.shape[-1])
-        plot_scatter(paths["samples"], flat, np.repeat(np.arange(k), samples.shape[1]), k,
-                     "samples generated per cluster", max_points)
+        plot_scatter(paths["samples"], flat, np.repeat(np.arange(len(samples)), samples.shape[1]), max(k, len(samples)),
+                     f"samples generated per {group_name}" if group_name else "samples from the prior", max_points)
     plot_scatter(paths["latent"], z_mean, clusters, k,
-                 "latent means" + (" (first 2 principal components)" if z_mean.shape[1] > 2 else ""), max_points)
+                 f"latent means by {by}" + (" (first 2 principal components)" if z_mean.shape[1] > 2 else ""),
+                 max_points)
     return paths

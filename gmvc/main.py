@@ -1,5 +1,6 @@
 """gmvc command line: python -m gmvc.main --config=configs/gmvae_spiral.py [--workdir=DIR]
-Any config field can be overridden: --config.train.steps=2000."""
+Any config field can be overridden: --config.train.steps=2000.
+--mode=generate writes samples, reconstructions and interpolations of a trained run (gmvc/generate.py)."""
 import logging as std_logging
 import sys
 
@@ -10,21 +11,32 @@ from gmvc.errors import GmvcError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train"], "train: train (or resume) and evaluate.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "generate"],
+                          "train: train (or resume) and evaluate; generate: sample, reconstruct and interpolate "
+                          "with the trained run in --workdir (PNG files in the run directory).")
+_INPUTS = flags.DEFINE_string("inputs", "", "generate: an image file, a folder of images, a .npy or an .npz (array "
+                              "'x') to reconstruct (default: the first samples of the run's data).")
+_LABEL = flags.DEFINE_integer("label", -1, "generate, CVAE with --inputs: the label to condition on.")
+_INTERPOLATE = flags.DEFINE_string("interpolate", "", "generate: cluster pairs to interpolate between, e.g. "
+                                   "'0-1,2-3' (default: every cluster to the next).")
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from gmvc.train import train_and_evaluate  # after flag parsing: keeps --help fast
+    from gmvc.train import load_run, train_and_evaluate  # after flag parsing: keeps --help fast
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     std_logging.getLogger().setLevel(std_logging.WARNING)
     config = _CONFIG.value
     workdir = _WORKDIR.value or f"runs/{config.name}"
     try:
-        train_and_evaluate(config, workdir)
+        if _MODE.value == "generate":
+            from gmvc.generate import generate
+            generate(load_run(config, workdir), workdir, _INPUTS.value, _LABEL.value, _INTERPOLATE.value)
+        else:
+            train_and_evaluate(config, workdir)
     except GmvcError as e:
         print(f"gmvc: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -40,7 +52,7 @@ def parse_flags(argv):
             message = f"unknown config key: {message}"
         print(f"gmvc: error: {message}", file=sys.stderr)
         print(f"usage: python -m gmvc.main --config=configs/<experiment>.py [--workdir=DIR] "
-              f"[--config.<key>=<value> ...]", file=sys.stderr)
+              f"[--mode=train|generate] [--config.<key>=<value> ...]", file=sys.stderr)
         sys.exit(2)
 
 

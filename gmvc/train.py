@@ -4,6 +4,7 @@ import json
 import math
 import pathlib
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ from gmvc import config as config_lib
 from gmvc import export, metrics, steps
 from gmvc.checkpoint import Checkpointer
 from gmvc.data import load_dataset
-from gmvc.errors import ConfigError, DataError, TrainingError
+from gmvc.errors import CheckpointError, ConfigError, DataError, TrainingError
 from gmvc.models import make_model
 from gmvc.mixture_init import fit_diag_gmm
 from gmvc.objectives import make_objective
@@ -25,7 +26,7 @@ def check_config(config, data):
     n, k, t = len(data.x), config.model.num_clusters, config.train
     if k < 1:
         raise ConfigError(f"model.num_clusters must be at least 1, got {k}")
-    if k > n:
+    if k > n and config.model.name != "vae":
         raise DataError(f"model.num_clusters={k} is larger than the number of samples ({n}) in {data.name!r}")
     if t.batch_size < 1 or t.batch_size > n:
         raise DataError(f"train.batch_size={t.batch_size} must be between 1 and the number of samples ({n}) "
@@ -33,6 +34,20 @@ def check_config(config, data):
     for key in ("steps", "log_every", "checkpoint_every", "restarts"):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {t[key]}")
+
+
+def model_inputs(model, data):
+    """What the model reads: the data array, or {"x", "y"} for a model conditioned on labels."""
+    if not model.num_labels:
+        return data.x
+    if data.y is None:
+        raise DataError(f"this model is conditioned on labels (num_labels={model.num_labels}) but dataset "
+                        f"{data.name!r} has none")
+    if data.y.min() < 0 or data.y.max() >= model.num_labels:
+        raise DataError(f"dataset {data.name!r} has labels {int(data.y.min())}..{int(data.y.max())}; the model "
+                        f"is conditioned on {model.num_labels} (model.num_clusters): labels must be 0.."
+                        f"{model.num_labels - 1}")
+    return {"x": data.x, "y": data.y.astype(np.int32)}
 
 
 class Progress:
@@ -89,7 +104,7 @@ def train_and_evaluate(config, workdir, echo=print):
     model = make_model(config.model, data.x.shape[1:])
     phases = build_phases(config)
     runners = {p.name: PhaseRunner(config, model, p, len(data.x)) for p in phases if p.kind == "train"}
-    if any(p.kind == "init_prior" for p in phases) and model.embed is None:
+    if any(p.kind == "init_prior" for p in phases) and not model.stored_prior:
         raise ConfigError(f"model {config.model.name!r} has no stored mixture prior to initialise "
                           f"(an init_prior phase needs one)")
 
@@ -109,7 +124,8 @@ def train_and_evaluate(config, workdir, echo=print):
     else:
         echo(f"Starting a new run in {workdir} ({len(data.x)} samples from {data.name!r})", flush=True)
 
-    x_device = jax.device_put(data.x)
+    inputs = model_inputs(model, data)
+    x_device = jax.device_put(inputs)
     progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo)
     t_train = time.time()
     for i, phase in enumerate(phases):
@@ -129,17 +145,26 @@ def train_and_evaluate(config, workdir, echo=print):
     ckpt.close()
 
     last = runners[[p.name for p in phases if p.kind == "train"][-1]]
-    params, choice = choose_restart(config, last, params, data.x)
+    params, choice = choose_restart(config, last, params, inputs)
     if config.train.restarts > 1:
         echo(f"restart {choice['chosen_restart']} of {config.train.restarts} has the lowest objective on the data "
              f"({choice['restart_objective'][choice['chosen_restart']]:.4f}); its parameters are used", flush=True)
-    summary = evaluate(config, model, params, data, workdir, sample_rng, echo)
+    summary = evaluate(config, model, params, data, workdir, sample_rng, echo, inputs)
     summary.update(choice)
     summary.update({"steps": step, "train_seconds": round(train_seconds, 2),
                     "compiles": sum(r.trace_count for r in runners.values())})
     export.write_json(workdir / "results.json", summary)
     echo(f"results: {workdir / 'results.json'}", flush=True)
     return summary
+
+
+def uses_host_loop(config):
+    """train.loop: "scan" runs each chunk of steps in one compiled lax.scan; "host" loops over a
+    compiled step on the host; "auto" = host for convolutional networks (see steps.make_host_chunk)."""
+    loop = config.train.loop
+    if loop not in ("auto", "scan", "host"):
+        raise ConfigError(f"unknown train.loop {loop!r}; known: ['auto', 'host', 'scan']")
+    return loop == "host" or (loop == "auto" and config.model.net == "conv")
 
 
 class PhaseRunner:
@@ -153,15 +178,22 @@ class PhaseRunner:
         phase_loss = lambda p, b, r, s: self.loss(p, b, r, s - start)   # weight schedules count from the phase start
         t = config.train
         step_fn = steps.make_restarts_step(steps.make_train_step(phase_loss, self.tx), t.restarts)
-        chunk = steps.make_train_chunk(step_fn, num_examples=num_examples, batch_size=t.batch_size,
-                                       chunk_len=t.log_every, total_steps=phase.end)
         self.trace_count = 0
 
-        def counted(state, x, rng):
-            self.trace_count += 1
-            return chunk(state, x, rng)
+        def counted(fn):
+            def traced(state, x, rng):
+                self.trace_count += 1
+                return fn(state, x, rng)
+            return traced
 
-        self.run_chunk = jax.jit(counted, donate_argnums=0)
+        if uses_host_loop(config):
+            one = steps.make_indexed_step(step_fn, num_examples=num_examples, batch_size=t.batch_size)
+            self.run_chunk = steps.make_host_chunk(jax.jit(counted(one), donate_argnums=0), chunk_len=t.log_every,
+                                                   total_steps=phase.end)
+        else:
+            chunk = steps.make_train_chunk(step_fn, num_examples=num_examples, batch_size=t.batch_size,
+                                           chunk_len=t.log_every, total_steps=phase.end)
+            self.run_chunk = jax.jit(counted(chunk), donate_argnums=0)
 
     def run(self, state, x, rng, ckpt, progress):
         t = self.config.train
@@ -200,6 +232,49 @@ def init_prior_phase(phase, model, params, x, rng, config):
     return {**params, "prior": jax.tree.map(lambda *a: jnp.stack(a), *priors)}
 
 
+class Run(NamedTuple):
+    config: object
+    data: object
+    model: object
+    inputs: object
+    params: dict       # one restart's parameters (the one training would choose)
+    step: int
+
+
+def load_run(config, workdir, echo=print):
+    """The trained run in `workdir`: its latest checkpoint, with the restart chosen as at the end
+    of training. Nothing in the run directory is written or removed."""
+    config.lock()
+    checkpoints = pathlib.Path(workdir) / "checkpoints"
+    if not checkpoints.is_dir():
+        raise CheckpointError(f"no run in {workdir}: {checkpoints} does not exist (train it first, with the same "
+                              f"--config and --workdir)")
+    data = load_dataset(config.data, config.seed)
+    check_config(config, data)
+    model = make_model(config.model, data.x.shape[1:])
+    phases = build_phases(config)
+    ckpt = Checkpointer(checkpoints, config.train.max_checkpoints)
+    try:
+        step = ckpt.latest_step()
+        if not step:
+            raise CheckpointError(f"no checkpoint in {checkpoints} (train the run first)")
+        phase = phases[resume_index(phases, step)]
+        runner = PhaseRunner(config, model, phase, len(data.x))
+        like = create_state(init_params(model.init, jax.random.key(0), config.train.restarts), runner.tx)
+        stacked = ckpt.restore(step, like)["params"]
+    finally:
+        ckpt.close()
+    if step < config.train.steps:
+        echo(f"note: the run in {workdir} stopped at step {step} of {config.train.steps}; using that checkpoint",
+             flush=True)
+    inputs = model_inputs(model, data)
+    if config.train.restarts > 1:
+        params, _ = choose_restart(config, runner, stacked, inputs)
+    else:
+        params = jax.tree.map(lambda a: a[0], stacked)
+    return Run(config, data, model, inputs, params, step)
+
+
 def choose_restart(config, runner, stacked_params, x):
     """Pick the restart with the lowest objective of the last train phase on the whole data
     (no labels)."""
@@ -212,25 +287,38 @@ def choose_restart(config, runner, stacked_params, x):
             {"chosen_restart": best, "restart_objective": [round(v, 5) for v in losses]})
 
 
-def evaluate(config, model, params, data, workdir, rng, echo=print):
+def evaluate(config, model, params, data, workdir, rng, echo=print, inputs=None):
     """Predict every sample, score against labels if any, write predictions and plots."""
-    out = steps.make_predict(model, config.eval.batch_size)(params, data.x)
-    gamma = np.exp(out["log_gamma"])                         # [N, K]
-    clusters = gamma.argmax(1)
+    out = steps.make_predict(model, config.eval.batch_size)(params, data.x if inputs is None else inputs)
     k = model.num_clusters
-    summary = {"num_samples": len(data.x), "num_clusters": k,
-               "cluster_sizes": np.bincount(clusters, minlength=k).tolist()}
-    if data.y is not None:
-        summary.update(metrics.clustering_report(clusters, data.y))
-        echo("clustering: " + " ".join(f"{m}={summary[m]:.4f}" for m in ("acc", "majority_acc", "nmi", "ari")),
-             flush=True)
-    per_cluster = config.eval.samples_per_cluster if data.is_image else max(1, config.eval.plot_points // k)
-    samples = np.asarray(jax.device_get(jax.jit(model.sample, static_argnums=2)(params, rng, per_cluster)))
-    export.write_predictions_csv(workdir / "predictions.csv", gamma, data.y)
-    paths = export.write_plots(workdir, data.x, clusters, out["z_mean"], samples, k, config.eval.plot_points)
+    summary = {"num_samples": len(data.x), "num_clusters": k}
+    if k:
+        gamma = np.exp(out["log_gamma"])                     # [N, K]
+        clusters = gamma.argmax(1)
+        summary["cluster_sizes"] = np.bincount(clusters, minlength=k).tolist()
+        if data.y is not None:
+            summary.update(metrics.clustering_report(clusters, data.y))
+            echo("clustering: " + " ".join(f"{m}={summary[m]:.4f}" for m in ("acc", "majority_acc", "nmi", "ari")),
+                 flush=True)
+        export.write_predictions_csv(workdir / "predictions.csv", gamma, data.y)
+    else:                                                    # no clusters: colour by label, export codes
+        gamma, clusters = None, (data.y if data.y is not None else np.zeros(len(data.x), np.int64))
+        export.write_latent_csv(workdir / "predictions.csv", out["z_mean"], data.y)
+    groups = max(k, model.num_labels, 1)
+    per_group = config.eval.samples_per_cluster if data.is_image else max(1, config.eval.plot_points // groups)
+    if data.is_image and groups == 1:
+        per_group = config.eval.samples_per_cluster ** 2      # one square grid
+    samples = np.asarray(jax.device_get(jax.jit(model.sample, static_argnums=2)(params, rng, per_group)))
+    colours = int(clusters.max()) + 1 if len(clusters) else 1
+    paths = export.write_plots(workdir, data.x, clusters, out["z_mean"], samples, max(k, colours),
+                               config.eval.plot_points, group_name=_group_name(model))
     summary["files"] = {name: str(p) for name, p in
                         {"predictions": workdir / "predictions.csv", "metrics_log": workdir / "metrics.jsonl",
                          "config": workdir / "config.json", "checkpoints": workdir / "checkpoints", **paths}.items()}
     for name, p in summary["files"].items():
         echo(f"wrote {name}: {p}", flush=True)
     return summary
+
+
+def _group_name(model):
+    return "cluster" if model.num_clusters else ("label" if model.num_labels else "")

@@ -159,9 +159,9 @@ def test_file_path_with_user_home(tmp_path, monkeypatch):
 def test_unknown_dataset():
     with pytest.raises(DataError, match="'spirall'") as e:
         _load("spirall")
-    for name in ("spiral", "digits", "mnist5k", "tfds:<name>", "file:<path>"):
+    for name in ("spiral", "digits", "mnist5k", "tfds:<name>", "file:<path>", "folder:<root>"):
         assert name in str(e.value)
-    assert known_sources() == ["digits", "mnist5k", "spiral", "tfds:<name>", "file:<path>"]
+    assert known_sources() == ["digits", "mnist5k", "spiral", "tfds:<name>", "file:<path>", "folder:<root>"]
     with pytest.raises(DataError, match="unknown dataset 'file:'"):
         _load("file:")
     with pytest.raises(DataError, match="unknown dataset 'hf:mnist'"):

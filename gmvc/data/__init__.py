@@ -19,11 +19,12 @@ class Dataset(NamedTuple):
 
 
 _SOURCES = {"spiral": sources.spiral, "digits": sources.digits, "mnist5k": sources.mnist5k}
-_PREFIXED = {"tfds": sources.tfds, "file": sources.file}
+_PREFIXED = {"tfds": sources.tfds, "file": sources.file, "folder": sources.folder}
+_ARG_NAMES = {"tfds": "name", "file": "path", "folder": "root"}
 
 
 def known_sources():
-    return sorted(_SOURCES) + [f"{p}:<{'name' if p == 'tfds' else 'path'}>" for p in _PREFIXED]
+    return sorted(_SOURCES) + [f"{p}:<{_ARG_NAMES[p]}>" for p in _PREFIXED]
 
 
 def load_dataset(data_cfg, seed):

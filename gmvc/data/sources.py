@@ -44,6 +44,11 @@ def tfds(name, cfg):
     return tfds_source.load(name, split=cfg.split, data_dir=cfg.data_dir or None)
 
 
+def folder(path, cfg):
+    from gmvc.data import images
+    return images.load_folder(path, cfg)
+
+
 def file(path, cfg):
     p = pathlib.Path(path).expanduser()
     if not p.is_file():

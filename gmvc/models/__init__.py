@@ -1,10 +1,10 @@
 """Model registry. A model is a bundle of pure functions over one parameter pytree
 `{"net": ..., "prior": ...}`; see gmvc/models/base.py."""
 from gmvc.errors import ConfigError
-from gmvc.models import gmvae, vade
+from gmvc.models import gmvae, vade, vae
 from gmvc.models.base import Model
 
-_MODELS = {"gmvae": gmvae.make_gmvae, "vade": vade.make_vade}
+_MODELS = {"gmvae": gmvae.make_gmvae, "vade": vade.make_vade, "vae": vae.make_vae, "cvae": vae.make_cvae}
 
 
 def make_model(model_cfg, data_shape) -> Model:

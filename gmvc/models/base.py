@@ -1,6 +1,7 @@
 """What every model provides, and the observation likelihoods they share."""
 from typing import Callable, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -15,12 +16,39 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 class Model(NamedTuple):
+    """`inputs` below is the data array x [B, *data_shape], or {"x": x, "y": int labels [B]} for a
+    model that needs labels (num_labels > 0, the CVAE)."""
     init: Callable      # rng -> params
-    apply: Callable     # (params, x, rng) -> out: the one shared forward pass, a dict of arrays
-    predict: Callable   # (params, x) -> {"log_gamma": [B, K], "z_mean": [B, Dz]}, deterministic
-    sample: Callable    # (params, rng, n) -> x [K, n, *data_shape], n samples per cluster
-    num_clusters: int
-    embed: Callable = None   # (params, x) -> z_mean [B, Dz]; models with a stored mixture prior have it
+    apply: Callable     # (params, inputs, rng) -> out: the one shared forward pass, a dict of arrays
+    predict: Callable   # (params, inputs) -> {"z_mean": [B, Dz]} (+ "log_gamma": [B, K] if clustering)
+    sample: Callable    # (params, rng, n) -> x [G, n, *data_shape]: n samples per cluster / label
+                        # (G = num_clusters, or num_labels, or 1)
+    num_clusters: int   # 0 for models that do not cluster (VAE, CVAE)
+    embed: Callable = None     # (params, inputs) -> z_mean [B, Dz]
+    decode: Callable = None    # (params, z [B, Dz], labels [B] or None) -> the mean of p(x | z) [B, *data_shape]
+    centres: Callable = None   # params -> [K, Dz]: each cluster's centre in the latent space
+    stored_prior: bool = False   # the mixture lives in params["prior"] (an init_prior phase can refit it)
+    num_labels: int = 0          # > 0: inputs carry labels (conditioning)
+
+
+class GaussianEncoderDecoder(nn.Module):
+    """x -> (z_mean, z_log_var) by encoder + dense head; z -> raw decoder output."""
+    z_dim: int
+    encoder: nn.Module
+    decoder: nn.Module
+
+    def setup(self):
+        self.z_head = nn.Dense(2 * self.z_dim)
+
+    def encode(self, x):
+        return jnp.split(self.z_head(self.encoder(x)), 2, axis=-1)
+
+    def decode(self, z):
+        return self.decoder(z)
+
+    def __call__(self, x, z_extra=None):  # used by init only
+        z = self.encode(x)[0]
+        return self.decode(z if z_extra is None else jnp.concatenate([z, z_extra], -1))
 
 
 def check_likelihood(model_cfg):

@@ -80,6 +80,17 @@ def make_gmvae(model_cfg, data_shape):
         out = forward(params, x, z_mean, w_mean, z_mean, z_log_var, w_mean, w_log_var)
         return {"log_gamma": out["log_gamma"], "z_mean": z_mean}
 
+    def embed(params, x):
+        return call(params, GMVAENet.encode, x)[0]
+
+    def decode(params, z, labels=None):
+        return base.decoded_mean(base.decoder_outputs(model_cfg, call(params, GMVAENet.decode, z))).reshape(
+            z.shape[0], *data_shape)
+
+    def centres(params):
+        """The components' means at w = 0, the mode of p(w)."""
+        return call(params, GMVAENet.prior, jnp.zeros((1, model_cfg.w_dim)))[0][0]
+
     def sample(params, rng, n):
         rng_w, rng_z = jax.random.split(rng)
         w = jax.random.normal(rng_w, (n, model_cfg.w_dim))
@@ -88,4 +99,5 @@ def make_gmvae(model_cfg, data_shape):
         x = base.decoded_mean(base.decoder_outputs(model_cfg, call(params, GMVAENet.decode, z)))
         return x.reshape(k, n, *data_shape)
 
-    return base.Model(init=init, apply=apply, predict=predict, sample=sample, num_clusters=k)
+    return base.Model(init=init, apply=apply, predict=predict, sample=sample, num_clusters=k, embed=embed,
+                      decode=decode, centres=centres)

@@ -2,7 +2,6 @@
 q(z | x) a diagonal Gaussian, q(c | x) = p(c | z) under the mixture prior. The mixture lives in
 params["prior"] as {"logits": [K], "means": [K, Dz], "log_vars": [K, Dz]}.
 """
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -14,22 +13,7 @@ from gmvc.errors import ConfigError
 GAMMA_TRANSFORMS = ("none", "inverse_minmax")
 
 
-class VaDENet(nn.Module):
-    z_dim: int
-    encoder: nn.Module
-    decoder: nn.Module
-
-    def setup(self):
-        self.z_head = nn.Dense(2 * self.z_dim)
-
-    def encode(self, x):
-        return jnp.split(self.z_head(self.encoder(x)), 2, axis=-1)
-
-    def decode(self, z):
-        return self.decoder(z)
-
-    def __call__(self, x):  # used by init only
-        return self.decode(self.encode(x)[0])
+VaDENet = base.GaussianEncoderDecoder
 
 
 def inverse_minmax_log_gamma(log_joint):
@@ -87,6 +71,10 @@ def make_vade(model_cfg, data_shape):
     def embed(params, x):
         return call(params, VaDENet.encode, x)[0]
 
+    def decode(params, z, labels=None):
+        return base.decoded_mean(base.decoder_outputs(model_cfg, call(params, VaDENet.decode, z))).reshape(
+            z.shape[0], *data_shape)
+
     def sample(params, rng, n):
         prior = params["prior"]
         eps = jax.random.normal(rng, (k, n, z_dim))
@@ -94,4 +82,5 @@ def make_vade(model_cfg, data_shape):
         x = base.decoded_mean(base.decoder_outputs(model_cfg, call(params, VaDENet.decode, z.reshape(k * n, -1))))
         return x.reshape(k, n, *data_shape)
 
-    return base.Model(init=init, apply=apply, predict=predict, sample=sample, num_clusters=k, embed=embed)
+    return base.Model(init=init, apply=apply, predict=predict, sample=sample, num_clusters=k, embed=embed,
+                      decode=decode, centres=lambda params: params["prior"]["means"], stored_prior=True)

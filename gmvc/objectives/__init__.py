@@ -34,3 +34,15 @@ def make_objective(model, weights, term_options):
         return loss, aux
 
     return loss_fn
+
+
+def infovae_weights(alpha, lam):
+    """InfoVAE (Zhao et al. 2017) as term weights:
+    -E[log p(x|z)] + (1 - alpha) KL(q(z|x) || p(z)) + (alpha + lambda - 1) MMD(q(z) || p(z)).
+    alpha = 0, lambda = 1 is the VAE; alpha = 1 leaves no per-sample KL (MMD-VAE)."""
+    if lam <= 0:
+        raise ConfigError(f"InfoVAE: lambda must be positive, got {lam}")
+    if alpha + lam - 1 < 0:
+        raise ConfigError(f"InfoVAE: alpha + lambda - 1 must be >= 0 (a negative MMD weight rewards mismatch); "
+                          f"got alpha={alpha}, lambda={lam}")
+    return {"recon": 1.0, "kl_z": 1.0 - alpha, "mmd": alpha + lam - 1.0}

