@@ -59,9 +59,14 @@ def base_config():
     c.train.max_checkpoints = 3
     c.train.phases = ()                # names of config.phases in order; () = one phase of train.steps
     c.train.loop = "auto"              # scan | host | auto (host for conv networks; see gmvc/train.py)
-    c.train.restarts = 1               # independent inits trained together; the lowest objective wins
+    c.train.restarts = 1               # independent inits trained together; one is kept, chosen by:
+    c.train.restart_choice = "objective"   # objective (lowest on the data) | balance (most even cluster usage)
 
     c.phases = ml_collections.ConfigDict()   # see gmvc/phases.py
+
+    c.parallel = ml_collections.ConfigDict()  # see gmvc/parallel.py
+    c.parallel.mode = "auto"           # auto (shard_map on several devices, else single) | single | shard_map | pmap
+    c.parallel.devices = 0             # use the first n devices (0 = all)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 1000

@@ -53,5 +53,32 @@ def categorical_entropy(log_p):
     return -jnp.sum(jnp.exp(log_p) * finite_log_p, axis=-1)
 
 
+def per_sample(rng):
+    """True for a batch of keys (one per sample, the training step's noise: the noise of sample i
+    does not depend on how the batch is split over devices), False for one key."""
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return rng.ndim >= 1
+    return rng.ndim >= 2                     # raw uint32 keys: [2] one key, [B, 2] a batch
+
+
+def split_keys(rng, n=2):
+    """n independent keys, or n batches of per-sample keys."""
+    if per_sample(rng):
+        keys = jax.vmap(lambda r: jax.random.split(r, n))(rng)
+        return [keys[:, i] for i in range(n)]
+    return list(jax.random.split(rng, n))
+
+
+def fold_in(rng, data):
+    return jax.vmap(lambda r: jax.random.fold_in(r, data))(rng) if per_sample(rng) else jax.random.fold_in(rng, data)
+
+
+def normal(rng, shape, dtype=jnp.float32):
+    """N(0, 1) of `shape`; with per-sample keys shape[0] is the batch and row i uses key i."""
+    if per_sample(rng):
+        return jax.vmap(lambda r: jax.random.normal(r, shape[1:], dtype))(rng)
+    return jax.random.normal(rng, shape, dtype)
+
+
 def reparameterize(rng, mean, log_var):
-    return mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mean.shape, mean.dtype)
+    return mean + jnp.exp(0.5 * log_var) * normal(rng, mean.shape, mean.dtype)

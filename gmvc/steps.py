@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gmvc import mixture
+
 
 def tree_len(inputs):
     """Number of samples in an inputs pytree (an array, or {"x": ..., "y": ...})."""
@@ -40,7 +42,8 @@ def make_restarts_step(train_step, restarts):
             new, aux = train_step({"step": state["step"], "params": params, "opt_state": opt_state}, batch, rng_r)
             return new["params"], new["opt_state"], aux
 
-        params, opt_state, aux = jax.vmap(one)(state["params"], state["opt_state"], jax.random.split(rng, restarts))
+        rngs = jax.vmap(lambda r: mixture.fold_in(rng, r))(jnp.arange(restarts))   # [R] keys, or [R, B] per sample
+        params, opt_state, aux = jax.vmap(one)(state["params"], state["opt_state"], rngs)
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, aux   # aux leaves [R]
 
     return restarts_step
@@ -59,11 +62,23 @@ def make_epoch_order(rng, num_examples, batch_size):
     return steps_per_epoch, order
 
 
-def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_steps):
+def select_batch(x, idx, keys):
+    """One device: the batch's rows and the per-sample noise keys as they are."""
+    return jax.tree.map(lambda a: a[idx], x), keys
+
+
+def step_keys(step_rng, step, batch_size):
+    """One key per sample of the step's batch: sample i's noise is the same however the batch is
+    split over devices."""
+    return jax.random.split(jax.random.fold_in(step_rng, step), batch_size)
+
+
+def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_steps, select=select_batch):
     """chunk(state, x, rng) -> (state, metrics): `chunk_len` steps in one lax.scan on device, with
     the metrics averaged over the chunk. Steps at or past `total_steps` leave the state unchanged,
     so every chunk has the same shape and the program compiles once. `rng` is the run's training
-    key: data order and step noise are folded in from it by epoch and by step."""
+    key: data order and step noise are folded in from it by epoch and by step. `select(x, idx,
+    keys)` gives this device's part of the batch (gmvc/parallel.py)."""
 
     def chunk(state, x, rng):
         data_rng, step_rng = jax.random.split(rng)
@@ -72,7 +87,8 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
         def run(s, perm):
             step = s["step"]
             idx = jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size)
-            return train_step(s, jax.tree.map(lambda a: a[idx], x), jax.random.fold_in(step_rng, step))
+            batch, keys = select(x, idx, step_keys(step_rng, step, batch_size))
+            return train_step(s, batch, keys)
 
         perm0 = order(state["step"] // steps_per_epoch)
         aux_shape = jax.eval_shape(lambda s: run(s, perm0)[1], state)
@@ -96,7 +112,7 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
     return chunk
 
 
-def make_indexed_step(train_step, *, num_examples, batch_size):
+def make_indexed_step(train_step, *, num_examples, batch_size, select=select_batch):
     """step(state, x, rng) -> (state, aux): one train step on the batch its step number selects
     (the same batch as in make_train_chunk)."""
 
@@ -106,26 +122,27 @@ def make_indexed_step(train_step, *, num_examples, batch_size):
         step = state["step"]
         idx = jax.lax.dynamic_slice_in_dim(order(step // steps_per_epoch), (step % steps_per_epoch) * batch_size,
                                            batch_size)
-        return train_step(state, jax.tree.map(lambda a: a[idx], x), jax.random.fold_in(step_rng, step))
+        batch, keys = select(x, idx, step_keys(step_rng, step, batch_size))
+        return train_step(state, batch, keys)
 
     return step_fn
 
 
-def make_host_chunk(compiled_step, *, chunk_len, total_steps):
+def make_host_chunk(compiled_step, *, chunk_len, total_steps, step_of=lambda state: int(state["step"])):
     """The make_train_chunk contract with the loop on the host: `compiled_step` (a jitted
     make_indexed_step) called once per step. XLA:CPU runs convolutions inside a compiled loop
     several times slower than outside one (measured: a conv GMVAE step 120 ms alone, 570 ms in a
     lax.scan), so convolutional networks train this way."""
 
     def chunk(state, x, rng):
-        start = int(state["step"])
+        start = step_of(state)
         auxes = []
         for _ in range(max(0, min(chunk_len, total_steps - start))):
             state, aux = compiled_step(state, x, rng)
             auxes.append(aux)
         if not auxes:
             return state, {}
-        return state, jax.tree.map(lambda *a: jnp.mean(jnp.stack(a), axis=0), *auxes)
+        return state, jax.tree.map(lambda *a: sum(a) / len(a), *auxes)
 
     return chunk
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmvc import config as config_lib
-from gmvc import export, metrics, steps
+from gmvc import export, metrics, parallel, steps
 from gmvc.checkpoint import Checkpointer
 from gmvc.data import load_dataset
 from gmvc.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -31,6 +31,8 @@ def check_config(config, data):
     if t.batch_size < 1 or t.batch_size > n:
         raise DataError(f"train.batch_size={t.batch_size} must be between 1 and the number of samples ({n}) "
                         f"in {data.name!r}")
+    if t.restart_choice not in RESTART_CHOICES:
+        raise ConfigError(f"unknown train.restart_choice {t.restart_choice!r}; known: {list(RESTART_CHOICES)}")
     for key in ("steps", "log_every", "checkpoint_every", "restarts"):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {t[key]}")
@@ -53,11 +55,12 @@ def model_inputs(model, data):
 class Progress:
     """One line per chunk: step, steps/s, each term, ETA; also appended to metrics.jsonl."""
 
-    def __init__(self, log_path, start_step, total_steps, echo=print):
-        self.log_path, self.total, self.echo = log_path, total_steps, echo
+    def __init__(self, log_path, start_step, total_steps, echo=print, write=True):
+        self.log_path, self.total, self.echo, self.write = log_path, total_steps, echo, write
         self.t0 = self.t_last = time.time()
         self.step_last = start_step
-        _truncate_log(log_path, start_step)
+        if write:
+            _truncate_log(log_path, start_step)
 
     def __call__(self, step, values, phase="main"):
         now = time.time()
@@ -66,8 +69,9 @@ class Progress:
         self.t_last, self.step_last = now, step
         eta = (self.total - step) / rate if rate > 0 else float("nan")
         record = {"step": step, "phase": phase, "steps_per_sec": round(rate, 2), "elapsed_s": round(now - self.t0, 2), **values}
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.write:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         terms = " ".join(f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, float))
         note = " (incl. compile)" if first else ""
         self.echo(f"[{phase}] step {step}/{self.total} | {rate:.1f} steps/s{note} | ETA {_fmt_time(eta)} | {terms}", flush=True)
@@ -96,37 +100,45 @@ def _check_finite(step, per_restart):
 
 
 def train_and_evaluate(config, workdir, echo=print):
-    """Train (or resume) the run in `workdir` through its phases, then evaluate; returns a summary."""
+    """Train (or resume) the run in `workdir` through its phases, then evaluate; returns a summary.
+    With several processes (jax.distributed), every process trains its share and saves
+    checkpoints together; only process 0 writes logs, predictions, plots and results."""
     config.lock()
     workdir = pathlib.Path(workdir)
+    main_process = jax.process_index() == 0
+    if not main_process:
+        echo = _silent
     data = load_dataset(config.data, config.seed)
     check_config(config, data)
+    layout = parallel.make_layout(config.parallel, config.train.batch_size)
     model = make_model(config.model, data.x.shape[1:])
     phases = build_phases(config)
-    runners = {p.name: PhaseRunner(config, model, p, len(data.x)) for p in phases if p.kind == "train"}
+    runners = {p.name: PhaseRunner(config, model, p, len(data.x), layout) for p in phases if p.kind == "train"}
     if any(p.kind == "init_prior" for p in phases) and not model.stored_prior:
         raise ConfigError(f"model {config.model.name!r} has no stored mixture prior to initialise "
                           f"(an init_prior phase needs one)")
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    export.write_json(workdir / "config.json", config_lib.to_dict(config))
+    if main_process:
+        workdir.mkdir(parents=True, exist_ok=True)
+        export.write_json(workdir / "config.json", config_lib.to_dict(config))
     rng = jax.random.key(config.seed)
     init_rng, train_rng, sample_rng, prior_rng = jax.random.split(rng, 4)
-    params = init_params(model.init, init_rng, config.train.restarts)
+    params = jax.tree.map(np.asarray, init_params(model.init, init_rng, config.train.restarts))
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
     step, opt_state, resume_at = ckpt.latest_step() or 0, None, -1
     if step:
         resume_at = resume_index(phases, step)
-        restored = ckpt.restore(step, create_state(params, runners[phases[resume_at].name].tx))
+        restored = restore_state(ckpt, step, layout, create_state(params, runners[phases[resume_at].name].tx))
         params, opt_state = restored["params"], restored["opt_state"]
         echo(f"Resuming from checkpoint {ckpt.path(step)} (step {step} of {config.train.steps}, "
              f"phase {phases[resume_at].name!r})", flush=True)
     else:
-        echo(f"Starting a new run in {workdir} ({len(data.x)} samples from {data.name!r})", flush=True)
+        echo(f"Starting a new run in {workdir} ({len(data.x)} samples from {data.name!r}"
+             f"{_layout_note(layout)})", flush=True)
 
     inputs = model_inputs(model, data)
-    x_device = jax.device_put(inputs)
-    progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo)
+    x_device = parallel.put_data(layout, inputs)
+    progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo, write=main_process)
     t_train = time.time()
     for i, phase in enumerate(phases):
         if i < resume_at:
@@ -137,25 +149,48 @@ def train_and_evaluate(config, workdir, echo=print):
                  flush=True)
             continue
         runner = runners[phase.name]
-        state = ({"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
+        state = ({"step": np.asarray(step, np.int32), "params": params, "opt_state": opt_state}
                  if i == resume_at else create_state(params, runner.tx, step))
-        state = runner.run(state, x_device, train_rng, ckpt, progress)
+        state = runner.run(parallel.put_state(layout, state), x_device, train_rng, ckpt, progress)
+        state = parallel.get_state(layout, state)              # one host copy between phases
         step, params, opt_state = int(state["step"]), state["params"], state["opt_state"]
     train_seconds = time.time() - t_train
     ckpt.close()
 
     last = runners[[p.name for p in phases if p.kind == "train"][-1]]
-    params, choice = choose_restart(config, last, params, inputs)
+    params, choice = choose_restart(config, last, model, params, inputs)
     if config.train.restarts > 1:
-        echo(f"restart {choice['chosen_restart']} of {config.train.restarts} has the lowest objective on the data "
-             f"({choice['restart_objective'][choice['chosen_restart']]:.4f}); its parameters are used", flush=True)
-    summary = evaluate(config, model, params, data, workdir, sample_rng, echo, inputs)
+        r = choice["chosen_restart"]
+        why = (f"the most even cluster usage (KL to uniform {choice['restart_imbalance'][r]:.4f})"
+               if "restart_imbalance" in choice else f"the lowest objective on the data ({choice['restart_objective'][r]:.4f})")
+        echo(f"restart {r} of {config.train.restarts} has {why}; its parameters are used", flush=True)
+    summary = evaluate(config, model, params, data, workdir, sample_rng, echo, inputs, write=main_process)
     summary.update(choice)
     summary.update({"steps": step, "train_seconds": round(train_seconds, 2),
-                    "compiles": sum(r.trace_count for r in runners.values())})
-    export.write_json(workdir / "results.json", summary)
+                    "compiles": sum(r.trace_count for r in runners.values()),
+                    "parallel": {"mode": layout.mode, "devices": layout.n, "processes": jax.process_count()}})
+    if main_process:
+        export.write_json(workdir / "results.json", summary)
     echo(f"results: {workdir / 'results.json'}", flush=True)
     return summary
+
+
+def _silent(*args, **kwargs):
+    pass
+
+
+def _layout_note(layout):
+    if layout.mode == "single":
+        return ""
+    procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    return f"; data-parallel over {layout.n} devices{procs} ({layout.mode})"
+
+
+def restore_state(ckpt, step, layout, like):
+    """Restore checkpoint `step` (written by any number of devices) as host arrays shaped like
+    `like`; the caller places it for its own layout."""
+    restored = ckpt.restore(step, parallel.put_state(layout, like) if layout.mode == "shard_map" else like)
+    return jax.tree.map(parallel.to_host, restored)
 
 
 def uses_host_loop(config):
@@ -170,14 +205,19 @@ def uses_host_loop(config):
 class PhaseRunner:
     """One train phase: its objective, optimizer and compiled chunk (compiled once)."""
 
-    def __init__(self, config, model, phase, num_examples):
+    def __init__(self, config, model, phase, num_examples, layout=None):
         self.config, self.phase = config, phase
+        self.layout = layout = layout or parallel.make_layout(config.parallel, config.train.batch_size)
+        axis = layout.axis_name
+        # The loss on the whole data (choose_restart) runs on one device; the step's loss per device.
         self.loss = make_objective(model, phase.spec["objective"], config.terms)
+        device_loss = make_objective(model, phase.spec["objective"], config.terms, axis_name=axis)
         self.tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
         start = phase.start
-        phase_loss = lambda p, b, r, s: self.loss(p, b, r, s - start)   # weight schedules count from the phase start
+        phase_loss = lambda p, b, r, s: device_loss(p, b, r, s - start)   # weight schedules count from the phase start
         t = config.train
-        step_fn = steps.make_restarts_step(steps.make_train_step(phase_loss, self.tx), t.restarts)
+        step_fn = steps.make_restarts_step(steps.make_train_step(phase_loss, self.tx, axis_name=axis), t.restarts)
+        select = steps.select_batch if axis is None else parallel.select_local_batch(layout.n)
         self.trace_count = 0
 
         def counted(fn):
@@ -187,21 +227,24 @@ class PhaseRunner:
             return traced
 
         if uses_host_loop(config):
-            one = steps.make_indexed_step(step_fn, num_examples=num_examples, batch_size=t.batch_size)
-            self.run_chunk = steps.make_host_chunk(jax.jit(counted(one), donate_argnums=0), chunk_len=t.log_every,
-                                                   total_steps=phase.end)
+            one = steps.make_indexed_step(step_fn, num_examples=num_examples, batch_size=t.batch_size, select=select)
+            self.run_chunk = steps.make_host_chunk(parallel.wrap_chunk(layout, counted(one)), chunk_len=t.log_every,
+                                                   total_steps=phase.end, step_of=self._step_of)
         else:
             chunk = steps.make_train_chunk(step_fn, num_examples=num_examples, batch_size=t.batch_size,
-                                           chunk_len=t.log_every, total_steps=phase.end)
-            self.run_chunk = jax.jit(counted(chunk), donate_argnums=0)
+                                           chunk_len=t.log_every, total_steps=phase.end, select=select)
+            self.run_chunk = parallel.wrap_chunk(layout, counted(chunk))
+
+    def _step_of(self, state):
+        return int(parallel.to_host(state["step"] if self.layout.mode != "pmap" else state["step"][0]))
 
     def run(self, state, x, rng, ckpt, progress):
         t = self.config.train
         ckpt_every = math.ceil(t.checkpoint_every / t.log_every) * t.log_every
-        step = int(state["step"])
+        step = self._step_of(state)
         while step < self.phase.end:
             state, chunk_metrics = self.run_chunk(state, x, rng)
-            per_restart = jax.device_get(chunk_metrics)                 # each [R]
+            per_restart = parallel.metrics_to_host(self.layout, chunk_metrics)   # each [R]
             step = min(step + t.log_every, self.phase.end)
             _check_finite(step, per_restart)
             values = {k: float(np.mean(v)) for k, v in per_restart.items()}
@@ -209,7 +252,7 @@ class PhaseRunner:
                 values["loss_per_restart"] = [round(float(v), 5) for v in per_restart["loss"]]
             progress(step, values, self.phase.name)
             if (step - self.phase.start) % ckpt_every == 0 or step == self.phase.end:
-                ckpt.save(step, state)
+                ckpt.save(step, state if self.layout.mode != "pmap" else jax.tree.map(lambda a: a[0], state))
         return state
 
 
@@ -261,7 +304,7 @@ def load_run(config, workdir, echo=print):
         phase = phases[resume_index(phases, step)]
         runner = PhaseRunner(config, model, phase, len(data.x))
         like = create_state(init_params(model.init, jax.random.key(0), config.train.restarts), runner.tx)
-        stacked = ckpt.restore(step, like)["params"]
+        stacked = jax.tree.map(parallel.to_host, ckpt.restore(step, like)["params"])
     finally:
         ckpt.close()
     if step < config.train.steps:
@@ -269,26 +312,40 @@ def load_run(config, workdir, echo=print):
              flush=True)
     inputs = model_inputs(model, data)
     if config.train.restarts > 1:
-        params, _ = choose_restart(config, runner, stacked, inputs)
+        params, _ = choose_restart(config, runner, model, stacked, inputs)
     else:
         params = jax.tree.map(lambda a: a[0], stacked)
     return Run(config, data, model, inputs, params, step)
 
 
-def choose_restart(config, runner, stacked_params, x):
-    """Pick the restart with the lowest objective of the last train phase on the whole data
-    (no labels)."""
+RESTART_CHOICES = ("objective", "balance")
+
+
+def choose_restart(config, runner, model, stacked_params, x):
+    """Pick a restart without labels: the lowest objective of the last train phase on the whole
+    data, or (train.restart_choice="balance", for data with roughly balanced classes) the most
+    even cluster usage, KL(mean_n q(c | x_n) || Uniform(K)) over the whole data."""
+    restarts = config.train.restarts
+    unstack = lambda r: jax.tree.map(lambda a: a[r], stacked_params)
     full_loss = steps.make_full_loss(runner.loss, config.eval.batch_size)
     step = runner.phase.end - runner.phase.start
-    losses = [full_loss(jax.tree.map(lambda a: a[r], stacked_params), x, step)
-              for r in range(config.train.restarts)]
-    best = int(np.nanargmin(losses)) if np.isfinite(losses).any() else 0
-    return (jax.tree.map(lambda a: a[best], stacked_params),
-            {"chosen_restart": best, "restart_objective": [round(v, 5) for v in losses]})
+    losses = [full_loss(unstack(r), x, step) for r in range(restarts)]
+    info = {"restart_objective": [round(v, 5) for v in losses]}
+    scores = losses
+    if config.train.restart_choice == "balance" and model.num_clusters:
+        predict = steps.make_predict(model, config.eval.batch_size)
+        scores = []
+        for r in range(restarts):
+            usage = np.exp(predict(unstack(r), x)["log_gamma"].astype(np.float64)).mean(0)
+            scores.append(float(np.log(len(usage)) + np.sum(usage * np.log(np.maximum(usage, 1e-30)))))
+        info["restart_imbalance"] = [round(v, 5) for v in scores]
+    best = int(np.nanargmin(scores)) if np.isfinite(scores).any() else 0
+    return unstack(best), {"chosen_restart": best, **info}
 
 
-def evaluate(config, model, params, data, workdir, rng, echo=print, inputs=None):
-    """Predict every sample, score against labels if any, write predictions and plots."""
+def evaluate(config, model, params, data, workdir, rng, echo=print, inputs=None, write=True):
+    """Predict every sample, score against labels if any, write predictions and plots (`write`:
+    this process writes files)."""
     out = steps.make_predict(model, config.eval.batch_size)(params, data.x if inputs is None else inputs)
     k = model.num_clusters
     summary = {"num_samples": len(data.x), "num_clusters": k}
@@ -300,9 +357,13 @@ def evaluate(config, model, params, data, workdir, rng, echo=print, inputs=None)
             summary.update(metrics.clustering_report(clusters, data.y))
             echo("clustering: " + " ".join(f"{m}={summary[m]:.4f}" for m in ("acc", "majority_acc", "nmi", "ari")),
                  flush=True)
-        export.write_predictions_csv(workdir / "predictions.csv", gamma, data.y)
-    else:                                                    # no clusters: colour by label, export codes
+    else:                                                    # no clusters: colour by label
         gamma, clusters = None, (data.y if data.y is not None else np.zeros(len(data.x), np.int64))
+    if not write:
+        return summary
+    if k:
+        export.write_predictions_csv(workdir / "predictions.csv", gamma, data.y)
+    else:                                                    # the latent codes
         export.write_latent_csv(workdir / "predictions.csv", out["z_mean"], data.y)
     groups = max(k, model.num_labels, 1)
     per_group = config.eval.samples_per_cluster if data.is_image else max(1, config.eval.plot_points // groups)

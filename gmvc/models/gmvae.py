@@ -70,7 +70,7 @@ def make_gmvae(model_cfg, data_shape):
 
     def apply(params, x, rng):
         z_mean, z_log_var, w_mean, w_log_var = call(params, GMVAENet.encode, x)
-        rng_z, rng_w = jax.random.split(rng)
+        rng_z, rng_w = mixture.split_keys(rng)
         z = mixture.reparameterize(rng_z, z_mean, z_log_var)
         w = mixture.reparameterize(rng_w, w_mean, w_log_var)
         return forward(params, x, z, w, z_mean, z_log_var, w_mean, w_log_var)

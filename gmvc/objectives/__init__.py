@@ -3,14 +3,16 @@ Weights may be schedules of the step (gmvc/schedules.py)."""
 import jax.numpy as jnp
 
 from gmvc.errors import ConfigError
-from gmvc.objectives.terms import TERMS
+from gmvc.objectives.terms import BATCH_TERMS, TERMS
 from gmvc.schedules import make_schedule
 
 
-def make_objective(model, weights, term_options):
+def make_objective(model, weights, term_options, axis_name=None):
     """Return loss_fn(params, batch, rng, step) -> (loss, aux) with one forward pass per call.
 
-    aux holds every term's unweighted value under its own name, plus "loss".
+    aux holds every term's unweighted value under its own name, plus "loss". `axis_name`: the
+    data axis when the loss runs per device on a slice of the batch; whole-batch statistics
+    (BATCH_TERMS) then gather the batch over it.
     """
     weights, term_options = dict(weights), {k: dict(v) for k, v in dict(term_options).items()}
     unknown = sorted(set(weights) - set(TERMS))
@@ -19,7 +21,8 @@ def make_objective(model, weights, term_options):
     unknown_opts = sorted(set(term_options) - set(TERMS))
     if unknown_opts:
         raise ConfigError(f"options given for unknown term(s) {unknown_opts}; known terms: {sorted(TERMS)}")
-    terms = {name: TERMS[name](term_options.get(name, {})) for name in weights}
+    terms = {name: (TERMS[name](term_options.get(name, {}), axis_name=axis_name) if name in BATCH_TERMS
+                    else TERMS[name](term_options.get(name, {}))) for name in weights}
     schedules = {name: make_schedule(w, f"objective.{name}") for name, w in weights.items()}
 
     def loss_fn(params, batch, rng, step):

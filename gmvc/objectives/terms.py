@@ -56,13 +56,16 @@ def _expected_component_kl(out):
     return jnp.sum(jnp.exp(out["log_gamma"]) * kl, axis=-1)
 
 
-def make_c_prior(opts):
+def make_c_prior(opts, axis_name=None):
     """c-prior: E[KL(q(c | x) || p(c))] (GMVAE: p(c | z, w) against Uniform(K)), active only above
-    the free-bits threshold lambda (Dilokthanakul et al.'s minimum information constraint)."""
+    the free-bits threshold lambda (Dilokthanakul et al.'s minimum information constraint). The
+    threshold applies to the batch mean, so on several devices the mean is taken over all of them."""
     free_bits = float(opts.get("free_bits", 0.0))
 
     def c_prior(params, batch, out, rng):
         kl = jnp.mean(_kl_gamma_prior(out))
+        if axis_name is not None:
+            kl = jax.lax.pmean(kl, axis_name)
         return jnp.maximum(kl, free_bits), {"c_prior_kl": kl}
     return c_prior
 
@@ -82,11 +85,18 @@ def make_cv(opts):
     return cv
 
 
-def make_c_marginal(opts):
+def gather_batch(a, axis_name):
+    """The whole batch of a per-device slice (data-parallel steps), or `a` itself on one device."""
+    return a if axis_name is None else jax.lax.all_gather(a, axis_name, tiled=True)
+
+
+def make_c_marginal(opts, axis_name=None):
     """KL(mean_b q(c | x_b) || Uniform(K)): how far the batch's cluster usage is from the uniform
-    p(c). The per-sample c-prior cannot see one cluster taking all the data; this term can."""
+    p(c). The per-sample c-prior cannot see one cluster taking all the data; this term can.
+    A statistic of the whole batch: on several devices it is computed on the gathered batch."""
     def c_marginal(params, batch, out, rng):
-        log_marginal = jax.nn.logsumexp(out["log_gamma"], axis=0) - jnp.log(out["log_gamma"].shape[0])   # [K]
+        log_gamma = gather_batch(out["log_gamma"], axis_name)
+        log_marginal = jax.nn.logsumexp(log_gamma, axis=0) - jnp.log(log_gamma.shape[0])   # [K]
         return jnp.log(log_marginal.shape[0]) - mixture.categorical_entropy(log_marginal), {}
     return c_marginal
 
@@ -119,18 +129,22 @@ def mmd_unbiased(a, b, kernel):
 
 
 def sample_prior(rng, out, n, which):
-    """n draws from the latent prior: N(0, I), or the model's stored mixture (VaDE)."""
+    """n draws from the latent prior: N(0, I), or the model's stored mixture (VaDE). With
+    per-sample keys (n of them), draw i uses key i."""
     z_dim = out["z"].shape[-1]
     if which == "normal":
-        return jax.random.normal(rng, (n, z_dim))
+        return mixture.normal(rng, (n, z_dim))
     if "log_pi" not in out:
         raise ConfigError("mmd: prior 'mixture' needs a model with a stored mixture prior (vade)")
-    rng_c, rng_z = jax.random.split(rng)
-    c = jax.random.categorical(rng_c, out["log_pi"], shape=(n,))
+    rng_c, rng_z = mixture.split_keys(rng)
+    if mixture.per_sample(rng_c):
+        c = jax.vmap(lambda r: jax.random.categorical(r, out["log_pi"]))(rng_c)
+    else:
+        c = jax.random.categorical(rng_c, out["log_pi"], shape=(n,))
     return mixture.reparameterize(rng_z, out["prior_means"][c], out["prior_log_vars"][c])
 
 
-def make_mmd(opts):
+def make_mmd(opts, axis_name=None):
     """MMD^2(q(z) || p(z)) between the batch's codes (samples of the aggregate posterior) and as
     many prior samples, unbiased estimator. Options: kernel "rbf" | "imq" (default imq), scale
     (kernel width, default 1), prior "normal" | "mixture" (the model's stored mixture)."""
@@ -144,10 +158,13 @@ def make_mmd(opts):
 
     def mmd(params, batch, out, rng):
         z = out["z"]
-        prior = sample_prior(jax.random.fold_in(rng, 0x6D6D64), out, z.shape[0], which)   # not the model's noise
+        prior = sample_prior(mixture.fold_in(rng, 0x6D6D64), out, z.shape[0], which)   # not the model's noise
+        z, prior = gather_batch(z, axis_name), gather_batch(prior, axis_name)          # a two-sample statistic
         return mmd_unbiased(z, prior, mmd_kernel(kind, z.shape[-1], scale)), {}
     return mmd
 
+
+BATCH_TERMS = ("c_marginal", "mmd", "c_prior")   # statistics of the whole batch, not per-sample means
 
 TERMS = {"recon": make_recon, "kl_z": make_kl_z, "cond_prior": make_cond_prior, "w_prior": make_w_prior,
          "c_prior": make_c_prior, "cv": make_cv, "c_marginal": make_c_marginal,

@@ -1,0 +1,174 @@
+"""Data-parallel training: one per-device step body, three wrappers.
+
+The train step is written once (steps.make_train_step with axis_name=AXIS): gradients and
+metrics are averaged with `lax.pmean` over the data axis, and whole-batch terms gather the
+batch over it. This module places the data and the state and wraps the chunk of steps:
+
+- "single": plain `jit` on one device (the default with one device);
+- "shard_map": `jit` + `jax.shard_map` over a 1-D mesh of all devices (the default with several);
+- "pmap": `jax.pmap` (config.parallel.mode="pmap").
+
+The data array is split by rows over the devices (each process holds only its rows, assembled
+with `jax.make_array_from_process_local_data`); the parameters and optimizer state are
+replicated. Every step reads the same global batch and the same per-sample noise as on one
+device (steps.make_epoch_order, steps.step_keys): each device picks the batch's rows it holds,
+one `psum` assembles the batch, and each device trains on its 1/n of it. So a run on n devices
+follows the one-device run up to float rounding.
+"""
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gmvc.errors import ConfigError
+
+AXIS = "data"
+MODES = ("auto", "single", "shard_map", "pmap")
+
+
+class Layout(NamedTuple):
+    mode: str                # "single" | "shard_map" | "pmap"
+    devices: tuple
+    mesh: Optional[object]   # jax.sharding.Mesh for shard_map
+
+    @property
+    def n(self):
+        return len(self.devices)
+
+    @property
+    def axis_name(self):
+        return None if self.mode == "single" else AXIS
+
+
+def make_layout(parallel_cfg, batch_size):
+    """The devices and wrapper a run uses; a batch that does not split evenly is an error."""
+    mode = parallel_cfg.mode
+    if mode not in MODES:
+        raise ConfigError(f"unknown parallel.mode {mode!r}; known: {list(MODES)}")
+    devices = jax.devices()
+    n = parallel_cfg.devices if parallel_cfg.devices > 0 else len(devices)
+    if n > len(devices):
+        raise ConfigError(f"parallel.devices={n} but only {len(devices)} devices are available")
+    devices = tuple(devices[:n])
+    if mode == "auto":
+        mode = "shard_map" if n > 1 else "single"
+    if mode == "single":
+        if jax.process_count() > 1:
+            raise ConfigError("parallel.mode='single' cannot run on several processes; use shard_map or pmap")
+        devices = devices[:1]
+    if mode == "pmap" and jax.process_count() > 1:
+        raise ConfigError("parallel.mode='pmap' runs on one process here; use shard_map across hosts")
+    if batch_size % len(devices):
+        raise ConfigError(f"train.batch_size={batch_size} does not divide evenly over {len(devices)} devices "
+                          f"(parallel.mode={mode!r}); use a multiple of {len(devices)}")
+    mesh = jax.make_mesh((len(devices),), (AXIS,), devices=devices) if mode == "shard_map" else None
+    return Layout(mode, devices, mesh)
+
+
+def padded_rows(num_examples, n):
+    return -(-num_examples // n) * n
+
+
+def select_local_batch(n):
+    """Per-device `select` for steps.make_train_chunk: x is this device's block of rows of the
+    data; returns this device's 1/n of the global batch `idx` and its per-sample keys."""
+
+    def select(x_local, idx, keys):
+        d = jax.lax.axis_index(AXIS)
+        rows = jax.tree.leaves(x_local)[0].shape[0]
+        pos = idx - d * rows
+        mine = (pos >= 0) & (pos < rows)
+        safe = jnp.clip(pos, 0, rows - 1)
+
+        def pick(a):
+            return jnp.where(mine.reshape((-1,) + (1,) * (a.ndim - 1)), a[safe], jnp.zeros((), a.dtype))
+
+        full = jax.lax.psum(jax.tree.map(pick, x_local), AXIS)     # the global batch, on every device
+        b = idx.shape[0] // n
+        local = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, d * b, b), full)
+        return local, jax.lax.dynamic_slice_in_dim(keys, d * b, b)
+
+    return select
+
+
+def put_data(layout, inputs):
+    """The training inputs (an array or {"x", "y"}) placed for the layout: as they are on one
+    device; split by rows (padded to a multiple of n) over the mesh; [n, rows, ...] for pmap.
+    With several processes, each contributes only its own block of rows."""
+    if layout.mode == "single":
+        return jax.device_put(inputs, layout.devices[0])
+    n = layout.n
+    num = len(jax.tree.leaves(inputs)[0])
+    total = padded_rows(num, n)
+
+    def pad(a):
+        a = np.asarray(a)
+        return np.concatenate([a, np.zeros((total - num, *a.shape[1:]), a.dtype)]) if total > num else a
+
+    padded = jax.tree.map(pad, inputs)
+    if layout.mode == "pmap":
+        return _pmap_put(layout, jax.tree.map(lambda a: a.reshape(n, total // n, *a.shape[1:]), padded))
+    sharding = NamedSharding(layout.mesh, P(AXIS))
+    if jax.process_count() == 1:
+        return jax.device_put(padded, sharding)
+    # Each process passes only the rows of its own devices (contiguous blocks in mesh order).
+    rows = total // n
+    local = [i for i, dev in enumerate(layout.devices) if dev.process_index == jax.process_index()]
+    lo, hi = local[0] * rows, (local[-1] + 1) * rows
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a[lo:hi], a.shape), padded)
+
+
+def put_state(layout, state):
+    """Replicate the train state over the layout's devices (pmap: a leading device axis)."""
+    if layout.mode == "single":
+        return jax.device_put(state, layout.devices[0])
+    if layout.mode == "pmap":
+        return _pmap_put(layout, jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (layout.n, *np.shape(a))), state))
+    sharding = NamedSharding(layout.mesh, P())
+    if jax.process_count() == 1:
+        return jax.device_put(state, sharding)
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a), np.shape(a)),
+                        state)
+
+
+def _pmap_put(layout, stacked):
+    """[n, ...] host arrays -> arrays whose slice i lives on device i (pmap's own placement)."""
+    return jax.pmap(lambda a: a, devices=list(layout.devices))(stacked)
+
+
+def get_state(layout, state):
+    """One copy of the state as host numpy arrays (from any layout)."""
+    if layout.mode == "pmap":
+        state = jax.tree.map(lambda a: a[0], state)
+    return jax.tree.map(to_host, state)
+
+
+def to_host(a):
+    """A replicated array as numpy, also when other processes hold devices of it."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        return np.asarray(a.addressable_data(0))
+    return np.asarray(a)
+
+
+def wrap_chunk(layout, chunk, donate=True):
+    """Compile chunk(state, x, rng) -> (state, metrics) for the layout. For shard_map and pmap,
+    `chunk` is the per-device body (its step pmeans over AXIS and selects with
+    select_local_batch)."""
+    donate_argnums = (0,) if donate else ()
+    if layout.mode == "single":
+        return jax.jit(chunk, donate_argnums=donate_argnums)
+    if layout.mode == "shard_map":
+        body = jax.shard_map(chunk, mesh=layout.mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()),
+                             check_vma=False)   # pmap semantics: the body pmeans its own gradients
+        return jax.jit(body, donate_argnums=donate_argnums)
+    mapped = jax.pmap(lambda s, x, r: chunk(s, x, r), axis_name=AXIS, in_axes=(0, 0, None),
+                      devices=list(layout.devices), donate_argnums=donate_argnums)
+    return mapped
+
+
+def metrics_to_host(layout, metrics):
+    if layout.mode == "pmap":
+        metrics = jax.tree.map(lambda a: a[0], metrics)
+    return jax.tree.map(to_host, metrics)
