@@ -65,7 +65,8 @@ def base_config():
     c.phases = ml_collections.ConfigDict()   # see gmvc/phases.py
 
     c.parallel = ml_collections.ConfigDict()  # see gmvc/parallel.py
-    c.parallel.mode = "auto"           # auto (shard_map on several devices, else single) | single | shard_map | pmap
+    c.parallel.mode = "auto"           # auto | single | shard_map | pmap (auto: shard_map on several accelerators
+                                       # or processes, or when devices > 1; single on one process's CPU)
     c.parallel.devices = 0             # use the first n devices (0 = all)
 
     c.eval = ml_collections.ConfigDict()

@@ -19,12 +19,27 @@ _INPUTS = flags.DEFINE_string("inputs", "", "generate: an image file, a folder o
 _LABEL = flags.DEFINE_integer("label", -1, "generate, CVAE with --inputs: the label to condition on.")
 _INTERPOLATE = flags.DEFINE_string("interpolate", "", "generate: cluster pairs to interpolate between, e.g. "
                                    "'0-1,2-3' (default: every cluster to the next).")
+_COORDINATOR = flags.DEFINE_string("coordinator", "", "Multi-process: the coordinator's host:port (process 0's "
+                                   "machine), or 'auto' to let JAX detect the cluster (SLURM, TPU pod). "
+                                   "Default: $GMVC_COORDINATOR.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-process: how many processes (default "
+                                      "$GMVC_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-process: this process's id, 0..num_processes-1 "
+                                   "(default $GMVC_PROCESS_ID).")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Give this process N CPU devices (to try data-parallel "
+                                    "training without accelerators).")
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from gmvc import distributed
+    try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _CPU_DEVICES.value)
+    except GmvcError as e:
+        print(f"gmvc: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     from gmvc.train import load_run, train_and_evaluate  # after flag parsing: keeps --help fast
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO

@@ -5,7 +5,8 @@ metrics are averaged with `lax.pmean` over the data axis, and whole-batch terms 
 batch over it. This module places the data and the state and wraps the chunk of steps:
 
 - "single": plain `jit` on one device (the default with one device);
-- "shard_map": `jit` + `jax.shard_map` over a 1-D mesh of all devices (the default with several);
+- "shard_map": `jit` + `jax.shard_map` over a 1-D mesh of all devices (the default with several
+  accelerators or processes, or with parallel.devices > 1);
 - "pmap": `jax.pmap` (config.parallel.mode="pmap").
 
 The data array is split by rows over the devices (each process holds only its rows, assembled
@@ -53,7 +54,7 @@ def make_layout(parallel_cfg, batch_size):
         raise ConfigError(f"parallel.devices={n} but only {len(devices)} devices are available")
     devices = tuple(devices[:n])
     if mode == "auto":
-        mode = "shard_map" if n > 1 else "single"
+        mode = "shard_map" if _splits_by_default(parallel_cfg, devices) else "single"
     if mode == "single":
         if jax.process_count() > 1:
             raise ConfigError("parallel.mode='single' cannot run on several processes; use shard_map or pmap")
@@ -65,6 +66,17 @@ def make_layout(parallel_cfg, batch_size):
                           f"(parallel.mode={mode!r}); use a multiple of {len(devices)}")
     mesh = jax.make_mesh((len(devices),), (AXIS,), devices=devices) if mode == "shard_map" else None
     return Layout(mode, devices, mesh)
+
+
+def _splits_by_default(parallel_cfg, devices):
+    """The "auto" mode goes data-parallel over several accelerators, several processes, or when
+    parallel.devices asks for n > 1. Fake CPU devices of one process stay on one device unless
+    asked: XLA already spreads one CPU device over every core, so splitting only adds
+    collectives (and XLA:CPU's in-process all-reduce can stall when convolutions hold the
+    shared thread pool)."""
+    if len(devices) < 2:
+        return False
+    return jax.process_count() > 1 or parallel_cfg.devices > 1 or devices[0].platform != "cpu"
 
 
 def padded_rows(num_examples, n):

@@ -1,0 +1,144 @@
+"""Data-parallel training on 8 fake CPU devices (set in conftest.py) and across two local
+processes (jax.distributed, gloo collectives): every layout reads the one-device batches and
+noise, so parameters agree with the one-device run to float rounding (tolerance below)."""
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from gmvc.errors import ConfigError
+from gmvc.train import train_and_evaluate
+from test_train import final_params
+
+quiet = dict(echo=lambda *a, **k: None)
+# float32 sums over 8 devices happen in another order than on one, and Adam turns rounding-level
+# differences of near-zero gradients into differences of up to the learning rate per step; so
+# parameters are compared leaf by leaf by relative norm, |a - b| / |a| <= REL (measured after
+# 60 steps: GMVAE 2e-7, VaDE, whose prior is refitted by EM in between, 4e-3).
+REL = 1e-2
+
+
+def _assert_close(a, b, rel=REL):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    worst = 0.0
+    for x, y in zip(leaves_a, leaves_b):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        assert x.shape == y.shape
+        worst = max(worst, float(np.linalg.norm(x - y) / max(np.linalg.norm(x), 1e-12)))
+    assert worst <= rel, worst
+    return worst
+
+
+def _gmvae(spiral_config):
+    c = spiral_config
+    c.data.num_points = 800
+    c.train.batch_size = 80
+    c.train.restarts = 2
+    c.train.steps, c.train.log_every, c.train.checkpoint_every = 60, 20, 60
+    return c
+
+
+def _vade():
+    from gmvc.config import from_sibling
+    c = from_sibling(str(ROOT / "configs" / "x.py"), "vade_digits.py")
+    c.unlock()
+    c.model.hidden_sizes = (64, 64)
+    c.data.limit = 800
+    c.train.batch_size = 80
+    c.phases.pretrain.steps = 30
+    c.phases.gmm_init.n_init = 1
+    c.train.steps, c.train.log_every, c.train.checkpoint_every = 60, 15, 60
+    return c
+
+
+@pytest.mark.parametrize("model", ["gmvae", "vade"])
+def test_single_shard_map_and_pmap_agree(spiral_config, tmp_path, model):
+    assert jax.device_count() == 8
+    results = {}
+    for mode in ("single", "shard_map", "pmap"):
+        c = _gmvae(spiral_config.copy_and_resolve_references()) if model == "gmvae" else _vade()
+        c.parallel.mode = mode
+        summary = train_and_evaluate(c, tmp_path / mode, **quiet)
+        assert summary["parallel"]["mode"] == mode and summary["parallel"]["devices"] == (1 if mode == "single" else 8)
+        results[mode] = final_params(tmp_path / mode, c.train.steps)
+    worst = [_assert_close(results["single"], results[m], REL if model == "vade" else 1e-4) for m in ("shard_map", "pmap")]
+    print(model, "largest relative difference per leaf:", worst)
+
+
+def test_auto_layout_and_the_uneven_batch_error(spiral_config, tmp_path):
+    c = _gmvae(spiral_config)
+    c.train.batch_size = 100                  # 100 rows over 8 devices
+    c.parallel.mode = "shard_map"
+    with pytest.raises(ConfigError, match="train.batch_size=100 does not divide evenly over 8 devices"):
+        train_and_evaluate(c, tmp_path / "uneven", **quiet)
+    assert not (tmp_path / "uneven").exists()
+    c.parallel.mode = "auto"                  # fake CPU devices of one process: one device unless asked
+    c.train.steps = 20
+    summary = train_and_evaluate(c, tmp_path / "auto", **quiet)
+    assert summary["parallel"] == {"mode": "single", "devices": 1, "processes": 1}
+    c.parallel.devices = 4                    # asked for 4: shard_map, 100 / 4 = 25 per device
+    summary = train_and_evaluate(c, tmp_path / "four", **quiet)
+    assert summary["parallel"] == {"mode": "shard_map", "devices": 4, "processes": 1}
+    c.parallel.mode = "mirrored"
+    with pytest.raises(ConfigError, match="unknown parallel.mode 'mirrored'"):
+        train_and_evaluate(c, tmp_path / "bad", **quiet)
+
+
+def test_checkpoint_from_8_devices_resumes_on_one(spiral_config, tmp_path):
+    """A checkpoint written by the 8-device run restores on one device and the run continues to
+    the same parameters as a one-device run from the start."""
+    c = _gmvae(spiral_config)
+    c.train.checkpoint_every = 20
+    c.parallel.mode = "single"
+    train_and_evaluate(c, tmp_path / "straight", **quiet)
+    half = c.copy_and_resolve_references()
+    half.train.steps = 40
+    half.parallel.mode = "shard_map"
+    train_and_evaluate(half, tmp_path / "mixed", **quiet)
+    messages = []
+    train_and_evaluate(c, tmp_path / "mixed", echo=lambda m, **k: messages.append(m))
+    assert any("Resuming from checkpoint" in m and "step 40" in m for m in messages)
+    _assert_close(final_params(tmp_path / "straight", 60), final_params(tmp_path / "mixed", 60))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """Two local processes (2 CPU devices each) through jax.distributed train the spiral run;
+    its checkpoint equals a one-process, one-device run's; only process 0 writes outputs."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    args = ["--config=configs/gmvae_spiral.py", "--config.train.steps=60", "--config.train.log_every=20",
+            "--config.train.checkpoint_every=60", "--config.train.restarts=1", "--config.data.num_points=800",
+            "--config.train.batch_size=80"]
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "gmvc.main", *args, f"--workdir={tmp_path / 'two'}",
+                               f"--coordinator=localhost:{port}", "--num_processes=2", f"--process_id={i}",
+                               "--cpu_devices=2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "data-parallel over 4 devices in 2 processes" in outs[0]
+    assert "clustering:" in outs[0] and "clustering:" not in outs[1]      # process 1 prints and writes nothing
+    one = subprocess.run([sys.executable, "-m", "gmvc.main", *args, f"--workdir={tmp_path / 'one'}"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    from gmvc.config import from_sibling
+    from gmvc.train import load_run
+    c = from_sibling(str(ROOT / "configs" / "x.py"), "gmvae_spiral.py")
+    c.unlock()
+    c.train.steps, c.train.restarts, c.data.num_points, c.train.batch_size = 60, 1, 800, 80
+    c.parallel.mode = "single"             # restore the 4-device checkpoint onto one device
+    worst = _assert_close(load_run(c, tmp_path / "one", **quiet).params, load_run(c, tmp_path / "two", **quiet).params,
+                          1e-4)
+    print("two processes vs one, largest relative difference per leaf:", worst)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
