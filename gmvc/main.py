@@ -11,9 +11,14 @@ from gmvc.errors import GmvcError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "generate"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "generate", "predict"],
                           "train: train (or resume) and evaluate; generate: sample, reconstruct and interpolate "
-                          "with the trained run in --workdir (PNG files in the run directory).")
+                          "with the trained run in --workdir (PNG files in the run directory); predict: cluster "
+                          "--data with the trained run, written to --output.")
+_DATA = flags.DEFINE_string("data", "", "predict: the data source to predict (spiral, digits, file:<path>, ...; "
+                            "default: the config's data.source).")
+_FORMAT = flags.DEFINE_enum("format", "csv", ["csv", "jsonl", "npz"], "predict: output format.")
+_OUTPUT = flags.DEFINE_string("output", "", "predict: output file (default: <workdir>/predict.<format>).")
 _INPUTS = flags.DEFINE_string("inputs", "", "generate: an image file, a folder of images, a .npy or an .npz (array "
                               "'x') to reconstruct (default: the first samples of the run's data).")
 _LABEL = flags.DEFINE_integer("label", -1, "generate, CVAE with --inputs: the label to condition on.")
@@ -50,11 +55,23 @@ def main(argv):
         if _MODE.value == "generate":
             from gmvc.generate import generate
             generate(load_run(config, workdir), workdir, _INPUTS.value, _LABEL.value, _INTERPOLATE.value)
+        elif _MODE.value == "predict":
+            predict(config, workdir)
         else:
             train_and_evaluate(config, workdir)
     except GmvcError as e:
         print(f"gmvc: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def predict(config, workdir):
+    from gmvc.estimator import load_trained
+    from gmvc.predict import predict_to_file
+    trained = load_trained(workdir, config)
+    data_cfg = config.data.copy_and_resolve_references()
+    if _DATA.value:
+        data_cfg.source = _DATA.value
+    predict_to_file(trained, data_cfg, _OUTPUT.value or f"{workdir}/predict.{_FORMAT.value}", _FORMAT.value)
 
 
 def parse_flags(argv):
@@ -67,7 +84,7 @@ def parse_flags(argv):
             message = f"unknown config key: {message}"
         print(f"gmvc: error: {message}", file=sys.stderr)
         print(f"usage: python -m gmvc.main --config=configs/<experiment>.py [--workdir=DIR] "
-              f"[--mode=train|generate] [--config.<key>=<value> ...]", file=sys.stderr)
+              f"[--mode=train|generate|predict] [--config.<key>=<value> ...]", file=sys.stderr)
         sys.exit(2)
 
 

@@ -99,16 +99,19 @@ def _check_finite(step, per_restart):
                             f"{bad}); no checkpoint was written for this chunk")
 
 
-def train_and_evaluate(config, workdir, echo=print):
+def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=True):
     """Train (or resume) the run in `workdir` through its phases, then evaluate; returns a summary.
     With several processes (jax.distributed), every process trains its share and saves
-    checkpoints together; only process 0 writes logs, predictions, plots and results."""
+    checkpoints together; only process 0 writes logs, predictions, plots and results.
+    `data`: a Dataset to train on instead of config.data's source (the estimators' arrays);
+    `write_outputs=False` skips predictions.csv and the plots (config, log, results and
+    checkpoints are always written)."""
     config.lock()
     workdir = pathlib.Path(workdir)
     main_process = jax.process_index() == 0
     if not main_process:
         echo = _silent
-    data = load_dataset(config.data, config.seed)
+    data = load_dataset(config.data, config.seed) if data is None else data
     check_config(config, data)
     layout = parallel.make_layout(config.parallel, config.train.batch_size)
     model = make_model(config.model, data.x.shape[1:])
@@ -164,9 +167,10 @@ def train_and_evaluate(config, workdir, echo=print):
         why = (f"the most even cluster usage (KL to uniform {choice['restart_imbalance'][r]:.4f})"
                if "restart_imbalance" in choice else f"the lowest objective on the data ({choice['restart_objective'][r]:.4f})")
         echo(f"restart {r} of {config.train.restarts} has {why}; its parameters are used", flush=True)
-    summary = evaluate(config, model, params, data, workdir, sample_rng, echo, inputs, write=main_process)
+    summary = evaluate(config, model, params, data, workdir, sample_rng, echo, inputs,
+                       write=main_process and write_outputs)
     summary.update(choice)
-    summary.update({"steps": step, "train_seconds": round(train_seconds, 2),
+    summary.update({"steps": step, "data_shape": list(data.x.shape[1:]), "train_seconds": round(train_seconds, 2),
                     "compiles": sum(r.trace_count for r in runners.values()),
                     "parallel": {"mode": layout.mode, "devices": layout.n, "processes": jax.process_count()}})
     if main_process:
@@ -273,6 +277,31 @@ def init_prior_phase(phase, model, params, x, rng, config):
         z = jnp.concatenate([embed(params_r, x[i:i + bs]) for i in range(0, len(x), bs)])
         priors.append(fit(jax.random.fold_in(rng, r + 1), z))
     return {**params, "prior": jax.tree.map(lambda *a: jnp.stack(a), *priors)}
+
+
+def restore_params(config, workdir, data_shape, restart=0):
+    """(model, params of one restart, step) from the latest checkpoint of the run in `workdir`,
+    without its data. Nothing in the run directory is written or removed."""
+    config.lock()
+    checkpoints = pathlib.Path(workdir) / "checkpoints"
+    if not checkpoints.is_dir():
+        raise CheckpointError(f"no run in {workdir}: {checkpoints} does not exist")
+    model = make_model(config.model, data_shape)
+    phases = build_phases(config)
+    ckpt = Checkpointer(checkpoints, config.train.max_checkpoints)
+    try:
+        step = ckpt.latest_step()
+        if not step:
+            raise CheckpointError(f"no checkpoint in {checkpoints}")
+        phase = phases[resume_index(phases, step)]
+        tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
+        like = create_state(init_params(model.init, jax.random.key(0), config.train.restarts), tx)
+        stacked = jax.tree.map(parallel.to_host, ckpt.restore(step, like)["params"])
+    finally:
+        ckpt.close()
+    if not 0 <= restart < config.train.restarts:
+        raise CheckpointError(f"run {workdir}: restart {restart} is not among its {config.train.restarts}")
+    return model, jax.tree.map(lambda a: a[restart], stacked), step
 
 
 class Run(NamedTuple):

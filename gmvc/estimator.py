@@ -1,0 +1,430 @@
+"""scikit-learn style estimators over the one training loop.
+
+    from gmvc import VaDE
+    est = VaDE(n_clusters=10, random_state=0).fit(X)       # X: [N, D] (or [N, H, W, C] images)
+    est.labels_, est.predict(X_new), est.predict_proba(X_new), est.transform(X_new)
+    est.save("my_model"); est = gmvc.load("my_model")      # also loads a CLI run directory
+
+`fit` builds a config (gmvc/config.py keys) and calls train.train_and_evaluate on the array, as
+the command line does on a data source; the run's checkpoints are the estimator's state, so
+`save` / `load` are the CLI's orbax checkpoints plus `estimator.json`. Constructor arguments are
+stored as given (scikit-learn convention); everything learnt ends in an underscore.
+"""
+import json
+import pathlib
+import shutil
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+
+from gmvc import config as config_lib
+from gmvc import steps
+from gmvc.data import Dataset
+from gmvc.errors import CheckpointError, ConfigError
+from gmvc.objectives import make_objective
+
+ESTIMATOR_FILE = "estimator.json"
+# The ELBO each model family maximises, without the regularisers that only steer training
+# (c_marginal, cv, free bits): score(X) is its mean over X.
+ELBO_TERMS = {"vade": {"recon": 1.0, "vade_kl": 1.0},
+              "gmvae": {"recon": 1.0, "cond_prior": 1.0, "w_prior": 1.0, "c_prior": 1.0},
+              "vae": {"recon": 1.0, "kl_z": 1.0}}
+
+
+def _silent(*args, **kwargs):
+    pass
+
+
+class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
+    """Any gmvc config as an estimator.
+
+    config: a config file path (e.g. "configs/vade_digits.py"), a dict or a ConfigDict; its
+        data section is ignored (the data is what `fit` receives).
+    overrides: {"dotted.key": value}, applied after `config`, e.g. {"train.steps": 500}.
+    random_state: int seed (None = 0: gmvc runs are reproducible by default).
+    workdir: where the run's checkpoints go (None = a fresh temporary folder per fit).
+    verbose: print the training progress lines.
+    """
+
+    def __init__(self, config="configs/vade_digits.py", overrides=None, random_state=None, workdir=None,
+                 verbose=False):
+        self.config = config
+        self.overrides = overrides
+        self.random_state = random_state
+        self.workdir = workdir
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ configuration
+
+    def _base_config(self):
+        return resolve_config(self.config)
+
+    def _make_config(self, x):
+        c = self._base_config()
+        c.unlock()
+        apply_overrides(c, self.overrides or {})
+        c.data.source = "array"
+        c.seed = _seed(self.random_state)
+        c.train.batch_size = min(c.train.batch_size, len(x))
+        if c.model.name == "vade" and c.model.likelihood == "auto":
+            c.model.likelihood = "bernoulli" if x.min() >= 0 and x.max() <= 1 else "gaussian"
+        return c
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self, X, y=None):
+        """Train on X ([N, D], or [N, H, W(, C)] images); y is ignored (labels never train)."""
+        from gmvc.train import train_and_evaluate
+        x = self._check(X, reset=True)
+        config = self._make_config(x)
+        workdir = pathlib.Path(self.workdir) if self.workdir else pathlib.Path(tempfile.mkdtemp(prefix="gmvc_"))
+        summary = train_and_evaluate(config, workdir, echo=print if self.verbose else _silent,
+                                     data=Dataset(x=x, y=None, name="array"), write_outputs=False)
+        self._set_trained(load_trained(workdir, config))
+        self.n_iter_ = int(summary["steps"])
+        self.labels_ = self.predict(X) if self.model_.num_clusters else None
+        return self
+
+    def _set_trained(self, trained):
+        self.config_, self.model_, self.params_, self.workdir_ = (trained.config, trained.model, trained.params,
+                                                                  trained.workdir)
+        self.sample_shape_ = tuple(trained.data_shape)
+        self.n_clusters_ = trained.model.num_clusters
+
+    def _check(self, X, reset=False):
+        x = validate_data(self, X, reset=reset, dtype=np.float32, allow_nd=True, ensure_min_samples=1 if not reset
+                          else 2, ensure_all_finite=True)
+        if x.ndim == 3:
+            x = x[..., None]                               # [N, H, W] greyscale images
+        if x.ndim not in (2, 4):
+            raise ValueError(f"X must have shape [N, D] or [N, H, W(, C)]; got {x.shape}")
+        if not reset and x.shape[1:] != self.sample_shape_:
+            raise ValueError(f"X has samples of shape {list(x.shape[1:])}; this model was fitted on "
+                             f"{list(self.sample_shape_)}")
+        return np.ascontiguousarray(x, np.float32)
+
+    # ------------------------------------------------------------------ inference
+
+    def _outputs(self, X):
+        check_is_fitted(self, "params_")
+        x = self._check(X)
+        return steps.make_predict(self.model_, self.config_.eval.batch_size)(self.params_, x)
+
+    def _require_clusters(self, what):
+        if not self.model_.num_clusters:
+            raise AttributeError(f"{what}: model {self.config_.model.name!r} does not cluster")
+
+    def predict(self, X):
+        """The most likely cluster of each sample: [N] ints."""
+        check_is_fitted(self, "params_")
+        self._require_clusters("predict")
+        return self._outputs(X)["log_gamma"].argmax(1)
+
+    def predict_proba(self, X):
+        """q(c | x): [N, K], rows sum to 1."""
+        check_is_fitted(self, "params_")
+        self._require_clusters("predict_proba")
+        return np.exp(self._outputs(X)["log_gamma"].astype(np.float64))
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X).labels_
+
+    def transform(self, X):
+        """The latent means z_mean: [N, Dz]."""
+        return self._outputs(X)["z_mean"]
+
+    def score(self, X, y=None):
+        """The mean ELBO per sample (one Monte-Carlo draw of z per sample; higher is better)."""
+        check_is_fitted(self, "params_")
+        x = self._check(X)
+        name = self.config_.model.name
+        weights = ELBO_TERMS["vae" if name == "cvae" else name]
+        loss = make_objective(self.model_, weights, {"c_prior": {"free_bits": 0.0}})
+        batch_loss = jax.jit(lambda params, batch: loss(params, batch, jax.random.key(0), 0)[0])
+        bs = self.config_.eval.batch_size
+        total = sum(float(batch_loss(self.params_, x[i:i + bs])) * len(x[i:i + bs]) for i in range(0, len(x), bs))
+        return -total / len(x)
+
+    def sample(self, n_samples=1, cluster=None):
+        """(X, clusters): n_samples generated samples and the cluster each came from. `cluster`
+        fixes it; otherwise clusters are drawn from the prior's weights."""
+        check_is_fitted(self, "params_")
+        self._require_clusters("sample")
+        k = self.n_clusters_
+        rng = check_random_state(self.random_state)
+        if cluster is None:
+            log_pi = self.params_["prior"]["logits"] if self.model_.stored_prior else jnp.zeros(k)
+            pi = np.asarray(jax.nn.softmax(log_pi), np.float64)
+            clusters = rng.choice(k, size=n_samples, p=pi / pi.sum())
+        else:
+            if not 0 <= int(cluster) < k:
+                raise ValueError(f"cluster must be in 0..{k - 1}, got {cluster}")
+            clusters = np.full(n_samples, int(cluster))
+        key = jax.random.key(int(rng.randint(2**31)))
+        out = np.asarray(jax.jit(self.model_.sample, static_argnums=2)(self.params_, key, max(n_samples, 1)))
+        x = out[clusters, np.arange(n_samples)]                       # [n, *sample_shape]
+        return x, clusters
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path):
+        """Write the fitted model to `path` (a new folder): the run's latest checkpoint, its
+        config.json and results.json, and estimator.json. An existing path is never overwritten."""
+        check_is_fitted(self, "params_")
+        path = pathlib.Path(path)
+        if path.exists():
+            raise FileExistsError(f"{path} exists; save into a new folder (nothing was written)")
+        tmp = path.with_name(path.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(self.workdir_, tmp, ignore=shutil.ignore_patterns("*.png", "metrics.jsonl", "predictions.csv"))
+        info = {"class": type(self).__name__, "params": _jsonable(self.get_params()),
+                "sample_shape": list(self.sample_shape_), "n_features_in": int(self.n_features_in_),
+                "n_iter": int(getattr(self, "n_iter_", 0))}
+        (tmp / ESTIMATOR_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        tmp.rename(path)
+        return path
+
+    def __getstate__(self):
+        """Pickling drops the model's functions (closures); unpickling rebuilds them from config_."""
+        state = self.__dict__.copy()
+        state.pop("model_", None)
+        if "params_" in state:
+            state["params_"] = jax.tree.map(np.asarray, state["params_"])
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "config_" in state:
+            from gmvc.models import make_model
+            self.model_ = make_model(self.config_.model, self.sample_shape_)
+
+    def _more_tags(self):      # scikit-learn < 1.6
+        return {"allow_nan": False, "non_deterministic": False}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.non_deterministic = False
+        return tags
+
+
+class VaDE(GMVCEstimator):
+    """VaDE with the recipe of configs/vade_digits.py: autoencoder pretraining with a small code
+    KL, a diagonal GMM fitted to the embeddings, then VaDE (+ the cluster-usage term c_marginal;
+    set it to 0 for clusters of very different sizes). likelihood "auto": Bernoulli for data in
+    [0, 1], else Gaussian with unit variance."""
+
+    def __init__(self, n_clusters=10, latent_dim=10, hidden_sizes=(256, 256, 512), likelihood="auto",
+                 steps=3000, pretrain_steps=1500, batch_size=100, learning_rate=2e-3, c_marginal=1.0,
+                 restarts=1, random_state=None, workdir=None, verbose=False):
+        self.n_clusters = n_clusters
+        self.latent_dim = latent_dim
+        self.hidden_sizes = hidden_sizes
+        self.likelihood = likelihood
+        self.steps = steps
+        self.pretrain_steps = pretrain_steps
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.c_marginal = c_marginal
+        self.restarts = restarts
+        self.random_state = random_state
+        self.workdir = workdir
+        self.verbose = verbose
+        self.config, self.overrides = None, None
+
+    def _base_config(self):
+        c = config_lib.base_config()
+        c.name = "vade"
+        c.model.name = "vade"
+        c.model.num_clusters = int(self.n_clusters)
+        c.model.z_dim = int(self.latent_dim)
+        c.model.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
+        c.model.likelihood = "auto" if self.likelihood == "auto" else self.likelihood
+        c.objective = {"recon": 1.0, "vade_kl": 1.0, "c_marginal": float(self.c_marginal)}
+        c.train.phases = ("pretrain", "gmm_init", "main")
+        c.phases = {"pretrain": {"kind": "train", "steps": int(self.pretrain_steps),
+                                 "objective": {"recon": 1.0, "kl_z": 0.05}, "trainable": ("net",)},
+                    "gmm_init": {"kind": "init_prior", "method": "em", "n_init": 10},
+                    "main": {"kind": "train", "steps": -1}}
+        c.optim.lr, c.optim.eps = float(self.learning_rate), 1e-4
+        c.train.steps, c.train.batch_size, c.train.restarts = int(self.steps), int(self.batch_size), int(self.restarts)
+        c.train.log_every = max(1, min(250, int(self.pretrain_steps), int(self.steps) - int(self.pretrain_steps)))
+        c.train.checkpoint_every = int(self.steps)
+        return c
+
+
+class GMVAE(GMVCEstimator):
+    """GMVAE with the consistency-violation term, with the settings of configs/gmvae_spiral.py
+    (Gaussian likelihood with fixed sigma, CV warm-up, c_marginal) scaled by the arguments."""
+
+    def __init__(self, n_clusters=10, latent_dim=2, w_dim=2, hidden_sizes=(100,), sigma=0.1, cv_weight=2.0,
+                 steps=5000, batch_size=200, learning_rate=1e-3, c_marginal=1.0, restarts=1, random_state=None,
+                 workdir=None, verbose=False):
+        self.n_clusters = n_clusters
+        self.latent_dim = latent_dim
+        self.w_dim = w_dim
+        self.hidden_sizes = hidden_sizes
+        self.sigma = sigma
+        self.cv_weight = cv_weight
+        self.steps = steps
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.c_marginal = c_marginal
+        self.restarts = restarts
+        self.random_state = random_state
+        self.workdir = workdir
+        self.verbose = verbose
+        self.config, self.overrides = None, None
+
+    def _base_config(self):
+        c = config_lib.base_config()
+        c.name = "gmvae"
+        c.model.name = "gmvae"
+        c.model.num_clusters = int(self.n_clusters)
+        c.model.z_dim, c.model.w_dim = int(self.latent_dim), int(self.w_dim)
+        c.model.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
+        c.model.prior_hidden = int(self.hidden_sizes[0]) if len(self.hidden_sizes) else 100
+        c.model.likelihood, c.model.sigma = "gaussian", float(self.sigma)
+        c.objective = {"recon": 1.0, "cond_prior": 1.0, "w_prior": 1.0, "c_prior": 1.0,
+                       "c_marginal": float(self.c_marginal),
+                       "cv": {"kind": "linear_warmup", "value": float(self.cv_weight),
+                              "warmup_steps": max(1, int(self.steps) * 2 // 5)}}
+        c.optim.lr = float(self.learning_rate)
+        c.train.steps, c.train.batch_size, c.train.restarts = int(self.steps), int(self.batch_size), int(self.restarts)
+        c.train.log_every = max(1, min(250, int(self.steps)))
+        c.train.checkpoint_every = int(self.steps)
+        return c
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+class Trained:
+    """A trained run restored from its folder: config, model, one restart's params."""
+
+    def __init__(self, config, model, params, step, data_shape, workdir):
+        self.config, self.model, self.params, self.step = config, model, params, step
+        self.data_shape, self.workdir = data_shape, pathlib.Path(workdir)
+
+
+def load_trained(workdir, config=None):
+    """Restore the latest checkpoint of the run in `workdir` (CLI or estimator) with the restart
+    its training chose (results.json). `config` defaults to the run's config.json."""
+    from gmvc.train import restore_params
+    workdir = pathlib.Path(workdir)
+    if config is None:
+        config = read_config(workdir)
+    results = _read_json(workdir / "results.json", required=False) or {}
+    data_shape = results.get("data_shape")
+    if data_shape is None:                  # an older run: its data source knows the shape
+        from gmvc.data import load_dataset
+        data_shape = load_dataset(config.data, config.seed).x.shape[1:]
+    model, params, step = restore_params(config, workdir, tuple(data_shape), results.get("chosen_restart", 0))
+    return Trained(config, model, params, step, tuple(data_shape), workdir)
+
+
+def load(path):
+    """An estimator from a folder written by `save`, or from a CLI run directory."""
+    path = pathlib.Path(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} holds no gmvc run (no config.json)")
+    info = _read_json(path / ESTIMATOR_FILE, required=False)
+    if info is None:
+        est = GMVCEstimator(config=str(path / "config.json"))
+    else:
+        cls = {c.__name__: c for c in (GMVCEstimator, VaDE, GMVAE)}.get(info["class"])
+        if cls is None:
+            raise CheckpointError(f"{path / ESTIMATOR_FILE}: unknown estimator class {info['class']!r}")
+        est = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["params"].items()})
+    trained = load_trained(path)
+    est._set_trained(trained)
+    est.n_features_in_ = int(np.prod(trained.data_shape)) if len(trained.data_shape) == 1 else trained.data_shape[0]
+    if info is not None:
+        est.n_features_in_, est.n_iter_ = info["n_features_in"], info["n_iter"]
+    else:
+        est.n_iter_ = trained.step
+    return est
+
+
+def resolve_config(config):
+    """A ConfigDict from a config file path (a .py with get_config(), or a run's config.json), a
+    dict or a ConfigDict; keys are checked against gmvc's full set."""
+    if isinstance(config, ml_collections.ConfigDict):
+        return config.copy_and_resolve_references()
+    if isinstance(config, dict):
+        return from_dict(config)
+    path = pathlib.Path(str(config))
+    if path.suffix == ".json":
+        return from_dict(_read_json(path, required=True))
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    return config_lib.from_sibling(str(path.resolve()), path.name)
+
+
+def read_config(workdir):
+    return from_dict(_read_json(pathlib.Path(workdir) / "config.json", required=True))
+
+
+def from_dict(d):
+    """The base config updated by `d` (as config.json holds it): unknown keys are errors."""
+    c = config_lib.base_config()
+    _merge(c, d, "")
+    return c
+
+
+def _merge(c, d, prefix):
+    for key, value in d.items():
+        if key not in c:
+            raise ConfigError(f"unknown config key {prefix + key!r}")
+        if isinstance(c[key], ml_collections.ConfigDict) and isinstance(value, dict) and key not in FREE_SECTIONS:
+            _merge(c[key], value, prefix + key + ".")
+        else:
+            c[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else (
+                tuple(value) if isinstance(value, list) else value)
+
+
+# Sections whose keys are free (term names, phase names, schedule fields).
+FREE_SECTIONS = ("objective", "terms", "phases", "lr_schedule", "prior_lr_schedule")
+
+
+def apply_overrides(c, overrides):
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        target = c
+        for p in parents:
+            if p not in target:
+                raise ConfigError(f"unknown config key {dotted!r}")
+            target = target[p]
+        if last not in target and not any(p in FREE_SECTIONS for p in parents):
+            raise ConfigError(f"unknown config key {dotted!r}")
+        target[last] = value
+
+
+def _seed(random_state):
+    if random_state is None:
+        return 0
+    if isinstance(random_state, (int, np.integer)):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(2**31))
+
+
+def _jsonable(params):
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()
+            if v is None or isinstance(v, (bool, int, float, str, tuple, list, dict))}
+
+
+def _read_json(path, required):
+    path = pathlib.Path(path)
+    if not path.is_file():
+        if required:
+            raise CheckpointError(f"{path} does not exist")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); it was left in place") from None

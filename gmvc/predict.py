@@ -1,0 +1,153 @@
+"""--mode=predict: cluster any data with a trained run, in fixed-size batches, streamed to csv,
+json lines or npz. Memory stays bounded by the batch: an `.npy` file is read through a memory
+map, each batch is checked (shape, NaN) and predicted, and its rows are appended to the output
+(npz: to memory-mapped `.npy` members, zipped at the end). The output is written under a
+temporary name and renamed when complete, so an earlier file is never half-overwritten."""
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import zipfile
+
+import numpy as np
+
+from gmvc import steps
+from gmvc.data import load_dataset, validate
+from gmvc.errors import ConfigError, DataError
+
+FORMATS = ("csv", "jsonl", "npz")
+
+
+def iter_batches(data_cfg, seed, batch_size, data_shape):
+    """Yields (start, x [b, *data_shape] float32, y [b] or None) over a data source. `file:<.npy>`
+    is memory-mapped and checked batch by batch; other sources are loaded as the training loop
+    loads them."""
+    source = data_cfg.source
+    path = pathlib.Path(source.partition(":")[2]).expanduser() if source.startswith("file:") else None
+    if path is not None and path.suffix == ".npy" and path.is_file():
+        try:
+            x_all = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as e:
+            raise DataError(f"data file {str(path)!r} could not be read as .npy: {e}") from None
+        n = min(len(x_all), data_cfg.limit) if data_cfg.limit else len(x_all)
+        for start in range(0, n, batch_size):
+            chunk = validate(np.asarray(x_all[start:min(n, start + batch_size)]), None, source)
+            yield start, _check_shape(chunk.x, data_shape, source, start), None
+        return
+    data = load_dataset(data_cfg, seed)
+    x = _check_shape(data.x, data_shape, source, 0)
+    for start in range(0, len(x), batch_size):
+        yield start, x[start:start + batch_size], None if data.y is None else data.y[start:start + batch_size]
+
+
+def _check_shape(x, data_shape, source, start):
+    if tuple(x.shape[1:]) != tuple(data_shape):
+        raise DataError(f"data {source!r} (rows from {start}): samples of shape {list(x.shape[1:])}; the model "
+                        f"was trained on {list(data_shape)}")
+    return x
+
+
+class _Writer:
+    """Appends batches of predictions to one output file of the chosen format."""
+
+    def __init__(self, path, fmt, num_clusters, z_dim, total):
+        self.path, self.fmt, self.k, self.total = pathlib.Path(path), fmt, num_clusters, total
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.count = 0
+        if fmt == "npz":
+            self.dir = pathlib.Path(tempfile.mkdtemp(prefix="gmvc_predict_", dir=self.path.parent))
+            shapes = {"z_mean": (total, z_dim)}
+            if num_clusters:
+                shapes.update(cluster=(total,), probs=(total, num_clusters))
+            self.arrays = {name: np.lib.format.open_memmap(self.dir / f"{name}.npy", mode="w+",
+                                                           dtype=np.int64 if name == "cluster" else np.float32,
+                                                           shape=shape) for name, shape in shapes.items()}
+        else:
+            self.file = open(self.tmp, "w")
+            if fmt == "csv":
+                header = ["index"] + (["cluster"] if num_clusters else [])
+                header += [f"p_{k}" for k in range(num_clusters)] + [f"z_{d}" for d in range(z_dim)]
+                self.file.write(",".join(header) + "\n")
+
+    def add(self, log_gamma, z_mean):
+        b = len(z_mean)
+        index = np.arange(self.count, self.count + b)
+        probs = np.exp(log_gamma.astype(np.float64)) if self.k else None
+        cluster = probs.argmax(1) if self.k else None
+        if self.fmt == "npz":
+            self.arrays["z_mean"][index] = z_mean
+            if self.k:
+                self.arrays["cluster"][index] = cluster
+                self.arrays["probs"][index] = probs
+        elif self.fmt == "csv":
+            for i in range(b):
+                head = [str(index[i])] + ([str(cluster[i])] if self.k else [])
+                values = ([f"{p:.6g}" for p in probs[i]] if self.k else []) + [f"{v:.6g}" for v in z_mean[i]]
+                self.file.write(",".join(head + values) + "\n")
+        else:
+            for i in range(b):
+                record = {"index": int(index[i])}
+                if self.k:
+                    record.update(cluster=int(cluster[i]), probs=[round(float(p), 6) for p in probs[i]])
+                record["z_mean"] = [round(float(v), 6) for v in z_mean[i]]
+                self.file.write(json.dumps(record) + "\n")
+        self.count += b
+
+    def close(self):
+        if self.fmt == "npz":
+            for a in self.arrays.values():
+                a.flush()
+            self.arrays = None
+            with zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+                for member in sorted(self.dir.iterdir()):
+                    z.write(member, member.name)
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self):
+        if self.fmt == "npz":
+            self.arrays = None
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def count_rows(data_cfg, seed):
+    """How many samples the source holds (cheaply for a memory-mapped .npy)."""
+    source = data_cfg.source
+    path = pathlib.Path(source.partition(":")[2]).expanduser() if source.startswith("file:") else None
+    if path is not None and path.suffix == ".npy" and path.is_file():
+        n = len(np.load(path, mmap_mode="r", allow_pickle=False))
+    else:
+        n = len(load_dataset(data_cfg, seed).x)
+    return min(n, data_cfg.limit) if data_cfg.limit else n
+
+
+def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, echo=print):
+    """Predict every sample of `data_cfg`'s source with `trained` (estimator.load_trained) and
+    write cluster, probabilities and latent means to `out_path`; returns the number of rows."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown prediction format {fmt!r}; known: {list(FORMATS)}")
+    batch_size = batch_size or trained.config.eval.batch_size
+    predict = steps.make_predict(trained.model, batch_size)
+    total = count_rows(data_cfg, trained.config.seed)
+    z_dim = int(trained.config.model.z_dim)
+    out_path = pathlib.Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    writer = _Writer(out_path, fmt, trained.model.num_clusters, z_dim, total)
+    try:
+        for start, x, _ in iter_batches(data_cfg, trained.config.seed, batch_size, trained.data_shape):
+            out = predict(trained.params, x)
+            writer.add(out.get("log_gamma"), out["z_mean"])
+            if (start // batch_size) % 50 == 0:
+                echo(f"predicted {min(start + len(x), total)}/{total}", flush=True)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    echo(f"wrote predictions ({writer.count} rows, {fmt}): {out_path}", flush=True)
+    return writer.count
