@@ -5,7 +5,7 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # One compilation cache for the session and the CLI runs it starts: many tests compile the same
 # small programs again (scikit-learn's checks fit one tiny estimator many times).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"gmvc_test_jax_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"gmvc_test_jax_cache_{os.getuid()}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
