@@ -279,26 +279,33 @@ def init_prior_phase(phase, model, params, x, rng, config):
     return {**params, "prior": jax.tree.map(lambda *a: jnp.stack(a), *priors)}
 
 
-def restore_params(config, workdir, data_shape, restart=0):
-    """(model, params of one restart, step) from the latest checkpoint of the run in `workdir`,
-    without its data. Nothing in the run directory is written or removed."""
+def restore_stacked(config, workdir, model):
+    """(params of every restart [R, ...], step, phase) from the latest checkpoint of the run in
+    `workdir`. Nothing in the run directory is written or removed."""
     config.lock()
     checkpoints = pathlib.Path(workdir) / "checkpoints"
     if not checkpoints.is_dir():
-        raise CheckpointError(f"no run in {workdir}: {checkpoints} does not exist")
-    model = make_model(config.model, data_shape)
+        raise CheckpointError(f"no run in {workdir}: {checkpoints} does not exist (train it first, with the same "
+                              f"--config and --workdir)")
     phases = build_phases(config)
     ckpt = Checkpointer(checkpoints, config.train.max_checkpoints)
     try:
         step = ckpt.latest_step()
         if not step:
-            raise CheckpointError(f"no checkpoint in {checkpoints}")
+            raise CheckpointError(f"no checkpoint in {checkpoints} (train the run first)")
         phase = phases[resume_index(phases, step)]
         tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
         like = create_state(init_params(model.init, jax.random.key(0), config.train.restarts), tx)
         stacked = jax.tree.map(parallel.to_host, ckpt.restore(step, like)["params"])
     finally:
         ckpt.close()
+    return stacked, step, phase
+
+
+def restore_params(config, workdir, data_shape, restart=0):
+    """(model, params of one restart, step) from the run in `workdir`, without its data."""
+    model = make_model(config.model, data_shape)
+    stacked, step, _ = restore_stacked(config, workdir, model)
     if not 0 <= restart < config.train.restarts:
         raise CheckpointError(f"run {workdir}: restart {restart} is not among its {config.train.restarts}")
     return model, jax.tree.map(lambda a: a[restart], stacked), step
@@ -324,18 +331,8 @@ def load_run(config, workdir, echo=print):
     data = load_dataset(config.data, config.seed)
     check_config(config, data)
     model = make_model(config.model, data.x.shape[1:])
-    phases = build_phases(config)
-    ckpt = Checkpointer(checkpoints, config.train.max_checkpoints)
-    try:
-        step = ckpt.latest_step()
-        if not step:
-            raise CheckpointError(f"no checkpoint in {checkpoints} (train the run first)")
-        phase = phases[resume_index(phases, step)]
-        runner = PhaseRunner(config, model, phase, len(data.x))
-        like = create_state(init_params(model.init, jax.random.key(0), config.train.restarts), runner.tx)
-        stacked = jax.tree.map(parallel.to_host, ckpt.restore(step, like)["params"])
-    finally:
-        ckpt.close()
+    stacked, step, phase = restore_stacked(config, workdir, model)
+    runner = PhaseRunner(config, model, phase, len(data.x))
     if step < config.train.steps:
         echo(f"note: the run in {workdir} stopped at step {step} of {config.train.steps}; using that checkpoint",
              flush=True)
