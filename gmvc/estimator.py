@@ -343,7 +343,7 @@ def load(path):
         est = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["params"].items()})
     trained = load_trained(path)
     est._set_trained(trained)
-    est.n_features_in_ = int(np.prod(trained.data_shape)) if len(trained.data_shape) == 1 else trained.data_shape[0]
+    est.n_features_in_ = int(trained.data_shape[0])      # what validate_data counts: X.shape[1]
     if info is not None:
         est.n_features_in_, est.n_iter_ = info["n_features_in"], info["n_iter"]
     else:

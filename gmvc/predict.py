@@ -19,10 +19,10 @@ from gmvc.errors import ConfigError, DataError
 FORMATS = ("csv", "jsonl", "npz")
 
 
-def iter_batches(data_cfg, seed, batch_size, data_shape):
-    """Yields (start, x [b, *data_shape] float32, y [b] or None) over a data source. `file:<.npy>`
-    is memory-mapped and checked batch by batch; other sources are loaded as the training loop
-    loads them."""
+def open_source(data_cfg, seed, data_shape):
+    """(n, rows(start, stop) -> (x float32 [b, *data_shape], y [b] or None)) for a data source,
+    read once. `file:<.npy>` is memory-mapped and checked batch by batch; other sources are
+    loaded as the training loop loads them."""
     source = data_cfg.source
     path = pathlib.Path(source.partition(":")[2]).expanduser() if source.startswith("file:") else None
     if path is not None and path.suffix == ".npy" and path.is_file():
@@ -31,14 +31,11 @@ def iter_batches(data_cfg, seed, batch_size, data_shape):
         except Exception as e:
             raise DataError(f"data file {str(path)!r} could not be read as .npy: {e}") from None
         n = min(len(x_all), data_cfg.limit) if data_cfg.limit else len(x_all)
-        for start in range(0, n, batch_size):
-            chunk = validate(np.asarray(x_all[start:min(n, start + batch_size)]), None, source)
-            yield start, _check_shape(chunk.x, data_shape, source, start), None
-        return
+        return n, lambda start, stop: (_check_shape(validate(np.asarray(x_all[start:stop]), None, source).x,
+                                                    data_shape, source, start), None)
     data = load_dataset(data_cfg, seed)
     x = _check_shape(data.x, data_shape, source, 0)
-    for start in range(0, len(x), batch_size):
-        yield start, x[start:start + batch_size], None if data.y is None else data.y[start:start + batch_size]
+    return len(x), lambda start, stop: (x[start:stop], None if data.y is None else data.y[start:stop])
 
 
 def _check_shape(x, data_shape, source, start):
@@ -116,17 +113,6 @@ class _Writer:
         self.tmp.unlink(missing_ok=True)
 
 
-def count_rows(data_cfg, seed):
-    """How many samples the source holds (cheaply for a memory-mapped .npy)."""
-    source = data_cfg.source
-    path = pathlib.Path(source.partition(":")[2]).expanduser() if source.startswith("file:") else None
-    if path is not None and path.suffix == ".npy" and path.is_file():
-        n = len(np.load(path, mmap_mode="r", allow_pickle=False))
-    else:
-        n = len(load_dataset(data_cfg, seed).x)
-    return min(n, data_cfg.limit) if data_cfg.limit else n
-
-
 def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, echo=print):
     """Predict every sample of `data_cfg`'s source with `trained` (estimator.load_trained) and
     write cluster, probabilities and latent means to `out_path`; returns the number of rows."""
@@ -134,13 +120,14 @@ def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, ech
         raise ConfigError(f"unknown prediction format {fmt!r}; known: {list(FORMATS)}")
     batch_size = batch_size or trained.config.eval.batch_size
     predict = steps.make_predict(trained.model, batch_size)
-    total = count_rows(data_cfg, trained.config.seed)
+    total, rows = open_source(data_cfg, trained.config.seed, trained.data_shape)
     z_dim = int(trained.config.model.z_dim)
     out_path = pathlib.Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = _Writer(out_path, fmt, trained.model.num_clusters, z_dim, total)
     try:
-        for start, x, _ in iter_batches(data_cfg, trained.config.seed, batch_size, trained.data_shape):
+        for start in range(0, total, batch_size):
+            x, _ = rows(start, min(total, start + batch_size))
             out = predict(trained.params, x)
             writer.add(out.get("log_gamma"), out["z_mean"])
             if (start // batch_size) % 50 == 0:
