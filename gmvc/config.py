@@ -61,6 +61,9 @@ def base_config():
     c.train.loop = "auto"              # scan | host | auto (host for conv networks; see gmvc/train.py)
     c.train.restarts = 1               # independent inits trained together; one is kept, chosen by:
     c.train.restart_choice = "objective"   # objective (lowest on the data) | balance (most even cluster usage)
+    c.train.validation_fraction = 0.0  # share of the samples held out of training; its ELBO is logged (gmvc/monitor.py)
+    c.train.patience = 0               # > 0: stop when the validation ELBO has not improved for this many log
+                                       # steps (last train phase); outputs come from the best step's parameters
 
     c.phases = ml_collections.ConfigDict()   # see gmvc/phases.py
 
@@ -68,6 +71,12 @@ def base_config():
     c.parallel.mode = "auto"           # auto | single | shard_map | pmap (auto: shard_map on several accelerators
                                        # or processes, or when devices > 1; single on one process's CPU)
     c.parallel.devices = 0             # use the first n devices (0 = all)
+
+    c.tensorboard = ml_collections.ConfigDict()   # event files in <workdir>/tensorboard (gmvc/events.py)
+    c.tensorboard.enabled = True       # scalars and prior histograms at every log step
+    c.tensorboard.images_every = 2500  # samples, reconstructions and projector embeddings every this many steps
+                                       # (rounded up to log_every) and at the end; 0 = only at the end
+    c.tensorboard.projector_points = 1000   # latent means of this many samples for the projector (0 = none)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 1000

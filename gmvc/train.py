@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmvc import config as config_lib
-from gmvc import export, metrics, parallel, steps
+from gmvc import export, metrics, monitor, parallel, steps
 from gmvc.checkpoint import Checkpointer
 from gmvc.data import load_dataset
+from gmvc.events import open_events
 from gmvc.errors import CheckpointError, ConfigError, DataError, TrainingError
 from gmvc.models import make_model
 from gmvc.mixture_init import fit_diag_gmm
@@ -36,6 +37,7 @@ def check_config(config, data):
     for key in ("steps", "log_every", "checkpoint_every", "restarts"):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {t[key]}")
+    monitor.check_config(config, n, k if config.model.name != "vae" else 0)
 
 
 def model_inputs(model, data):
@@ -75,6 +77,7 @@ class Progress:
         terms = " ".join(f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, float))
         note = " (incl. compile)" if first else ""
         self.echo(f"[{phase}] step {step}/{self.total} | {rate:.1f} steps/s{note} | ETA {_fmt_time(eta)} | {terms}", flush=True)
+        return rate
 
 
 def _fmt_time(seconds):
@@ -102,10 +105,12 @@ def _check_finite(step, per_restart):
 def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=True):
     """Train (or resume) the run in `workdir` through its phases, then evaluate; returns a summary.
     With several processes (jax.distributed), every process trains its share and saves
-    checkpoints together; only process 0 writes logs, predictions, plots and results.
-    `data`: a Dataset to train on instead of config.data's source (the estimators' arrays);
-    `write_outputs=False` skips predictions.csv and the plots (config, log, results and
-    checkpoints are always written)."""
+    checkpoints together; only process 0 writes logs, TensorBoard events, predictions, plots and
+    results. `data`: a Dataset to train on instead of config.data's source (the estimators'
+    arrays); `write_outputs=False` skips predictions.csv, the plots and the TensorBoard images
+    (config, log, results and checkpoints are always written). With train.validation_fraction
+    > 0 that share of the data does not train (gmvc/monitor.py); every output still covers all
+    the samples."""
     config.lock()
     workdir = pathlib.Path(workdir)
     main_process = jax.process_index() == 0
@@ -113,10 +118,12 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
         echo = _silent
     data = load_dataset(config.data, config.seed) if data is None else data
     check_config(config, data)
+    split = monitor.split_indices(len(data.x), config.train.validation_fraction, config.seed)
+    num_train = len(data.x) if split is None else len(split[0])
     layout = parallel.make_layout(config.parallel, config.train.batch_size)
     model = make_model(config.model, data.x.shape[1:])
     phases = build_phases(config)
-    runners = {p.name: PhaseRunner(config, model, p, len(data.x), layout) for p in phases if p.kind == "train"}
+    runners = {p.name: PhaseRunner(config, model, p, num_train, layout) for p in phases if p.kind == "train"}
     if any(p.kind == "init_prior" for p in phases) and not model.stored_prior:
         raise ConfigError(f"model {config.model.name!r} has no stored mixture prior to initialise "
                           f"(an init_prior phase needs one)")
@@ -137,39 +144,47 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
              f"phase {phases[resume_at].name!r})", flush=True)
     else:
         echo(f"Starting a new run in {workdir} ({len(data.x)} samples from {data.name!r}"
-             f"{_layout_note(layout)})", flush=True)
+             f"{_split_note(split)}{_layout_note(layout)})", flush=True)
 
     inputs = model_inputs(model, data)
-    x_device = parallel.put_data(layout, inputs)
+    train_inputs, val_inputs = (inputs, None) if split is None else (
+        jax.tree.map(lambda a: a[split[0]], inputs), jax.tree.map(lambda a: a[split[1]], inputs))
+    x_device = parallel.put_data(layout, train_inputs)
     progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo, write=main_process)
-    t_train = time.time()
-    for i, phase in enumerate(phases):
-        if i < resume_at:
-            continue
-        if phase.kind == "init_prior":
-            params = init_prior_phase(phase, model, params, data.x, jax.random.fold_in(prior_rng, i), config)
-            echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings ({phase.spec['method']})",
-                 flush=True)
-            continue
-        runner = runners[phase.name]
-        state = ({"step": np.asarray(step, np.int32), "params": params, "opt_state": opt_state}
-                 if i == resume_at else create_state(params, runner.tx, step))
-        state = runner.run(parallel.put_state(layout, state), x_device, train_rng, ckpt, progress)
-        state = parallel.get_state(layout, state)              # one host copy between phases
-        step, params, opt_state = int(state["step"]), state["params"], state["opt_state"]
-    train_seconds = time.time() - t_train
-    ckpt.close()
+    events = open_events(workdir, step, config, model, data, inputs, sample_rng, main_process,
+                         images=write_outputs, samples_per_group=_samples_per_group(config, model, data))
+    last_phase = [p.name for p in phases if p.kind == "train"][-1]
+    watch = monitor.Monitor(config, model, layout, val_inputs, events, workdir, last_phase, main_process, echo)
+    try:
+        watch.resume(step)
+        if watch.stopped:
+            echo(f"the run stopped early at step {step} (train.patience={config.train.patience}); "
+                 f"not training further", flush=True)
+        t_train = time.time()
+        for i, phase in enumerate(phases):
+            if i < resume_at or watch.stopped:
+                continue
+            if phase.kind == "init_prior":
+                params = init_prior_phase(phase, model, params, data.x if split is None else data.x[split[0]],
+                                          jax.random.fold_in(prior_rng, i), config)
+                echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings ({phase.spec['method']})",
+                     flush=True)
+                continue
+            runner = runners[phase.name]
+            state = ({"step": np.asarray(step, np.int32), "params": params, "opt_state": opt_state}
+                     if i == resume_at else create_state(params, runner.tx, step))
+            state = runner.run(parallel.put_state(layout, state), x_device, train_rng, ckpt, progress, watch)
+            state = parallel.get_state(layout, state)              # one host copy between phases
+            step, params, opt_state = int(state["step"]), state["params"], state["opt_state"]
+        train_seconds = time.time() - t_train
+        ckpt.close()
 
-    last = runners[[p.name for p in phases if p.kind == "train"][-1]]
-    params, choice = choose_restart(config, last, model, params, inputs)
-    if config.train.restarts > 1:
-        r = choice["chosen_restart"]
-        why = (f"the most even cluster usage (KL to uniform {choice['restart_imbalance'][r]:.4f})"
-               if "restart_imbalance" in choice else f"the lowest objective on the data ({choice['restart_objective'][r]:.4f})")
-        echo(f"restart {r} of {config.train.restarts} has {why}; its parameters are used", flush=True)
-    summary = evaluate(config, model, params, data, workdir, sample_rng, echo, inputs,
-                       write=main_process and write_outputs)
-    summary.update(choice)
+        params = watch.final_params(params, workdir)              # the best step's under early stopping
+        summary = finish(config, model, params, data, inputs, runners[last_phase], workdir, sample_rng, echo,
+                         main_process and write_outputs, events, step, watch)
+    finally:
+        watch.close()
+        events.close()
     summary.update({"steps": step, "data_shape": list(data.x.shape[1:]), "train_seconds": round(train_seconds, 2),
                     "compiles": sum(r.trace_count for r in runners.values()),
                     "parallel": {"mode": layout.mode, "devices": layout.n, "processes": jax.process_count()}})
@@ -177,6 +192,42 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
         export.write_json(workdir / "results.json", summary)
     echo(f"results: {workdir / 'results.json'}", flush=True)
     return summary
+
+
+def finish(config, model, stacked, data, inputs, last_runner, workdir, rng, echo, write, events, step, watch):
+    """Choose the restart, evaluate it on every sample, and report validation and early stopping."""
+    params, choice = choose_restart(config, last_runner, model, stacked, inputs)
+    if config.train.restarts > 1:
+        r = choice["chosen_restart"]
+        why = (f"the most even cluster usage (KL to uniform {choice['restart_imbalance'][r]:.4f})"
+               if "restart_imbalance" in choice else f"the lowest objective on the data ({choice['restart_objective'][r]:.4f})")
+        echo(f"restart {r} of {config.train.restarts} has {why}; its parameters are used", flush=True)
+    summary = evaluate(config, model, params, data, workdir, rng, echo, inputs, write=write, events=events, step=step)
+    summary.update(choice)
+    summary.update(watch.summary(stacked, choice["chosen_restart"],
+                                 step if watch.stopped and step < config.train.steps else None))
+    if "early_stopping" in summary:
+        e = summary["early_stopping"]
+        echo(f"early stopping: outputs from the best step {e['best_step']} (validation ELBO {e['best_val_elbo']})",
+             flush=True)
+    events.scalars(step, {k: float(summary[k]) for k in ("acc", "majority_acc", "nmi", "ari") if k in summary},
+                   "eval")
+    if "validation" in summary:
+        events.scalars(step, {"val_elbo": summary["validation"]["elbo"]}, "eval")
+    return summary
+
+
+def _split_note(split):
+    return "" if split is None else f"; {len(split[1])} held out for validation"
+
+
+def _samples_per_group(config, model, data):
+    """How many samples per cluster (label) the plots and the TensorBoard images draw."""
+    groups = max(model.num_clusters, model.num_labels, 1)
+    per_group = config.eval.samples_per_cluster if data.is_image else max(1, config.eval.plot_points // groups)
+    if data.is_image and groups == 1:
+        per_group = config.eval.samples_per_cluster ** 2      # one square grid
+    return per_group
 
 
 def _silent(*args, **kwargs):
@@ -242,7 +293,9 @@ class PhaseRunner:
     def _step_of(self, state):
         return int(parallel.to_host(state["step"] if self.layout.mode != "pmap" else state["step"][0]))
 
-    def run(self, state, x, rng, ckpt, progress):
+    def run(self, state, x, rng, ckpt, progress, watch):
+        """Train to the phase's end (or until `watch`, the gmvc/monitor.py Monitor, stops early),
+        logging every log_every steps and checkpointing every checkpoint_every."""
         t = self.config.train
         ckpt_every = math.ceil(t.checkpoint_every / t.log_every) * t.log_every
         step = self._step_of(state)
@@ -254,9 +307,15 @@ class PhaseRunner:
             values = {k: float(np.mean(v)) for k, v in per_restart.items()}
             if t.restarts > 1:
                 values["loss_per_restart"] = [round(float(v), 5) for v in per_restart["loss"]]
-            progress(step, values, self.phase.name)
-            if (step - self.phase.start) % ckpt_every == 0 or step == self.phase.end:
+            params = state["params"] if self.layout.mode != "pmap" else jax.tree.map(lambda a: a[0], state["params"])
+            stop = watch.validate(step, self.phase, params, values)
+            values["steps_per_sec"] = progress(step, values, self.phase.name)
+            watch.write_events(step, params, values)
+            if stop or (step - self.phase.start) % ckpt_every == 0 or step == self.phase.end:
+                watch.before_checkpoint(step)
                 ckpt.save(step, state if self.layout.mode != "pmap" else jax.tree.map(lambda a: a[0], state))
+            if stop:
+                break
         return state
 
 
@@ -369,9 +428,9 @@ def choose_restart(config, runner, model, stacked_params, x):
     return unstack(best), {"chosen_restart": best, **info}
 
 
-def evaluate(config, model, params, data, workdir, rng, echo=print, inputs=None, write=True):
+def evaluate(config, model, params, data, workdir, rng, echo=print, inputs=None, write=True, events=None, step=0):
     """Predict every sample, score against labels if any, write predictions and plots (`write`:
-    this process writes files)."""
+    this process writes files), and the final TensorBoard images and projector embeddings."""
     out = steps.make_predict(model, config.eval.batch_size)(params, data.x if inputs is None else inputs)
     k = model.num_clusters
     summary = {"num_samples": len(data.x), "num_clusters": k}
@@ -391,11 +450,10 @@ def evaluate(config, model, params, data, workdir, rng, echo=print, inputs=None,
         export.write_predictions_csv(workdir / "predictions.csv", gamma, data.y)
     else:                                                    # the latent codes
         export.write_latent_csv(workdir / "predictions.csv", out["z_mean"], data.y)
-    groups = max(k, model.num_labels, 1)
-    per_group = config.eval.samples_per_cluster if data.is_image else max(1, config.eval.plot_points // groups)
-    if data.is_image and groups == 1:
-        per_group = config.eval.samples_per_cluster ** 2      # one square grid
-    samples = np.asarray(jax.device_get(jax.jit(model.sample, static_argnums=2)(params, rng, per_group)))
+    samples = np.asarray(jax.device_get(jax.jit(model.sample, static_argnums=2)(params, rng,
+                                                                              _samples_per_group(config, model, data))))
+    if events is not None:
+        events.snapshot(step, params, out=out, samples=samples)
     colours = int(clusters.max()) + 1 if len(clusters) else 1
     paths = export.write_plots(workdir, data.x, clusters, out["z_mean"], samples, max(k, colours),
                                config.eval.plot_points, group_name=_group_name(model))

@@ -1,0 +1,297 @@
+"""Watching a run at its log steps: a validation split held out from training, its ELBO,
+early stopping on it with the best checkpoint kept, and the TensorBoard events (gmvc/events.py).
+
+- train.validation_fraction: that share of the samples (a permutation from config.seed, no
+  labels needed) never trains; at every log step its ELBO (and each ELBO term) is computed with
+  fixed noise, in one compiled program per run, and logged as val_elbo, val_recon, ...
+- train.patience > 0: in the last train phase, the run stops once the validation ELBO has not
+  improved for `patience` log steps in a row. The parameters of the best step are saved in
+  <workdir>/best_checkpoint/ and the run's outputs (predictions, plots, results, and what
+  load_run / the estimators restore) come from them. The state of early stopping (best step,
+  best value, checks without improvement) is stored per checkpoint step in
+  <workdir>/early_stopping.json, written before the checkpoint, so a resumed run (also after
+  SIGKILL) continues exactly where the checkpoint was.
+- Several restarts (train.restarts R > 1, trained together): the ELBO is computed for each; the
+  run's score at a step is the best restart's (the val_* values logged are that restart's), so
+  it stops when no restart improves; the restart is then chosen as usual (train.restart_choice).
+"""
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmvc import export, parallel
+from gmvc.checkpoint import Checkpointer
+from gmvc.errors import ConfigError
+from gmvc.objectives import make_objective
+from gmvc.steps import tree_len
+
+# The terms whose sum is the negative ELBO of each model, whatever the training objective
+# weights (the free-bits threshold of c_prior is not part of the bound).
+ELBO_TERMS = {"gmvae": ("recon", "cond_prior", "w_prior", "c_prior"), "vade": ("recon", "vade_kl"),
+              "vae": ("recon", "kl_z"), "cvae": ("recon", "kl_z")}
+# Where a logged training value differs from the ELBO term: c_prior is logged with free bits.
+_TRAIN_NAMES = {"c_prior": "c_prior_kl"}
+STATE_FILE = "early_stopping.json"
+BEST_DIR = "best_checkpoint"
+
+
+def check_config(config, n, num_clusters):
+    """Validation and TensorBoard keys against a data set of n samples: one line per problem."""
+    t, tb = config.train, config.tensorboard
+    f = t.validation_fraction
+    if not 0.0 <= f < 1.0:
+        raise ConfigError(f"train.validation_fraction must be in [0, 1), got {f}")
+    if t.patience < 0:
+        raise ConfigError(f"train.patience must be 0 (no early stopping) or positive, got {t.patience}")
+    if t.patience > 0 and f == 0.0:
+        raise ConfigError(f"train.patience={t.patience} needs a validation split: set train.validation_fraction "
+                          f"(e.g. 0.1)")
+    for key in ("images_every", "projector_points"):
+        if tb[key] < 0:
+            raise ConfigError(f"tensorboard.{key} must be 0 or positive, got {tb[key]}")
+    if f == 0.0:
+        return
+    n_val = validation_size(n, f)
+    if n_val < 1:
+        raise ConfigError(f"train.validation_fraction={f} holds out no sample of the {n}")
+    n_train = n - n_val
+    if n_train < t.batch_size:
+        raise ConfigError(f"train.validation_fraction={f} leaves {n_train} of {n} samples to train on, fewer than "
+                          f"train.batch_size={t.batch_size}")
+    if n_train < num_clusters:
+        raise ConfigError(f"train.validation_fraction={f} leaves {n_train} of {n} samples to train on, fewer than "
+                          f"model.num_clusters={num_clusters}")
+
+
+def validation_size(n, fraction):
+    return int(round(n * fraction))
+
+
+def split_indices(n, fraction, seed):
+    """(train rows, validation rows), each sorted, from a permutation drawn from the seed; None
+    when there is no validation split (then training reads all the data, as before)."""
+    if fraction == 0.0:
+        return None
+    perm = np.random.default_rng([seed, 7919]).permutation(n)
+    n_val = validation_size(n, fraction)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def train_elbo(values, model_name):
+    """The training ELBO from the chunk's logged terms, when the objective has all of them."""
+    names = [_TRAIN_NAMES.get(t, t) for t in ELBO_TERMS.get(model_name, ())]
+    if names and all(isinstance(values.get(t), float) for t in names):
+        return -sum(values[t] for t in names)
+    return None
+
+
+def place(layout, tree):
+    """A copy of `tree` next to the train state's parameters (replicated over the mesh for shard_map)."""
+    if layout.mode == "shard_map":
+        return parallel.put_state(layout, tree)
+    return jax.device_put(tree, layout.devices[0])
+
+
+class ValidationELBO:
+    """elbo(params [R, ...]) -> {"elbo": [R], <term>: [R]} on the validation inputs: per-sample
+    terms (each sample alone, with its own fixed noise key), so padding the last batch changes
+    nothing and the value does not depend on the batch size."""
+
+    def __init__(self, model, model_name, inputs, batch_size, seed, layout):
+        self.names = ELBO_TERMS[model_name]
+        self.layout = layout
+        n = tree_len(inputs)
+        bs = min(batch_size, n)
+        nb = -(-n // bs)
+        rows = np.arange(nb * bs)
+        batches = jax.tree.map(lambda a: np.asarray(a)[np.minimum(rows, n - 1)].reshape(nb, bs, *a.shape[1:]), inputs)
+        self.args = place(layout, (batches, rows.reshape(nb, bs).astype(np.int32),
+                                   (rows < n).reshape(nb, bs).astype(np.float32)))
+        self.fn = jax.jit(self._make(model, seed))
+
+    def _make(self, model, seed):
+        names = self.names
+        loss = make_objective(model, {t: 1.0 for t in names}, {"c_prior": {"free_bits": 0.0}})
+
+        def one(params, sample, row):
+            batch = jax.tree.map(lambda a: a[None], sample)
+            key = jax.random.fold_in(jax.random.key(seed), row)[None]       # [1]: per-sample keys
+            return loss(params, batch, key, 0)[1]
+
+        def restart(params, batches, rows, mask):
+            def batch_sums(args):
+                batch, row, m = args
+                aux = jax.vmap(one, in_axes=(None, 0, 0))(params, batch, row)
+                return {t: jnp.sum(aux[t] * m) for t in names}
+            sums = jax.lax.map(batch_sums, (batches, rows, mask))          # each [nb]
+            terms = {t: jnp.sum(v) / jnp.sum(mask) for t, v in sums.items()}
+            terms["elbo"] = -sum(terms[t] for t in names)
+            return terms
+
+        return lambda params, *args: jax.vmap(restart, in_axes=(0, None, None, None))(params, *args)
+
+    def __call__(self, params):
+        """params: [R, ...] arrays placed like the train state's (or host arrays)."""
+        if not isinstance(jax.tree.leaves(params)[0], jax.Array):
+            params = place(self.layout, params)
+        return {k: parallel.to_host(v).astype(np.float64) for k, v in self.fn(params, *self.args).items()}
+
+
+class EarlyStopping:
+    """Best validation ELBO, its step, and the log steps since; the best parameters, kept as a
+    device copy and written to <workdir>/best_checkpoint/ just before each regular checkpoint."""
+
+    def __init__(self, workdir, patience, write):
+        self.workdir, self.patience, self.write = pathlib.Path(workdir), patience, write
+        self.best_step, self.best_value, self.bad_count = None, -math.inf, 0
+        self._pending = None                   # params of best_step not yet on disk
+        self._ckpt = None
+
+    @property
+    def stopped(self):
+        return self.bad_count >= self.patience
+
+    def resume(self, step):
+        record = read_record(self.workdir, step)
+        if record:
+            self.best_step, self.bad_count = record["best_step"], record["bad_count"]
+            self.best_value = -math.inf if record["best_value"] is None else record["best_value"]
+
+    def update(self, step, value, params):
+        if math.isfinite(value) and value > self.best_value:
+            self.best_step, self.best_value, self.bad_count = step, value, 0
+            self._pending = jax.tree.map(jnp.copy, params)     # the state's buffers are donated to the next chunk
+        else:
+            self.bad_count += 1
+        return self.stopped
+
+    def save(self, step):
+        """Before the checkpoint at `step`: the best parameters, then this step's record."""
+        if self._pending is not None:
+            ckpt = self._checkpointer()
+            if not ckpt.path(self.best_step).is_dir():          # a resumed run finds the same best again
+                ckpt.save(self.best_step, {"params": self._pending})
+            self._pending = None
+        if self.write:
+            path = self.workdir / STATE_FILE
+            records = {k: v for k, v in _read_records(path).items() if int(k) < step}
+            records[str(step)] = {"best_step": self.best_step, "bad_count": self.bad_count,
+                                  "best_value": self.best_value if math.isfinite(self.best_value) else None}
+            export.write_json(path, {"records": records})
+
+    def _checkpointer(self):
+        if self._ckpt is None:
+            # Two kept: the best of the last checkpoint's record survives one more save.
+            self._ckpt = Checkpointer(self.workdir / BEST_DIR, max_to_keep=2)
+        return self._ckpt
+
+    def close(self):
+        if self._ckpt is not None:
+            self._ckpt.close()
+            self._ckpt = None
+
+    def summary(self, stopped_at):
+        return {"patience": self.patience, "best_step": self.best_step,
+                "best_val_elbo": self.best_value if math.isfinite(self.best_value) else None,
+                "stopped_at": stopped_at}
+
+
+def _read_records(path):
+    return json.loads(path.read_text())["records"] if path.exists() else {}
+
+
+def read_record(workdir, step):
+    """The early-stopping state saved with the checkpoint at `step`, or None."""
+    return _read_records(pathlib.Path(workdir) / STATE_FILE).get(str(step))
+
+
+def restore_best(workdir, best_step, like_params):
+    """The parameters (every restart) saved at `best_step`, as host arrays."""
+    ckpt = Checkpointer(pathlib.Path(workdir) / BEST_DIR, max_to_keep=2)
+    try:
+        restored = ckpt.restore(best_step, {"params": like_params})["params"]
+    finally:
+        ckpt.close()
+    return jax.tree.map(parallel.to_host, restored)
+
+
+class Monitor:
+    """Everything a log step does besides the progress line: validation ELBO, early stopping
+    (only in the last train phase: earlier phases such as pretraining optimise other things),
+    TensorBoard scalars, histograms and, every tensorboard.images_every steps, images."""
+
+    def __init__(self, config, model, layout, val_inputs, events, workdir, last_phase, write, echo):
+        t = config.train
+        self.model_name, self.events, self.last_phase, self.echo = config.model.name, events, last_phase, echo
+        self.restarts, self.total = t.restarts, t.steps
+        self.val = (ValidationELBO(model, config.model.name, val_inputs, config.eval.batch_size, config.seed, layout)
+                    if val_inputs is not None else None)
+        self.stopper = EarlyStopping(workdir, t.patience, write) if t.patience > 0 else None
+        every = config.tensorboard.images_every
+        self.images_every = math.ceil(every / t.log_every) * t.log_every if every else 0
+
+    @property
+    def stopped(self):
+        return self.stopper is not None and self.stopper.stopped
+
+    def resume(self, step):
+        if self.stopper is not None:
+            self.stopper.resume(step)
+
+    def validate(self, step, phase, params, values):
+        """Add the training ELBO and the validation values to `values`; returns True to stop."""
+        elbo = train_elbo(values, self.model_name)
+        if elbo is not None:
+            values["elbo"] = elbo
+        if self.val is None:
+            return False
+        per_restart = self.val(params)                              # each [R]
+        best = int(np.nanargmax(per_restart["elbo"])) if np.isfinite(per_restart["elbo"]).any() else 0
+        values.update({f"val_{k}": float(v[best]) for k, v in per_restart.items()})
+        if self.restarts > 1:
+            values["val_elbo_per_restart"] = [round(float(v), 5) for v in per_restart["elbo"]]
+        if self.stopper is None or phase.name != self.last_phase:
+            return False
+        if self.stopper.update(step, values["val_elbo"], params) and step < phase.end:
+            s = self.stopper
+            self.echo(f"early stopping at step {step}: the validation ELBO has not improved for {s.bad_count} "
+                      f"log steps (best {s.best_value:.5g} at step {s.best_step})", flush=True)
+            return True
+        return False
+
+    def write_events(self, step, params, values):
+        self.events.scalars(step, {k: v for k, v in values.items() if not k.startswith("val_")}, "train")
+        self.events.scalars(step, {k[4:]: v for k, v in values.items() if k.startswith("val_")}, "val")
+        self.events.histograms(step, params)
+        if self.images_every and step % self.images_every == 0 and step < self.total:
+            self.events.snapshot(step, jax.tree.map(lambda a: a[0], params))
+
+    def before_checkpoint(self, step):
+        if self.stopper is not None:
+            self.stopper.save(step)
+        self.events.flush()
+
+    def final_params(self, params, workdir):
+        """The parameters the outputs come from: the best step's under early stopping, else `params`."""
+        if self.stopper is None or self.stopper.best_step is None:
+            return params
+        return restore_best(workdir, self.stopper.best_step, params)
+
+    def summary(self, params, chosen, stopped_at):
+        out = {}
+        if self.val is not None:
+            per_restart = self.val(params)
+            out["validation"] = {"elbo": float(per_restart["elbo"][chosen]),
+                                 **({"elbo_per_restart": [float(v) for v in per_restart["elbo"]]}
+                                    if self.restarts > 1 else {})}
+        if self.stopper is not None:
+            out["early_stopping"] = self.stopper.summary(stopped_at)
+        return out
+
+    def close(self):
+        if self.stopper is not None:
+            self.stopper.close()
