@@ -340,7 +340,8 @@ def init_prior_phase(phase, model, params, x, rng, config):
 
 def restore_stacked(config, workdir, model):
     """(params of every restart [R, ...], step, phase) from the latest checkpoint of the run in
-    `workdir`. Nothing in the run directory is written or removed."""
+    `workdir`, or under early stopping (train.patience > 0) from its best step's parameters.
+    Nothing in the run directory is written or removed."""
     config.lock()
     checkpoints = pathlib.Path(workdir) / "checkpoints"
     if not checkpoints.is_dir():
@@ -352,10 +353,14 @@ def restore_stacked(config, workdir, model):
         step = ckpt.latest_step()
         if not step:
             raise CheckpointError(f"no checkpoint in {checkpoints} (train the run first)")
+        like_params = init_params(model.init, jax.random.key(0), config.train.restarts)
+        record = monitor.read_record(workdir, step) if config.train.patience > 0 else None
+        if record and record["best_step"]:
+            step = record["best_step"]
+            return monitor.restore_best(workdir, step, like_params), step, phases[resume_index(phases, step)]
         phase = phases[resume_index(phases, step)]
         tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
-        like = create_state(init_params(model.init, jax.random.key(0), config.train.restarts), tx)
-        stacked = jax.tree.map(parallel.to_host, ckpt.restore(step, like)["params"])
+        stacked = jax.tree.map(parallel.to_host, ckpt.restore(step, create_state(like_params, tx))["params"])
     finally:
         ckpt.close()
     return stacked, step, phase
@@ -393,8 +398,8 @@ def load_run(config, workdir, echo=print):
     stacked, step, phase = restore_stacked(config, workdir, model)
     runner = PhaseRunner(config, model, phase, len(data.x))
     if step < config.train.steps:
-        echo(f"note: the run in {workdir} stopped at step {step} of {config.train.steps}; using that checkpoint",
-             flush=True)
+        echo(f"note: the run in {workdir} gives its parameters of step {step} of {config.train.steps} (where it "
+             f"stopped, or its best step under early stopping)", flush=True)
     inputs = model_inputs(model, data)
     if config.train.restarts > 1:
         params, _ = choose_restart(config, runner, model, stacked, inputs)

@@ -1,0 +1,201 @@
+"""Watching a run: TensorBoard event files (read back with TensorBoard's own reader, no
+TensorFlow), the validation split and its ELBO, early stopping with the best checkpoint."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT
+from test_train import assert_trees_equal, final_params
+
+from gmvc import monitor
+from gmvc.errors import ConfigError
+from gmvc.train import restore_params, train_and_evaluate
+
+quiet = dict(echo=lambda *a, **k: None)
+
+
+def read_events(logdir):
+    from tensorboard.backend.event_processing import event_accumulator
+    acc = event_accumulator.EventAccumulator(str(logdir), size_guidance={"scalars": 0, "images": 0,
+                                                                         "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+def read_log(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+# The CLI with a stand-in `tensorflow` package first on the path, which reports any import of it:
+# TensorFlow must not be needed (nor imported) to write or read the events.
+FAKE_TENSORFLOW = "import sys\nsys.stderr.write('TENSORFLOW IMPORTED\\n')\nraise ImportError('no tensorflow here')\n"
+
+
+def test_event_files_hold_every_scalar_histogram_image_and_the_projector(tmp_path):
+    fake = tmp_path / "fake_site" / "tensorflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(FAKE_TENSORFLOW)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(fake.parent), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "gmvc.main", "--config=configs/gmvae_spiral.py",
+                           f"--workdir={run}", "--config.data.num_points=1000", "--config.train.steps=200",
+                           "--config.train.log_every=50", "--config.train.checkpoint_every=100",
+                           "--config.train.restarts=2", "--config.train.validation_fraction=0.2",
+                           "--config.tensorboard.images_every=100", "--config.tensorboard.projector_points=300"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TENSORFLOW IMPORTED" not in proc.stderr
+    assert "200 held out for validation" in proc.stdout
+
+    acc = read_events(run / "tensorboard")
+    log = read_log(run)
+    assert [r["step"] for r in log] == [50, 100, 150, 200]
+    # Every logged number is a scalar with the same value at the same steps.
+    for name in ("loss", "recon", "cond_prior", "w_prior", "c_prior", "cv", "c_marginal", "grad_norm", "elbo",
+                 "steps_per_sec"):
+        events = acc.Scalars(f"train/{name}")
+        assert [e.step for e in events] == [50, 100, 150, 200], name
+        np.testing.assert_allclose([e.value for e in events], [r[name] for r in log],
+                                   rtol=1e-6 if name != "steps_per_sec" else 0.01)   # the log rounds steps/s
+    for name in ("elbo", "recon", "cond_prior", "w_prior", "c_prior"):
+        np.testing.assert_allclose([e.value for e in acc.Scalars(f"val/{name}")], [r[f"val_{name}"] for r in log],
+                                   rtol=1e-6)
+    # The training ELBO is minus the sum of the bound's terms (c_prior without free bits).
+    for r in log:
+        assert r["elbo"] == pytest.approx(-(r["recon"] + r["cond_prior"] + r["w_prior"] + r["c_prior_kl"]), rel=1e-9)
+        assert len(r["val_elbo_per_restart"]) == 2
+        assert r["val_elbo"] == pytest.approx(max(r["val_elbo_per_restart"]), abs=1e-5)   # the best restart's
+    results = json.loads((run / "results.json").read_text())
+    assert acc.Scalars("eval/acc")[-1].value == pytest.approx(results["acc"], rel=1e-6)
+    assert results["validation"]["elbo"] == pytest.approx(
+        results["validation"]["elbo_per_restart"][results["chosen_restart"]])
+    assert results["validation"]["elbo"] == pytest.approx(log[-1]["val_elbo_per_restart"][results["chosen_restart"]],
+                                                          abs=1e-5)
+
+    # Histograms of each restart's prior (GMVAE: the 5 component means at w = 0, 2-D).
+    for r in (0, 1):
+        hist = acc.Histograms(f"prior/means/restart_{r}")
+        assert [h.step for h in hist] == [50, 100, 150, 200]
+        assert hist[-1].histogram_value.num == 5 * 2
+    # Images every 100 steps and at the end.
+    for tag in ("samples", "reconstructions"):
+        images = acc.Images(tag)
+        assert [i.step for i in images] == [100, 200]
+        assert images[-1].width == images[-1].height == 256
+
+    # The projector: one embedding per image step; the final one's clusters are the predictions'.
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector import projector_config_pb2
+    config = text_format.Parse((run / "tensorboard" / "projector_config.pbtxt").read_text(),
+                               projector_config_pb2.ProjectorConfig())
+    assert [e.tensor_path for e in config.embeddings] == ["projector/00000100/tensors.tsv",
+                                                          "projector/00000200/tensors.tsv"]
+    final = config.embeddings[-1]
+    z = np.loadtxt(run / "tensorboard" / final.tensor_path, delimiter="\t")
+    assert z.shape == (300, 2)
+    meta = (run / "tensorboard" / final.metadata_path).read_text().splitlines()
+    assert meta[0] == "index\tcluster\tlabel" and len(meta) == 301
+    rows = [list(map(int, line.split("\t"))) for line in meta[1:]]
+    predictions = [line.split(",") for line in (run / "predictions.csv").read_text().splitlines()[1:]]
+    for index, cluster, label in rows:
+        assert [int(predictions[index][1]), int(predictions[index][2])] == [cluster, label]
+
+
+def test_early_stopping_keeps_the_best_step_and_survives_a_crash(spiral_config, tmp_path):
+    c = spiral_config
+    c.train.steps, c.train.log_every = 600, 20
+    c.train.validation_fraction, c.train.patience = 0.2, 2
+    c.optim.lr = 0.01                    # a fast start, then the validation ELBO wanders
+    c.tensorboard.images_every = 0
+    run = tmp_path / "straight"
+    out = train_and_evaluate(c, run, **quiet)
+
+    e = out["early_stopping"]
+    stop, best = e["stopped_at"], e["best_step"]
+    assert stop is not None and stop < 600 and out["steps"] == stop
+    log = read_log(run)
+    steps = [r["step"] for r in log]
+    val = {r["step"]: r["val_elbo"] for r in log}
+    assert steps[-1] == stop
+    assert best == max(val, key=val.get) and e["best_val_elbo"] == val[best]
+    assert stop - best == 2 * 20              # patience log steps without improvement, then stop
+    # The outputs come from the best step's parameters: their validation ELBO is the one logged there.
+    assert out["validation"]["elbo"] == pytest.approx(val[best], rel=1e-6)
+    model, params, step = restore_params(c, run, (2,))
+    assert step == best
+    best_params = monitor.restore_best(run, best, jax.tree.map(lambda a: a[None], params))
+    assert_trees_equal(jax.tree.map(lambda a: a[None], params), best_params)
+    last = final_params(run, stop)
+    assert not np.array_equal(np.asarray(jax.tree.leaves(last)[0]), np.asarray(jax.tree.leaves(best_params)[0]))
+
+    # A run killed after its best parameters and record of step 200 were written, before the
+    # checkpoint of step 200: resumed from 100, it ends as the uninterrupted run did.
+    half = c.copy_and_resolve_references()
+    half.train.steps = 200
+    crashed = tmp_path / "crashed"
+    train_and_evaluate(half, crashed, **quiet)
+    shutil.rmtree(crashed / "checkpoints" / "200")
+    messages = []
+    resumed = train_and_evaluate(c, crashed, echo=lambda m, **k: messages.append(m))
+    assert any("Resuming from checkpoint" in m and "step 100" in m for m in messages)
+    assert resumed["early_stopping"] == e
+    assert_trees_equal(final_params(run, stop), final_params(crashed, stop))
+    assert_trees_equal(monitor.restore_best(run, best, best_params), monitor.restore_best(crashed, best, best_params))
+    assert [r["step"] for r in read_log(crashed)] == steps
+    # TensorBoard shows each step once: the resumed run hid the events logged past step 100.
+    events = read_events(crashed / "tensorboard").Scalars("val/elbo")
+    assert [ev.step for ev in events] == steps
+    np.testing.assert_allclose([ev.value for ev in events], [val[s] for s in steps], rtol=1e-6)
+
+    # Run again: it has stopped, so it trains no further and gives the same outputs.
+    again = train_and_evaluate(c, crashed, echo=lambda m, **k: messages.append(m))
+    assert any("stopped early" in m for m in messages)
+    assert again["steps"] == stop and again["acc"] == out["acc"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"validation_fraction": 1.0}, r"validation_fraction must be in \[0, 1\), got 1.0"),
+    ({"validation_fraction": -0.1}, r"validation_fraction must be in \[0, 1\), got -0.1"),
+    ({"validation_fraction": 0.0001}, "holds out no sample of the 1000"),
+    ({"validation_fraction": 0.9}, "leaves 100 of 1000 samples to train on, fewer than train.batch_size=200"),
+    ({"patience": -1}, "train.patience must be 0"),
+    ({"patience": 3}, "needs a validation split"),
+])
+def test_bad_validation_settings_are_one_clear_error(spiral_config, tmp_path, overrides, message):
+    for key, value in overrides.items():
+        spiral_config.train[key] = value
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(spiral_config, tmp_path / "run", **quiet)
+    assert not (tmp_path / "run").exists()          # nothing computed, nothing written
+
+
+def test_vade_prior_histograms_and_only_process_zero_writes(spiral_config, tmp_path):
+    from gmvc.data import load_dataset
+    from gmvc.events import open_events
+    from gmvc.models import make_model
+    from gmvc.state import init_params
+    spiral_config.model.name = "vade"
+    spiral_config.train.restarts = 2
+    data = load_dataset(spiral_config.data, 0)
+    model = make_model(spiral_config.model, (2,))
+    params = init_params(model.init, jax.random.key(0), 2)
+    args = (spiral_config, model, data, data.x, jax.random.key(1))
+    assert not open_events(tmp_path / "other", 0, *args, main_process=False, images=True,
+                           samples_per_group=4).enabled
+    assert not (tmp_path / "other").exists()
+    events = open_events(tmp_path, 0, *args, main_process=True, images=True, samples_per_group=4)
+    events.histograms(7, params)
+    events.close()
+    acc = read_events(tmp_path / "tensorboard")
+    for r in (0, 1):
+        weights = acc.Histograms(f"prior/weights/restart_{r}")[0].histogram_value
+        assert weights.num == 5 and weights.sum == pytest.approx(1.0, rel=1e-6)     # softmax of the logits
+        means = acc.Histograms(f"prior/means/restart_{r}")[0].histogram_value
+        assert means.sum == pytest.approx(float(np.sum(params["prior"]["means"][r])), rel=1e-5, abs=1e-5)
+        variances = acc.Histograms(f"prior/variances/restart_{r}")[0].histogram_value
+        assert variances.num == 10 and variances.min == variances.max == 1.0        # exp(0) at init
