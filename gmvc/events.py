@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmvc import export
-from gmvc.steps import tree_len, tree_slice
+from gmvc.steps import make_predict, tree_len, tree_slice
 
 # matplotlib's tab10, as 8-bit RGB: the colours of the PNG scatter plots.
 _PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
@@ -61,6 +61,7 @@ class Events(NullEvents):
         self.model, self.data, self.inputs, self.rng = model, data, inputs, rng
         self.images = images
         self.per_group = samples_per_group
+        self._predict = make_predict(model, config.eval.batch_size)
         self.recon_count = config.eval.samples_per_cluster
         self.restarts = config.train.restarts
         if start_step:
@@ -93,7 +94,8 @@ class Events(NullEvents):
         if not self.images:
             return
         if samples is None:
-            samples = self._fn("sample", lambda p, r: self.model.sample(p, r, self.per_group))(params, self.rng)
+            # The same jitted function (model.sample, static n) as evaluate's: one compile serves both.
+            samples = jax.jit(self.model.sample, static_argnums=2)(params, self.rng, self.per_group)
         samples = np.asarray(jax.device_get(samples))
         self._images(step, params, samples)
         if self.subset is not None:
@@ -147,9 +149,8 @@ class Events(NullEvents):
         self.writer.add_image(tag, image, step, dataformats="HW" if image.ndim == 2 else "HWC")
 
     def _projector(self, step, params, out):
-        if out is None:
-            sub = jax.tree.map(lambda a: a[self.subset], self.inputs)
-            out = jax.device_get(self._fn("predict", self.model.predict)(params, sub))
+        if out is None:      # evaluate's predict program (batches of eval.batch_size): compiled once
+            out = self._predict(params, jax.tree.map(lambda a: a[self.subset], self.inputs))
         else:
             out = {k: v[self.subset] for k, v in out.items()}
         columns = {"index": self.subset}

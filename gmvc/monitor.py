@@ -268,7 +268,8 @@ class Monitor:
         self.events.scalars(step, {k[4:]: v for k, v in values.items() if k.startswith("val_")}, "val")
         self.events.histograms(step, params)
         if self.images_every and step % self.images_every == 0 and step < self.total:
-            self.events.snapshot(step, jax.tree.map(lambda a: a[0], params))
+            # Host copies: the same compiled programs as the final images' (evaluate passes host arrays).
+            self.events.snapshot(step, jax.device_get(jax.tree.map(lambda a: a[0], params)))
 
     def before_checkpoint(self, step):
         if self.stopper is not None:
