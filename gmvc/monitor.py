@@ -264,12 +264,17 @@ class Monitor:
         return False
 
     def write_events(self, step, params, values):
+        """Only process 0 writes (the others hold NullEvents): it computes on its local copy of the
+        parameters, as a program over arrays that span processes would wait for the others."""
+        if not self.events.enabled:
+            return
         self.events.scalars(step, {k: v for k, v in values.items() if not k.startswith("val_")}, "train")
         self.events.scalars(step, {k[4:]: v for k, v in values.items() if k.startswith("val_")}, "val")
-        self.events.histograms(step, params)
+        spans_processes = any(isinstance(a, jax.Array) and not a.is_fully_addressable for a in jax.tree.leaves(params))
+        self.events.histograms(step, jax.tree.map(parallel.to_host, params) if spans_processes else params)
         if self.images_every and step % self.images_every == 0 and step < self.total:
             # Host copies: the same compiled programs as the final images' (evaluate passes host arrays).
-            self.events.snapshot(step, jax.device_get(jax.tree.map(lambda a: a[0], params)))
+            self.events.snapshot(step, jax.tree.map(lambda a: parallel.to_host(a)[0], params))
 
     def before_checkpoint(self, step):
         if self.stopper is not None:
