@@ -146,16 +146,27 @@ def moments(z, resp_fn, k, chunk_size=None):
     return {"logits": jnp.log(counts / counts.sum()), "means": means, "log_vars": jnp.log(m2 / counts[:, None] + MIN_VAR)}
 
 
-def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1, chunk_size=None):
+SELECTIONS = ("likelihood", "balance")
+
+
+def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1, chunk_size=None, select="likelihood"):
     """k-means, then `em_iters` EM steps of a diagonal GMM (either stops early at an exact fixed
     point, which gives the same result as running on); returns the prior pytree. With
-    n_init > 1, that many fits from different k-means++ seeds run together (vmapped) and the one
-    with the highest mean log-likelihood of z is kept (no labels involved). `chunk_size`: rows
-    per step of each pass over z (default CHUNK_SIZE); memory is bounded by it, not by N."""
+    n_init > 1, that many fits from different k-means++ seeds run together (vmapped) and one is
+    kept, without labels: `select="likelihood"` the highest mean log-likelihood of z,
+    `select="balance"` the most even use of the components (the lowest
+    KL(mean_n p(c | z_n) || Uniform(K)); for data whose clusters are roughly balanced, where a
+    fit that merges two clusters and splits a third is both likely and uneven). `chunk_size`:
+    rows per step of each pass over z (default CHUNK_SIZE); memory is bounded by it, not by N."""
+    if select not in SELECTIONS:
+        raise ValueError(f"unknown mixture-fit selection {select!r}; known: {list(SELECTIONS)}")
     if n_init > 1:
         fits = jax.vmap(lambda r: fit_diag_gmm(r, z, k, kmeans_iters, em_iters, 1, chunk_size))(
             jax.random.split(rng, n_init))
-        best = jnp.argmax(jax.vmap(lambda p: mean_log_likelihood(p, z, chunk_size))(fits))
+        if select == "balance":
+            best = jnp.argmin(jax.vmap(lambda p: imbalance(p, z, chunk_size))(fits))
+        else:
+            best = jnp.argmax(jax.vmap(lambda p: mean_log_likelihood(p, z, chunk_size))(fits))
         return jax.tree.map(lambda a: a[best], fits)
     centres = kmeans(rng, z, k, kmeans_iters, chunk_size)
     prior = moments(z, lambda rows: _assign(rows, centres), k, chunk_size)
@@ -175,3 +186,12 @@ def mean_log_likelihood(prior, z, chunk_size=None):
                                                                                    prior["log_vars"])),
                         jnp.zeros((), z.dtype), chunk_size)
     return total / z.shape[0]
+
+
+def imbalance(prior, z, chunk_size=None):
+    """KL(mean_n p(c | z_n) || Uniform(K)): 0 when every component is used equally."""
+    k = prior["logits"].shape[0]
+    usage = fold_chunks(z, lambda t, rows, w: t + jnp.sum(w[:, None] * jnp.exp(mixture.log_responsibilities(
+        rows, prior["logits"], prior["means"], prior["log_vars"])), 0), jnp.zeros((k,), z.dtype), chunk_size)
+    usage = usage / z.shape[0]
+    return jnp.log(k) + jnp.sum(usage * jnp.log(jnp.maximum(usage, 1e-30)))

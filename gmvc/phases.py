@@ -6,17 +6,19 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
   {"kind": "train", "steps": n (-1 = the rest of train.steps), "objective": {...} (default
    config.objective), "trainable": ("net", "prior"), "lr": schedule (default optim.lr)}
   {"kind": "init_prior", "method": "em" | "minibatch", "kmeans_iters": 50, "em_iters": 20,
-   "n_init": 10, "batches": 200, "batch_size": 128}   (minibatch: at most batches * batch_size
-   embeddings; n_init fits from different seeds, the most likely one kept)
+   "n_init": 10, "select": "likelihood", "batches": 200, "batch_size": 128}   (minibatch: at most
+   batches * batch_size embeddings; n_init fits from different seeds, the most likely one kept,
+   or with select="balance" the one using its components most evenly)
 An empty train.phases is one train phase of train.steps with config.objective.
 """
 from typing import NamedTuple
 
 from gmvc.errors import ConfigError
+from gmvc.mixture_init import SELECTIONS
 
 TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr"}
-INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size"}
-INIT_DEFAULTS = {"method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
+INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select"}
+INIT_DEFAULTS = {"method": "em", "select": "likelihood", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
                  "batch_size": 128}
 GROUPS = ("net", "prior")
 
@@ -65,6 +67,8 @@ def _check_spec(name, spec, config):
         spec = {**INIT_DEFAULTS, **spec}
         if spec["method"] not in ("em", "minibatch"):
             raise ConfigError(f"phase {name!r}: unknown method {spec['method']!r}; known: ['em', 'minibatch']")
+        if spec["select"] not in SELECTIONS:
+            raise ConfigError(f"phase {name!r}: unknown select {spec['select']!r}; known: {list(SELECTIONS)}")
         return spec
     spec = {"objective": dict(config.objective), "trainable": GROUPS, **spec}
     spec["trainable"] = tuple(spec["trainable"])

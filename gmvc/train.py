@@ -328,7 +328,8 @@ def init_prior_phase(phase, model, params, x, rng, config):
         x = x[np.asarray(jax.random.permutation(jax.random.fold_in(rng, 0), len(x)))[:n]]
     embed = jax.jit(model.embed)
     fit = jax.jit(lambda r, z: fit_diag_gmm(r, z, model.num_clusters, spec["kmeans_iters"],
-                                            spec["em_iters"] if spec["method"] == "em" else 0, spec["n_init"]))
+                                            spec["em_iters"] if spec["method"] == "em" else 0, spec["n_init"],
+                                            select=spec["select"]))
     priors = []
     for r in range(config.train.restarts):
         params_r = jax.tree.map(lambda a: a[r], params)

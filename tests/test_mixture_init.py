@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from gmvc.mixture_init import fit_diag_gmm, fold_chunks, kmeans
+from gmvc.mixture_init import fit_diag_gmm, fold_chunks, imbalance, kmeans
 
 MEANS = np.array([[100.0, 100.0, 100.0], [106.0, 100.0, 101.0], [100.0, 106.0, 98.0], [103.0, 103.0, 106.0]])
 STDS = np.array([[0.3, 0.5, 0.4], [0.6, 0.3, 0.5], [0.4, 0.4, 0.2], [0.5, 0.6, 0.3]])
@@ -86,3 +86,31 @@ def test_working_memory_does_not_grow_with_n():
 
     small, large = temp_bytes(20_000), temp_bytes(200_000)
     assert large <= small * 1.05 and large < 1e6, (small, large)     # ~0.5 MB, vs 8 MB for one [N, K] pass
+
+
+def test_imbalance_of_even_and_uneven_use():
+    """0 when the components are used equally; log(K / (K - 1)) when one of K is never used."""
+    z = jnp.asarray(_blobs(1000)[0])
+    far = {"logits": jnp.zeros(4), "means": jnp.asarray(MEANS, jnp.float32), "log_vars": jnp.zeros((4, 3))}
+    y = _blobs(1000)[1]
+    usage = np.bincount(y) / len(y)
+    expected = np.log(4) + np.sum(usage * np.log(usage))                    # the blobs' own (uneven) counts
+    np.testing.assert_allclose(float(imbalance(far, z, chunk_size=96)), expected, atol=1e-5)
+    unused = {**far, "means": far["means"].at[3].set(1e4)}                  # component 3 sits far from all data
+    assert float(imbalance(unused, z)) > expected + 0.1
+
+
+def test_balance_selection_keeps_the_most_even_fit():
+    """select="balance" keeps, of the n_init fits, the one with the lowest imbalance, and on four
+    equal blobs that is a fit with one component per blob (while a single seeding often merges)."""
+    z = jnp.asarray(_blobs(2000)[0])
+    key = jax.random.key(7)
+    fits = jax.vmap(lambda r: fit_diag_gmm(r, z, 4, 10, 10))(jax.random.split(key, 6))
+    scores = np.asarray(jax.vmap(lambda p: imbalance(p, z))(fits))
+    chosen = fit_diag_gmm(key, z, 4, 10, 10, n_init=6, select="balance")
+    np.testing.assert_array_equal(np.asarray(chosen["means"]), np.asarray(fits["means"][np.argmin(scores)]))
+    _, cols = optimize.linear_sum_assignment(np.linalg.norm(MEANS[:, None] - np.asarray(chosen["means"])[None], axis=-1))
+    assert np.abs(np.asarray(chosen["means"])[cols] - MEANS).max() < 0.2
+    assert scores.min() < 0.01
+    with pytest.raises(ValueError, match="unknown mixture-fit selection 'best'"):
+        fit_diag_gmm(key, z, 4, select="best")

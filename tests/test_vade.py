@@ -494,3 +494,8 @@ def test_build_phases_errors(tmp_path):
     c = _phase_config(tmp_path, steps_total=20)          # pretrain takes all 20: nothing left for main
     with pytest.raises(ConfigError, match="leaves no steps"):
         build_phases(c)
+
+    c = _phase_config(tmp_path)
+    c.phases.init.select = "accuracy"
+    with pytest.raises(ConfigError, match="phase 'init': unknown select 'accuracy'"):
+        build_phases(c)
