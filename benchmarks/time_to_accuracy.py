@@ -1,0 +1,170 @@
+"""Time to a good clustering: wall time from the start of a run (data loading and compilation
+included) until the default VaDE configs first reach a target accuracy.
+
+    python benchmarks/time_to_accuracy.py                      # vade_digits to 0.80, vade_mnist5k to 0.70
+    python benchmarks/time_to_accuracy.py --seeds=3 --out=tta.json
+    python benchmarks/time_to_accuracy.py --config=configs/vade_digits.py --target=0.9
+
+Prints one JSON object per config (one line each) on stdout, and all of them to --out if given;
+progress goes to stderr.
+
+The run is `python -m gmvc.main`'s own (gmvc.train.train_and_evaluate), unchanged. The
+accuracy is evaluated on a fixed schedule: at every log step (`train.log_every`) of the phases
+that train the mixture (the last train phase), on every sample, with the restart the run itself
+would choose at that point (train.restart_choice; no label involved). Labels only score that
+choice. The evaluation's own time is measured and taken out of the wall time, so the figure is
+the time the run needed, not the time spent watching it. `reference_seconds` is a PyTorch
+VaDE's (ClustPy 0.0.3, defaults) whole run on the same data and machine; the target is at most
+a third of it.
+"""
+import argparse
+import ast
+import json
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gmvc import metrics, monitor, steps  # noqa: E402
+from gmvc import train as train_lib  # noqa: E402
+from gmvc.config import from_sibling  # noqa: E402
+from gmvc.data import load_dataset  # noqa: E402
+
+DEFAULTS = (("configs/vade_digits.py", 0.80), ("configs/vade_mnist5k.py", 0.70))
+REFERENCE_SECONDS = {"digits": 70.0, "mnist5k": 210.0}     # ClustPy 0.0.3 VaDE, whole run, this machine
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", action="append", default=[], help="config file (repeatable; default: the VaDE pair)")
+    p.add_argument("--target", action="append", type=float, default=[],
+                   help="target accuracy, one per --config (default 0.80 digits, 0.70 mnist5k)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--out", default="", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    if not args.config:
+        args.config, args.target = [c for c, _ in DEFAULTS], args.target or [t for _, t in DEFAULTS]
+    if len(args.target) != len(args.config):
+        p.error(f"give one --target per --config ({len(args.config)} configs, {len(args.target)} targets)")
+    return args
+
+
+def load_config(path, overrides, seed):
+    path = pathlib.Path(path)
+    path = path if path.is_absolute() else ROOT / path
+    config = from_sibling(str(path), path.name)
+    config.unlock()
+    for item in overrides:
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        target = config
+        for part in parents:
+            target = target[part]
+        if leaf not in target:
+            raise SystemExit(f"time_to_accuracy.py: unknown config key {key!r}")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        target[leaf] = value
+    config.seed = seed
+    return config
+
+
+class Watcher:
+    """Scores the run at each log step of its last train phase; its own time is kept apart."""
+
+    def __init__(self, config, data, target):
+        self.config, self.data, self.target = config, data, target
+        self.t0 = time.perf_counter()
+        self.eval_seconds = 0.0
+        self.curve, self.reached = [], None
+        self._runners = {}
+
+    def __call__(self, step, phase, params):
+        t = time.perf_counter()
+        model = train_lib.make_model(self.config.model, self.data.x.shape[1:])
+        if phase.name not in self._runners:
+            self._runners[phase.name] = train_lib.PhaseRunner(self.config, model, phase, len(self.data.x))
+        inputs = train_lib.model_inputs(model, self.data)
+        chosen, _ = train_lib.choose_restart(self.config, self._runners[phase.name], model, params, inputs)
+        out = steps.make_predict(model, self.config.eval.batch_size)(chosen, inputs)
+        acc = metrics.hungarian_accuracy(np.argmax(out["log_gamma"], 1), self.data.y)
+        self.eval_seconds += time.perf_counter() - t
+        run_seconds = time.perf_counter() - self.t0 - self.eval_seconds
+        self.curve.append([step, round(run_seconds, 2), round(acc, 4)])
+        print(f"  step {step}: acc {acc:.4f} at {run_seconds:.1f} s", file=sys.stderr, flush=True)
+        if self.reached is None and acc >= self.target:
+            self.reached = {"step": step, "seconds": round(run_seconds, 2), "acc": round(acc, 4)}
+
+
+def run_one(config, target, workdir):
+    data = load_dataset(config.data, config.seed)
+    if data.y is None:
+        raise SystemExit(f"time_to_accuracy.py: {config.data.source!r} has no labels to score the runs with")
+    last = [name for name in config.train.phases if config.phases[name].kind == "train"][-1] \
+        if config.train.phases else "main"
+    watcher = Watcher(config, data, target)
+    original = monitor.Monitor.validate
+
+    def validate(self, step, phase, params, values):
+        stop = original(self, step, phase, params, values)
+        if phase.name == last:
+            watcher(step, phase, params)
+        return stop
+
+    monitor.Monitor.validate = validate
+    try:
+        summary = train_lib.train_and_evaluate(config, workdir, echo=lambda *a, **k: None, data=data,
+                                               write_outputs=False)
+    finally:
+        monitor.Monitor.validate = original
+    total = time.perf_counter() - watcher.t0 - watcher.eval_seconds
+    return {"seed": config.seed, "reached": watcher.reached, "final_acc": round(summary.get("acc", float("nan")), 4),
+            "total_seconds": round(total, 2), "eval_seconds": round(watcher.eval_seconds, 2),
+            "compiles": summary.get("compiles"), "curve": watcher.curve}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
+    root = pathlib.Path(tempfile.mkdtemp(prefix="gmvc_tta_"))
+    results = []
+    try:
+        for path, target in zip(args.config, args.target):
+            runs = []
+            for seed in range(args.seeds):
+                config = load_config(path, args.set, seed)
+                print(f"{pathlib.Path(path).stem} seed {seed} (target {target}):", file=sys.stderr, flush=True)
+                runs.append(run_one(config, target, root / f"{pathlib.Path(path).stem}_{seed}"))
+            source = config.data.source
+            reached = [r["reached"]["seconds"] for r in runs if r["reached"]]
+            reference = REFERENCE_SECONDS.get(source)
+            result = {"config": path, "dataset": source, "target_acc": target, "seeds": args.seeds,
+                      "overrides": args.set, "runs_reaching_target": len(reached),
+                      "seconds_to_target_mean": round(float(np.mean(reached)), 2) if reached else None,
+                      "seconds_to_target_max": round(float(np.max(reached)), 2) if reached else None,
+                      "reference_seconds": reference,
+                      "budget_seconds": round(reference / 3, 2) if reference else None,
+                      "within_budget": (bool(len(reached) == len(runs) and max(reached) <= reference / 3)
+                                        if reference else None),
+                      "per_seed": runs}
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
