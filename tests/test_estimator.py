@@ -20,7 +20,7 @@ from gmvc.errors import CheckpointError
 
 def tiny_vade(**kw):
     return gmvc.VaDE(**{"n_clusters": 3, "steps": 20, "pretrain_steps": 10, "hidden_sizes": (8,), "latent_dim": 2,
-                        "batch_size": 16, **kw})
+                        "batch_size": 16, "restarts": 1, **kw})
 
 
 # scikit-learn's checks that run in the suite: the ones that fit at most once (pickling, feature
@@ -60,7 +60,8 @@ def test_every_selected_check_exists():
 def digits_fit(tmp_path_factory):
     d = load_digits()
     x = d.data / 16.0
-    est = gmvc.VaDE(n_clusters=10, steps=600, pretrain_steps=300, hidden_sizes=(64, 64), random_state=0)
+    est = gmvc.VaDE(n_clusters=10, steps=600, pretrain_steps=300, hidden_sizes=(64, 64), restarts=1,
+                    random_state=0)
     est.fit(x)
     return est, x, d.target
 

@@ -256,7 +256,7 @@ def test_generate_from_a_trained_run(tmp_path):
     through the same images.load_inputs, tested in test_image_data.py); errors are clear."""
     work = tmp_path / "run"
     common = ["--config=configs/vade_digits.py", f"--workdir={work}", "--config.train.steps=200",
-              "--config.model.hidden_sizes=(64, 64)",
+              "--config.model.hidden_sizes=(64, 64)", "--config.train.restarts=1",
               "--config.phases.pretrain.steps=100", "--config.train.log_every=50", "--config.phases.gmm_init.n_init=1"]
     missing = run_cli(*common, "--mode=generate")
     assert missing.returncode == 2 and "no run in" in missing.stderr and not work.exists()

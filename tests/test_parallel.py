@@ -53,6 +53,7 @@ def _vade():
     c.train.batch_size = 80
     c.phases.pretrain.steps = 30
     c.phases.gmm_init.n_init = 1
+    c.train.restarts = 1
     c.train.steps, c.train.log_every, c.train.checkpoint_every = 60, 15, 60
     return c
 
