@@ -18,7 +18,6 @@ VaDE's (ClustPy 0.0.3, defaults) whole run on the same data and machine; the tar
 a third of it.
 """
 import argparse
-import ast
 import json
 import pathlib
 import shutil
@@ -33,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from gmvc import metrics, monitor, steps  # noqa: E402
 from gmvc import train as train_lib  # noqa: E402
-from gmvc.config import from_sibling  # noqa: E402
 from gmvc.data import load_dataset  # noqa: E402
+from quality import load_config  # noqa: E402  (benchmarks/quality.py, beside this script)
 
 DEFAULTS = (("configs/vade_digits.py", 0.80), ("configs/vade_mnist5k.py", 0.70))
 REFERENCE_SECONDS = {"digits": 70.0, "mnist5k": 210.0}     # ClustPy 0.0.3 VaDE, whole run, this machine
@@ -56,28 +55,6 @@ def parse_args(argv=None):
     return args
 
 
-def load_config(path, overrides, seed):
-    path = pathlib.Path(path)
-    path = path if path.is_absolute() else ROOT / path
-    config = from_sibling(str(path), path.name)
-    config.unlock()
-    for item in overrides:
-        key, _, value = item.partition("=")
-        *parents, leaf = key.split(".")
-        target = config
-        for part in parents:
-            target = target[part]
-        if leaf not in target:
-            raise SystemExit(f"time_to_accuracy.py: unknown config key {key!r}")
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass
-        target[leaf] = value
-    config.seed = seed
-    return config
-
-
 class Watcher:
     """Scores the run at each log step of its last train phase; its own time is kept apart."""
 
@@ -86,16 +63,17 @@ class Watcher:
         self.t0 = time.perf_counter()
         self.eval_seconds = 0.0
         self.curve, self.reached = [], None
+        self.model = train_lib.make_model(config.model, data.x.shape[1:])
+        self.inputs = train_lib.model_inputs(self.model, data)
+        self.predict = steps.make_predict(self.model, config.eval.batch_size)
         self._runners = {}
 
     def __call__(self, step, phase, params):
         t = time.perf_counter()
-        model = train_lib.make_model(self.config.model, self.data.x.shape[1:])
         if phase.name not in self._runners:
-            self._runners[phase.name] = train_lib.PhaseRunner(self.config, model, phase, len(self.data.x))
-        inputs = train_lib.model_inputs(model, self.data)
-        chosen, _ = train_lib.choose_restart(self.config, self._runners[phase.name], model, params, inputs)
-        out = steps.make_predict(model, self.config.eval.batch_size)(chosen, inputs)
+            self._runners[phase.name] = train_lib.PhaseRunner(self.config, self.model, phase, len(self.data.x))
+        chosen, _ = train_lib.choose_restart(self.config, self._runners[phase.name], self.model, params, self.inputs)
+        out = self.predict(chosen, self.inputs)
         acc = metrics.hungarian_accuracy(np.argmax(out["log_gamma"], 1), self.data.y)
         self.eval_seconds += time.perf_counter() - t
         run_seconds = time.perf_counter() - self.t0 - self.eval_seconds
@@ -142,7 +120,7 @@ def main(argv=None):
         for path, target in zip(args.config, args.target):
             runs = []
             for seed in range(args.seeds):
-                config = load_config(path, args.set, seed)
+                config = load_config(ROOT / path, args.set, seed)   # an absolute path stays as is
                 print(f"{pathlib.Path(path).stem} seed {seed} (target {target}):", file=sys.stderr, flush=True)
                 runs.append(run_one(config, target, root / f"{pathlib.Path(path).stem}_{seed}"))
             source = config.data.source
