@@ -4,7 +4,8 @@ runs them all the same way; nothing here is specific to one method.
 
 config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.phases:
   {"kind": "train", "steps": n (-1 = the rest of train.steps), "objective": {...} (default
-   config.objective), "trainable": ("net", "prior"), "lr": schedule (default optim.lr)}
+   config.objective), "trainable": ("net", "prior"), "lr": schedule (default optim.lr),
+   "augment": {"shift": pixels, "rotate": degrees} (images only; gmvc/augment.py; default none)}
   {"kind": "init_prior", "method": "em" | "minibatch", "kmeans_iters": 50, "em_iters": 20,
    "n_init": 10, "select": "likelihood", "batches": 200, "batch_size": 128}   (minibatch: at most
    batches * batch_size embeddings; n_init fits from different seeds, the most likely one kept,
@@ -13,10 +14,11 @@ An empty train.phases is one train phase of train.steps with config.objective.
 """
 from typing import NamedTuple
 
+from gmvc.augment import parse_augment
 from gmvc.errors import ConfigError
 from gmvc.mixture_init import SELECTIONS
 
-TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr"}
+TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr", "augment"}
 INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select"}
 INIT_DEFAULTS = {"method": "em", "select": "likelihood", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
                  "batch_size": 128}
@@ -72,6 +74,7 @@ def _check_spec(name, spec, config):
         return spec
     spec = {"objective": dict(config.objective), "trainable": GROUPS, **spec}
     spec["trainable"] = tuple(spec["trainable"])
+    spec["augment"] = parse_augment(spec.get("augment"), f"phase {name!r}")
     bad = sorted(set(spec["trainable"]) - set(GROUPS))
     if bad:
         raise ConfigError(f"phase {name!r}: unknown parameter group(s) {bad}; groups are {list(GROUPS)}")

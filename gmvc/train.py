@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmvc import config as config_lib
-from gmvc import export, metrics, monitor, parallel, steps
+from gmvc import augment, export, metrics, monitor, parallel, steps
 from gmvc.checkpoint import Checkpointer
 from gmvc.data import load_dataset
 from gmvc.events import open_events
@@ -38,6 +38,8 @@ def check_config(config, data):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {t[key]}")
     monitor.check_config(config, n, k if config.model.name != "vae" else 0)
+    for phase in build_phases(config):
+        augment.check_data(phase.spec.get("augment"), data.x.shape[1:], f"phase {phase.name!r}")
 
 
 def model_inputs(model, data):
@@ -269,7 +271,9 @@ class PhaseRunner:
         device_loss = make_objective(model, phase.spec["objective"], config.terms, axis_name=axis)
         self.tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
         start = phase.start
-        phase_loss = lambda p, b, r, s: device_loss(p, b, r, s - start)   # weight schedules count from the phase start
+        warp = augment.make_augment(phase.spec.get("augment"))
+        # Weight schedules count from the phase start; augmentation reads the per-sample keys.
+        phase_loss = lambda p, b, r, s: device_loss(p, warp(b, r), r, s - start)
         t = config.train
         step_fn = steps.make_restarts_step(steps.make_train_step(phase_loss, self.tx, axis_name=axis), t.restarts)
         select = steps.select_batch if axis is None else parallel.select_local_batch(layout.n)

@@ -1,0 +1,73 @@
+"""Image augmentation in the train step (gmvc/augment.py): exact warps, per-sample keys, bad specs."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gmvc.augment import check_data, make_augment, parse_augment, warp
+from gmvc.errors import ConfigError
+
+
+def _images(n=6, h=9, w=7, c=2, seed=0):
+    return np.random.default_rng(seed).uniform(size=(n, h, w, c)).astype(np.float32)
+
+
+def test_integer_shift_moves_pixels_exactly():
+    img = _images(1)[0]
+    out = np.asarray(warp(img, 0.0, jnp.array([2.0, -1.0])))
+    np.testing.assert_allclose(out[2:, :-1], img[:-2, 1:], atol=1e-6)
+    assert np.all(out[:2] == 0) and np.all(out[:, -1] == 0)          # zeros shifted in
+
+
+def test_quarter_turn_is_rot90():
+    img = _images(1, h=8, w=8)[0]
+    np.testing.assert_allclose(np.asarray(warp(img, np.pi / 2, jnp.zeros(2))), np.rot90(img, axes=(0, 1)), atol=1e-5)
+
+
+def test_half_pixel_shift_averages_neighbours():
+    img = _images(1)[0]
+    out = np.asarray(warp(img, 0.0, jnp.array([0.0, 0.5])))
+    np.testing.assert_allclose(out[:, 1:], 0.5 * (img[:, 1:] + img[:, :-1]), atol=1e-6)
+
+
+def test_per_sample_keys_decide_each_image():
+    x = _images(6)
+    keys = jax.random.split(jax.random.key(3), 6)
+    augment = make_augment(parse_augment({"shift": 2, "rotate": 15}, "t"))
+    full = np.asarray(augment(x, keys))
+    part = np.asarray(augment(x[2:4], keys[2:4]))
+    np.testing.assert_array_equal(full[2:4], part)                 # the same however the batch is split
+    again = np.asarray(augment(x, keys))
+    np.testing.assert_array_equal(full, again)
+    assert np.abs(full - x).mean() > 0.05                          # it does move the images
+    other = np.asarray(augment(x, jax.random.split(jax.random.key(4), 6)))
+    assert np.abs(other - full).mean() > 0.05
+
+
+def test_labels_pass_through_and_empty_spec_is_identity():
+    x, y = _images(4), np.arange(4)
+    keys = jax.random.split(jax.random.key(0), 4)
+    out = make_augment(parse_augment({"shift": 1}, "t"))({"x": x, "y": y}, keys)
+    np.testing.assert_array_equal(out["y"], y)
+    assert out["x"].shape == x.shape
+    assert parse_augment({"shift": 0, "rotate": 0}, "t") == {}
+    assert make_augment({})(x, keys) is x
+
+
+@pytest.mark.parametrize("spec, message", [({"shear": 1}, "unknown augment key"), ({"shift": -1}, ">= 0"),
+                                           ({"rotate": float("nan")}, "finite")])
+def test_bad_specs_are_named(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_augment(spec, "phase 'pretrain'")
+
+
+def test_points_data_is_refused_before_training(spiral_config, tmp_path):
+    from gmvc.train import train_and_evaluate
+    c = spiral_config
+    c.unlock()
+    c.train.phases = ("main",)
+    c.phases = {"main": {"kind": "train", "steps": -1, "augment": {"shift": 1.0}}}
+    with pytest.raises(ConfigError, match="augment needs image data"):
+        train_and_evaluate(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    check_data({}, (2,), "no augment is fine on points")
