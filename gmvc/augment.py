@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmvc import mixture
 from gmvc.errors import ConfigError
 
 AUGMENT_KEYS = ("shift", "rotate")
@@ -69,6 +70,9 @@ def make_augment(spec):
         return jax.vmap(lambda img, k: _random_warp(img, k, shift, rotate))(x, keys)
 
     def augment(batch, rng):
+        if isinstance(batch, dict) and "neighbours" in batch:      # [R, B, ...] neighbours, their own draws
+            return {"data": augment(batch["data"], rng), "neighbours": augment(batch["neighbours"],
+                                                                             mixture.fold_in(rng, 1))}
         if isinstance(batch, dict):
             return {**batch, "x": augment_images(batch["x"], rng)}
         return augment_images(batch, rng)

@@ -28,6 +28,15 @@ class Checkpointer:
         self._manager.save(int(step), args=ocp.args.StandardSave(state))
         self._manager.wait_until_finished()
 
+    def saved_shape(self, step, key):
+        """Shape of the top-level array `key` in checkpoint `step`, or None if it holds none."""
+        try:
+            tree = self._manager.item_metadata(int(step)).tree
+            return tuple(tree[key].shape) if key in tree else None
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {self.path(step)} could not be read (corrupt?): "
+                                  f"{type(e).__name__}: {str(e)[:300]}. It was left in place.") from None
+
     def restore(self, step, like):
         """Restore checkpoint `step` into the structure, shapes and dtypes of `like`.
         A corrupt or incompatible checkpoint is reported by path and left where it is."""

@@ -10,6 +10,8 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
    "n_init": 10, "select": "likelihood", "batches": 200, "batch_size": 128}   (minibatch: at most
    batches * batch_size embeddings; n_init fits from different seeds, the most likely one kept,
    or with select="balance" the one using its components most evenly)
+  {"kind": "neighbours", "k": 10}   (each sample's k nearest neighbours in the embedding, for
+   the `neighbours` term of the train phases after it; gmvc/neighbours.py)
 An empty train.phases is one train phase of train.steps with config.objective.
 """
 from typing import NamedTuple
@@ -22,12 +24,13 @@ TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr", "augment"}
 INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select"}
 INIT_DEFAULTS = {"method": "em", "select": "likelihood", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
                  "batch_size": 128}
+NEIGHBOUR_KEYS = {"kind", "k"}
 GROUPS = ("net", "prior")
 
 
 class Phase(NamedTuple):
     name: str
-    kind: str        # "train" | "init_prior"
+    kind: str        # "train" | "init_prior" | "neighbours"
     start: int       # first global step (init_prior phases take no steps: start == end)
     end: int
     spec: dict
@@ -49,8 +52,12 @@ def build_phases(config):
     if fixed > total or (rest and fixed == total):
         raise ConfigError(f"train.steps={total} leaves no steps for the phases {rest or ''}: the phases with "
                           f"fixed steps take {fixed}")
-    phases, step = [], 0
+    phases, step, have_table = [], 0, False
     for name, spec in specs:
+        have_table = have_table or spec["kind"] == "neighbours"
+        if spec["kind"] == "train" and uses_neighbours(spec) and not have_table:
+            raise ConfigError(f"phase {name!r}: the 'neighbours' term needs a neighbours phase before it in "
+                              f"train.phases (e.g. {{'kind': 'neighbours', 'k': 10}})")
         steps = (total - fixed if spec["steps"] < 0 else spec["steps"]) if spec["kind"] == "train" else 0
         phases.append(Phase(name, spec["kind"], step, step + steps, spec))
         step += steps
@@ -59,12 +66,17 @@ def build_phases(config):
 
 def _check_spec(name, spec, config):
     kind = spec.get("kind")
-    allowed = {"train": TRAIN_KEYS, "init_prior": INIT_KEYS}.get(kind)
+    allowed = {"train": TRAIN_KEYS, "init_prior": INIT_KEYS, "neighbours": NEIGHBOUR_KEYS}.get(kind)
     if allowed is None:
-        raise ConfigError(f"phase {name!r}: unknown kind {kind!r}; known kinds: ['init_prior', 'train']")
+        raise ConfigError(f"phase {name!r}: unknown kind {kind!r}; known kinds: ['init_prior', 'neighbours', 'train']")
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ConfigError(f"phase {name!r}: unknown key(s) {unknown}; a {kind} phase takes {sorted(allowed)}")
+    if kind == "neighbours":
+        spec = {"k": 10, **spec}
+        if not isinstance(spec["k"], int) or spec["k"] < 1:
+            raise ConfigError(f"phase {name!r}: k must be a whole number >= 1, got {spec['k']!r}")
+        return spec
     if kind == "init_prior":
         spec = {**INIT_DEFAULTS, **spec}
         if spec["method"] not in ("em", "minibatch"):
@@ -81,6 +93,17 @@ def _check_spec(name, spec, config):
     if "steps" not in spec:
         raise ConfigError(f"phase {name!r}: a train phase needs 'steps' (-1 for the rest of train.steps)")
     return spec
+
+
+def uses_neighbours(spec):
+    """Whether a train phase's objective reads the neighbour table (its state then carries it)."""
+    return spec["kind"] == "train" and "neighbours" in spec["objective"]
+
+
+def neighbour_k(phases):
+    """k of the last neighbours phase (the table's width), or 0."""
+    ks = [p.spec["k"] for p in phases if p.kind == "neighbours"]
+    return ks[-1] if ks else 0
 
 
 def resume_index(phases, step):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gmvc import mixture
+from gmvc import mixture, neighbours
 
 
 def tree_len(inputs):
@@ -26,7 +26,7 @@ def make_train_step(loss_fn, tx, axis_name=None):
             grads, aux = jax.lax.pmean((grads, aux), axis_name)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         aux["grad_norm"] = optax.tree.norm(grads)
-        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+        new_state = {**state, "step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                      "opt_state": opt_state}
         return new_state, aux
 
@@ -35,16 +35,20 @@ def make_train_step(loss_fn, tx, axis_name=None):
 
 def make_restarts_step(train_step, restarts):
     """Lift train_step to a state whose params and opt_state carry a leading [R] axis (independent
-    restarts) while the step counter and the batch are shared: one vmapped program trains all R."""
+    restarts) while the step counter and the batch are shared: one vmapped program trains all R.
+    A batch with neighbours ({"data", "neighbours"}, see assemble_batch) has each restart's own
+    neighbours [R, B, ...]."""
 
     def restarts_step(state, batch, rng):
-        def one(params, opt_state, rng_r):
-            new, aux = train_step({"step": state["step"], "params": params, "opt_state": opt_state}, batch, rng_r)
+        def one(params, opt_state, rng_r, batch_r):
+            new, aux = train_step({"step": state["step"], "params": params, "opt_state": opt_state}, batch_r, rng_r)
             return new["params"], new["opt_state"], aux
 
         rngs = jax.vmap(lambda r: mixture.fold_in(rng, r))(jnp.arange(restarts))   # [R] keys, or [R, B] per sample
-        params, opt_state, aux = jax.vmap(one)(state["params"], state["opt_state"], rngs)
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, aux   # aux leaves [R]
+        batch_axes = {"data": None, "neighbours": 0} if has_neighbours(batch) else None
+        params, opt_state, aux = jax.vmap(one, in_axes=(0, 0, 0, batch_axes))(state["params"], state["opt_state"],
+                                                                            rngs, batch)
+        return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, aux   # aux leaves [R]
 
     return restarts_step
 
@@ -67,6 +71,22 @@ def select_batch(x, idx, keys):
     return jax.tree.map(lambda a: a[idx], x), keys
 
 
+def has_neighbours(batch):
+    return isinstance(batch, dict) and "neighbours" in batch
+
+
+def assemble_batch(state, x, idx, keys, select):
+    """(batch, this device's keys) for the global batch `idx` [B] and its per-sample keys. When the
+    state carries a neighbour table [R, N, k] (gmvc/neighbours.py), the batch is {"data": rows,
+    "neighbours": [R, B, ...] one drawn neighbour of each row, per restart}."""
+    batch, local_keys = select(x, idx, keys)
+    if "neighbours" not in state:
+        return batch, local_keys
+    nbr_idx = jax.vmap(lambda table: neighbours.draw(table, idx, keys))(state["neighbours"])   # [R, B]
+    nbr = jax.vmap(lambda i: select(x, i, keys)[0])(nbr_idx)
+    return {"data": batch, "neighbours": nbr}, local_keys
+
+
 def step_keys(step_rng, step, batch_size):
     """One key per sample of the step's batch: sample i's noise is the same however the batch is
     split over devices."""
@@ -87,7 +107,7 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
         def run(s, perm):
             step = s["step"]
             idx = jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size)
-            batch, keys = select(x, idx, step_keys(step_rng, step, batch_size))
+            batch, keys = assemble_batch(s, x, idx, step_keys(step_rng, step, batch_size), select)
             return train_step(s, batch, keys)
 
         perm0 = order(state["step"] // steps_per_epoch)
@@ -122,7 +142,7 @@ def make_indexed_step(train_step, *, num_examples, batch_size, select=select_bat
         step = state["step"]
         idx = jax.lax.dynamic_slice_in_dim(order(step // steps_per_epoch), (step % steps_per_epoch) * batch_size,
                                            batch_size)
-        batch, keys = select(x, idx, step_keys(step_rng, step, batch_size))
+        batch, keys = assemble_batch(state, x, idx, step_keys(step_rng, step, batch_size), select)
         return train_step(state, batch, keys)
 
     return step_fn

@@ -19,7 +19,8 @@ from gmvc.errors import CheckpointError, ConfigError, DataError, TrainingError
 from gmvc.models import make_model
 from gmvc.mixture_init import fit_diag_gmm
 from gmvc.objectives import make_objective
-from gmvc.phases import build_phases, resume_index
+from gmvc.neighbours import agreement, neighbour_phase
+from gmvc.phases import build_phases, neighbour_k, resume_index, uses_neighbours
 from gmvc.state import create_state, init_params, make_optimizer
 
 
@@ -38,8 +39,13 @@ def check_config(config, data):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {t[key]}")
     monitor.check_config(config, n, k if config.model.name != "vae" else 0)
+    fraction = config.train.validation_fraction
+    num_train = n - (monitor.validation_size(n, fraction) if fraction > 0 else 0)
     for phase in build_phases(config):
         augment.check_data(phase.spec.get("augment"), data.x.shape[1:], f"phase {phase.name!r}")
+        if phase.kind == "neighbours" and phase.spec["k"] >= num_train:
+            raise DataError(f"phase {phase.name!r}: k={phase.spec['k']} neighbours need more than k training "
+                            f"samples; {data.name!r} has {num_train}")
 
 
 def model_inputs(model, data):
@@ -137,11 +143,15 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
     init_rng, train_rng, sample_rng, prior_rng = jax.random.split(rng, 4)
     params = jax.tree.map(np.asarray, init_params(model.init, init_rng, config.train.restarts))
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
-    step, opt_state, resume_at = ckpt.latest_step() or 0, None, -1
+    step, opt_state, resume_at, table = ckpt.latest_step() or 0, None, -1, None
     if step:
         resume_at = resume_index(phases, step)
-        restored = restore_state(ckpt, step, layout, create_state(params, runners[phases[resume_at].name].tx))
-        params, opt_state = restored["params"], restored["opt_state"]
+        resumed = phases[resume_at]
+        like_table = (np.zeros((config.train.restarts, num_train, neighbour_k(phases)), np.int32)
+                      if uses_neighbours(resumed.spec) else None)
+        restored = restore_state(ckpt, step, layout, create_state(params, runners[resumed.name].tx,
+                                                                  neighbours=like_table))
+        params, opt_state, table = restored["params"], restored["opt_state"], restored.get("neighbours")
         echo(f"Resuming from checkpoint {ckpt.path(step)} (step {step} of {config.train.steps}, "
              f"phase {phases[resume_at].name!r})", flush=True)
     else:
@@ -172,9 +182,18 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
                 echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings ({phase.spec['method']})",
                      flush=True)
                 continue
+            if phase.kind == "neighbours":
+                train_x = data.x if split is None else data.x[split[0]]
+                table = neighbour_phase(phase.spec, model, params, train_x, config.eval.batch_size)
+                train_y = None if data.y is None else (data.y if split is None else data.y[split[0]])
+                echo(f"phase {phase.name!r}: {phase.spec['k']} nearest neighbours of each sample in the embedding"
+                     + ("" if train_y is None else f" ({agreement(table[0], train_y):.1%} share its label; "
+                        f"reported only)"), flush=True)
+                continue
             runner = runners[phase.name]
-            state = ({"step": np.asarray(step, np.int32), "params": params, "opt_state": opt_state}
-                     if i == resume_at else create_state(params, runner.tx, step))
+            phase_table = table if uses_neighbours(phase.spec) else None
+            state = (create_state(params, runner.tx, step, opt_state=opt_state, neighbours=phase_table)
+                     if i == resume_at else create_state(params, runner.tx, step, neighbours=phase_table))
             state = runner.run(parallel.put_state(layout, state), x_device, train_rng, ckpt, progress, watch)
             state = parallel.get_state(layout, state)              # one host copy between phases
             step, params, opt_state = int(state["step"]), state["params"], state["opt_state"]
@@ -365,7 +384,9 @@ def restore_stacked(config, workdir, model):
             return monitor.restore_best(workdir, step, like_params), step, phases[resume_index(phases, step)]
         phase = phases[resume_index(phases, step)]
         tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
-        stacked = jax.tree.map(parallel.to_host, ckpt.restore(step, create_state(like_params, tx))["params"])
+        table_shape = ckpt.saved_shape(step, "neighbours") if uses_neighbours(phase.spec) else None
+        like = create_state(like_params, tx, neighbours=None if table_shape is None else np.zeros(table_shape, np.int32))
+        stacked = jax.tree.map(parallel.to_host, ckpt.restore(step, like)["params"])
     finally:
         ckpt.close()
     return stacked, step, phase

@@ -3,7 +3,7 @@ Weights may be schedules of the step (gmvc/schedules.py)."""
 import jax.numpy as jnp
 
 from gmvc.errors import ConfigError
-from gmvc.objectives.terms import BATCH_TERMS, TERMS
+from gmvc.objectives.terms import BATCH_TERMS, NEIGHBOUR_TERMS, TERMS
 from gmvc.schedules import make_schedule
 
 
@@ -12,7 +12,9 @@ def make_objective(model, weights, term_options, axis_name=None):
 
     aux holds every term's unweighted value under its own name, plus "loss". `axis_name`: the
     data axis when the loss runs per device on a slice of the batch; whole-batch statistics
-    (BATCH_TERMS) then gather the batch over it.
+    (BATCH_TERMS) then gather the batch over it. A batch {"data", "neighbours"} (gmvc/steps.py
+    assemble_batch) adds the neighbours' responsibilities to `out` as "nbr_log_gamma"; without
+    neighbours (a score on the whole data, the validation ELBO) the NEIGHBOUR_TERMS are left out.
     """
     weights, term_options = dict(weights), {k: dict(v) for k, v in dict(term_options).items()}
     unknown = sorted(set(weights) - set(TERMS))
@@ -25,10 +27,19 @@ def make_objective(model, weights, term_options, axis_name=None):
                     else TERMS[name](term_options.get(name, {}))) for name in weights}
     schedules = {name: make_schedule(w, f"objective.{name}") for name, w in weights.items()}
 
+    wants_neighbours = bool(set(terms) & NEIGHBOUR_TERMS)
+
     def loss_fn(params, batch, rng, step):
+        nbr = None
+        if isinstance(batch, dict) and "neighbours" in batch:
+            batch, nbr = batch["data"], batch["neighbours"]
         out = model.apply(params, batch, rng)
+        if nbr is not None and wants_neighbours:
+            out["nbr_log_gamma"] = model.predict(params, nbr)["log_gamma"]
         loss, aux = jnp.float32(0.0), {}
         for name, term in terms.items():
+            if name in NEIGHBOUR_TERMS and "nbr_log_gamma" not in out:
+                continue
             value, term_aux = term(params, batch, out, rng)
             loss = loss + schedules[name](step) * value
             aux[name] = value

@@ -164,8 +164,20 @@ def make_mmd(opts, axis_name=None):
     return mmd
 
 
+def make_neighbours(opts):
+    """-log sum_k q(c = k | x) q(c = k | n): the log-probability that a sample x and one of its
+    nearest neighbours n in the embedding (gmvc/neighbours.py) fall in the same component. It
+    is 0 when both are certain of the same component; its minimum alone would be one cluster
+    for everything, so it is used with c_marginal."""
+    def neighbours(params, batch, out, rng):
+        agree = jax.nn.logsumexp(out["log_gamma"] + out["nbr_log_gamma"], axis=-1)    # [B]
+        return -jnp.mean(agree), {}
+    return neighbours
+
+
+NEIGHBOUR_TERMS = {"neighbours"}   # need a batch with neighbours; left out of whole-data scores
 BATCH_TERMS = ("c_marginal", "mmd", "c_prior")   # statistics of the whole batch, not per-sample means
 
 TERMS = {"recon": make_recon, "kl_z": make_kl_z, "cond_prior": make_cond_prior, "w_prior": make_w_prior,
          "c_prior": make_c_prior, "cv": make_cv, "c_marginal": make_c_marginal,
-         "vade_kl": make_vade_kl, "mmd": make_mmd}
+         "vade_kl": make_vade_kl, "mmd": make_mmd, "neighbours": make_neighbours}
