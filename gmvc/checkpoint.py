@@ -14,7 +14,10 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False,
                                                create=True)
         try:
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
+            # The handler named up front: a manager opened on existing checkpoints otherwise
+            # knows it only after a save or restore, and item_metadata returns None.
+            self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                                  item_handlers=ocp.StandardCheckpointHandler())
         except Exception as e:
             raise CheckpointError(f"checkpoint folder {self.directory} could not be opened: {e}") from None
 

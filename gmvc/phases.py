@@ -39,7 +39,10 @@ class Phase(NamedTuple):
 def build_phases(config):
     total = config.train.steps
     if not config.train.phases:
-        return [Phase("main", "train", 0, total, {"objective": dict(config.objective), "trainable": GROUPS})]
+        spec = {"kind": "train", "objective": dict(config.objective), "trainable": GROUPS}
+        if uses_neighbours(spec):
+            raise _no_table_error("main")
+        return [Phase("main", "train", 0, total, spec)]
     specs = []
     for name in config.train.phases:
         if name not in config.phases:
@@ -54,14 +57,23 @@ def build_phases(config):
                           f"fixed steps take {fixed}")
     phases, step, have_table = [], 0, False
     for name, spec in specs:
-        have_table = have_table or spec["kind"] == "neighbours"
-        if spec["kind"] == "train" and uses_neighbours(spec) and not have_table:
-            raise ConfigError(f"phase {name!r}: the 'neighbours' term needs a neighbours phase before it in "
-                              f"train.phases (e.g. {{'kind': 'neighbours', 'k': 10}})")
+        if spec["kind"] == "neighbours":
+            have_table = True
+        elif spec["kind"] == "train":
+            if uses_neighbours(spec) and not have_table:
+                raise _no_table_error(name)
+            # a train phase without the term does not carry the table (nor checkpoint it)
+            have_table = have_table and uses_neighbours(spec)
         steps = (total - fixed if spec["steps"] < 0 else spec["steps"]) if spec["kind"] == "train" else 0
         phases.append(Phase(name, spec["kind"], step, step + steps, spec))
         step += steps
     return phases
+
+
+def _no_table_error(name):
+    return ConfigError(f"phase {name!r}: the 'neighbours' term needs a neighbours phase before it in "
+                       f"train.phases, with no train phase without the term in between (e.g. "
+                       f"{{'kind': 'neighbours', 'k': 10}})")
 
 
 def _check_spec(name, spec, config):
@@ -74,7 +86,7 @@ def _check_spec(name, spec, config):
         raise ConfigError(f"phase {name!r}: unknown key(s) {unknown}; a {kind} phase takes {sorted(allowed)}")
     if kind == "neighbours":
         spec = {"k": 10, **spec}
-        if not isinstance(spec["k"], int) or spec["k"] < 1:
+        if not isinstance(spec["k"], int) or isinstance(spec["k"], bool) or spec["k"] < 1:
             raise ConfigError(f"phase {name!r}: k must be a whole number >= 1, got {spec['k']!r}")
         return spec
     if kind == "init_prior":
@@ -100,9 +112,9 @@ def uses_neighbours(spec):
     return spec["kind"] == "train" and "neighbours" in spec["objective"]
 
 
-def neighbour_k(phases):
-    """k of the last neighbours phase (the table's width), or 0."""
-    ks = [p.spec["k"] for p in phases if p.kind == "neighbours"]
+def neighbour_k(phases, index):
+    """k of the last neighbours phase before phases[index] (the width of its table), or 0."""
+    ks = [p.spec["k"] for p in phases[:index] if p.kind == "neighbours"]
     return ks[-1] if ks else 0
 
 

@@ -43,6 +43,9 @@ def check_config(config, data):
     num_train = n - (monitor.validation_size(n, fraction) if fraction > 0 else 0)
     for phase in build_phases(config):
         augment.check_data(phase.spec.get("augment"), data.x.shape[1:], f"phase {phase.name!r}")
+        if uses_neighbours(phase.spec) and config.model.name == "vae":
+            raise ConfigError(f"phase {phase.name!r}: the 'neighbours' term compares cluster responsibilities; "
+                              f"model 'vae' has no clusters")
         if phase.kind == "neighbours" and phase.spec["k"] >= num_train:
             raise DataError(f"phase {phase.name!r}: k={phase.spec['k']} neighbours need more than k training "
                             f"samples; {data.name!r} has {num_train}")
@@ -147,7 +150,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
     if step:
         resume_at = resume_index(phases, step)
         resumed = phases[resume_at]
-        like_table = (np.zeros((config.train.restarts, num_train, neighbour_k(phases)), np.int32)
+        like_table = (np.zeros((config.train.restarts, num_train, neighbour_k(phases, resume_at)), np.int32)
                       if uses_neighbours(resumed.spec) else None)
         restored = restore_state(ckpt, step, layout, create_state(params, runners[resumed.name].tx,
                                                                   neighbours=like_table))

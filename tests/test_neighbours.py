@@ -1,0 +1,242 @@
+"""Nearest neighbours in the embedding (gmvc/neighbours.py) and the `neighbours` term: the table
+against brute force, per-sample draws, the term's closed form, config errors, and training runs
+that carry the table (resume, shard_map) on a small VaDE digits config."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from gmvc.checkpoint import Checkpointer
+from gmvc.config import from_sibling
+from gmvc.data import load_dataset
+from gmvc.errors import ConfigError, DataError
+from gmvc.models import make_model
+from gmvc.neighbours import agreement, draw, knn_table
+from gmvc.objectives import make_objective
+from gmvc.objectives.terms import make_neighbours
+from gmvc.steps import assemble_batch, make_restarts_step, select_batch
+from gmvc.train import check_config, restore_stacked, train_and_evaluate
+from test_parallel import _assert_close
+from test_train import assert_trees_equal
+
+quiet = dict(echo=lambda *a, **k: None, write_outputs=False)
+N, K_NBR = 300, 5            # digits rows the runs use, neighbours per sample
+
+
+def _points(n, d=3, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+def _brute_knn(z, k):
+    d2 = ((z[:, None, :].astype(np.float64) - z[None]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    order = np.argsort(d2, axis=1)
+    gaps = np.diff(np.take_along_axis(d2, order[:, :k + 1], axis=1), axis=1)
+    assert gaps.min() > 1e-4               # no near-ties: the order is well defined in float32
+    return order[:, :k]
+
+
+def _vade(k=K_NBR, phases=("pretrain", "knn", "gmm_init", "main")):
+    """VaDE on 300 digits, 2 restarts: 40 pretraining steps, the k-neighbour table, a GMM fit, 40
+    main steps with the neighbours term."""
+    c = from_sibling(str(ROOT / "configs" / "x.py"), "vade_digits.py")
+    c.unlock()
+    c.model.hidden_sizes = (32,)
+    c.data.limit = N
+    c.train.batch_size, c.train.restarts = 50, 2
+    c.phases.pretrain.steps = 40
+    c.phases.gmm_init.update(n_init=1, kmeans_iters=10, em_iters=5)
+    c.phases.knn = {"kind": "neighbours", "k": k}
+    c.objective = {"recon": 1.0, "vade_kl": 1.0, "c_marginal": 1.0, "neighbours": 1.0}     # "main"'s
+    c.train.phases = phases
+    c.train.steps, c.train.log_every, c.train.checkpoint_every = 80, 20, 20
+    return c
+
+
+def _checkpoint(workdir, step):
+    ckpt = Checkpointer(workdir / "checkpoints")
+    try:
+        return jax.tree.map(np.asarray, ckpt._manager.restore(step))
+    finally:
+        ckpt.close()
+
+
+# -- the table and the draws ------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 25, 50, 512])     # 7 leaves a slid-back last chunk
+def test_knn_table_is_the_brute_force_knn(chunk_size):
+    z = _points(50)
+    table = knn_table(z, 4, chunk_size)
+    assert table.dtype == np.int32 and table.shape == (50, 4)
+    np.testing.assert_array_equal(table, _brute_knn(z, 4))           # nearest first
+    assert not (table == np.arange(50)[:, None]).any()
+
+
+def test_agreement_counts_neighbours_with_the_same_label():
+    table = np.array([[1, 2], [0, 2], [0, 1]])
+    assert agreement(table, np.array([0, 0, 1])) == pytest.approx(2 / 6)
+
+
+def test_draw_is_a_table_entry_chosen_by_the_sample_key():
+    table = knn_table(_points(40), K_NBR)
+    idx = jnp.asarray(np.random.default_rng(1).permutation(40)[:16])
+    keys = jax.random.split(jax.random.key(0), 16)
+    got = np.asarray(draw(table, idx, keys))
+    assert got.shape == (16,) and all(got[b] in table[idx[b]] for b in range(16))
+    np.testing.assert_array_equal(np.asarray(draw(table, idx[5:11], keys[5:11])), got[5:11])   # however split
+    one_key = np.asarray(draw(table, idx, jax.random.key(0)))
+    assert all(one_key[b] in table[idx[b]] for b in range(16))
+    # 400 keys for one sample: every one of its k neighbours, each about 1/k of the time
+    picks = np.asarray(draw(table, jnp.zeros(400, jnp.int32), jax.random.split(jax.random.key(2), 400)))
+    values, counts = np.unique(picks, return_counts=True)
+    assert sorted(values) == sorted(table[0]) and counts.min() > 50
+
+
+def test_each_restart_trains_on_draws_from_its_own_table():
+    x = jnp.arange(40, dtype=jnp.float32)[:, None] * 10.0             # row i holds 10 i
+    tables = np.stack([knn_table(_points(40, seed=s), K_NBR) for s in (3, 4)])     # [R, N, k]
+    idx = jnp.arange(8, 16)
+    keys = jax.random.split(jax.random.key(5), 8)
+    state = {"step": jnp.int32(0), "params": jnp.zeros((2, 8, 1)), "opt_state": jnp.zeros(2), "neighbours": tables}
+    batch, local_keys = assemble_batch(state, x, idx, keys, select_batch)
+    np.testing.assert_array_equal(batch["data"], x[8:16])
+    assert local_keys is keys
+    for r in range(2):
+        np.testing.assert_array_equal(batch["neighbours"][r], x[draw(tables[r], idx, keys)])
+    # a "train step" whose new parameters are the neighbours it was given
+    record = lambda s, b, rng: ({**s, "params": b["neighbours"]}, {"loss": jnp.float32(0.0)})
+    new, _ = make_restarts_step(record, 2)(state, batch, keys)
+    np.testing.assert_array_equal(new["params"], batch["neighbours"])
+    assert int(new["step"]) == 1 and new["neighbours"] is tables
+    assert (np.asarray(batch["neighbours"][0]) != np.asarray(batch["neighbours"][1])).any()
+
+
+# -- the term ---------------------------------------------------------------------------------
+
+def _term(log_gamma, nbr_log_gamma):
+    out = {"log_gamma": jnp.asarray(log_gamma, jnp.float32), "nbr_log_gamma": jnp.asarray(nbr_log_gamma, jnp.float32)}
+    value, aux = make_neighbours({})(None, None, out, None)
+    assert aux == {}
+    return float(value)
+
+
+def test_term_is_minus_log_probability_of_the_same_component():
+    with np.errstate(divide="ignore"):
+        onehot = np.log(np.eye(4)[[0, 2, 3, 1]])                       # certain, -inf elsewhere
+    assert _term(onehot, onehot) == pytest.approx(0.0, abs=1e-6)
+    uniform = np.full((4, 4), -np.log(4))
+    assert _term(uniform, uniform) == pytest.approx(np.log(4), rel=1e-6)
+    assert _term(onehot, uniform) == pytest.approx(np.log(4), rel=1e-6)   # a uniform side gives 1/K
+    rng = np.random.default_rng(0)
+    p, q = (rng.dirichlet(np.ones(6), size=8) for _ in range(2))
+    assert _term(np.log(p), np.log(q)) == pytest.approx(-np.mean(np.log((p * q).sum(1))), rel=1e-5)
+
+
+def test_objective_adds_the_neighbours_responsibilities_and_skips_the_term_without_them():
+    c = _vade()
+    x = load_dataset(c.data, c.seed).x[:20]
+    model = make_model(c.model, x.shape[1:])
+    params = model.init(jax.random.key(0))
+    loss_fn = make_objective(model, {"recon": 1.0, "neighbours": 2.0}, {})
+    keys = jax.random.split(jax.random.key(1), 20)
+    loss, aux = loss_fn(params, {"data": x, "neighbours": x[::-1]}, keys, 0)
+    p = np.exp(np.asarray(model.apply(params, x, keys)["log_gamma"], np.float64))
+    q = np.exp(np.asarray(model.predict(params, x[::-1])["log_gamma"], np.float64))
+    expected = -np.mean(np.log((p * q).sum(1)))
+    assert float(aux["neighbours"]) == pytest.approx(expected, rel=1e-4) and expected > 0.1
+    assert float(loss) == pytest.approx(float(aux["recon"]) + 2 * expected, rel=1e-5)
+    plain, plain_aux = loss_fn(params, x, keys, 0)                 # the whole-data score: no neighbours
+    assert "neighbours" not in plain_aux and float(plain) == pytest.approx(float(aux["recon"]), rel=1e-6)
+
+
+# -- config errors ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k, phases, error, message", [
+    (K_NBR, ("pretrain", "gmm_init", "main"), ConfigError, "'main': the 'neighbours' term needs a neighbours phase"),
+    (K_NBR, ("pretrain", "gmm_init", "main", "knn"), ConfigError, "needs a neighbours phase before it"),
+    (K_NBR, (), ConfigError, "'main': the 'neighbours' term needs a neighbours phase"),    # the implicit phase
+    (K_NBR, ("knn", "pretrain", "gmm_init", "main"), ConfigError, "no train phase without the term in between"),
+    (True, None, ConfigError, "k must be a whole number >= 1, got True"),
+    (0, None, ConfigError, "k must be a whole number >= 1, got 0"),
+    (2.5, None, ConfigError, "k must be a whole number >= 1, got 2.5"),
+    ("5", None, ConfigError, "k must be a whole number >= 1, got '5'"),
+    (N, None, DataError, f"k={N} neighbours need more than k training samples; 'digits' has {N}"),
+])
+def test_bad_neighbour_configs_fail_before_anything_is_written(tmp_path, k, phases, error, message):
+    c = _vade(k) if phases is None else _vade(k, phases)
+    with pytest.raises(error, match=message):
+        train_and_evaluate(c, tmp_path / "run", **quiet)
+    assert not (tmp_path / "run").exists()
+
+
+def test_k_counts_only_the_training_samples():
+    c = _vade(k=239)
+    c.train.validation_fraction = 0.2                               # 60 of 300 held out
+    data = load_dataset(c.data, c.seed)
+    check_config(c, data)
+    c.phases.knn.k = 240
+    with pytest.raises(DataError, match="k=240 neighbours .* has 240"):
+        check_config(c, data)
+
+
+# -- training runs ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The 80-step run, uninterrupted: (config, workdir, summary)."""
+    workdir = tmp_path_factory.mktemp("neighbours") / "straight"
+    c = _vade()
+    return c, workdir, train_and_evaluate(c, workdir, **quiet)
+
+
+def test_run_carries_the_table_and_logs_the_term(straight):
+    c, workdir, summary = straight
+    assert summary["steps"] == 80 and np.isfinite(summary["restart_objective"]).all()
+    logs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["phase"]) for r in logs] == [(20, "pretrain"), (40, "pretrain"), (60, "main"), (80, "main")]
+    assert all("neighbours" not in r for r in logs[:2])
+    assert all(np.isfinite(r["loss"]) and 0 < r["neighbours"] < 20 for r in logs[2:])
+    # The table in the state is each restart's kNN of its embedding after pretraining (step 40).
+    data = load_dataset(c.data, c.seed)
+    model = make_model(c.model, data.x.shape[1:])
+    pretrained, final = _checkpoint(workdir, 40), _checkpoint(workdir, 80)
+    assert "neighbours" not in pretrained and final["neighbours"].shape == (2, N, K_NBR)
+    for r in range(2):
+        z = model.embed(jax.tree.map(lambda a: a[r], pretrained["params"]), data.x)
+        np.testing.assert_array_equal(final["neighbours"][r], knn_table(z, K_NBR))
+        assert agreement(final["neighbours"][r], data.y) > 0.4        # 10 classes: chance is ~0.1
+    assert (final["neighbours"][0] != final["neighbours"][1]).mean() > 0.1   # restarts keep their own
+    stacked, step, phase = restore_stacked(c, workdir, model)      # the table's shape from the metadata
+    assert (step, phase.name) == (80, "main")
+    assert_trees_equal(stacked, final["params"])
+
+
+def test_resume_in_the_neighbours_phase_restores_the_table(straight, tmp_path):
+    c, workdir, _ = straight
+    half = c.copy_and_resolve_references()
+    half.train.steps = 60                                          # stops 20 steps into "main"
+    train_and_evaluate(half, tmp_path, **quiet)
+    messages = []
+    train_and_evaluate(c, tmp_path, **{**quiet, "echo": lambda m, **k: messages.append(m)})
+    assert any("Resuming from checkpoint" in m and "step 60" in m and "'main'" in m for m in messages)
+    assert not any("phase 'knn'" in m for m in messages)          # the table came from the checkpoint
+    straight_state, resumed_state = _checkpoint(workdir, 80), _checkpoint(tmp_path, 80)
+    np.testing.assert_array_equal(straight_state["neighbours"], resumed_state["neighbours"])
+    assert_trees_equal(straight_state["params"], resumed_state["params"])
+
+
+def test_shard_map_matches_one_device_with_neighbours(tmp_path):
+    states = {}
+    for mode in ("single", "shard_map"):
+        c = _vade(phases=("knn", "main"))                          # the table from the (identical) init
+        c.train.steps = 20
+        c.parallel.mode, c.parallel.devices = mode, 2
+        summary = train_and_evaluate(c, tmp_path / mode, **quiet)
+        assert summary["parallel"]["devices"] == (1 if mode == "single" else 2)
+        states[mode] = _checkpoint(tmp_path / mode, 20)
+    np.testing.assert_array_equal(states["single"]["neighbours"], states["shard_map"]["neighbours"])
+    print("largest relative difference per leaf:", _assert_close(states["single"]["params"],
+                                                                 states["shard_map"]["params"], 1e-4))
