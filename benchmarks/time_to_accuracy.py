@@ -10,7 +10,7 @@ progress goes to stderr.
 
 The run is `python -m gmvc.main`'s own (gmvc.train.train_and_evaluate), unchanged. The
 accuracy is evaluated on a fixed schedule: at every log step (`train.log_every`) of the phases
-that train the mixture (the last train phase), on every sample, with the restart the run itself
+that train the mixture (every train phase after the first init_prior phase), on every sample, with the restart the run itself
 would choose at that point (train.restart_choice; no label involved). Labels only score that
 choice. The evaluation's own time is measured and taken out of the wall time, so the figure is
 the time the run needed, not the time spent watching it. `reference_seconds` is a PyTorch
@@ -83,18 +83,28 @@ class Watcher:
             self.reached = {"step": step, "seconds": round(run_seconds, 2), "acc": round(acc, 4)}
 
 
+def scored_phases(config):
+    """The train phases that train the mixture: every one after the first init_prior phase (the
+    last train phase when there is none)."""
+    names = list(config.train.phases)
+    kinds = [config.phases[n].kind for n in names]
+    if "init_prior" not in kinds:
+        return {[n for n, k in zip(names, kinds) if k == "train"][-1]} if names else {"main"}
+    first = kinds.index("init_prior")
+    return {n for n, k in zip(names[first:], kinds[first:]) if k == "train"}
+
+
 def run_one(config, target, workdir):
     data = load_dataset(config.data, config.seed)
     if data.y is None:
         raise SystemExit(f"time_to_accuracy.py: {config.data.source!r} has no labels to score the runs with")
-    last = [name for name in config.train.phases if config.phases[name].kind == "train"][-1] \
-        if config.train.phases else "main"
+    scored = scored_phases(config)
     watcher = Watcher(config, data, target)
     original = monitor.Monitor.validate
 
     def validate(self, step, phase, params, values):
         stop = original(self, step, phase, params, values)
-        if phase.name == last:
+        if phase.name in scored:
             watcher(step, phase, params)
         return stop
 

@@ -186,12 +186,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
                      flush=True)
                 continue
             if phase.kind == "neighbours":
-                train_x = data.x if split is None else data.x[split[0]]
-                table = neighbour_phase(phase.spec, model, params, train_x, config.eval.batch_size)
-                train_y = None if data.y is None else (data.y if split is None else data.y[split[0]])
-                echo(f"phase {phase.name!r}: {phase.spec['k']} nearest neighbours of each sample in the embedding"
-                     + ("" if train_y is None else f" ({agreement(table[0], train_y):.1%} share its label; "
-                        f"reported only)"), flush=True)
+                table = neighbours_phase(phase, model, params, data, split, config, echo)
                 continue
             runner = runners[phase.name]
             phase_table = table if uses_neighbours(phase.spec) else None
@@ -363,6 +358,16 @@ def init_prior_phase(phase, model, params, x, rng, config):
         z = jnp.concatenate([embed(params_r, x[i:i + bs]) for i in range(0, len(x), bs)])
         priors.append(fit(jax.random.fold_in(rng, r + 1), z))
     return {**params, "prior": jax.tree.map(lambda *a: jnp.stack(a), *priors)}
+
+
+def neighbours_phase(phase, model, params, data, split, config, echo):
+    """The neighbour table [R, N_train, k] of each restart's embedding of the training samples."""
+    rows = slice(None) if split is None else split[0]
+    table = neighbour_phase(phase.spec, model, params, data.x[rows], config.eval.batch_size)
+    shared = "" if data.y is None else f" ({agreement(table[0], data.y[rows]):.1%} share its label; reported only)"
+    echo(f"phase {phase.name!r}: {phase.spec['k']} nearest neighbours of each sample in the embedding{shared}",
+         flush=True)
+    return table
 
 
 def restore_stacked(config, workdir, model):
