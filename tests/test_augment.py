@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmvc.augment import check_data, make_augment, parse_augment, shift_image, warp
+from gmvc.augment import check_data, make_augment, parse_augment, warp
 from gmvc.errors import ConfigError
 
 
@@ -28,14 +28,6 @@ def test_half_pixel_shift_averages_neighbours():
     img = _images(1)[0]
     out = np.asarray(warp(img, 0.0, jnp.array([0.0, 0.5])))
     np.testing.assert_allclose(out[:, 1:], 0.5 * (img[:, 1:] + img[:, :-1]), atol=1e-6)
-
-
-def test_shift_only_path_equals_the_general_warp():
-    img = _images(1)[0]
-    for offset in ([0.3, -1.7], [-2.0, 2.0], [1.49, 0.0], [-0.01, 0.99]):
-        offset = jnp.array(offset)
-        np.testing.assert_allclose(np.asarray(shift_image(img, offset, 2.0)), np.asarray(warp(img, 0.0, offset)),
-                                   atol=1e-6)
 
 
 def test_per_sample_keys_decide_each_image():
