@@ -13,6 +13,7 @@ import numpy as np
 
 from gmvc import mixture
 from gmvc.errors import ConfigError
+from gmvc.neighbours import has_neighbours
 
 AUGMENT_KEYS = ("shift", "rotate")
 _SALT = 0x6175   # folded into each sample's key so augmentation noise is not the model's noise
@@ -71,7 +72,7 @@ def make_augment(spec):
         return jax.vmap(lambda img, k: _random_warp(img, k, shift, rotate))(x, keys)
 
     def augment(batch, rng):
-        if isinstance(batch, dict) and "neighbours" in batch:      # [R, B, ...] neighbours, their own draws
+        if has_neighbours(batch):      # the neighbours get their own draws
             return {"data": augment(batch["data"], rng), "neighbours": augment(batch["neighbours"],
                                                                              mixture.fold_in(rng, 1))}
         if isinstance(batch, dict):

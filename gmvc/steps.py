@@ -45,7 +45,7 @@ def make_restarts_step(train_step, restarts):
             return new["params"], new["opt_state"], aux
 
         rngs = jax.vmap(lambda r: mixture.fold_in(rng, r))(jnp.arange(restarts))   # [R] keys, or [R, B] per sample
-        batch_axes = {"data": None, "neighbours": 0} if has_neighbours(batch) else None
+        batch_axes = {"data": None, "neighbours": 0} if neighbours.has_neighbours(batch) else None
         params, opt_state, aux = jax.vmap(one, in_axes=(0, 0, 0, batch_axes))(state["params"], state["opt_state"],
                                                                             rngs, batch)
         return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, aux   # aux leaves [R]
@@ -69,10 +69,6 @@ def make_epoch_order(rng, num_examples, batch_size):
 def select_batch(x, idx, keys):
     """One device: the batch's rows and the per-sample noise keys as they are."""
     return jax.tree.map(lambda a: a[idx], x), keys
-
-
-def has_neighbours(batch):
-    return isinstance(batch, dict) and "neighbours" in batch
 
 
 def assemble_batch(state, x, idx, keys, select):

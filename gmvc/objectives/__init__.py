@@ -3,6 +3,7 @@ Weights may be schedules of the step (gmvc/schedules.py)."""
 import jax.numpy as jnp
 
 from gmvc.errors import ConfigError
+from gmvc.neighbours import has_neighbours
 from gmvc.objectives.terms import BATCH_TERMS, NEIGHBOUR_TERMS, TERMS
 from gmvc.schedules import make_schedule
 
@@ -31,7 +32,7 @@ def make_objective(model, weights, term_options, axis_name=None):
 
     def loss_fn(params, batch, rng, step):
         nbr = None
-        if isinstance(batch, dict) and "neighbours" in batch:
+        if has_neighbours(batch):
             batch, nbr = batch["data"], batch["neighbours"]
         out = model.apply(params, batch, rng)
         if nbr is not None and wants_neighbours:
