@@ -4,6 +4,7 @@ import json
 import math
 import pathlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import jax
@@ -63,6 +64,47 @@ def model_inputs(model, data):
                         f"is conditioned on {model.num_labels} (model.num_clusters): labels must be 0.."
                         f"{model.num_labels - 1}")
     return {"x": data.x, "y": data.y.astype(np.int32)}
+
+
+class Warmup:
+    """Compiles the programs of later phases in one background thread while earlier phases run
+    (XLA releases the GIL while it compiles), so a phase change does not stop for compilation.
+    `ready(name)` waits for that phase's program; a failed warm-up is left to the phase's own
+    call, which compiles (and reports any error) as it would have without it."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="gmvc-compile")
+        self._jobs = {}
+
+    def submit(self, name, fn, *args, **kwargs):
+        self._jobs[name] = self._pool.submit(fn, *args, **kwargs)
+
+    def ready(self, name):
+        job = self._jobs.pop(name, None)
+        if job is not None:
+            job.exception()         # waits; on an error the phase compiles for itself
+
+    def close(self):
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_warmup(config, model, phases, runners, fits, params, x_device, train_rng, x_rows, start_at):
+    """Queue, in phase order, the compilation of every phase from `start_at` on."""
+    warm = Warmup()
+    params_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), params)
+    one_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params_like)
+    for i, phase in enumerate(phases):
+        if i < start_at:
+            continue
+        if phase.kind == "train":
+            table_like = (jax.ShapeDtypeStruct((config.train.restarts, len(x_rows), neighbour_k(phases, i)), np.int32)
+                          if uses_neighbours(phase.spec) else None)
+            warm.submit(phase.name, runners[phase.name].precompile, params_like, x_device, train_rng, table_like)
+        elif phase.kind == "init_prior":
+            x_like = jax.ShapeDtypeStruct((prior_fit_rows(phase.spec, len(x_rows)), *x_rows.shape[1:]), x_rows.dtype)
+            z_like = jax.eval_shape(model.embed, one_like, x_like)
+            warm.submit(phase.name, lambda f, z: f.lower(train_rng, z).compile(), fits[phase.name], z_like)
+    return warm
 
 
 class Progress:
@@ -144,32 +186,43 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
         export.write_json(workdir / "config.json", config_lib.to_dict(config))
     rng = jax.random.key(config.seed)
     init_rng, train_rng, sample_rng, prior_rng = jax.random.split(rng, 4)
-    params = jax.tree.map(np.asarray, init_params(model.init, init_rng, config.train.restarts))
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
     step, opt_state, resume_at, table = ckpt.latest_step() or 0, None, -1, None
     if step:
         resume_at = resume_index(phases, step)
-        resumed = phases[resume_at]
-        like_table = (np.zeros((config.train.restarts, num_train, neighbour_k(phases, resume_at)), np.int32)
-                      if uses_neighbours(resumed.spec) else None)
-        restored = restore_state(ckpt, step, layout, create_state(params, runners[resumed.name].tx,
-                                                                  neighbours=like_table))
-        params, opt_state, table = restored["params"], restored["opt_state"], restored.get("neighbours")
-        echo(f"Resuming from checkpoint {ckpt.path(step)} (step {step} of {config.train.steps}, "
-             f"phase {phases[resume_at].name!r})", flush=True)
-    else:
-        echo(f"Starting a new run in {workdir} ({len(data.x)} samples from {data.name!r}"
-             f"{_split_note(split)}{_layout_note(layout)})", flush=True)
 
     inputs = model_inputs(model, data)
     train_inputs, val_inputs = (inputs, None) if split is None else (
         jax.tree.map(lambda a: a[split[0]], inputs), jax.tree.map(lambda a: a[split[1]], inputs))
     x_device = parallel.put_data(layout, train_inputs)
-    progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo, write=main_process)
-    events = open_events(workdir, step, config, model, data, inputs, sample_rng, main_process,
-                         images=write_outputs, samples_per_group=_samples_per_group(config, model, data))
-    last_phase = [p.name for p in phases if p.kind == "train"][-1]
-    watch = monitor.Monitor(config, model, layout, val_inputs, events, workdir, last_phase, main_process, echo)
+    fits = {p.name: prior_fit(p.spec, model) for p in phases if p.kind == "init_prior"}
+    # The phases compile in a background thread from here on, while the parameters initialise.
+    warm = start_warmup(config, model, phases, runners, fits,
+                        jax.eval_shape(lambda r: init_params(model.init, r, config.train.restarts), init_rng),
+                        x_device, train_rng, data.x if split is None else data.x[split[0]], max(resume_at, 0))
+    try:
+        params = jax.tree.map(np.asarray, init_params(model.init, init_rng, config.train.restarts))
+        if step:
+            resumed = phases[resume_at]
+            like_table = (np.zeros((config.train.restarts, num_train, neighbour_k(phases, resume_at)), np.int32)
+                          if uses_neighbours(resumed.spec) else None)
+            restored = restore_state(ckpt, step, layout, create_state(params, runners[resumed.name].tx,
+                                                                      neighbours=like_table))
+            params, opt_state, table = restored["params"], restored["opt_state"], restored.get("neighbours")
+            echo(f"Resuming from checkpoint {ckpt.path(step)} (step {step} of {config.train.steps}, "
+                 f"phase {phases[resume_at].name!r})", flush=True)
+        else:
+            echo(f"Starting a new run in {workdir} ({len(data.x)} samples from {data.name!r}"
+                 f"{_split_note(split)}{_layout_note(layout)})", flush=True)
+
+        progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo, write=main_process)
+        events = open_events(workdir, step, config, model, data, inputs, sample_rng, main_process,
+                             images=write_outputs, samples_per_group=_samples_per_group(config, model, data))
+        last_phase = [p.name for p in phases if p.kind == "train"][-1]
+        watch = monitor.Monitor(config, model, layout, val_inputs, events, workdir, last_phase, main_process, echo)
+    except BaseException:
+        warm.close()
+        raise
     try:
         watch.resume(step)
         if watch.stopped:
@@ -179,9 +232,10 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
         for i, phase in enumerate(phases):
             if i < resume_at or watch.stopped:
                 continue
+            warm.ready(phase.name)
             if phase.kind == "init_prior":
                 params = init_prior_phase(phase, model, params, data.x if split is None else data.x[split[0]],
-                                          jax.random.fold_in(prior_rng, i), config)
+                                          jax.random.fold_in(prior_rng, i), config, fits[phase.name])
                 echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings ({phase.spec['method']})",
                      flush=True)
                 continue
@@ -202,6 +256,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
         summary = finish(config, model, params, data, inputs, runners[last_phase], workdir, sample_rng, echo,
                          main_process and write_outputs, events, step, watch)
     finally:
+        warm.close()
         watch.close()
         events.close()
     summary.update({"steps": step, "data_shape": list(data.x.shape[1:]), "train_seconds": round(train_seconds, 2),
@@ -302,6 +357,8 @@ class PhaseRunner:
                 return fn(state, x, rng)
             return traced
 
+        self.warmable = not uses_host_loop(config) and (layout.mode == "single" or (
+            layout.mode == "shard_map" and jax.process_count() == 1))
         if uses_host_loop(config):
             one = steps.make_indexed_step(step_fn, num_examples=num_examples, batch_size=t.batch_size, select=select)
             self.run_chunk = steps.make_host_chunk(parallel.wrap_chunk(layout, counted(one)), chunk_len=t.log_every,
@@ -310,6 +367,17 @@ class PhaseRunner:
             chunk = steps.make_train_chunk(step_fn, num_examples=num_examples, batch_size=t.batch_size,
                                            chunk_len=t.log_every, total_steps=phase.end, select=select)
             self.run_chunk = parallel.wrap_chunk(layout, counted(chunk))
+
+    def precompile(self, params_like, x, rng, table_like=None):
+        """Compile this phase's chunk ahead, from the shapes of its state (`Warmup` runs this in
+        a thread while earlier phases train); the later call finds the program in JAX's cache."""
+        if not self.warmable:
+            return
+        state_like = jax.eval_shape(lambda p, t: create_state(p, self.tx, neighbours=t), params_like, table_like)
+        sharding = (jax.sharding.SingleDeviceSharding(self.layout.devices[0]) if self.layout.mode == "single"
+                    else jax.sharding.NamedSharding(self.layout.mesh, jax.sharding.PartitionSpec()))
+        state_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), state_like)
+        self.run_chunk.lower(state_like, x, rng).compile()
 
     def _step_of(self, state):
         return int(parallel.to_host(state["step"] if self.layout.mode != "pmap" else state["step"][0]))
@@ -340,17 +408,28 @@ class PhaseRunner:
         return state
 
 
-def init_prior_phase(phase, model, params, x, rng, config):
+def prior_fit(spec, model):
+    """The compiled fit(rng, z) -> prior of an init_prior phase."""
+    return jax.jit(lambda r, z: fit_diag_gmm(r, z, model.num_clusters, spec["kmeans_iters"],
+                                             spec["em_iters"] if spec["method"] == "em" else 0, spec["n_init"],
+                                             select=spec["select"]))
+
+
+def prior_fit_rows(spec, num_train):
+    """How many embeddings an init_prior phase fits."""
+    return min(num_train, spec["batches"] * spec["batch_size"]) if spec["method"] == "minibatch" else num_train
+
+
+def init_prior_phase(phase, model, params, x, rng, config, fit=None):
     """Refit each restart's mixture prior to its embeddings of the data (all of it for "em", at
-    most batches * batch_size samples for "minibatch")."""
+    most batches * batch_size samples for "minibatch"). `fit`: prior_fit(phase.spec, model),
+    when compiled ahead."""
     spec = phase.spec
     if spec["method"] == "minibatch":
-        n = min(len(x), spec["batches"] * spec["batch_size"])
+        n = prior_fit_rows(spec, len(x))
         x = x[np.asarray(jax.random.permutation(jax.random.fold_in(rng, 0), len(x)))[:n]]
     embed = jax.jit(model.embed)
-    fit = jax.jit(lambda r, z: fit_diag_gmm(r, z, model.num_clusters, spec["kmeans_iters"],
-                                            spec["em_iters"] if spec["method"] == "em" else 0, spec["n_init"],
-                                            select=spec["select"]))
+    fit = fit or prior_fit(spec, model)
     priors = []
     for r in range(config.train.restarts):
         params_r = jax.tree.map(lambda a: a[r], params)

@@ -129,3 +129,50 @@ def test_incompatible_checkpoint_is_reported_and_kept(spiral_config, tmp_path):
     with pytest.raises(CheckpointError, match="checkpoints/200"):
         train_and_evaluate(spiral_config, tmp_path, **quiet)
     assert (tmp_path / "checkpoints" / "200").is_dir()
+
+
+def _small_phased_config():
+    """vade_digits' phases (pretrain -> gmm_init -> main), shrunk to seconds."""
+    import pathlib
+    from gmvc.config import from_sibling
+    c = from_sibling(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "x.py"), "vade_digits.py")
+    c.unlock()
+    c.model.hidden_sizes = (32, 32)
+    c.phases.pretrain.steps = 40
+    c.phases.gmm_init.n_init = 2
+    c.train.steps, c.train.restarts, c.train.log_every, c.train.checkpoint_every = 80, 2, 20, 40
+    return c
+
+
+def test_later_phases_compile_in_the_background_and_train_the_same(tmp_path, monkeypatch):
+    """Every phase's program (both chunks and the mixture fit) compiles in the warm-up thread,
+    none on the main thread; the run is the same, bit for bit, as one that compiles each
+    phase when it starts."""
+    import threading
+    from gmvc import train as train_lib
+
+    compiled = []
+
+    def listen(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append((kwargs.get("fun_name", ""), threading.current_thread().name))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        warm = train_and_evaluate(_small_phased_config(), tmp_path / "warm", **quiet)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    chunks = [thread for name, thread in compiled if name == "jit(traced)"]
+    assert warm["compiles"] == 2 and len(chunks) == 2, compiled
+    assert all(t.startswith("gmvc-compile") for t in chunks), compiled
+    fits = [thread for name, thread in compiled if name == "jit(<lambda>)" and thread.startswith("gmvc-compile")]
+    assert len(fits) == 1, compiled                        # the init_prior fit
+
+    monkeypatch.setattr(train_lib, "start_warmup", lambda *a, **k: train_lib.Warmup())
+    cold = train_and_evaluate(_small_phased_config(), tmp_path / "cold", **quiet)
+    assert cold["compiles"] == 2
+    assert_trees_equal(final_params(tmp_path / "warm", 80), final_params(tmp_path / "cold", 80))
+    assert (tmp_path / "warm" / "metrics.jsonl").read_text().count("\n") == 4
+    for a, b in zip(*(open(tmp_path / d / "metrics.jsonl").read().splitlines() for d in ("warm", "cold"))):
+        wa, wb = json.loads(a), json.loads(b)
+        assert wa["loss"] == wb["loss"] and wa["step"] == wb["step"]
