@@ -45,7 +45,10 @@ def init_params(init_fn, rng, restarts=1):
     """[R, ...] parameters: R independent initialisations, in one compiled program (the same
     values as running the initialisers op by op, in half the time: each initialiser there
     compiles on its own)."""
-    return jax.jit(lambda key: jax.vmap(init_fn)(jax.random.split(key, restarts)))(rng)
+    def initialise(key):
+        return jax.vmap(init_fn)(jax.random.split(key, restarts))
+
+    return jax.jit(initialise)(rng)
 
 
 def create_state(params, tx, step=0, opt_state=None, neighbours=None):

@@ -173,6 +173,7 @@ def make_full_loss(loss_fn, batch_size):
         return float(np.mean([batch_loss(params, tree_slice(x, i * batch_size, (i + 1) * batch_size), step)
                               for i in range(n)]))
 
+    full_loss.batch_loss = batch_loss           # the compiled part, for gmvc.train.Warmup
     return full_loss
 
 

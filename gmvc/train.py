@@ -88,8 +88,9 @@ class Warmup:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def start_warmup(config, model, phases, runners, fits, params, x_device, train_rng, x_rows, start_at):
-    """Queue, in phase order, the compilation of every phase from `start_at` on."""
+def start_warmup(config, model, phases, runners, fits, params, x_device, train_rng, x_rows, inputs, start_at):
+    """Queue, in phase order, the compilation of every phase from `start_at` on, then of the
+    final restart choice's score on `inputs` (all the samples)."""
     warm = Warmup()
     params_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), params)
     one_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params_like)
@@ -104,6 +105,8 @@ def start_warmup(config, model, phases, runners, fits, params, x_device, train_r
             x_like = jax.ShapeDtypeStruct((prior_fit_rows(phase.spec, len(x_rows)), *x_rows.shape[1:]), x_rows.dtype)
             z_like = jax.eval_shape(model.embed, one_like, x_like)
             warm.submit(phase.name, lambda f, z: f.lower(train_rng, z).compile(), fits[phase.name], z_like)
+    last = [p.name for p in phases if p.kind == "train"][-1]
+    warm.submit("finish", runners[last].precompile_full_loss, params_like, inputs)
     return warm
 
 
@@ -199,7 +202,8 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
     # The phases compile in a background thread from here on, while the parameters initialise.
     warm = start_warmup(config, model, phases, runners, fits,
                         jax.eval_shape(lambda r: init_params(model.init, r, config.train.restarts), init_rng),
-                        x_device, train_rng, data.x if split is None else data.x[split[0]], max(resume_at, 0))
+                        x_device, train_rng, data.x if split is None else data.x[split[0]], inputs,
+                        max(resume_at, 0))
     try:
         params = jax.tree.map(np.asarray, init_params(model.init, init_rng, config.train.restarts))
         if step:
@@ -252,6 +256,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
         train_seconds = time.time() - t_train
         ckpt.close()
 
+        warm.ready("finish")
         params = watch.final_params(params, workdir)              # the best step's under early stopping
         summary = finish(config, model, params, data, inputs, runners[last_phase], workdir, sample_rng, echo,
                          main_process and write_outputs, events, step, watch)
@@ -340,6 +345,7 @@ class PhaseRunner:
         axis = layout.axis_name
         # The loss on the whole data (choose_restart) runs on one device; the step's loss per device.
         self.loss = make_objective(model, phase.spec["objective"], config.terms)
+        self.full_loss = steps.make_full_loss(self.loss, config.eval.batch_size)     # choose_restart's score
         device_loss = make_objective(model, phase.spec["objective"], config.terms, axis_name=axis)
         self.tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
         start = phase.start
@@ -378,6 +384,13 @@ class PhaseRunner:
                     else jax.sharding.NamedSharding(self.layout.mesh, jax.sharding.PartitionSpec()))
         state_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), state_like)
         self.run_chunk.lower(state_like, x, rng).compile()
+
+    def precompile_full_loss(self, params_like, inputs):
+        """Compile choose_restart's score of this phase ahead (one restart, one eval batch)."""
+        batch = min(self.config.eval.batch_size, len(jax.tree.leaves(inputs)[0]))
+        batch_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct((batch, *a.shape[1:]), a.dtype), inputs)
+        one_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params_like)
+        self.full_loss.batch_loss.lower(one_like, batch_like, self.phase.end - self.phase.start).compile()
 
     def _step_of(self, state):
         return int(parallel.to_host(state["step"] if self.layout.mode != "pmap" else state["step"][0]))
@@ -530,7 +543,7 @@ def choose_restart(config, runner, model, stacked_params, x):
     even cluster usage, KL(mean_n q(c | x_n) || Uniform(K)) over the whole data."""
     restarts = config.train.restarts
     unstack = lambda r: jax.tree.map(lambda a: a[r], stacked_params)
-    full_loss = steps.make_full_loss(runner.loss, config.eval.batch_size)
+    full_loss = runner.full_loss
     step = runner.phase.end - runner.phase.start
     losses = [full_loss(unstack(r), x, step) for r in range(restarts)]
     info = {"restart_objective": [round(v, 5) for v in losses]}
