@@ -36,7 +36,9 @@ from gmvc.errors import TrainingError  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", action="append", required=True, help="config file (repeatable)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    p.add_argument("--seeds", type=int, default=5, help="seeds first..first+N-1")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first seed (to add seeds to an earlier measurement; merge the per_seed lists)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. train.steps=500 (repeatable)")
     p.add_argument("--workdir", default="", help="where runs go (default: a temporary folder, removed)")
@@ -135,7 +137,7 @@ def main(argv=None):
             config = load_config(path, args.set, 0)
             data = load_dataset(config.data, config.seed)
             runs = []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 config = load_config(path, args.set, seed)
                 run = run_gmvc(config, root / name / f"seed{seed}", data.y)
                 runs.append(run)
@@ -143,7 +145,7 @@ def main(argv=None):
                       file=sys.stderr, flush=True)
             result = {"config": path, "dataset": config.data.source, "num_samples": len(data.x),
                       "num_clusters": config.model.num_clusters, "overrides": args.set, "seeds": args.seeds,
-                      "gmvc": summarise(runs)}
+                      "first_seed": args.first_seed, "gmvc": summarise(runs)}
             if not args.no_baselines:
                 result.update(baselines(data, config.model.num_clusters, args.seeds))
             results.append(result)

@@ -59,6 +59,7 @@ def base_config():
     c.train.max_checkpoints = 3
     c.train.phases = ()                # names of config.phases in order; () = one phase of train.steps
     c.train.loop = "auto"              # scan | host | auto (host for conv networks; see gmvc/train.py)
+    c.train.compile_ahead = True       # compile later phases in a background thread (gmvc/train.py Warmup)
     c.train.restarts = 1               # independent inits trained together; one is kept, chosen by:
     c.train.restart_choice = "objective"   # objective (lowest on the data) | balance (most even cluster usage)
     c.train.validation_fraction = 0.0  # share of the samples held out of training; its ELBO is logged (gmvc/monitor.py)

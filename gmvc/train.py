@@ -90,8 +90,11 @@ class Warmup:
 
 def start_warmup(config, model, phases, runners, fits, params, x_device, train_rng, x_rows, inputs, start_at):
     """Queue, in phase order, the compilation of every phase from `start_at` on, then of the
-    final restart choice's score on `inputs` (all the samples)."""
+    final restart choice's score on `inputs` (all the samples); nothing with
+    train.compile_ahead=False."""
     warm = Warmup()
+    if not config.train.compile_ahead:
+        return warm
     params_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), params)
     one_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params_like)
     for i, phase in enumerate(phases):
