@@ -102,7 +102,7 @@ def run_gmvc(config, workdir, labels):
     return run
 
 
-def baselines(data, k, seeds):
+def baselines(data, k, seeds):          # seeds: the seeds to run (a range)
     """k-means (10 inits) and a diagonal-covariance GMM (k-means init) on the flattened data."""
     from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
@@ -112,7 +112,7 @@ def baselines(data, k, seeds):
                        ("diag_gmm", lambda s: GaussianMixture(k, covariance_type="diag", reg_covar=1e-3,
                                                               random_state=s))):
         runs = []
-        for seed in range(seeds):
+        for seed in seeds:
             t0 = time.time()
             pred = make(seed).fit_predict(x)
             run = {"seed": seed, "seconds": round(time.time() - t0, 2),
@@ -147,7 +147,8 @@ def main(argv=None):
                       "num_clusters": config.model.num_clusters, "overrides": args.set, "seeds": args.seeds,
                       "first_seed": args.first_seed, "gmvc": summarise(runs)}
             if not args.no_baselines:
-                result.update(baselines(data, config.model.num_clusters, args.seeds))
+                result.update(baselines(data, config.model.num_clusters,
+                                        range(args.first_seed, args.first_seed + args.seeds)))
             results.append(result)
             print(json.dumps(result), flush=True)
     finally:

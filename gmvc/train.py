@@ -88,10 +88,11 @@ class Warmup:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def start_warmup(config, model, phases, runners, fits, params, x_device, train_rng, x_rows, inputs, start_at):
+def start_warmup(config, model, phases, runners, fits, params, x_device, train_rng, x_rows, inputs, start_at,
+                 last_phase):
     """Queue, in phase order, the compilation of every phase from `start_at` on, then of the
-    final restart choice's score on `inputs` (all the samples); nothing with
-    train.compile_ahead=False."""
+    final restart choice's score (`last_phase`'s objective) on `inputs` (all the samples);
+    nothing with train.compile_ahead=False."""
     warm = Warmup()
     if not config.train.compile_ahead:
         return warm
@@ -108,8 +109,7 @@ def start_warmup(config, model, phases, runners, fits, params, x_device, train_r
             x_like = jax.ShapeDtypeStruct((prior_fit_rows(phase.spec, len(x_rows)), *x_rows.shape[1:]), x_rows.dtype)
             z_like = jax.eval_shape(model.embed, one_like, x_like)
             warm.submit(phase.name, lambda f, z: f.lower(train_rng, z).compile(), fits[phase.name], z_like)
-    last = [p.name for p in phases if p.kind == "train"][-1]
-    warm.submit("finish", runners[last].precompile_full_loss, params_like, inputs)
+    warm.submit("finish", runners[last_phase].precompile_full_loss, one_like, inputs)
     return warm
 
 
@@ -202,11 +202,12 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
         jax.tree.map(lambda a: a[split[0]], inputs), jax.tree.map(lambda a: a[split[1]], inputs))
     x_device = parallel.put_data(layout, train_inputs)
     fits = {p.name: prior_fit(p.spec, model) for p in phases if p.kind == "init_prior"}
+    last_phase = [p.name for p in phases if p.kind == "train"][-1]
     # The phases compile in a background thread from here on, while the parameters initialise.
     warm = start_warmup(config, model, phases, runners, fits,
                         jax.eval_shape(lambda r: init_params(model.init, r, config.train.restarts), init_rng),
                         x_device, train_rng, data.x if split is None else data.x[split[0]], inputs,
-                        max(resume_at, 0))
+                        max(resume_at, 0), last_phase)
     try:
         params = jax.tree.map(np.asarray, init_params(model.init, init_rng, config.train.restarts))
         if step:
@@ -225,7 +226,6 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
         progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo, write=main_process)
         events = open_events(workdir, step, config, model, data, inputs, sample_rng, main_process,
                              images=write_outputs, samples_per_group=_samples_per_group(config, model, data))
-        last_phase = [p.name for p in phases if p.kind == "train"][-1]
         watch = monitor.Monitor(config, model, layout, val_inputs, events, workdir, last_phase, main_process, echo)
     except BaseException:
         warm.close()
@@ -388,11 +388,11 @@ class PhaseRunner:
         state_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), state_like)
         self.run_chunk.lower(state_like, x, rng).compile()
 
-    def precompile_full_loss(self, params_like, inputs):
-        """Compile choose_restart's score of this phase ahead (one restart, one eval batch)."""
+    def precompile_full_loss(self, one_like, inputs):
+        """Compile choose_restart's score of this phase ahead: `one_like` one restart's parameter
+        shapes, `inputs` all the samples (the score reads one eval batch at a time)."""
         batch = min(self.config.eval.batch_size, len(jax.tree.leaves(inputs)[0]))
         batch_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct((batch, *a.shape[1:]), a.dtype), inputs)
-        one_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params_like)
         self.full_loss.batch_loss.lower(one_like, batch_like, self.phase.end - self.phase.start).compile()
 
     def _step_of(self, state):

@@ -150,17 +150,21 @@ def test_later_phases_compile_in_the_background_and_train_the_same(tmp_path):
     train.compile_ahead=False, which compiles each phase when it starts."""
     import threading
 
-    compiled = []
+    def run_recording_compiles(config, workdir):
+        """The run's summary and its compilations as (program name, thread name)."""
+        compiled = []
 
-    def listen(event, seconds, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append((kwargs.get("fun_name", ""), threading.current_thread().name))
+        def listen(event, seconds, **kwargs):
+            if event == "/jax/core/compile/backend_compile_duration":
+                compiled.append((kwargs.get("fun_name", ""), threading.current_thread().name))
 
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        warm = train_and_evaluate(_small_phased_config(), tmp_path / "warm", **quiet)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        try:
+            return train_and_evaluate(config, workdir, **quiet), compiled
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listen)
+
+    warm, compiled = run_recording_compiles(_small_phased_config(), tmp_path / "warm")
     ahead = [name for name, thread in compiled if thread.startswith("gmvc-compile")]
     # pretrain's chunk, the init_prior fit, main's chunk, the final restart choice's score
     assert ahead == ["jit(traced)", "jit(<lambda>)", "jit(traced)", "jit(<lambda>)"], compiled
@@ -170,12 +174,7 @@ def test_later_phases_compile_in_the_background_and_train_the_same(tmp_path):
 
     cold_config = _small_phased_config()
     cold_config.train.compile_ahead = False
-    compiled.clear()
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        cold = train_and_evaluate(cold_config, tmp_path / "cold", **quiet)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
+    cold, compiled = run_recording_compiles(cold_config, tmp_path / "cold")
     assert cold["compiles"] == 2
     assert not [name for name, thread in compiled if thread.startswith("gmvc-compile")], compiled
     assert_trees_equal(final_params(tmp_path / "warm", 80), final_params(tmp_path / "cold", 80))
