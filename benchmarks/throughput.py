@@ -179,7 +179,7 @@ def bench_step(model_name, config, x, reps):
     rng = jax.random.key(1)
 
     t0 = time.perf_counter()
-    lowered = runner.run_chunk.lower(state, x_dev, rng)
+    lowered = runner.run_chunk.lower(state, x_dev, rng, runner.bounds)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -187,12 +187,12 @@ def bench_step(model_name, config, x, reps):
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
 
-    state, metrics = compiled(state, x_dev, rng)            # warm-up: first call, page-in
+    state, metrics = compiled(state, x_dev, rng, runner.bounds)            # warm-up: first call, page-in
     jax.block_until_ready(state)
     times = []
     for _ in range(reps):
         t = time.perf_counter()
-        state, metrics = compiled(state, x_dev, rng)
+        state, metrics = compiled(state, x_dev, rng, runner.bounds)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - t)
     loss = float(np.mean(jax.device_get(metrics["loss"])))

@@ -18,10 +18,12 @@ def tree_slice(inputs, start, stop):
 
 
 def make_train_step(loss_fn, tx, axis_name=None):
-    """train_step(state, batch, rng) -> (state, aux)."""
+    """train_step(state, batch, rng[, start]) -> (state, aux); the loss reads the step counted
+    from `start` (a phase's first step: its weight schedules count from there), default 0."""
 
-    def train_step(state, batch, rng):
-        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng, state["step"])
+    def train_step(state, batch, rng, start=None):
+        step = state["step"] if start is None else state["step"] - start
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng, step)
         if axis_name is not None:
             grads, aux = jax.lax.pmean((grads, aux), axis_name)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -39,9 +41,10 @@ def make_restarts_step(train_step, restarts):
     A batch with neighbours ({"data", "neighbours"}, see assemble_batch) has each restart's own
     neighbours [R, B, ...]."""
 
-    def restarts_step(state, batch, rng):
+    def restarts_step(state, batch, rng, *start):
         def one(params, opt_state, rng_r, batch_r):
-            new, aux = train_step({"step": state["step"], "params": params, "opt_state": opt_state}, batch_r, rng_r)
+            new, aux = train_step({"step": state["step"], "params": params, "opt_state": opt_state}, batch_r, rng_r,
+                                  *start)
             return new["params"], new["opt_state"], aux
 
         rngs = jax.vmap(lambda r: mixture.fold_in(rng, r))(jnp.arange(restarts))   # [R] keys, or [R, B] per sample
@@ -89,14 +92,18 @@ def step_keys(step_rng, step, batch_size):
     return jax.random.split(jax.random.fold_in(step_rng, step), batch_size)
 
 
-def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_steps, select=select_batch):
+def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_steps=None, select=select_batch):
     """chunk(state, x, rng) -> (state, metrics): `chunk_len` steps in one lax.scan on device, with
     the metrics averaged over the chunk. Steps at or past `total_steps` leave the state unchanged,
     so every chunk has the same shape and the program compiles once. `rng` is the run's training
     key: data order and step noise are folded in from it by epoch and by step. `select(x, idx,
-    keys)` gives this device's part of the batch (gmvc/parallel.py)."""
+    keys)` gives this device's part of the batch (gmvc/parallel.py). `bounds`, an int32 [2]
+    array (start, end), replaces (0, total_steps) with traced values: phases that differ only in
+    their steps then share one compiled program."""
 
-    def chunk(state, x, rng):
+    def chunk(state, x, rng, bounds=None):
+        end = total_steps if bounds is None else bounds[1]
+        start = () if bounds is None else (bounds[0],)      # train_step's optional start
         data_rng, step_rng = jax.random.split(rng)
         steps_per_epoch, order = make_epoch_order(data_rng, num_examples, batch_size)
 
@@ -104,7 +111,7 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
             step = s["step"]
             idx = jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size)
             batch, keys = assemble_batch(s, x, idx, step_keys(step_rng, step, batch_size), select)
-            return train_step(s, batch, keys)
+            return train_step(s, batch, keys, *start)
 
         perm0 = order(state["step"] // steps_per_epoch)
         aux_shape = jax.eval_shape(lambda s: run(s, perm0)[1], state)
@@ -114,7 +121,7 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
             step = s["step"]
             perm = jax.lax.cond(step % steps_per_epoch == 0, lambda: order(step // steps_per_epoch), lambda: perm)
             skip = lambda s, perm: (s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape))
-            active = step < total_steps
+            active = step < end
             s, aux = jax.lax.cond(active, run, skip, s, perm)
             return (s, perm), (aux, active)
 
@@ -130,31 +137,32 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
 
 def make_indexed_step(train_step, *, num_examples, batch_size, select=select_batch):
     """step(state, x, rng) -> (state, aux): one train step on the batch its step number selects
-    (the same batch as in make_train_chunk)."""
+    (the same batch as in make_train_chunk); `bounds` as there (only its start is read)."""
 
-    def step_fn(state, x, rng):
+    def step_fn(state, x, rng, bounds=None):
         data_rng, step_rng = jax.random.split(rng)
         steps_per_epoch, order = make_epoch_order(data_rng, num_examples, batch_size)
         step = state["step"]
         idx = jax.lax.dynamic_slice_in_dim(order(step // steps_per_epoch), (step % steps_per_epoch) * batch_size,
                                            batch_size)
         batch, keys = assemble_batch(state, x, idx, step_keys(step_rng, step, batch_size), select)
-        return train_step(state, batch, keys)
+        return train_step(state, batch, keys, *(() if bounds is None else (bounds[0],)))
 
     return step_fn
 
 
-def make_host_chunk(compiled_step, *, chunk_len, total_steps, step_of=lambda state: int(state["step"])):
+def make_host_chunk(compiled_step, *, chunk_len, total_steps=None, step_of=lambda state: int(state["step"])):
     """The make_train_chunk contract with the loop on the host: `compiled_step` (a jitted
     make_indexed_step) called once per step. XLA:CPU runs convolutions inside a compiled loop
     several times slower than outside one (measured: a conv GMVAE step 120 ms alone, 570 ms in a
     lax.scan), so convolutional networks train this way."""
 
-    def chunk(state, x, rng):
+    def chunk(state, x, rng, bounds=None):
         start = step_of(state)
+        end = total_steps if bounds is None else int(bounds[1])
         auxes = []
-        for _ in range(max(0, min(chunk_len, total_steps - start))):
-            state, aux = compiled_step(state, x, rng)
+        for _ in range(max(0, min(chunk_len, end - start))):
+            state, aux = compiled_step(state, x, rng, *(() if bounds is None else (bounds,)))
             auxes.append(aux)
         if not auxes:
             return state, {}

@@ -101,6 +101,8 @@ def start_warmup(config, model, phases, runners, fits, params, x_device, train_r
     for i, phase in enumerate(phases):
         if i < start_at:
             continue
+        if phase.kind == "train" and runners[phase.name].owner is not runners[phase.name]:
+            continue                # its program is an earlier phase's, compiled (or queued) already
         if phase.kind == "train":
             table_like = (jax.ShapeDtypeStruct((config.train.restarts, len(x_rows), neighbour_k(phases, i)), np.int32)
                           if uses_neighbours(phase.spec) else None)
@@ -182,7 +184,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
     layout = parallel.make_layout(config.parallel, config.train.batch_size)
     model = make_model(config.model, data.x.shape[1:])
     phases = build_phases(config)
-    runners = {p.name: PhaseRunner(config, model, p, num_train, layout) for p in phases if p.kind == "train"}
+    runners = make_runners(config, model, phases, num_train, layout)
     if any(p.kind == "init_prior" for p in phases) and not model.stored_prior:
         raise ConfigError(f"model {config.model.name!r} has no stored mixture prior to initialise "
                           f"(an init_prior phase needs one)")
@@ -268,7 +270,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
         watch.close()
         events.close()
     summary.update({"steps": step, "data_shape": list(data.x.shape[1:]), "train_seconds": round(train_seconds, 2),
-                    "compiles": sum(r.trace_count for r in runners.values()),
+                    "compiles": sum(r.trace_count for r in runners.values() if r.owner is r),
                     "parallel": {"mode": layout.mode, "devices": layout.n, "processes": jax.process_count()}})
     if main_process:
         export.write_json(workdir / "results.json", summary)
@@ -339,42 +341,70 @@ def uses_host_loop(config):
     return loop == "host" or (loop == "auto" and config.model.net == "conv")
 
 
-class PhaseRunner:
-    """One train phase: its objective, optimizer and compiled chunk (compiled once)."""
+def program_key(spec):
+    """What a train phase's compiled program depends on: its spec without the step count (the
+    phase's start and end are traced), so phases that differ only in length share one program."""
+    return json.dumps({k: v for k, v in spec.items() if k != "steps"}, sort_keys=True, default=repr)
 
-    def __init__(self, config, model, phase, num_examples, layout=None):
+
+def make_runners(config, model, phases, num_examples, layout):
+    """A PhaseRunner per train phase; phases with the same program_key share one compiled chunk
+    (e.g. vade_mnist5k's main and main2: one compile in place of two)."""
+    runners, by_key = {}, {}
+    for p in phases:
+        if p.kind == "train":
+            shared = by_key.get(program_key(p.spec))
+            runners[p.name] = PhaseRunner(config, model, p, num_examples, layout, program=shared)
+            by_key.setdefault(program_key(p.spec), runners[p.name])
+    return runners
+
+
+class PhaseRunner:
+    """One train phase: its objective, optimizer and compiled chunk (compiled once). `program`,
+    an earlier phase's runner with the same program_key, lends its compiled chunk, objective and
+    optimizer (the phase's bounds are arguments of the chunk, not constants in it)."""
+
+    def __init__(self, config, model, phase, num_examples, layout=None, program=None):
         self.config, self.phase = config, phase
-        self.layout = layout = layout or parallel.make_layout(config.parallel, config.train.batch_size)
+        self.bounds = np.asarray([phase.start, phase.end], np.int32)
+        self.layout = layout = program.layout if program else (
+            layout or parallel.make_layout(config.parallel, config.train.batch_size))
+        self.warmable = not uses_host_loop(config) and (layout.mode == "single" or (
+            layout.mode == "shard_map" and jax.process_count() == 1))
+        if program is not None:
+            self.owner = program.owner
+            self.loss, self.full_loss, self.tx, self.run_chunk = (program.loss, program.full_loss, program.tx,
+                                                                  program.run_chunk)
+            return
+        self.owner = self                       # the runner that owns (and counts) the compiled program
         axis = layout.axis_name
         # The loss on the whole data (choose_restart) runs on one device; the step's loss per device.
         self.loss = make_objective(model, phase.spec["objective"], config.terms)
         self.full_loss = steps.make_full_loss(self.loss, config.eval.batch_size)     # choose_restart's score
         device_loss = make_objective(model, phase.spec["objective"], config.terms, axis_name=axis)
         self.tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
-        start = phase.start
         warp = augment.make_augment(phase.spec.get("augment"))
-        # Weight schedules count from the phase start; augmentation reads the per-sample keys.
-        phase_loss = lambda p, b, r, s: device_loss(p, warp(b, r), r, s - start)
+        # Weight schedules count from the phase start (the train step passes step - start);
+        # augmentation reads the per-sample keys.
+        phase_loss = lambda p, b, r, s: device_loss(p, warp(b, r), r, s)
         t = config.train
         step_fn = steps.make_restarts_step(steps.make_train_step(phase_loss, self.tx, axis_name=axis), t.restarts)
         select = steps.select_batch if axis is None else parallel.select_local_batch(layout.n)
         self.trace_count = 0
 
         def counted(fn):
-            def traced(state, x, rng):
+            def traced(state, x, rng, bounds):
                 self.trace_count += 1
-                return fn(state, x, rng)
+                return fn(state, x, rng, bounds)
             return traced
 
-        self.warmable = not uses_host_loop(config) and (layout.mode == "single" or (
-            layout.mode == "shard_map" and jax.process_count() == 1))
         if uses_host_loop(config):
             one = steps.make_indexed_step(step_fn, num_examples=num_examples, batch_size=t.batch_size, select=select)
             self.run_chunk = steps.make_host_chunk(parallel.wrap_chunk(layout, counted(one)), chunk_len=t.log_every,
-                                                   total_steps=phase.end, step_of=self._step_of)
+                                                   step_of=self._step_of)
         else:
             chunk = steps.make_train_chunk(step_fn, num_examples=num_examples, batch_size=t.batch_size,
-                                           chunk_len=t.log_every, total_steps=phase.end, select=select)
+                                           chunk_len=t.log_every, select=select)
             self.run_chunk = parallel.wrap_chunk(layout, counted(chunk))
 
     def precompile(self, params_like, x, rng, table_like=None):
@@ -386,7 +416,7 @@ class PhaseRunner:
         sharding = (jax.sharding.SingleDeviceSharding(self.layout.devices[0]) if self.layout.mode == "single"
                     else jax.sharding.NamedSharding(self.layout.mesh, jax.sharding.PartitionSpec()))
         state_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), state_like)
-        self.run_chunk.lower(state_like, x, rng).compile()
+        self.run_chunk.lower(state_like, x, rng, self.bounds).compile()
 
     def precompile_full_loss(self, one_like, inputs):
         """Compile choose_restart's score of this phase ahead: `one_like` one restart's parameter
@@ -405,7 +435,7 @@ class PhaseRunner:
         ckpt_every = math.ceil(t.checkpoint_every / t.log_every) * t.log_every
         step = self._step_of(state)
         while step < self.phase.end:
-            state, chunk_metrics = self.run_chunk(state, x, rng)
+            state, chunk_metrics = self.run_chunk(state, x, rng, self.bounds)
             per_restart = parallel.metrics_to_host(self.layout, chunk_metrics)   # each [R]
             step = min(step + t.log_every, self.phase.end)
             _check_finite(step, per_restart)

@@ -182,3 +182,47 @@ def test_later_phases_compile_in_the_background_and_train_the_same(tmp_path):
     for a, b in zip(*(open(tmp_path / d / "metrics.jsonl").read().splitlines() for d in ("warm", "cold"))):
         wa, wb = json.loads(a), json.loads(b)
         assert wa["loss"] == wb["loss"] and wa["step"] == wb["step"]
+
+
+def test_chunk_reads_the_phase_bounds_as_values():
+    """One compiled chunk serves phases of different (start, end): the loss sees the step counted
+    from the phase's start, steps at or past its end do not run, and a new bounds value does not
+    compile again."""
+    import jax.numpy as jnp
+    from gmvc import steps
+    traces = []
+
+    def fake_step(state, batch, keys, start=0):
+        return {**state, "step": state["step"] + 1}, {"relative_step": (state["step"] - start).astype(jnp.float32)}
+
+    chunk = steps.make_train_chunk(fake_step, num_examples=40, batch_size=10, chunk_len=8)
+    run = jax.jit(lambda s, x, r, b: (traces.append(1), chunk(s, x, r, b))[1])
+    x, rng = jnp.zeros((40, 3)), jax.random.key(0)
+    state, m = run({"step": jnp.asarray(10, jnp.int32)}, x, rng, np.asarray([10, 15], np.int32))
+    assert int(state["step"]) == 15 and float(m["relative_step"]) == 2.0     # steps 10..14 -> 0..4
+    state, m = run({"step": jnp.asarray(15, jnp.int32)}, x, rng, np.asarray([12, 30], np.int32))
+    assert int(state["step"]) == 23 and float(m["relative_step"]) == 6.5     # steps 15..22 -> 3..10
+    assert len(traces) == 1
+
+
+def test_phases_differing_only_in_steps_share_one_program(tmp_path, monkeypatch):
+    """main and main2 (same spec, other steps) run one compiled chunk, and train as two programs
+    would: the same parameters and logged losses."""
+    from gmvc import train as train_lib
+
+    def two_mains():
+        c = _small_phased_config()
+        c.train.phases = ("pretrain", "gmm_init", "main", "main2")
+        c.phases.main = {"kind": "train", "steps": 20}
+        c.phases.main2 = {"kind": "train", "steps": -1}
+        return c
+
+    shared = train_and_evaluate(two_mains(), tmp_path / "shared", **quiet)
+    assert shared["compiles"] == 2                       # pretrain's chunk and the mains' one
+    monkeypatch.setattr(train_lib, "program_key", lambda spec: json.dumps(spec, sort_keys=True, default=repr))
+    apart = train_and_evaluate(two_mains(), tmp_path / "apart", **quiet)
+    assert apart["compiles"] == 3
+    assert_trees_equal(final_params(tmp_path / "shared", 80), final_params(tmp_path / "apart", 80))
+    logs = [[json.loads(l) for l in open(tmp_path / d / "metrics.jsonl")] for d in ("shared", "apart")]
+    assert [l["step"] for l in logs[0]] == [20, 40, 60, 80] == [l["step"] for l in logs[1]]
+    assert [l["loss"] for l in logs[0]] == [l["loss"] for l in logs[1]]
