@@ -5,7 +5,8 @@ runs them all the same way; nothing here is specific to one method.
 config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.phases:
   {"kind": "train", "steps": n (-1 = the rest of train.steps), "objective": {...} (default
    config.objective), "trainable": ("net", "prior"), "lr": schedule (default optim.lr),
-   "augment": {"shift": pixels, "rotate": degrees} (images only; gmvc/augment.py; default none)}
+   "augment": {"shift": pixels, "rotate": degrees} (images only; gmvc/augment.py; default none),
+   "batch_size": n (default train.batch_size)}
   {"kind": "init_prior", "method": "em" | "minibatch", "kmeans_iters": 50, "em_iters": 20,
    "n_init": 10, "select": "likelihood", "batches": 200, "batch_size": 128}   (minibatch: at most
    batches * batch_size embeddings; n_init fits from different seeds, the most likely one kept,
@@ -20,7 +21,7 @@ from gmvc.augment import parse_augment
 from gmvc.errors import ConfigError
 from gmvc.mixture_init import SELECTIONS
 
-TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr", "augment"}
+TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr", "augment", "batch_size"}
 INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select"}
 INIT_DEFAULTS = {"method": "em", "select": "likelihood", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
                  "batch_size": 128}
@@ -39,7 +40,8 @@ class Phase(NamedTuple):
 def build_phases(config):
     total = config.train.steps
     if not config.train.phases:
-        spec = {"kind": "train", "objective": dict(config.objective), "trainable": GROUPS}
+        spec = {"kind": "train", "objective": dict(config.objective), "trainable": GROUPS,
+                "batch_size": config.train.batch_size}
         if uses_neighbours(spec):
             raise _no_table_error("main")
         return [Phase("main", "train", 0, total, spec)]
@@ -104,6 +106,9 @@ def _check_spec(name, spec, config):
         raise ConfigError(f"phase {name!r}: unknown parameter group(s) {bad}; groups are {list(GROUPS)}")
     if "steps" not in spec:
         raise ConfigError(f"phase {name!r}: a train phase needs 'steps' (-1 for the rest of train.steps)")
+    size = spec.setdefault("batch_size", config.train.batch_size)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(f"phase {name!r}: batch_size must be a whole number >= 1, got {size!r}")
     return spec
 
 

@@ -47,6 +47,9 @@ def check_config(config, data):
         if uses_neighbours(phase.spec) and config.model.name == "vae":
             raise ConfigError(f"phase {phase.name!r}: the 'neighbours' term compares cluster responsibilities; "
                               f"model 'vae' has no clusters")
+        if phase.kind == "train" and phase.spec["batch_size"] > num_train:
+            raise DataError(f"phase {phase.name!r}: batch_size={phase.spec['batch_size']} is larger than the "
+                            f"{num_train} training samples of {data.name!r}")
         if phase.kind == "neighbours" and phase.spec["k"] >= num_train:
             raise DataError(f"phase {phase.name!r}: k={phase.spec['k']} neighbours need more than k training "
                             f"samples; {data.name!r} has {num_train}")
@@ -387,7 +390,10 @@ class PhaseRunner:
         # Weight schedules count from the phase start (the train step passes step - start);
         # augmentation reads the per-sample keys.
         phase_loss = lambda p, b, r, s: device_loss(p, warp(b, r), r, s)
-        t = config.train
+        t, batch_size = config.train, phase.spec["batch_size"]
+        if batch_size % layout.n:
+            raise ConfigError(f"phase {phase.name!r}: batch_size={batch_size} does not divide evenly over "
+                              f"{layout.n} devices")
         step_fn = steps.make_restarts_step(steps.make_train_step(phase_loss, self.tx, axis_name=axis), t.restarts)
         select = steps.select_batch if axis is None else parallel.select_local_batch(layout.n)
         self.trace_count = 0
@@ -399,11 +405,11 @@ class PhaseRunner:
             return traced
 
         if uses_host_loop(config):
-            one = steps.make_indexed_step(step_fn, num_examples=num_examples, batch_size=t.batch_size, select=select)
+            one = steps.make_indexed_step(step_fn, num_examples=num_examples, batch_size=batch_size, select=select)
             self.run_chunk = steps.make_host_chunk(parallel.wrap_chunk(layout, counted(one)), chunk_len=t.log_every,
                                                    step_of=self._step_of)
         else:
-            chunk = steps.make_train_chunk(step_fn, num_examples=num_examples, batch_size=t.batch_size,
+            chunk = steps.make_train_chunk(step_fn, num_examples=num_examples, batch_size=batch_size,
                                            chunk_len=t.log_every, select=select)
             self.run_chunk = parallel.wrap_chunk(layout, counted(chunk))
 

@@ -226,3 +226,30 @@ def test_phases_differing_only_in_steps_share_one_program(tmp_path, monkeypatch)
     logs = [[json.loads(l) for l in open(tmp_path / d / "metrics.jsonl")] for d in ("shared", "apart")]
     assert [l["step"] for l in logs[0]] == [20, 40, 60, 80] == [l["step"] for l in logs[1]]
     assert [l["loss"] for l in logs[0]] == [l["loss"] for l in logs[1]]
+
+
+def test_a_phase_trains_at_its_own_batch_size(spiral_config, tmp_path):
+    """A phase's batch_size replaces train.batch_size for that phase: the run is bit-identical to
+    one whose train.batch_size is that size, and differs from the default's; bad sizes are named."""
+    from gmvc.errors import DataError
+
+    def one_phase(global_batch, phase_batch=None):
+        c = spiral_config.copy_and_resolve_references()
+        c.unlock()
+        c.train.steps, c.train.batch_size = 100, global_batch
+        c.train.phases = ("only",)
+        c.phases = {"only": {"kind": "train", "steps": -1,
+                             **({} if phase_batch is None else {"batch_size": phase_batch})}}
+        return c
+
+    train_and_evaluate(one_phase(64, 32), tmp_path / "phase", **quiet)
+    train_and_evaluate(one_phase(32), tmp_path / "global", **quiet)
+    train_and_evaluate(one_phase(64), tmp_path / "default", **quiet)
+    assert_trees_equal(final_params(tmp_path / "phase", 100), final_params(tmp_path / "global", 100))
+    a, b = final_params(tmp_path / "phase", 100), final_params(tmp_path / "default", 100)
+    assert max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))) > 1e-3
+    with pytest.raises(ConfigError, match="phase 'only': batch_size must be a whole number"):
+        train_and_evaluate(one_phase(64, 0), tmp_path / "zero", **quiet)
+    with pytest.raises(DataError, match="phase 'only': batch_size=5000 is larger than the 1000 training"):
+        train_and_evaluate(one_phase(64, 5000), tmp_path / "big", **quiet)
