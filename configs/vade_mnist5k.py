@@ -2,7 +2,9 @@
 minutes on a 2-core CPU. Phases, run by the one training loop:
 
 1. pretrain: the autoencoder alone (784-500-500-1000-10; the paper's last hidden layer has 2000
-   units, halved for time), 3,500 steps on images shifted by up to 2 pixels (`augment`);
+   units, halved for time), 1,250 steps of 256 images shifted by up to 2 pixels (`augment`):
+   64 epochs (the earlier 3,500 steps of 100 were 70) in 30% less time: a batch of 256 runs
+   1.3 times more samples a second on this CPU;
 2. knn: each image's 10 nearest neighbours in the embedding (gmvc/neighbours.py);
 3. gmm_init: a diagonal GMM on the embeddings, 10 fits, the most balanced kept;
 4. main: VaDE (reconstruction + mixture KL) plus `c_marginal` (the batch's cluster usage
@@ -32,8 +34,8 @@ def get_config():
     c.objective = dict(MAIN["objective"])
     c.train.phases = ("pretrain", "knn", "gmm_init", "main", "knn2", "main2")
     c.phases = {
-        "pretrain": {"kind": "train", "steps": 3500, "objective": {"recon": 1.0}, "trainable": ("net",),
-                     "augment": AUGMENT},
+        "pretrain": {"kind": "train", "steps": 1250, "batch_size": 256, "objective": {"recon": 1.0},
+                     "trainable": ("net",), "augment": AUGMENT},
         "knn": {"kind": "neighbours", "k": 10},
         "gmm_init": {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 10,
                      "select": "balance"},
@@ -43,7 +45,7 @@ def get_config():
     }
     c.train.restarts = 1
     c.train.restart_choice = "objective"
-    c.train.steps = 6000
+    c.train.steps = 3750
     c.train.log_every = 250
     c.train.checkpoint_every = 1250
     c.lock()
