@@ -18,12 +18,12 @@ def tree_slice(inputs, start, stop):
 
 
 def make_train_step(loss_fn, tx, axis_name=None):
-    """train_step(state, batch, rng[, start]) -> (state, aux); the loss reads the step counted
-    from `start` (a phase's first step: its weight schedules count from there), default 0."""
+    """train_step(state, batch, rng, start=0) -> (state, aux); the loss reads the step counted
+    from `start` (a phase's first step: its weight schedules count from there)."""
 
-    def train_step(state, batch, rng, start=None):
-        step = state["step"] if start is None else state["step"] - start
-        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng, step)
+    def train_step(state, batch, rng, start=0):
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng,
+                                                                    state["step"] - start)
         if axis_name is not None:
             grads, aux = jax.lax.pmean((grads, aux), axis_name)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -41,10 +41,10 @@ def make_restarts_step(train_step, restarts):
     A batch with neighbours ({"data", "neighbours"}, see assemble_batch) has each restart's own
     neighbours [R, B, ...]."""
 
-    def restarts_step(state, batch, rng, *start):
+    def restarts_step(state, batch, rng, start=0):
         def one(params, opt_state, rng_r, batch_r):
             new, aux = train_step({"step": state["step"], "params": params, "opt_state": opt_state}, batch_r, rng_r,
-                                  *start)
+                                  start)
             return new["params"], new["opt_state"], aux
 
         rngs = jax.vmap(lambda r: mixture.fold_in(rng, r))(jnp.arange(restarts))   # [R] keys, or [R, B] per sample
@@ -93,7 +93,7 @@ def step_keys(step_rng, step, batch_size):
 
 
 def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_steps=None, select=select_batch):
-    """chunk(state, x, rng) -> (state, metrics): `chunk_len` steps in one lax.scan on device, with
+    """chunk(state, x, rng[, bounds]) -> (state, metrics): `chunk_len` steps in one lax.scan on device, with
     the metrics averaged over the chunk. Steps at or past `total_steps` leave the state unchanged,
     so every chunk has the same shape and the program compiles once. `rng` is the run's training
     key: data order and step noise are folded in from it by epoch and by step. `select(x, idx,
@@ -102,8 +102,7 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
     their steps then share one compiled program."""
 
     def chunk(state, x, rng, bounds=None):
-        end = total_steps if bounds is None else bounds[1]
-        start = () if bounds is None else (bounds[0],)      # train_step's optional start
+        start, end = (0, total_steps) if bounds is None else (bounds[0], bounds[1])
         data_rng, step_rng = jax.random.split(rng)
         steps_per_epoch, order = make_epoch_order(data_rng, num_examples, batch_size)
 
@@ -111,7 +110,7 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
             step = s["step"]
             idx = jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size)
             batch, keys = assemble_batch(s, x, idx, step_keys(step_rng, step, batch_size), select)
-            return train_step(s, batch, keys, *start)
+            return train_step(s, batch, keys, start)
 
         perm0 = order(state["step"] // steps_per_epoch)
         aux_shape = jax.eval_shape(lambda s: run(s, perm0)[1], state)
@@ -136,33 +135,33 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
 
 
 def make_indexed_step(train_step, *, num_examples, batch_size, select=select_batch):
-    """step(state, x, rng) -> (state, aux): one train step on the batch its step number selects
-    (the same batch as in make_train_chunk); `bounds` as there (only its start is read)."""
+    """step(state, x, rng, bounds) -> (state, aux): one train step on the batch its step number
+    selects (the same batch as in make_train_chunk); of `bounds` (start, end) only the start is
+    read."""
 
-    def step_fn(state, x, rng, bounds=None):
+    def step_fn(state, x, rng, bounds):
         data_rng, step_rng = jax.random.split(rng)
         steps_per_epoch, order = make_epoch_order(data_rng, num_examples, batch_size)
         step = state["step"]
         idx = jax.lax.dynamic_slice_in_dim(order(step // steps_per_epoch), (step % steps_per_epoch) * batch_size,
                                            batch_size)
         batch, keys = assemble_batch(state, x, idx, step_keys(step_rng, step, batch_size), select)
-        return train_step(state, batch, keys, *(() if bounds is None else (bounds[0],)))
+        return train_step(state, batch, keys, bounds[0])
 
     return step_fn
 
 
-def make_host_chunk(compiled_step, *, chunk_len, total_steps=None, step_of=lambda state: int(state["step"])):
+def make_host_chunk(compiled_step, *, chunk_len, step_of=lambda state: int(state["step"])):
     """The make_train_chunk contract with the loop on the host: `compiled_step` (a jitted
     make_indexed_step) called once per step. XLA:CPU runs convolutions inside a compiled loop
     several times slower than outside one (measured: a conv GMVAE step 120 ms alone, 570 ms in a
-    lax.scan), so convolutional networks train this way."""
+    lax.scan), so convolutional networks train this way. `bounds`: the phase's (start, end)."""
 
-    def chunk(state, x, rng, bounds=None):
+    def chunk(state, x, rng, bounds):
         start = step_of(state)
-        end = total_steps if bounds is None else int(bounds[1])
         auxes = []
-        for _ in range(max(0, min(chunk_len, end - start))):
-            state, aux = compiled_step(state, x, rng, *(() if bounds is None else (bounds,)))
+        for _ in range(max(0, min(chunk_len, int(bounds[1]) - start))):
+            state, aux = compiled_step(state, x, rng, bounds)
             auxes.append(aux)
         if not auxes:
             return state, {}

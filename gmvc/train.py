@@ -104,9 +104,9 @@ def start_warmup(config, model, phases, runners, fits, params, x_device, train_r
     for i, phase in enumerate(phases):
         if i < start_at:
             continue
-        if phase.kind == "train" and runners[phase.name].owner is not runners[phase.name]:
-            continue                # its program is an earlier phase's, compiled (or queued) already
         if phase.kind == "train":
+            if runners[phase.name].owner is not runners[phase.name]:
+                continue            # its program is an earlier phase's, compiled (or queued) already
             table_like = (jax.ShapeDtypeStruct((config.train.restarts, len(x_rows), neighbour_k(phases, i)), np.int32)
                           if uses_neighbours(phase.spec) else None)
             warm.submit(phase.name, runners[phase.name].precompile, params_like, x_device, train_rng, table_like)
@@ -356,9 +356,9 @@ def make_runners(config, model, phases, num_examples, layout):
     runners, by_key = {}, {}
     for p in phases:
         if p.kind == "train":
-            shared = by_key.get(program_key(p.spec))
-            runners[p.name] = PhaseRunner(config, model, p, num_examples, layout, program=shared)
-            by_key.setdefault(program_key(p.spec), runners[p.name])
+            key = program_key(p.spec)
+            runners[p.name] = PhaseRunner(config, model, p, num_examples, layout, program=by_key.get(key))
+            by_key.setdefault(key, runners[p.name])
     return runners
 
 
@@ -370,8 +370,8 @@ class PhaseRunner:
     def __init__(self, config, model, phase, num_examples, layout=None, program=None):
         self.config, self.phase = config, phase
         self.bounds = np.asarray([phase.start, phase.end], np.int32)
-        self.layout = layout = program.layout if program else (
-            layout or parallel.make_layout(config.parallel, config.train.batch_size))
+        self.score_step = phase.end - phase.start       # the phase's own step count at its end (choose_restart)
+        self.layout = layout = layout or parallel.make_layout(config.parallel, config.train.batch_size)
         self.warmable = not uses_host_loop(config) and (layout.mode == "single" or (
             layout.mode == "shard_map" and jax.process_count() == 1))
         if program is not None:
@@ -429,7 +429,7 @@ class PhaseRunner:
         shapes, `inputs` all the samples (the score reads one eval batch at a time)."""
         batch = min(self.config.eval.batch_size, len(jax.tree.leaves(inputs)[0]))
         batch_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct((batch, *a.shape[1:]), a.dtype), inputs)
-        self.full_loss.batch_loss.lower(one_like, batch_like, self.phase.end - self.phase.start).compile()
+        self.full_loss.batch_loss.lower(one_like, batch_like, self.score_step).compile()
 
     def _step_of(self, state):
         return int(parallel.to_host(state["step"] if self.layout.mode != "pmap" else state["step"][0]))
@@ -583,7 +583,7 @@ def choose_restart(config, runner, model, stacked_params, x):
     restarts = config.train.restarts
     unstack = lambda r: jax.tree.map(lambda a: a[r], stacked_params)
     full_loss = runner.full_loss
-    step = runner.phase.end - runner.phase.start
+    step = runner.score_step
     losses = [full_loss(unstack(r), x, step) for r in range(restarts)]
     info = {"restart_objective": [round(v, 5) for v in losses]}
     scores = losses
