@@ -40,6 +40,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from gmvc import distributed
+    from gmvc.cache import enable_compilation_cache
+    enable_compilation_cache()                   # before anything compiles (gmvc/cache.py)
     try:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _CPU_DEVICES.value)
     except GmvcError as e:

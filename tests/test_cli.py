@@ -13,11 +13,17 @@ from test_train import assert_trees_equal, final_params
 SPIRAL = "--config=configs/gmvae_spiral.py"
 
 
-def test_short_spiral_run_clusters_the_arms(tmp_path):
-    # 2,500 of the default 12,500 steps, 2 restarts: enough to separate the arms.
+def test_short_spiral_run_clusters_the_arms(tmp_path_factory):
+    # 2,500 of the default 12,500 steps, 2 restarts: enough to separate the arms. The command
+    # line's own compilation cache (gmvc/cache.py), in a fresh folder instead of the tests' one.
+    tmp_path, cache = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("cache") / "jax"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env["GMVC_COMPILATION_CACHE"] = str(cache)
     proc = run_cli(SPIRAL, f"--workdir={tmp_path}", "--config.train.steps=2500", "--config.train.restarts=2",
-                   "--config.objective.cv.warmup_steps=1000")
+                   "--config.objective.cv.warmup_steps=1000", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    cached = sorted(p.name for p in cache.iterdir())
+    assert len(cached) >= 2, cached             # the train chunk and the evaluation, at least
     out = proc.stdout
     assert "steps/s" in out and "ETA" in out and "cv=" in out and "recon=" in out
     assert "clustering: acc=" in out and "nmi=" in out and "ari=" in out
@@ -31,10 +37,12 @@ def test_short_spiral_run_clusters_the_arms(tmp_path):
     assert (tmp_path / "checkpoints" / "2500").is_dir()
 
     again = run_cli(SPIRAL, f"--workdir={tmp_path}", "--config.train.steps=2500", "--config.train.restarts=2",
-                    "--config.objective.cv.warmup_steps=1000")
+                    "--config.objective.cv.warmup_steps=1000", env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Resuming from checkpoint" in again.stdout and "step 2500" in again.stdout
     assert read_results(tmp_path)["acc"] == results["acc"]
+    # the resumed run found its programs in the cache: it wrote no new entry
+    assert sorted(p.name for p in cache.iterdir()) == cached
 
 
 # A deliberately slow model so the run can be killed between checkpoints.
@@ -43,9 +51,19 @@ SLOW = [SPIRAL, "--config.model.hidden_sizes=(512,512)", "--config.train.batch_s
         "--config.train.checkpoint_every=10", "--config.train.max_checkpoints=20"]
 
 
+def _slow_config():
+    """SLOW as a config, for the uninterrupted run in this process (one process start less)."""
+    from gmvc.config import from_sibling
+    c = from_sibling(str(ROOT / "configs" / "x.py"), "gmvae_spiral.py")
+    c.unlock()
+    c.model.hidden_sizes, c.train.batch_size, c.train.restarts, c.train.steps = (512, 512), 1000, 1, 60
+    c.train.log_every, c.train.checkpoint_every, c.train.max_checkpoints = 10, 10, 20
+    return c
+
+
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
-    straight = run_cli(*SLOW, f"--workdir={tmp_path / 'straight'}")
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    from gmvc.train import train_and_evaluate
+    train_and_evaluate(_slow_config(), tmp_path / "straight", echo=lambda *a, **k: None)
 
     killed_dir = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "gmvc.main", *SLOW, f"--workdir={killed_dir}"], cwd=ROOT,

@@ -253,14 +253,24 @@ def _grid_size(rows, cols, h, w):
 def test_generate_from_a_trained_run(tmp_path):
     """--mode=generate on a short VaDE digits run: sample, reconstruction and interpolation grids
     of the right shape, not constant; a user's .npy is reconstructed (image files and folders go
-    through the same images.load_inputs, tested in test_image_data.py); errors are clear."""
+    through the same images.load_inputs, tested in test_image_data.py); errors are clear. The
+    run trains in this process and one generation goes through the command line; the others call
+    the function that command runs (gmvc.generate.generate), which saves a process start each."""
+    from gmvc.errors import GmvcError
+    from gmvc.generate import generate
+    from gmvc.train import load_run, train_and_evaluate
     work = tmp_path / "run"
     common = ["--config=configs/vade_digits.py", f"--workdir={work}", "--config.train.steps=200",
               "--config.model.hidden_sizes=(64, 64)", "--config.train.restarts=1",
               "--config.phases.pretrain.steps=100", "--config.train.log_every=50", "--config.phases.gmm_init.n_init=1"]
-    missing = run_cli(*common, "--mode=generate")
+    c = _config("vade_digits.py")
+    c.train.steps, c.model.hidden_sizes, c.train.restarts, c.train.log_every = 200, (64, 64), 1, 50
+    c.phases.pretrain.steps, c.phases.gmm_init.n_init = 100, 1
+    with pytest.raises(GmvcError, match="no run in"):
+        load_run(c, work)
+    missing = run_cli(*common, "--mode=generate", "--interpolate=0-12")    # no run: that error comes first
     assert missing.returncode == 2 and "no run in" in missing.stderr and not work.exists()
-    assert run_cli(*common).returncode == 0
+    train_and_evaluate(c, work, echo=lambda *a, **k: None)
     gen = run_cli(*common, "--mode=generate")
     assert gen.returncode == 0, gen.stderr
     n, k = 10, 10
@@ -283,9 +293,9 @@ def test_generate_from_a_trained_run(tmp_path):
 
     # a user's inputs: a .npy of 3 images, then a PNG of another size (resized)
     np.save(tmp_path / "mine.npy", first[:3, ..., None].astype(np.float32))
-    gen = run_cli(*common, "--mode=generate", f"--inputs={tmp_path / 'mine.npy'}", "--interpolate=0-9")
-    assert gen.returncode == 0, gen.stderr
+    run = load_run(c, work, echo=lambda *a, **k: None)
+    generate(run, work, str(tmp_path / "mine.npy"), pairs="0-9", echo=lambda *a, **k: None)
     assert _png(work / "generated_reconstructions.png").shape == _grid_size(2, n, 8, 8)
     assert _png(work / "generated_interpolation.png").shape == _grid_size(1, n, 8, 8)
-    bad = run_cli(*common, "--mode=generate", "--interpolate=0-12")
-    assert bad.returncode == 2 and "outside 0..9" in bad.stderr
+    with pytest.raises(GmvcError, match="outside 0..9"):
+        generate(run, work, pairs="0-12", echo=lambda *a, **k: None)
