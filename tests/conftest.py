@@ -50,3 +50,14 @@ def tfds_mock():
     def mock(num_examples):
         return tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE)
     return mock
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Free JAX's compiled programs and collect garbage before the session reports: a worker of
+    `pytest -n` (pytest-xdist) then exits at once after its last report, instead of spending its
+    shutdown in JAX's garbage-collection callback (where the controller's stop can land as a
+    KeyboardInterrupt)."""
+    import gc
+    import jax
+    jax.clear_caches()
+    gc.collect()
