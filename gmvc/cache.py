@@ -20,12 +20,12 @@ MAX_BYTES = 2 * 1024**3          # least recently used entries go beyond this
 MIN_COMPILE_SECONDS = 0.5        # programs that compile faster are not worth a file
 
 
-def enable_compilation_cache(path=None):
+def enable_compilation_cache():
     """Turn the cache on (call before the first compilation); returns its directory, or None
     when it is off or cannot be created (then a note goes to stderr and nothing else changes)."""
     if jax.config.jax_compilation_cache_dir:
         return jax.config.jax_compilation_cache_dir
-    value = os.environ.get(ENV, DEFAULT_DIR) if path is None else str(path)
+    value = os.environ.get(ENV, DEFAULT_DIR)
     if value.strip().lower() in OFF:
         return None
     directory = pathlib.Path(value).expanduser()

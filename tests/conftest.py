@@ -25,6 +25,25 @@ def run_cli(*args, timeout=300, **popen):
                           timeout=timeout, **popen)
 
 
+def config_flags(config_file, overrides):
+    """The command line of `config_file` (in configs/) with {"section.key": value} overrides."""
+    return [f"--config=configs/{config_file}", *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+
+def load_config(config_file, overrides=None):
+    """The same config in this process (unlocked), with the same overrides."""
+    from gmvc.config import from_sibling
+    c = from_sibling(str(ROOT / "configs" / "x.py"), config_file)
+    c.unlock()
+    for dotted, value in (overrides or {}).items():
+        *sections, key = dotted.split(".")
+        target = c
+        for section in sections:
+            target = target[section]
+        target[key] = value
+    return c
+
+
 def read_results(workdir):
     return json.loads((pathlib.Path(workdir) / "results.json").read_text())
 
@@ -32,14 +51,8 @@ def read_results(workdir):
 @pytest.fixture
 def spiral_config():
     """The default spiral config, shrunk for fast tests (one restart, few steps)."""
-    from gmvc.config import from_sibling
-    c = from_sibling(str(ROOT / "configs" / "x.py"), "gmvae_spiral.py")
-    c.train.restarts = 1
-    c.train.steps = 200
-    c.train.log_every = 50
-    c.train.checkpoint_every = 100
-    c.data.num_points = 1000
-    return c
+    return load_config("gmvae_spiral.py", {"train.restarts": 1, "train.steps": 200, "train.log_every": 50,
+                                           "train.checkpoint_every": 100, "data.num_points": 1000})
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, read_results, run_cli
+from conftest import ROOT, config_flags, load_config, read_results, run_cli
 from test_train import assert_trees_equal, final_params
 
 SPIRAL = "--config=configs/gmvae_spiral.py"
@@ -46,24 +46,15 @@ def test_short_spiral_run_clusters_the_arms(tmp_path_factory):
 
 
 # A deliberately slow model so the run can be killed between checkpoints.
-SLOW = [SPIRAL, "--config.model.hidden_sizes=(512,512)", "--config.train.batch_size=1000",
-        "--config.train.restarts=1", "--config.train.steps=60", "--config.train.log_every=10",
-        "--config.train.checkpoint_every=10", "--config.train.max_checkpoints=20"]
-
-
-def _slow_config():
-    """SLOW as a config, for the uninterrupted run in this process (one process start less)."""
-    from gmvc.config import from_sibling
-    c = from_sibling(str(ROOT / "configs" / "x.py"), "gmvae_spiral.py")
-    c.unlock()
-    c.model.hidden_sizes, c.train.batch_size, c.train.restarts, c.train.steps = (512, 512), 1000, 1, 60
-    c.train.log_every, c.train.checkpoint_every, c.train.max_checkpoints = 10, 10, 20
-    return c
+SLOW_OVERRIDES = {"model.hidden_sizes": (512, 512), "train.batch_size": 1000, "train.restarts": 1, "train.steps": 60,
+                  "train.log_every": 10, "train.checkpoint_every": 10, "train.max_checkpoints": 20}
+SLOW = config_flags("gmvae_spiral.py", SLOW_OVERRIDES)
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     from gmvc.train import train_and_evaluate
-    train_and_evaluate(_slow_config(), tmp_path / "straight", echo=lambda *a, **k: None)
+    train_and_evaluate(load_config("gmvae_spiral.py", SLOW_OVERRIDES), tmp_path / "straight",
+                       echo=lambda *a, **k: None)        # in this process: one process start less
 
     killed_dir = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "gmvc.main", *SLOW, f"--workdir={killed_dir}"], cwd=ROOT,

@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, config_flags, load_config
 from test_train import assert_trees_equal, final_params
 
 from gmvc import monitor
@@ -52,18 +52,11 @@ def cli_run(tmp_path_factory):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(FAKE_TENSORFLOW)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(fake.parent), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "gmvc.main", "--config=configs/gmvae_spiral.py", f"--workdir={tmp / 'run'}",
-                           *(f"--config.{k}={v}" for k, v in RUN.items())],
+    proc = subprocess.run([sys.executable, "-m", "gmvc.main", *config_flags("gmvae_spiral.py", RUN),
+                           f"--workdir={tmp / 'run'}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "run", proc
-
-
-def run_config(spiral_config):
-    for dotted, value in RUN.items():
-        section, key = dotted.split(".")
-        spiral_config[section][key] = value
-    return spiral_config
 
 
 def test_event_files_hold_every_scalar_histogram_image_and_the_projector(cli_run):
@@ -121,7 +114,7 @@ def test_event_files_hold_every_scalar_histogram_image_and_the_projector(cli_run
         assert [int(predictions[index][1]), int(predictions[index][2])] == [cluster, label]
 
 
-def test_early_stopping_keeps_the_best_step_and_survives_a_crash(cli_run, spiral_config, tmp_path):
+def test_early_stopping_keeps_the_best_step_and_survives_a_crash(cli_run, tmp_path):
     run, _ = cli_run
     out = json.loads((run / "results.json").read_text())
     e = out["early_stopping"]
@@ -135,7 +128,7 @@ def test_early_stopping_keeps_the_best_step_and_survives_a_crash(cli_run, spiral
     assert stop - best == 2 * 20              # patience log steps without improvement, then stop
     # The outputs come from the best step's parameters: their validation ELBO is the one logged there.
     assert out["validation"]["elbo"] == pytest.approx(val[best], rel=1e-6)
-    c = run_config(spiral_config)
+    c = load_config("gmvae_spiral.py", RUN)          # the config of the run above
     stacked, step, _ = restore_stacked(c, run, make_model(c.model, (2,)))
     assert step == best
     assert_trees_equal(stacked, monitor.restore_best(run, best, stacked))

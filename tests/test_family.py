@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_cli
-from gmvc.config import base_config, from_sibling
+from conftest import config_flags, load_config, run_cli
+from gmvc.config import base_config
 from gmvc.errors import ConfigError
 from gmvc.models import make_model
 from gmvc.objectives import infovae_weights, make_objective
@@ -20,10 +20,6 @@ KERNELS = ("rbf", "imq")
 D, N_SMALL, REPS, N_LARGE, SHIFT = 4, 40, 600, 4000, 0.4
 
 
-def _config(name):
-    c = from_sibling(str(ROOT / "configs" / "x.py"), name)
-    c.unlock()
-    return c
 
 
 # ---------------------------------------------------------------- MMD
@@ -192,22 +188,22 @@ CONFIGS = ["vae_mnist5k.py", "cvae_mnist5k.py", "infovae_mnist5k.py", "mmdvae_mn
 
 
 def test_config_settings():
-    info, mmd = _config("infovae_mnist5k.py"), _config("mmdvae_mnist5k.py")
+    info, mmd = load_config("infovae_mnist5k.py"), load_config("mmdvae_mnist5k.py")
     assert dict(info.objective) == {"recon": 1.0, "kl_z": 1.0, "mmd": 999.0}          # alpha 0, lambda 1000
     assert dict(mmd.objective) == {"recon": 1.0, "mmd": 1000.0} and mmd.terms.mmd.kernel == "rbf"
-    assert _config("cvae_mnist5k.py").model.name == "cvae"
-    conv = _config("gmvae_conv_mnist5k.py")
+    assert load_config("cvae_mnist5k.py").model.name == "cvae"
+    conv = load_config("gmvae_conv_mnist5k.py")
     assert conv.model.net == "conv" and conv.model.conv_filters == (32, 64, 128)
-    g = _config("gmvae_mnist5k.py")
+    g = load_config("gmvae_mnist5k.py")
     assert g.model.num_clusters == 14 and g.model.hidden_sizes == (1000,) and g.objective.cv == 0.4
     for name in CONFIGS:
-        assert _config(name).data.source == "mnist5k"
+        assert load_config(name).data.source == "mnist5k"
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_trains_without_nan_and_loss_goes_down(tmp_path, name):
     from gmvc.train import train_and_evaluate
-    c = _config(name)
+    c = load_config(name)
     c.data.limit = 400
     c.train.batch_size = 40
     c.train.steps, c.train.log_every, c.train.checkpoint_every = 60, 20, 60
@@ -225,7 +221,7 @@ def test_cvae_samples_show_their_label(tmp_path):
     samples generated for label k to class k (measured: 1.00 at 600 steps, so 0.8 is a margin)."""
     from sklearn.linear_model import LogisticRegression
     from gmvc.train import load_run, train_and_evaluate
-    c = _config("cvae_mnist5k.py")
+    c = load_config("cvae_mnist5k.py")
     c.data.source = "digits"
     c.train.steps, c.train.log_every, c.train.checkpoint_every = 300, 100, 300
     train_and_evaluate(c, tmp_path, echo=lambda *a, **k: None)
@@ -260,14 +256,10 @@ def test_generate_from_a_trained_run(tmp_path):
     from gmvc.generate import generate
     from gmvc.train import load_run, train_and_evaluate
     work = tmp_path / "run"
-    common = ["--config=configs/vade_digits.py", f"--workdir={work}", "--config.train.steps=200",
-              "--config.model.hidden_sizes=(64, 64)", "--config.train.restarts=1",
-              "--config.phases.pretrain.steps=100", "--config.train.log_every=50", "--config.phases.gmm_init.n_init=1"]
-    c = _config("vade_digits.py")
-    c.train.steps, c.model.hidden_sizes, c.train.restarts, c.train.log_every = 200, (64, 64), 1, 50
-    c.phases.pretrain.steps, c.phases.gmm_init.n_init = 100, 1
-    with pytest.raises(GmvcError, match="no run in"):
-        load_run(c, work)
+    small = {"train.steps": 200, "model.hidden_sizes": (64, 64), "train.restarts": 1, "phases.pretrain.steps": 100,
+             "train.log_every": 50, "phases.gmm_init.n_init": 1}
+    common = [*config_flags("vade_digits.py", small), f"--workdir={work}"]
+    c = load_config("vade_digits.py", small)
     missing = run_cli(*common, "--mode=generate", "--interpolate=0-12")    # no run: that error comes first
     assert missing.returncode == 2 and "no run in" in missing.stderr and not work.exists()
     train_and_evaluate(c, work, echo=lambda *a, **k: None)

@@ -8,9 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import load_config
 from gmvc.checkpoint import Checkpointer
-from gmvc.config import from_sibling
 from gmvc.data import load_dataset
 from gmvc.errors import ConfigError, DataError
 from gmvc.models import make_model
@@ -42,8 +41,7 @@ def _brute_knn(z, k):
 def _vade(k=K_NBR, phases=("pretrain", "knn", "gmm_init", "main")):
     """VaDE on 300 digits, 2 restarts: 40 pretraining steps, the k-neighbour table, a GMM fit, 40
     main steps with the neighbours term."""
-    c = from_sibling(str(ROOT / "configs" / "x.py"), "vade_digits.py")
-    c.unlock()
+    c = load_config("vade_digits.py")
     c.model.hidden_sizes = (32,)
     c.data.limit = N
     c.train.batch_size, c.train.restarts = 50, 2

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, config_flags, load_config
 from gmvc.errors import ConfigError
 from gmvc.train import train_and_evaluate
 from test_train import final_params
@@ -45,9 +45,7 @@ def _gmvae(spiral_config):
 
 
 def _vade():
-    from gmvc.config import from_sibling
-    c = from_sibling(str(ROOT / "configs" / "x.py"), "vade_digits.py")
-    c.unlock()
+    c = load_config("vade_digits.py")
     c.model.hidden_sizes = (64, 64)
     c.data.limit = 800
     c.train.batch_size = 80
@@ -118,9 +116,9 @@ def test_two_processes_match_one_process(tmp_path):
     """Two local processes (2 CPU devices each) through jax.distributed train the spiral run;
     its checkpoint equals a one-process, one-device run's; only process 0 writes outputs."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    args = ["--config=configs/gmvae_spiral.py", "--config.train.steps=60", "--config.train.log_every=20",
-            "--config.train.checkpoint_every=60", "--config.train.restarts=1", "--config.data.num_points=800",
-            "--config.train.batch_size=80"]
+    small = {"train.steps": 60, "train.log_every": 20, "train.checkpoint_every": 60, "train.restarts": 1,
+             "data.num_points": 800, "train.batch_size": 80}
+    args = config_flags("gmvae_spiral.py", small)
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "gmvc.main", *args, f"--workdir={tmp_path / 'two'}",
                                f"--coordinator=localhost:{port}", "--num_processes=2", f"--process_id={i}",
@@ -130,13 +128,8 @@ def test_two_processes_match_one_process(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     assert "data-parallel over 4 devices in 2 processes" in outs[0]
     assert "clustering:" in outs[0] and "clustering:" not in outs[1]      # process 1 prints and writes nothing
-    from gmvc.config import from_sibling
     from gmvc.train import load_run
-    c = from_sibling(str(ROOT / "configs" / "x.py"), "gmvae_spiral.py")
-    c.unlock()
-    c.train.steps, c.train.log_every, c.train.checkpoint_every = 60, 20, 60
-    c.train.restarts, c.data.num_points, c.train.batch_size = 1, 800, 80
-    c.parallel.mode = "single"             # the one-device run, here; and the 4-device checkpoint restores onto one device
+    c = load_config("gmvae_spiral.py", {**small, "parallel.mode": "single"})             # the one-device run, here; and the 4-device checkpoint restores onto one device
     train_and_evaluate(c, tmp_path / "one", **quiet)
     worst = _assert_close(load_run(c, tmp_path / "one", **quiet).params, load_run(c, tmp_path / "two", **quiet).params,
                           1e-4)

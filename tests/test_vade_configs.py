@@ -2,14 +2,9 @@
 mock data (this machine cannot download MNIST), with their reference settings intact."""
 import pytest
 
-from conftest import ROOT, read_results
+from conftest import load_config, read_results
 
 
-def _config(name):
-    from gmvc.config import from_sibling
-    c = from_sibling(str(ROOT / "configs" / "x.py"), name)
-    c.unlock()
-    return c
 
 
 def _shrink(c, steps):
@@ -28,7 +23,7 @@ def _shrink(c, steps):
 
 
 def test_reference_settings():
-    vade, s3vdc = _config("vade_mnist.py"), _config("s3vdc_mnist.py")
+    vade, s3vdc = load_config("vade_mnist.py"), load_config("s3vdc_mnist.py")
     assert vade.data.source == s3vdc.data.source == "tfds:mnist"
     assert vade.model.hidden_sizes == (500, 500, 2000) and vade.model.z_dim == 10 and vade.model.num_clusters == 10
     assert vade.train.batch_size == 100 and vade.optim.eps == 1e-4
@@ -48,7 +43,7 @@ def test_reference_settings():
 @pytest.mark.parametrize("name", ["vade_mnist.py", "s3vdc_mnist.py"])
 def test_full_mnist_config_runs_on_mock_data(tfds_mock, tmp_path, name):
     from gmvc.train import train_and_evaluate
-    c = _shrink(_config(name), 8)
+    c = _shrink(load_config(name), 8)
     with tfds_mock(256):
         summary = train_and_evaluate(c, tmp_path, echo=lambda *a, **k: None)
     assert summary["steps"] == 8 and summary["num_samples"] == 256
@@ -63,7 +58,7 @@ def test_short_vade_digits_run_beats_kmeans(tmp_path):
     k-means on the raw pixels (Hungarian accuracy 0.79 with 10 inits, measured in
     benchmarks/quality.py), and leaves every cluster in use."""
     from gmvc.train import train_and_evaluate
-    c = _config("vade_digits.py")
+    c = load_config("vade_digits.py")
     c.phases.pretrain.steps = 800
     c.train.restarts = 1                                  # one of the config's three: a third of the time
     c.train.steps = 1200
