@@ -1,14 +1,19 @@
 """Outputs a program can load (csv, json, json lines) and pictures a person can look at (PNG).
-Every file is written to a temporary name and renamed, so a crash never leaves half a file."""
+Every file is written to a temporary name and renamed, so a crash never leaves half a file.
+matplotlib is imported when a plot is drawn (gmvc.train preloads it while training runs)."""
 import json
 import os
 import pathlib
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def atomic_write_text(path, text):
@@ -46,7 +51,7 @@ def _save(fig, path):
     path = pathlib.Path(path)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     os.replace(tmp, path)
 
 
@@ -61,7 +66,7 @@ def _to_2d(a):
 
 
 def _scatter(ax, points, colors, k, title):
-    cmap = plt.get_cmap("tab10" if k <= 10 else "tab20")
+    cmap = pyplot().get_cmap("tab10" if k <= 10 else "tab20")
     ax.scatter(points[:, 0], points[:, 1], c=colors, cmap=cmap, vmin=-0.5, vmax=(10 if k <= 10 else 20) - 0.5,
                s=4, alpha=0.7, linewidths=0)
     ax.set_title(title)
@@ -70,7 +75,7 @@ def _scatter(ax, points, colors, k, title):
 
 def plot_scatter(path, points, clusters, k, title, max_points):
     idx = np.linspace(0, len(points) - 1, min(len(points), max_points)).astype(int)
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    fig, ax = pyplot().subplots(figsize=(5.5, 5.5))
     _scatter(ax, _to_2d(points)[idx], clusters[idx], k, title)
     _save(fig, path)
 
@@ -106,7 +111,7 @@ def save_image_grid(path, images):
 def plot_image_rows(path, images, row_labels, title):
     """One row of images per cluster."""
     grid = image_grid(np.clip(images, 0, 1))
-    fig, ax = plt.subplots(figsize=(0.6 * images.shape[1] + 1, 0.6 * images.shape[0] + 0.6))
+    fig, ax = pyplot().subplots(figsize=(0.6 * images.shape[1] + 1, 0.6 * images.shape[0] + 0.6))
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     h = images.shape[2] + 1
     if any(row_labels):

@@ -1,7 +1,7 @@
-"""Clustering metrics. Labels are used here only to report; never to train or to pick a run."""
+"""Clustering metrics. Labels are used here only to report; never to train or to pick a run.
+scipy and scikit-learn are imported when a score is computed (gmvc.train preloads them while
+training runs): importing them takes about 2 s."""
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn import metrics as skm
 
 
 def contingency(pred, labels):
@@ -15,6 +15,7 @@ def contingency(pred, labels):
 
 def hungarian_accuracy(pred, labels):
     """Best one-to-one matching of clusters to classes, as a fraction of samples."""
+    from scipy.optimize import linear_sum_assignment
     counts = contingency(pred, labels)
     rows, cols = linear_sum_assignment(-counts)
     return float(counts[rows, cols].sum() / len(pred))
@@ -26,6 +27,7 @@ def majority_accuracy(pred, labels):
 
 
 def clustering_report(pred, labels):
+    from sklearn import metrics as skm
     pred, labels = np.asarray(pred), np.asarray(labels)
     return {
         "acc": hungarian_accuracy(pred, labels),

