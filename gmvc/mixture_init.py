@@ -195,3 +195,29 @@ def imbalance(prior, z, chunk_size=None):
         rows, prior["logits"], prior["means"], prior["log_vars"])), 0), jnp.zeros((k,), z.dtype), chunk_size)
     usage = usage / z.shape[0]
     return jnp.log(k) + jnp.sum(usage * jnp.log(jnp.maximum(usage, 1e-30)))
+
+
+def smooth_embeddings(z, table, times):
+    """Each embedding replaced `times` times by the mean of itself and its k nearest neighbours
+    (table [N, k] of row indices, gmvc/neighbours.py): a step of diffusion along the
+    neighbour graph, which pulls a cluster's points together where most neighbours share it.
+    Working memory: a few [N, D] arrays (the neighbours are summed one column at a time)."""
+    def once(_, zs):
+        total = jax.lax.fori_loop(0, table.shape[1], lambda j, t: t + zs[table[:, j]], zs)
+        return total / (table.shape[1] + 1)
+
+    return jax.lax.fori_loop(0, times, once, z)
+
+
+def fit_diag_gmm_smoothed(rng, z, table, k, smooth, chunk_size=None, **fit_kwargs):
+    """fit_diag_gmm on the embeddings smoothed along their neighbour graph (smooth_embeddings),
+    then one M-step on the embeddings themselves with the responsibilities the fit gives their
+    smoothed copies: the prior keeps the fit's partition, with the means and widths of the
+    points the model will see."""
+    d = z.shape[1]
+    zs = smooth_embeddings(z, table, smooth)
+    fit = fit_diag_gmm(rng, zs, k, chunk_size=chunk_size, **fit_kwargs)
+    resp = lambda rows: jnp.exp(mixture.log_responsibilities(rows[:, :d], fit["logits"], fit["means"],
+                                                              fit["log_vars"]))
+    both = moments(jnp.concatenate([zs, z], axis=1), resp, k, chunk_size)     # [K, 2D]: smoothed | raw
+    return {"logits": both["logits"], "means": both["means"][:, d:], "log_vars": both["log_vars"][:, d:]}

@@ -10,7 +10,9 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
   {"kind": "init_prior", "method": "em" | "minibatch", "kmeans_iters": 50, "em_iters": 20,
    "n_init": 10, "select": "likelihood", "batches": 200, "batch_size": 128}   (minibatch: at most
    batches * batch_size embeddings; n_init fits from different seeds, the most likely one kept,
-   or with select="balance" the one using its components most evenly)
+   or with select="balance" the one using its components most evenly; "smooth": n > 0 fits
+   embeddings averaged n times with their nearest neighbours, which needs a neighbours phase
+   right before it, with no train phase in between: mixture_init.fit_diag_gmm_smoothed)
   {"kind": "neighbours", "k": 10}   (each sample's k nearest neighbours in the embedding, for
    the `neighbours` term of the train phases after it; gmvc/neighbours.py)
 An empty train.phases is one train phase of train.steps with config.objective.
@@ -22,9 +24,9 @@ from gmvc.errors import ConfigError
 from gmvc.mixture_init import SELECTIONS
 
 TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr", "augment", "batch_size"}
-INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select"}
+INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select", "smooth"}
 INIT_DEFAULTS = {"method": "em", "select": "likelihood", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
-                 "batch_size": 128}
+                 "batch_size": 128, "smooth": 0}
 NEIGHBOUR_KEYS = {"kind", "k"}
 GROUPS = ("net", "prior")
 
@@ -57,11 +59,16 @@ def build_phases(config):
     if fixed > total or (rest and fixed == total):
         raise ConfigError(f"train.steps={total} leaves no steps for the phases {rest or ''}: the phases with "
                           f"fixed steps take {fixed}")
-    phases, step, have_table = [], 0, False
+    phases, step, have_table, fresh_table = [], 0, False, False
     for name, spec in specs:
         if spec["kind"] == "neighbours":
-            have_table = True
+            have_table = fresh_table = True
+        elif spec["kind"] == "init_prior" and spec["smooth"] and not fresh_table:
+            raise ConfigError(f"phase {name!r}: smooth={spec['smooth']} needs a neighbours phase before it in "
+                              f"train.phases, with no train phase in between (the table must be of the "
+                              f"embeddings it fits)")
         elif spec["kind"] == "train":
+            fresh_table = False
             if uses_neighbours(spec) and not have_table:
                 raise _no_table_error(name)
             # a train phase without the term does not carry the table (nor checkpoint it)
@@ -97,6 +104,12 @@ def _check_spec(name, spec, config):
             raise ConfigError(f"phase {name!r}: unknown method {spec['method']!r}; known: ['em', 'minibatch']")
         if spec["select"] not in SELECTIONS:
             raise ConfigError(f"phase {name!r}: unknown select {spec['select']!r}; known: {list(SELECTIONS)}")
+        smooth = spec["smooth"]
+        if not isinstance(smooth, int) or isinstance(smooth, bool) or smooth < 0:
+            raise ConfigError(f"phase {name!r}: smooth must be a whole number >= 0, got {smooth!r}")
+        if smooth and spec["method"] != "em":
+            raise ConfigError(f"phase {name!r}: smooth needs method 'em' (all the embeddings, as the "
+                              f"neighbour table has them); got {spec['method']!r}")
         return spec
     spec = {"objective": dict(config.objective), "trainable": GROUPS, **spec}
     spec["trainable"] = tuple(spec["trainable"])

@@ -19,7 +19,7 @@ from gmvc.data import load_dataset
 from gmvc.events import open_events
 from gmvc.errors import CheckpointError, ConfigError, DataError, TrainingError
 from gmvc.models import make_model
-from gmvc.mixture_init import fit_diag_gmm
+from gmvc.mixture_init import fit_diag_gmm, fit_diag_gmm_smoothed
 from gmvc.objectives import make_objective
 from gmvc.neighbours import agreement, neighbour_phase
 from gmvc.phases import build_phases, neighbour_k, resume_index, uses_neighbours
@@ -114,7 +114,10 @@ def start_warmup(config, model, phases, runners, fits, params, x_device, train_r
         elif phase.kind == "init_prior":
             x_like = jax.ShapeDtypeStruct((prior_fit_rows(phase.spec, len(x_rows)), *x_rows.shape[1:]), x_rows.dtype)
             z_like = jax.eval_shape(model.embed, one_like, x_like)
-            warm.submit(phase.name, lambda f, z: f.lower(train_rng, z).compile(), fits[phase.name], z_like)
+            table_like = (jax.ShapeDtypeStruct((len(x_rows), neighbour_k(phases, i)), np.int32)
+                          if phase.spec.get("smooth", 0) else None)
+            warm.submit(phase.name, lambda f, z, t: f.lower(train_rng, z, t).compile(), fits[phase.name], z_like,
+                        table_like)
     warm.submit("finish", runners[last_phase].precompile_full_loss, one_like, inputs)
     return warm
 
@@ -265,7 +268,8 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
                 preloading = True
             if phase.kind == "init_prior":
                 params = init_prior_phase(phase, model, params, data.x if split is None else data.x[split[0]],
-                                          jax.random.fold_in(prior_rng, i), config, fits[phase.name])
+                                          jax.random.fold_in(prior_rng, i), config, fits[phase.name],
+                                          table if phase.spec.get("smooth", 0) else None)
                 echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings ({phase.spec['method']})",
                      flush=True)
                 continue
@@ -479,10 +483,14 @@ class PhaseRunner:
 
 
 def prior_fit(spec, model):
-    """The compiled fit(rng, z) -> prior of an init_prior phase."""
-    return jax.jit(lambda r, z: fit_diag_gmm(r, z, model.num_clusters, spec["kmeans_iters"],
-                                             spec["em_iters"] if spec["method"] == "em" else 0, spec["n_init"],
-                                             select=spec["select"]))
+    """The compiled fit(rng, z, table) -> prior of an init_prior phase (`table`, the neighbour
+    table of z's rows, is read only with spec["smooth"] > 0)."""
+    fit_args = dict(kmeans_iters=spec["kmeans_iters"], em_iters=spec["em_iters"] if spec["method"] == "em" else 0,
+                    n_init=spec["n_init"], select=spec["select"])
+    smooth = spec.get("smooth", 0)
+    if smooth:
+        return jax.jit(lambda r, z, table: fit_diag_gmm_smoothed(r, z, table, model.num_clusters, smooth, **fit_args))
+    return jax.jit(lambda r, z, table=None: fit_diag_gmm(r, z, model.num_clusters, **fit_args))
 
 
 def prior_fit_rows(spec, num_train):
@@ -490,10 +498,10 @@ def prior_fit_rows(spec, num_train):
     return min(num_train, spec["batches"] * spec["batch_size"]) if spec["method"] == "minibatch" else num_train
 
 
-def init_prior_phase(phase, model, params, x, rng, config, fit=None):
+def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None):
     """Refit each restart's mixture prior to its embeddings of the data (all of it for "em", at
     most batches * batch_size samples for "minibatch"). `fit`: prior_fit(phase.spec, model),
-    when compiled ahead."""
+    when compiled ahead; `table`: the neighbour table [R, N, k] of x's rows (spec["smooth"])."""
     spec = phase.spec
     if spec["method"] == "minibatch":
         n = prior_fit_rows(spec, len(x))
@@ -505,7 +513,7 @@ def init_prior_phase(phase, model, params, x, rng, config, fit=None):
         params_r = jax.tree.map(lambda a: a[r], params)
         bs = config.eval.batch_size
         z = jnp.concatenate([embed(params_r, x[i:i + bs]) for i in range(0, len(x), bs)])
-        priors.append(fit(jax.random.fold_in(rng, r + 1), z))
+        priors.append(fit(jax.random.fold_in(rng, r + 1), z, None if table is None else jnp.asarray(table[r])))
     return {**params, "prior": jax.tree.map(lambda *a: jnp.stack(a), *priors)}
 
 
