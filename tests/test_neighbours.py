@@ -273,3 +273,35 @@ def test_shard_map_matches_one_device_with_neighbours(tmp_path):
     np.testing.assert_array_equal(states["single"]["neighbours"], states["shard_map"]["neighbours"])
     print("largest relative difference per leaf:", _assert_close(states["single"]["params"],
                                                                  states["shard_map"]["params"], 1e-4))
+
+
+def test_smoothed_mixture_init_reads_each_restarts_table(straight, tmp_path):
+    """gmm_init with smooth=1: each restart's prior is fit_diag_gmm_smoothed of its embeddings with
+    its own neighbour table, and a whole run with it trains (finite, and not the unsmoothed run)."""
+    from gmvc.mixture_init import fit_diag_gmm_smoothed
+    from gmvc.phases import build_phases
+    from gmvc.train import init_prior_phase
+    c, workdir, _ = straight
+    smooth = c.copy_and_resolve_references()
+    smooth.unlock()
+    smooth.phases.gmm_init.smooth = 1
+    phase = [p for p in build_phases(smooth) if p.name == "gmm_init"][0]
+    data = load_dataset(c.data, c.seed)
+    model = make_model(c.model, data.x.shape[1:])
+    pretrained = _checkpoint(workdir, 40)["params"]
+    tables = np.stack([knn_table(model.embed(jax.tree.map(lambda a: a[r], pretrained), data.x), K_NBR)
+                       for r in range(2)])
+    rng = jax.random.key(3)
+    fitted = init_prior_phase(phase, model, pretrained, data.x, rng, smooth, table=tables)
+    spec = phase.spec
+    for r in range(2):
+        z = model.embed(jax.tree.map(lambda a: a[r], pretrained), data.x)
+        expected = fit_diag_gmm_smoothed(jax.random.fold_in(rng, r + 1), z, jnp.asarray(tables[r]),
+                                         model.num_clusters, 1, kmeans_iters=spec["kmeans_iters"],
+                                         em_iters=spec["em_iters"], n_init=spec["n_init"], select=spec["select"])
+        for name in ("logits", "means", "log_vars"):
+            np.testing.assert_allclose(fitted["prior"][name][r], expected[name], rtol=1e-5, atol=1e-5)
+    summary = train_and_evaluate(smooth, tmp_path, **quiet)
+    assert summary["steps"] == 80 and np.isfinite(summary["restart_objective"]).all()
+    ends = _checkpoint(workdir, 80)["params"]["prior"]["means"], _checkpoint(tmp_path, 80)["params"]["prior"]["means"]
+    assert np.abs(ends[0] - ends[1]).max() > 1e-3
