@@ -6,7 +6,10 @@ minutes on a 2-core CPU. Phases, run by the one training loop:
    64 epochs (the earlier 3,500 steps of 100 were 70) in 30% less time: a batch of 256 runs
    1.3 times more samples a second on this CPU;
 2. knn: each image's 10 nearest neighbours in the embedding (gmvc/neighbours.py);
-3. gmm_init: a diagonal GMM on the embeddings, 10 fits, the most balanced kept;
+3. gmm_init: a diagonal GMM on the embeddings averaged with their 10 nearest neighbours
+   (`smooth: 1`), 10 fits, the most balanced kept, then one M-step on the embeddings
+   themselves. The smoothing moved seed 0's mixture init from 0.685 to 0.771 and its final
+   accuracy from 0.72 to 0.84;
 4. main: VaDE (reconstruction + mixture KL) plus `c_marginal` (the batch's cluster usage
    against the uniform) and the `neighbours` term (a sample and a drawn neighbour should share
    a component), both at weight 20, on augmented images, 1,250 steps. The neighbour's side of
@@ -41,7 +44,7 @@ def get_config():
                      "trainable": ("net",), "augment": AUGMENT},
         "knn": {"kind": "neighbours", "k": 10},
         "gmm_init": {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 10,
-                     "select": "balance"},
+                     "select": "balance", "smooth": 1},
         "main": dict(MAIN),
         "knn2": {"kind": "neighbours", "k": 10},
         "main2": {**MAIN, "steps": -1},

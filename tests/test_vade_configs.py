@@ -91,3 +91,17 @@ def test_learning_rate_schedules_per_group():
     net, prior = zip(*seen)
     assert net == pytest.approx([0.01, 0.005, 0.0025], rel=1e-4)
     assert prior == pytest.approx([0.0, 0.05, 0.1], rel=1e-4, abs=1e-7)
+
+
+def test_vade_mnist5k_phases_build():
+    """The default mnist5k recipe: its phases build, the mixture init smooths with the table of
+    the neighbours phase just before it, and the neighbour side of the term is a fixed target."""
+    from gmvc.phases import build_phases
+    c = load_config("vade_mnist5k.py")
+    phases = build_phases(c)
+    assert [(p.name, p.kind) for p in phases] == [
+        ("pretrain", "train"), ("knn", "neighbours"), ("gmm_init", "init_prior"), ("main", "train"),
+        ("knn2", "neighbours"), ("main2", "train")]
+    assert [p.end - p.start for p in phases if p.kind == "train"] == [1250, 1250, 1250]
+    assert phases[2].spec["smooth"] == 1 and phases[2].spec["select"] == "balance"
+    assert c.terms.neighbours.stop_gradient is True
