@@ -115,7 +115,7 @@ def start_warmup(config, model, phases, runners, fits, params, x_device, train_r
             x_like = jax.ShapeDtypeStruct((prior_fit_rows(phase.spec, len(x_rows)), *x_rows.shape[1:]), x_rows.dtype)
             z_like = jax.eval_shape(model.embed, one_like, x_like)
             table_like = (jax.ShapeDtypeStruct((len(x_rows), neighbour_k(phases, i)), np.int32)
-                          if phase.spec.get("smooth", 0) else None)
+                          if phase.spec["smooth"] else None)
             warm.submit(phase.name, lambda f, z, t: f.lower(train_rng, z, t).compile(), fits[phase.name], z_like,
                         table_like)
     warm.submit("finish", runners[last_phase].precompile_full_loss, one_like, inputs)
@@ -269,7 +269,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
             if phase.kind == "init_prior":
                 params = init_prior_phase(phase, model, params, data.x if split is None else data.x[split[0]],
                                           jax.random.fold_in(prior_rng, i), config, fits[phase.name],
-                                          table if phase.spec.get("smooth", 0) else None)
+                                          table if phase.spec["smooth"] else None)
                 echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings ({phase.spec['method']})",
                      flush=True)
                 continue
@@ -487,7 +487,7 @@ def prior_fit(spec, model):
     table of z's rows, is read only with spec["smooth"] > 0)."""
     fit_args = dict(kmeans_iters=spec["kmeans_iters"], em_iters=spec["em_iters"] if spec["method"] == "em" else 0,
                     n_init=spec["n_init"], select=spec["select"])
-    smooth = spec.get("smooth", 0)
+    smooth = spec["smooth"]
     if smooth:
         return jax.jit(lambda r, z, table: fit_diag_gmm_smoothed(r, z, table, model.num_clusters, smooth, **fit_args))
     return jax.jit(lambda r, z, table=None: fit_diag_gmm(r, z, model.num_clusters, **fit_args))

@@ -367,7 +367,7 @@ def test_minibatch_init_prior_uses_a_subsample():
     z, y = _blobs(2000, seed=1)
     model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
     spec = {"kind": "init_prior", "method": "minibatch", "kmeans_iters": 50, "em_iters": 20, "n_init": N_INIT,
-            "select": "likelihood", "batches": 5, "batch_size": 100}
+            "select": "likelihood", "batches": 5, "batch_size": 100, "smooth": 0}
     config = types.SimpleNamespace(train=types.SimpleNamespace(restarts=1), eval=types.SimpleNamespace(batch_size=128))
     params = {"net": {"w": jnp.ones((1, 2))},
               "prior": {"logits": jnp.zeros((1, 4)), "means": jnp.zeros((1, 4, 3)), "log_vars": jnp.zeros((1, 4, 3))}}
