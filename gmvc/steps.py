@@ -35,11 +35,12 @@ def make_train_step(loss_fn, tx, axis_name=None):
     return train_step
 
 
-def make_restarts_step(train_step, restarts):
+def make_restarts_step(train_step, restarts, own_batches=False):
     """Lift train_step to a state whose params and opt_state carry a leading [R] axis (independent
-    restarts) while the step counter and the batch are shared: one vmapped program trains all R.
-    A batch with neighbours ({"data", "neighbours"}, see assemble_batch) has each restart's own
-    neighbours [R, B, ...]."""
+    restarts) while the step counter is shared: one vmapped program trains all R. The batch is
+    shared, or with `own_batches` each restart's own (every leaf [R, B, ...], see
+    make_train_chunk's `restarts`). A batch with neighbours ({"data", "neighbours"}, see
+    assemble_batch) has each restart's own neighbours [R, B, ...]."""
 
     def restarts_step(state, batch, rng, start=0):
         def one(params, opt_state, rng_r, batch_r):
@@ -48,7 +49,10 @@ def make_restarts_step(train_step, restarts):
             return new["params"], new["opt_state"], aux
 
         rngs = jax.vmap(lambda r: mixture.fold_in(rng, r))(jnp.arange(restarts))   # [R] keys, or [R, B] per sample
-        batch_axes = {"data": None, "neighbours": 0} if neighbours.has_neighbours(batch) else None
+        if own_batches:
+            batch_axes = 0
+        else:
+            batch_axes = {"data": None, "neighbours": 0} if neighbours.has_neighbours(batch) else None
         params, opt_state, aux = jax.vmap(one, in_axes=(0, 0, 0, batch_axes))(state["params"], state["opt_state"],
                                                                             rngs, batch)
         return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, aux   # aux leaves [R]
@@ -56,15 +60,25 @@ def make_restarts_step(train_step, restarts):
     return restarts_step
 
 
-def make_epoch_order(rng, num_examples, batch_size):
+def make_epoch_order(rng, num_examples, batch_size, restarts=None):
     """Returns (steps_per_epoch, order(epoch) -> [N] permutation drawn from fold_in(rng, epoch)).
     Epoch e is that permutation cut into batches (the remainder dropped): the batch of a step is a
-    function of the step alone, so a resumed run reads exactly what an uninterrupted one would."""
+    function of the step alone, so a resumed run reads exactly what an uninterrupted one would.
+    With `restarts` R, order(epoch) is [R, N], one permutation per restart: row 0 is the one
+    above (restart 0 reads what a run with one restart would), row r > 0 is drawn from
+    fold_in(fold_in(rng, epoch), r)."""
     steps_per_epoch = num_examples // batch_size
 
-    def order(epoch):
+    def one(key):
         # argsort of uniforms: one sort, much cheaper on CPU than jax.random.permutation.
-        return jnp.argsort(jax.random.uniform(jax.random.fold_in(rng, epoch), (num_examples,)))
+        return jnp.argsort(jax.random.uniform(key, (num_examples,)))
+
+    def order(epoch):
+        key = jax.random.fold_in(rng, epoch)
+        if restarts is None:
+            return one(key)
+        keys = jnp.stack([key] + [jax.random.fold_in(key, r) for r in range(1, restarts)])
+        return jax.vmap(one)(keys)
 
     return steps_per_epoch, order
 
@@ -77,11 +91,17 @@ def select_batch(x, idx, keys):
 def assemble_batch(state, x, idx, keys, select):
     """(batch, this device's keys) for the global batch `idx` [B] and its per-sample keys. When the
     state carries a neighbour table [R, N, k] (gmvc/neighbours.py), the batch is {"data": rows,
-    "neighbours": [R, B, ...] one drawn neighbour of each row, per restart}."""
-    batch, local_keys = select(x, idx, keys)
+    "neighbours": [R, B, ...] one drawn neighbour of each row, per restart}. `idx` [R, B], one
+    batch per restart, gives rows [R, B, ...] as well (make_restarts_step's `own_batches`)."""
+    own = idx.ndim == 2
+    if own:
+        batch, local_keys = jax.vmap(lambda i: select(x, i, keys), out_axes=(0, None))(idx)
+    else:
+        batch, local_keys = select(x, idx, keys)
     if "neighbours" not in state:
         return batch, local_keys
-    nbr_idx = jax.vmap(lambda table: neighbours.draw(table, idx, keys))(state["neighbours"])   # [R, B]
+    rows = idx if own else jnp.broadcast_to(idx, (state["neighbours"].shape[0],) + idx.shape)
+    nbr_idx = jax.vmap(lambda table, i: neighbours.draw(table, i, keys))(state["neighbours"], rows)   # [R, B]
     nbr = jax.vmap(lambda i: select(x, i, keys)[0])(nbr_idx)
     return {"data": batch, "neighbours": nbr}, local_keys
 
@@ -92,23 +112,26 @@ def step_keys(step_rng, step, batch_size):
     return jax.random.split(jax.random.fold_in(step_rng, step), batch_size)
 
 
-def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_steps=None, select=select_batch):
+def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_steps=None, select=select_batch,
+                     restarts=None):
     """chunk(state, x, rng[, bounds]) -> (state, metrics): `chunk_len` steps in one lax.scan on device, with
     the metrics averaged over the chunk. Steps at or past `total_steps` leave the state unchanged,
     so every chunk has the same shape and the program compiles once. `rng` is the run's training
     key: data order and step noise are folded in from it by epoch and by step. `select(x, idx,
     keys)` gives this device's part of the batch (gmvc/parallel.py). `bounds`, an int32 [2]
     array (start, end), replaces (0, total_steps) with traced values: phases that differ only in
-    their steps then share one compiled program."""
+    their steps then share one compiled program. `restarts` R: each restart reads its own data
+    order (make_epoch_order), and train_step takes batches [R, B, ...] (make_restarts_step with
+    own_batches)."""
 
     def chunk(state, x, rng, bounds=None):
         start, end = (0, total_steps) if bounds is None else (bounds[0], bounds[1])
         data_rng, step_rng = jax.random.split(rng)
-        steps_per_epoch, order = make_epoch_order(data_rng, num_examples, batch_size)
+        steps_per_epoch, order = make_epoch_order(data_rng, num_examples, batch_size, restarts)
 
         def run(s, perm):
             step = s["step"]
-            idx = jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size)
+            idx = jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size, axis=-1)
             batch, keys = assemble_batch(s, x, idx, step_keys(step_rng, step, batch_size), select)
             return train_step(s, batch, keys, start)
 
@@ -134,17 +157,17 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
     return chunk
 
 
-def make_indexed_step(train_step, *, num_examples, batch_size, select=select_batch):
+def make_indexed_step(train_step, *, num_examples, batch_size, select=select_batch, restarts=None):
     """step(state, x, rng, bounds) -> (state, aux): one train step on the batch its step number
-    selects (the same batch as in make_train_chunk); of `bounds` (start, end) only the start is
-    read."""
+    selects (the same batch as in make_train_chunk, `restarts` as there); of `bounds` (start, end)
+    only the start is read."""
 
     def step_fn(state, x, rng, bounds):
         data_rng, step_rng = jax.random.split(rng)
-        steps_per_epoch, order = make_epoch_order(data_rng, num_examples, batch_size)
+        steps_per_epoch, order = make_epoch_order(data_rng, num_examples, batch_size, restarts)
         step = state["step"]
         idx = jax.lax.dynamic_slice_in_dim(order(step // steps_per_epoch), (step % steps_per_epoch) * batch_size,
-                                           batch_size)
+                                           batch_size, axis=-1)
         batch, keys = assemble_batch(state, x, idx, step_keys(step_rng, step, batch_size), select)
         return train_step(state, batch, keys, bounds[0])
 

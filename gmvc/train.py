@@ -37,6 +37,8 @@ def check_config(config, data):
                         f"in {data.name!r}")
     if t.restart_choice not in RESTART_CHOICES:
         raise ConfigError(f"unknown train.restart_choice {t.restart_choice!r}; known: {list(RESTART_CHOICES)}")
+    if t.restart_batches not in RESTART_BATCHES:
+        raise ConfigError(f"unknown train.restart_batches {t.restart_batches!r}; known: {list(RESTART_BATCHES)}")
     for key in ("steps", "log_every", "checkpoint_every", "restarts"):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {t[key]}")
@@ -416,7 +418,11 @@ class PhaseRunner:
         if batch_size % layout.n:
             raise ConfigError(f"phase {phase.name!r}: batch_size={batch_size} does not divide evenly over "
                               f"{layout.n} devices")
-        step_fn = steps.make_restarts_step(steps.make_train_step(phase_loss, self.tx, axis_name=axis), t.restarts)
+        # Restarts read their own data orders (train.restart_batches "own"), so they differ by more than
+        # their inits; with one restart the batches are the same either way.
+        own = t.restarts if t.restarts > 1 and t.restart_batches == "own" else None
+        step_fn = steps.make_restarts_step(steps.make_train_step(phase_loss, self.tx, axis_name=axis), t.restarts,
+                                           own_batches=own is not None)
         select = steps.select_batch if axis is None else parallel.select_local_batch(layout.n)
         self.trace_count = 0
 
@@ -427,12 +433,13 @@ class PhaseRunner:
             return traced
 
         if uses_host_loop(config):
-            one = steps.make_indexed_step(step_fn, num_examples=num_examples, batch_size=batch_size, select=select)
+            one = steps.make_indexed_step(step_fn, num_examples=num_examples, batch_size=batch_size, select=select,
+                                          restarts=own)
             self.run_chunk = steps.make_host_chunk(parallel.wrap_chunk(layout, counted(one)), chunk_len=t.log_every,
                                                    step_of=self._step_of)
         else:
             chunk = steps.make_train_chunk(step_fn, num_examples=num_examples, batch_size=batch_size,
-                                           chunk_len=t.log_every, select=select)
+                                           chunk_len=t.log_every, select=select, restarts=own)
             self.run_chunk = parallel.wrap_chunk(layout, counted(chunk))
 
     def precompile(self, params_like, x, rng, table_like=None):
@@ -600,6 +607,7 @@ def load_run(config, workdir, echo=print):
 
 
 RESTART_CHOICES = ("objective", "balance")
+RESTART_BATCHES = ("own", "shared")
 
 
 def choose_restart(config, runner, model, stacked_params, x):

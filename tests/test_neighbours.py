@@ -110,6 +110,15 @@ def test_each_restart_trains_on_draws_from_its_own_table():
     np.testing.assert_array_equal(new["params"], batch["neighbours"])
     assert int(new["step"]) == 1 and new["neighbours"] is tables
     assert (np.asarray(batch["neighbours"][0]) != np.asarray(batch["neighbours"][1])).any()
+    # one batch per restart (make_train_chunk's `restarts`): rows [R, B] and their own neighbours
+    own_idx = jnp.stack([idx, idx + 16])
+    own, own_keys = assemble_batch(state, x, own_idx, keys, select_batch)
+    np.testing.assert_array_equal(own["data"], x[np.asarray(own_idx)])
+    assert own_keys is keys
+    for r in range(2):
+        np.testing.assert_array_equal(own["neighbours"][r], x[draw(tables[r], own_idx[r], keys)])
+    new, _ = make_restarts_step(record, 2, own_batches=True)(state, own, keys)
+    np.testing.assert_array_equal(new["params"], own["neighbours"])
 
 
 # -- the term ---------------------------------------------------------------------------------

@@ -83,6 +83,9 @@ def test_restarts_choose_lowest_objective(spiral_config, tmp_path):
     losses = out["restart_objective"]
     assert len(losses) == 3 and len(set(losses)) == 3          # different inits, different results
     assert out["chosen_restart"] == int(np.argmin(losses))
+    spiral_config.train.restart_batches = "mine"
+    with pytest.raises(ConfigError, match="unknown train.restart_batches 'mine'"):
+        train_and_evaluate(spiral_config, tmp_path / "bad", **quiet)
 
 
 def test_outputs_written(spiral_config, tmp_path):
@@ -203,6 +206,43 @@ def test_chunk_reads_the_phase_bounds_as_values():
     state, m = run({"step": jnp.asarray(15, jnp.int32)}, x, rng, np.asarray([12, 30], np.int32))
     assert int(state["step"]) == 23 and float(m["relative_step"]) == 6.5     # steps 15..22 -> 3..10
     assert len(traces) == 1
+
+
+def test_each_restart_reads_its_own_data_order():
+    """With `restarts`, make_train_chunk gives every restart its own permutation of the data each
+    epoch: restart 0 reads the batches a one-restart chunk reads, the others other batches, and
+    each still sees every sample once per epoch. make_restarts_step's own_batches hands each
+    restart its own rows."""
+    import jax.numpy as jnp
+    from gmvc import steps
+    x = jnp.arange(40, dtype=jnp.float32)[:, None]               # row i holds i
+    rng = jax.random.key(3)
+
+    def record(state, batch, keys, start=0):                  # the "params" become the batch's rows
+        return {**state, "step": state["step"] + 1, "params": batch[:, 0]}, {"loss": jnp.float32(0.0)}
+
+    def epoch_rows(restarts):
+        step = steps.make_restarts_step(record, 3, own_batches=restarts is not None)
+        one = jax.jit(steps.make_indexed_step(step, num_examples=40, batch_size=10, restarts=restarts))
+        state = {"step": jnp.int32(0), "params": jnp.zeros((3, 10)), "opt_state": jnp.zeros(3)}
+        rows = []
+        for _ in range(4):                                    # one epoch: 4 batches of 10
+            state, _ = one(state, x, rng, np.asarray([0, 4], np.int32))
+            rows.append(np.asarray(state["params"]))
+        return np.concatenate(rows, axis=1)                   # [3 restarts, 40 rows]
+
+    shared, own = epoch_rows(None), epoch_rows(3)
+    assert (shared == shared[:1]).all()                       # one order for all
+    np.testing.assert_array_equal(own[0], shared[0])
+    for r in range(3):
+        assert sorted(own[r]) == list(range(40))
+    assert (own[1] != own[0]).mean() > 0.8 and (own[2] != own[1]).mean() > 0.8
+    # the scanned chunk reads the same batches as the indexed step
+    step = steps.make_restarts_step(record, 3, own_batches=True)
+    chunk = jax.jit(steps.make_train_chunk(step, num_examples=40, batch_size=10, chunk_len=1, total_steps=10,
+                                           restarts=3))
+    state, _ = chunk({"step": jnp.int32(3), "params": jnp.zeros((3, 10)), "opt_state": jnp.zeros(3)}, x, rng)
+    np.testing.assert_array_equal(np.asarray(state["params"]), own[:, 30:])
 
 
 def test_phases_differing_only_in_steps_share_one_program(tmp_path, monkeypatch):
