@@ -40,6 +40,7 @@ def _gmvae(spiral_config):
     c.data.num_points = 800
     c.train.batch_size = 80
     c.train.restarts = 2
+    c.train.restart_batches = "own"           # each restart's batch assembled on every layout
     c.train.steps, c.train.log_every, c.train.checkpoint_every = 60, 20, 60
     return c
 
