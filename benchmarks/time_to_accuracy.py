@@ -4,6 +4,7 @@ included) until the default VaDE configs first reach a target accuracy.
     python benchmarks/time_to_accuracy.py                      # vade_digits to 0.80, vade_mnist5k to 0.70
     python benchmarks/time_to_accuracy.py --seeds=3 --out=tta.json
     python benchmarks/time_to_accuracy.py --config=configs/vade_digits.py --target=0.9
+    python benchmarks/time_to_accuracy.py --cache       # with the command line's compilation cache
 
 Prints one JSON object per config (one line each) on stdout, and all of them to --out if given;
 progress goes to stderr.
@@ -16,6 +17,11 @@ choice. The evaluation's own time is measured and taken out of the wall time, so
 the time the run needed, not the time spent watching it. `reference_seconds` is a PyTorch
 VaDE's (ClustPy 0.0.3, defaults) whole run on the same data and machine; the target is at most
 a third of it.
+
+By default every program compiles (the first run of a config on a machine). With --cache the
+runs use the command line's compilation cache (gmvc/cache.py), as `python -m gmvc.main` does:
+a run whose programs an earlier run compiled loads them from disk (every later run of a
+config, another seed included). `compilation_cache` in the output names it (null: none).
 """
 import argparse
 import json
@@ -47,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--out", default="", help="also write the results to this JSON file")
+    p.add_argument("--cache", action="store_true",
+                   help="use the command line's compilation cache (default: compile every program)")
     args = p.parse_args(argv)
     if not args.config:
         args.config, args.target = [c for c, _ in DEFAULTS], args.target or [t for _, t in DEFAULTS]
@@ -124,6 +132,10 @@ def main(argv=None):
     args = parse_args(argv)
     from absl import logging
     logging.set_verbosity(logging.WARNING)
+    cache = None
+    if args.cache:
+        from gmvc.cache import enable_compilation_cache
+        cache = enable_compilation_cache()
     root = pathlib.Path(tempfile.mkdtemp(prefix="gmvc_tta_"))
     results = []
     try:
@@ -137,7 +149,7 @@ def main(argv=None):
             reached = [r["reached"]["seconds"] for r in runs if r["reached"]]
             reference = REFERENCE_SECONDS.get(source)
             result = {"config": path, "dataset": source, "target_acc": target, "seeds": args.seeds,
-                      "overrides": args.set, "runs_reaching_target": len(reached),
+                      "overrides": args.set, "compilation_cache": cache, "runs_reaching_target": len(reached),
                       "seconds_to_target_mean": round(float(np.mean(reached)), 2) if reached else None,
                       "seconds_to_target_max": round(float(np.max(reached)), 2) if reached else None,
                       "reference_seconds": reference,
