@@ -44,6 +44,7 @@ class Checkpointer:
         """Restore checkpoint `step` into the structure, shapes and dtypes of `like`.
         A corrupt or incompatible checkpoint is reported by path and left where it is."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        self._check_metadata(step, like)
         try:
             restored = self._manager.restore(int(step), args=ocp.args.StandardRestore(abstract))
         except Exception as e:
@@ -54,8 +55,39 @@ class Checkpointer:
         _check_same_shapes(restored, like, self.path(step))
         return restored
 
+    def _check_metadata(self, step, like):
+        """Compare the shapes the checkpoint's metadata lists with `like`'s before reading any
+        array: a checkpoint of another model is reported without starting a restore that fails
+        part way (orbax then leaves its other reads unawaited). Leaves only one side names are
+        left to the restore to judge."""
+        try:
+            saved = _leaf_shapes(self._manager.item_metadata(int(step)).tree)
+        except Exception:
+            return                  # the restore reports an unreadable checkpoint
+        wanted = _leaf_shapes(like)
+        differ = sorted(".".join(k) for k in saved.keys() & wanted.keys() if saved[k] != wanted[k])
+        if differ:
+            k = tuple(differ[0].split("."))
+            raise CheckpointError(f"checkpoint {self.path(step)} does not match this config's model (parameter shapes "
+                                  f"differ: {differ[0]} is {saved[k]} there, {wanted[k]} here"
+                                  f"{f', and {len(differ) - 1} more' if len(differ) > 1 else ''}); it was left in "
+                                  f"place; use another --workdir to start afresh.")
+
     def close(self):
         self._manager.close()
+
+
+def _key_name(key):
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _leaf_shapes(tree):
+    """{path of names: shape} of a pytree's array leaves (a metadata tree's too)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda a: hasattr(a, "shape"))[0]
+    return {tuple(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
 
 
 def _check_same_shapes(restored, like, path):

@@ -126,10 +126,24 @@ def test_corrupt_checkpoint_is_reported_and_kept(spiral_config, tmp_path):
     assert all(p.exists() for p in files)
 
 
-def test_incompatible_checkpoint_is_reported_and_kept(spiral_config, tmp_path):
+def test_incompatible_checkpoint_is_reported_and_kept(spiral_config, tmp_path, monkeypatch):
+    """A checkpoint of another network is named, with a leaf whose shape differs, from its
+    metadata: no array is read (orbax would leave the other reads of a failed restore
+    unawaited). The metadata's leaf names are the train state's, so the check sees every leaf."""
+    import orbax.checkpoint as ocp
+    from gmvc.checkpoint import Checkpointer, _leaf_shapes
     train_and_evaluate(spiral_config, tmp_path, **quiet)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    saved = _leaf_shapes(ckpt._manager.item_metadata(200).tree)
+    ckpt.close()
+    seen, check = [], Checkpointer._check_metadata
+    monkeypatch.setattr(Checkpointer, "_check_metadata", lambda self, step, like: (seen.append(like),
+                                                                                   check(self, step, like))[1])
+    train_and_evaluate(spiral_config, tmp_path, **quiet)          # resumes at its last step: the same model
+    assert len(seen) == 1 and _leaf_shapes(seen[0]) == saved and len(saved) > 10
     spiral_config.model.hidden_sizes = (37,)
-    with pytest.raises(CheckpointError, match="checkpoints/200"):
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", lambda *a, **k: pytest.fail("restore started"))
+    with pytest.raises(CheckpointError, match=r"checkpoints/200 .*shapes differ: \S+ is \(\d+"):
         train_and_evaluate(spiral_config, tmp_path, **quiet)
     assert (tmp_path / "checkpoints" / "200").is_dir()
 
