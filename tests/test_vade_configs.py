@@ -101,7 +101,7 @@ def test_vade_mnist5k_phases_build():
     phases = build_phases(c)
     assert [(p.name, p.kind) for p in phases] == [
         ("pretrain", "train"), ("knn", "neighbours"), ("gmm_init", "init_prior"), ("main", "train"),
-        ("knn2", "neighbours"), ("main2", "train")]
+        ("knn2", "neighbours"), ("gmm_init2", "init_prior"), ("main2", "train")]
     assert [p.end - p.start for p in phases if p.kind == "train"] == [1250, 1250, 1250]
     assert phases[2].spec["smooth"] == 1 and phases[2].spec["select"] == "balance"
     assert c.terms.neighbours.stop_gradient is True
