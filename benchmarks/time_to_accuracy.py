@@ -18,10 +18,12 @@ the time the run needed, not the time spent watching it. `reference_seconds` is 
 VaDE's (ClustPy 0.0.3, defaults) whole run on the same data and machine; the target is at most
 a third of it.
 
-By default every program compiles (the first run of a config on a machine). With --cache the
-runs use the command line's compilation cache (gmvc/cache.py), as `python -m gmvc.main` does:
-a run whose programs an earlier run compiled loads them from disk (every later run of a
-config, another seed included). `compilation_cache` in the output names it (null: none).
+By default gmvc's compilation cache is off and every program compiles, as in the first run of
+a config on a machine (unless a cache was set for JAX itself, JAX_COMPILATION_CACHE_DIR, which
+JAX then uses). With --cache the runs use the command line's cache (gmvc/cache.py), as
+`python -m gmvc.main` does: a program an earlier run compiled (of this benchmark or any other
+run, so even the first seed may find it) is loaded from disk; programs compiling in under
+0.5 s are not stored. `compilation_cache` in the output names it (null: none).
 """
 import argparse
 import json

@@ -65,12 +65,12 @@ class Checkpointer:
         except Exception:
             return                  # the restore reports an unreadable checkpoint
         wanted = _leaf_shapes(like)
-        differ = sorted(".".join(k) for k in saved.keys() & wanted.keys() if saved[k] != wanted[k])
+        differ = sorted(k for k in saved.keys() & wanted.keys() if saved[k] != wanted[k])
         if differ:
-            k = tuple(differ[0].split("."))
-            raise CheckpointError(f"checkpoint {self.path(step)} does not match this config's model (parameter shapes "
-                                  f"differ: {differ[0]} is {saved[k]} there, {wanted[k]} here"
-                                  f"{f', and {len(differ) - 1} more' if len(differ) > 1 else ''}); it was left in "
+            k = differ[0]
+            more = f", and {len(differ) - 1} more" if len(differ) > 1 else ""
+            raise CheckpointError(f"checkpoint {self.path(step)} does not match this config (array shapes differ: "
+                                  f"{'.'.join(k)} is {saved[k]} there, {wanted[k]} here{more}); it was left in "
                                   f"place; use another --workdir to start afresh.")
 
     def close(self):
