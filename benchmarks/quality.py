@@ -2,11 +2,12 @@
 
     python benchmarks/quality.py --config=configs/vade_digits.py --seeds=5
     python benchmarks/quality.py --config=configs/vade_digits.py --config=configs/vade_mnist5k.py \
-        --seeds=10 --set=train.restarts=1 --out=quality.json
+        --seeds=10 --set=train.restarts=1 --out=quality.json --workdir=runs/quality
 
 Prints one JSON object per config (one line each) on stdout, and writes them all to --out if
 given; progress goes to stderr. Each run trains the config from scratch with seed 0..N-1 in
-its own directory under --workdir. Labels are used only to score: the run, its restart and
+its own directory under --workdir (kept if given), with what the run printed in its
+log.txt. Labels are used only to score: the run, its restart and
 its stopping point are chosen without them.
 
 Per method: mean and std of accuracy (Hungarian), NMI and ARI; mean wall time per run;
@@ -91,10 +92,13 @@ def summarise(runs):
 
 
 def run_gmvc(config, workdir, labels):
+    """One training run; what it would print goes to workdir/log.txt (kept with --workdir)."""
     from gmvc.train import train_and_evaluate
+    workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     try:
-        s = train_and_evaluate(config, workdir, echo=lambda *a, **k: None)
+        with open(workdir / "log.txt", "a") as log:
+            s = train_and_evaluate(config, workdir, echo=lambda *a, **k: print(*a, file=log, flush=True))
     except TrainingError as e:
         return {"seed": config.seed, "nan": True, "error": str(e), "seconds": round(time.time() - t0, 2)}
     run = {"seed": config.seed, "seconds": round(time.time() - t0, 2), "cluster_sizes": s["cluster_sizes"]}

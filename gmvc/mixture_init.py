@@ -197,6 +197,24 @@ def imbalance(prior, z, chunk_size=None):
     return jnp.log(k) + jnp.sum(usage * jnp.log(jnp.maximum(usage, 1e-30)))
 
 
+def cluster_counts(prior, z, chunk_size=None):
+    """How many of z each component takes when each embedding goes to its most likely one: [K]."""
+    k = prior["logits"].shape[0]
+
+    def add(total, rows, w):
+        best = jnp.argmax(mixture.log_responsibilities(rows, prior["logits"], prior["means"], prior["log_vars"]), 1)
+        return total + jnp.sum(w[:, None] * jax.nn.one_hot(best, k, dtype=z.dtype), 0)
+
+    return fold_chunks(z, add, jnp.zeros((k,), z.dtype), chunk_size)
+
+
+def hard_imbalance(prior, z, chunk_size=None):
+    """KL(cluster_counts / N || Uniform(K)): imbalance of the partition the prior makes. Unlike
+    `imbalance`, components that overlap do not look balanced by sharing every point evenly."""
+    usage = cluster_counts(prior, z, chunk_size) / z.shape[0]
+    return jnp.log(prior["logits"].shape[0]) + jnp.sum(usage * jnp.log(jnp.maximum(usage, 1e-30)))
+
+
 def smooth_embeddings(z, table, times):
     """Each embedding replaced `times` times by the mean of itself and its k nearest neighbours
     (table [N, k] of row indices, gmvc/neighbours.py): a step of diffusion along the

@@ -12,7 +12,10 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
    batches * batch_size embeddings; n_init fits from different seeds, the most likely one kept,
    or with select="balance" the one using its components most evenly; "smooth": n > 0 fits
    embeddings averaged n times with their nearest neighbours, which needs a neighbours phase
-   right before it, with no train phase in between: mixture_init.fit_diag_gmm_smoothed)
+   right before it, with no train phase in between: mixture_init.fit_diag_gmm_smoothed;
+   "keep_current": True makes the prior the model has (trained by an earlier train phase) one
+   more candidate: the new fit replaces it only if it scores better by `select` on the same
+   embeddings, so a refit cannot make a good partition worse)
   {"kind": "neighbours", "k": 10}   (each sample's k nearest neighbours in the embedding, for
    the `neighbours` term of the train phases after it; gmvc/neighbours.py)
 An empty train.phases is one train phase of train.steps with config.objective.
@@ -24,9 +27,10 @@ from gmvc.errors import ConfigError
 from gmvc.mixture_init import SELECTIONS
 
 TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr", "augment", "batch_size"}
-INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select", "smooth"}
+INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select", "smooth",
+             "keep_current"}
 INIT_DEFAULTS = {"method": "em", "select": "likelihood", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
-                 "batch_size": 128, "smooth": 0}
+                 "batch_size": 128, "smooth": 0, "keep_current": False}
 NEIGHBOUR_KEYS = {"kind", "k"}
 GROUPS = ("net", "prior")
 
@@ -59,7 +63,7 @@ def build_phases(config):
     if fixed > total or (rest and fixed == total):
         raise ConfigError(f"train.steps={total} leaves no steps for the phases {rest or ''}: the phases with "
                           f"fixed steps take {fixed}")
-    phases, step, have_table, fresh_table = [], 0, False, False
+    phases, step, have_table, fresh_table, prior_trained = [], 0, False, False, False
     for name, spec in specs:
         if spec["kind"] == "neighbours":
             have_table = fresh_table = True
@@ -67,7 +71,14 @@ def build_phases(config):
             raise ConfigError(f"phase {name!r}: smooth={spec['smooth']} needs a neighbours phase before it in "
                               f"train.phases, with no train phase in between (the table must be of the "
                               f"embeddings it fits)")
+        if spec["kind"] == "init_prior" and spec["keep_current"] and not prior_trained:
+            raise ConfigError(f"phase {name!r}: keep_current needs a prior fitted or trained before it (an "
+                              f"init_prior phase, or a train phase with trainable 'prior'); before one, the "
+                              f"prior is the untrained initial one, which no fit should have to beat")
+        if spec["kind"] == "init_prior":
+            prior_trained = True        # a fitted prior is a current prior worth keeping
         elif spec["kind"] == "train":
+            prior_trained = prior_trained or "prior" in spec["trainable"]
             fresh_table = False
             if uses_neighbours(spec) and not have_table:
                 raise _no_table_error(name)
@@ -107,6 +118,8 @@ def _check_spec(name, spec, config):
         smooth = spec["smooth"]
         if not isinstance(smooth, int) or isinstance(smooth, bool) or smooth < 0:
             raise ConfigError(f"phase {name!r}: smooth must be a whole number >= 0, got {smooth!r}")
+        if not isinstance(spec["keep_current"], bool):
+            raise ConfigError(f"phase {name!r}: keep_current must be true or false, got {spec['keep_current']!r}")
         if smooth and spec["method"] != "em":
             raise ConfigError(f"phase {name!r}: smooth needs method 'em' (all the embeddings, as the "
                               f"neighbour table has them); got {spec['method']!r}")

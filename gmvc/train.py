@@ -19,7 +19,8 @@ from gmvc.data import load_dataset
 from gmvc.events import open_events
 from gmvc.errors import CheckpointError, ConfigError, DataError, TrainingError
 from gmvc.models import make_model
-from gmvc.mixture_init import fit_diag_gmm, fit_diag_gmm_smoothed
+from gmvc.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_smoothed, hard_imbalance,
+                                mean_log_likelihood)
 from gmvc.objectives import make_objective
 from gmvc.neighbours import agreement, neighbour_phase
 from gmvc.phases import build_phases, neighbour_k, resume_index, uses_neighbours
@@ -228,7 +229,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
     x_device = parallel.put_data(layout, train_inputs)
     # init_prior phases with the same spec (vade_mnist5k's gmm_init and gmm_init2) share one compiled fit.
     by_spec = {}
-    fits = {p.name: by_spec.setdefault(program_key(p.spec), prior_fit(p.spec, model))
+    fits = {p.name: by_spec.setdefault(fit_key(p.spec), prior_fit(p.spec, model))
             for p in phases if p.kind == "init_prior"}
     last_phase = [p.name for p in phases if p.kind == "train"][-1]
     # The phases compile in a background thread from here on, while the parameters initialise.
@@ -274,9 +275,10 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
             if phase.kind == "init_prior":
                 params = init_prior_phase(phase, model, params, data.x if split is None else data.x[split[0]],
                                           jax.random.fold_in(prior_rng, i), config, fits[phase.name],
-                                          table if phase.spec["smooth"] else None)
-                echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings ({phase.spec['method']})",
-                     flush=True)
+                                          table if phase.spec["smooth"] else None, echo)
+                if not phase.spec["keep_current"]:     # otherwise init_prior_phase said which prior it kept
+                    echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings "
+                         f"({phase.spec['method']})", flush=True)
                 continue
             if phase.kind == "neighbours":
                 table = neighbours_phase(phase, model, params, data, split, config, echo)
@@ -375,6 +377,11 @@ def program_key(spec):
     """What a train phase's compiled program depends on: its spec without the step count (the
     phase's start and end are traced), so phases that differ only in length share one program."""
     return json.dumps({k: v for k, v in spec.items() if k != "steps"}, sort_keys=True, default=repr)
+
+
+def fit_key(spec):
+    """What an init_prior phase's compiled fit depends on: keep_current is decided after it."""
+    return program_key({k: v for k, v in spec.items() if k != "keep_current"})
 
 
 def make_runners(config, model, phases, num_examples, layout):
@@ -508,10 +515,12 @@ def prior_fit_rows(spec, num_train):
     return min(num_train, spec["batches"] * spec["batch_size"]) if spec["method"] == "minibatch" else num_train
 
 
-def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None):
+def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None, echo=None):
     """Refit each restart's mixture prior to its embeddings of the data (all of it for "em", at
     most batches * batch_size samples for "minibatch"). `fit`: prior_fit(phase.spec, model),
-    when compiled ahead; `table`: the neighbour table [R, N, k] of x's rows (spec["smooth"])."""
+    when compiled ahead; `table`: the neighbour table [R, N, k] of x's rows (spec["smooth"]).
+    With spec["keep_current"], a restart keeps its prior unless the new fit scores better by
+    spec["select"] on the same embeddings (PRIOR_SCORES); `echo` reports each choice."""
     spec = phase.spec
     if spec["method"] == "minibatch":
         n = prior_fit_rows(spec, len(x))
@@ -523,8 +532,29 @@ def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None)
         params_r = jax.tree.map(lambda a: a[r], params)
         bs = config.eval.batch_size
         z = jnp.concatenate([embed(params_r, x[i:i + bs]) for i in range(0, len(x), bs)])
-        priors.append(fit(jax.random.fold_in(rng, r + 1), z, None if table is None else jnp.asarray(table[r])))
+        new = fit(jax.random.fold_in(rng, r + 1), z, None if table is None else jnp.asarray(table[r]))
+        if spec["keep_current"]:
+            s_new, s_old = (float(PRIOR_SCORES[spec["select"]](p, z)) for p in (new, params_r["prior"]))
+            keep = not s_new > s_old               # a tie (or a NaN fit) keeps what the model has
+            if echo:
+                what = "partition's imbalance" if spec["select"] == "balance" else "mean log-likelihood"
+                sign = -1 if spec["select"] == "balance" else 1
+                sizes = [np.asarray(partition_sizes(p, z)).astype(int).tolist() for p in (params_r["prior"], new)]
+                echo(f"phase {phase.name!r}{f' restart {r}' if config.train.restarts > 1 else ''}: "
+                     f"{'kept the current prior' if keep else 'the new fit replaces the prior'} "
+                     f"({what}: current {sign * s_old:.4f}, new fit {sign * s_new:.4f}; cluster sizes: "
+                     f"current {sorted(sizes[0], reverse=True)}, new fit {sorted(sizes[1], reverse=True)})", flush=True)
+            new = params_r["prior"] if keep else new
+        priors.append(new)
     return {**params, "prior": jax.tree.map(lambda *a: jnp.stack(a), *priors)}
+
+
+# How an init_prior phase with keep_current compares two priors on embeddings z: higher is better.
+# "balance" scores the partition (each embedding to its most likely component), as accuracy
+# sees it: a prior trained toward even soft usage cannot win by components that overlap.
+PRIOR_SCORES = {"balance": jax.jit(lambda prior, z: -hard_imbalance(prior, z)),
+                "likelihood": jax.jit(mean_log_likelihood)}
+partition_sizes = jax.jit(cluster_counts)
 
 
 def neighbours_phase(phase, model, params, data, split, config, echo):

@@ -346,6 +346,9 @@ def test_smoothed_fit_recovers_overlapping_blobs_a_plain_fit_blurs():
     (("pretrain", "knn", "gmm_init", "main"), {"smooth": -1}, "smooth must be a whole number >= 0, got -1"),
     (("pretrain", "knn", "gmm_init", "main"), {"smooth": True}, "smooth must be a whole number >= 0, got True"),
     (("pretrain", "knn", "gmm_init", "main"), {"smooth": 1, "method": "minibatch"}, "smooth needs method 'em'"),
+    (("pretrain", "gmm_init", "main"), {"keep_current": True}, "'gmm_init': keep_current needs a prior fitted or "
+                                                               "trained before it"),
+    (("pretrain", "gmm_init", "main"), {"keep_current": "yes"}, "keep_current must be true or false, got 'yes'"),
 ])
 def test_bad_smooth_settings_are_named(phases, gmm_init, message):
     c = base_config()
@@ -384,6 +387,50 @@ def test_minibatch_init_prior_uses_a_subsample():
     np.testing.assert_allclose(weights, BLOB_WEIGHTS, atol=0.05)
     # ~100 points per blob: a sample variance's standard error is ~14% of the truth; allow 3 of them.
     np.testing.assert_allclose(variances, BLOB_STDS**2, rtol=0.4)
+
+
+def test_keep_current_keeps_the_better_partition():
+    """init_prior with keep_current: a restart keeps its prior unless the new fit partitions the
+    embeddings more evenly (select balance, by each point's most likely component). Restart 0's
+    prior is the blobs' own and the fit merges two blobs: kept. Restart 1's prior has four equal
+    components, whose soft usage is perfectly even (imbalance 0) but whose partition puts every
+    point in one: the fit replaces it."""
+    from gmvc.mixture_init import cluster_counts, hard_imbalance, imbalance
+    from gmvc.train import init_prior_phase
+    z, y = _blobs(2000, seed=3)
+    truth = {"logits": jnp.log(jnp.asarray(BLOB_WEIGHTS, jnp.float32)), "means": jnp.asarray(BLOB_MEANS, jnp.float32),
+             "log_vars": jnp.asarray(np.log(BLOB_STDS**2), jnp.float32)}
+    same = {"logits": jnp.zeros(4), "means": jnp.tile(jnp.asarray(z.mean(0)), (4, 1)), "log_vars": jnp.zeros((4, 3))}
+    merged = {**truth, "means": truth["means"].at[1].set(truth["means"][0])}     # blob 1's points go to 0 or 3
+    fits = iter([merged, truth])
+    model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
+    spec = {"kind": "init_prior", "method": "em", "select": "balance", "smooth": 0, "keep_current": True}
+    config = types.SimpleNamespace(train=types.SimpleNamespace(restarts=2), eval=types.SimpleNamespace(batch_size=512))
+    params = {"net": {}, "prior": jax.tree.map(lambda a, b: jnp.stack([a, b]), truth, same)}
+    said = []
+    new = init_prior_phase(Phase("refit", "init_prior", 0, 0, spec), model, params, z, jax.random.key(0), config,
+                           fit=lambda rng, zz, table: next(fits), echo=lambda m, **k: said.append(m))
+    for r, want in ((0, truth), (1, truth)):
+        _assert_trees_equal(jax.tree.map(lambda a: a[r], new["prior"]), want)
+    assert said[0].startswith("phase 'refit' restart 0: kept the current prior (partition's imbalance: current ")
+    assert said[1].startswith("phase 'refit' restart 1: the new fit replaces the prior")
+    np.testing.assert_array_equal(cluster_counts(same, jnp.asarray(z)), [2000, 0, 0, 0])
+    assert f"current [2000, 0, 0, 0], new fit {sorted(np.bincount(y).tolist(), reverse=True)}" in said[1]
+    # Why the partition, not the soft usage: by soft usage the four equal components look perfect.
+    assert float(imbalance(same, jnp.asarray(z))) < 1e-6 < float(imbalance(truth, jnp.asarray(z)))
+    assert float(hard_imbalance(same, jnp.asarray(z))) == pytest.approx(np.log(4), rel=1e-5)
+    counts = np.bincount(y, minlength=4) / len(y)
+    assert float(hard_imbalance(truth, jnp.asarray(z))) == pytest.approx(np.log(4) + np.sum(counts * np.log(counts)),
+                                                                         rel=1e-3)
+
+
+def test_cluster_counts_do_not_depend_on_the_chunking():
+    from gmvc.mixture_init import cluster_counts
+    z, _ = _blobs(1000, seed=4)
+    prior = fit_diag_gmm(jax.random.key(1), jnp.asarray(z), 4, em_iters=5)
+    whole = np.asarray(cluster_counts(prior, jnp.asarray(z)))
+    np.testing.assert_array_equal(np.asarray(cluster_counts(prior, jnp.asarray(z), chunk_size=300)), whole)
+    assert whole.sum() == 1000 and whole.min() > 150
 
 
 # ---------------------------------------------------------------- 4. S3VDC's periodic beta schedule

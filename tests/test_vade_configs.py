@@ -104,4 +104,8 @@ def test_vade_mnist5k_phases_build():
         ("knn2", "neighbours"), ("gmm_init2", "init_prior"), ("main2", "train")]
     assert [p.end - p.start for p in phases if p.kind == "train"] == [1250, 1250, 1250]
     assert phases[2].spec["smooth"] == 1 and phases[2].spec["select"] == "balance"
+    # the refit keeps main's prior unless it partitions more evenly, and shares gmm_init's compiled fit
+    assert phases[5].spec["keep_current"] is True and phases[2].spec["keep_current"] is False
+    from gmvc.train import fit_key
+    assert fit_key(phases[5].spec) == fit_key(phases[2].spec)
     assert c.terms.neighbours.stop_gradient is True
