@@ -26,6 +26,12 @@ network at that batch size, jitted alone (float32, inputs on device, best of sev
 machine multiplies exactly these matrices; the fraction of it the step achieves is the headline
 (`fraction_of_matmul`). `matmul_gflops_peak` is the fastest single shape, and a square 1024^3
 matmul is reported as the machine's plain GEMM rate.
+
+Per step: `step_ms` (the best chunk over its steps), `matmul_ms` (the step's FLOPs at the
+same-shapes matmul rate) and `other_ms`, the rest (the optimizer update, elementwise work, the
+batch gather). The summary's `*_batch100_over_batch256` is the samples/s ratio, and
+`*_matmuls_alone` the ratio a step made of its matmuls alone would reach at the measured rates:
+a bound set by how fast this machine multiplies the smaller matrices.
 """
 import argparse
 import json
@@ -236,6 +242,9 @@ def bench_model(model_name, batch, args, gemm):
         "achieved_gflops": round(achieved, 1),
         "matmul_gflops_same_shapes": round(mm_rate, 1),
         "fraction_of_matmul": round(achieved / mm_rate, 3),
+        "step_ms": round(1e3 * best / chunk_len, 2),
+        "matmul_ms": round(1e3 * flops_step / (mm_rate * 1e9), 2),
+        "other_ms": round(1e3 * (best / chunk_len - flops_step / (mm_rate * 1e9)), 2),
         "fraction_of_square_gemm": round(achieved / gemm, 3),
         "matmul_gflops_peak": max(p["gflops"] for p in per_shape),
         "matmul_per_shape": per_shape, "final_loss": round(r["loss"], 3),
@@ -279,6 +288,10 @@ def main(argv=None):
         if 100 in rows and 256 in rows:
             summary[f"{model_name}_batch100_over_batch256"] = round(
                 rows[100]["samples_per_sec"] / rows[256]["samples_per_sec"], 3)
+            # both batch sizes do the same FLOPs per sample: a step that were its matmuls alone
+            # would reach the ratio of their measured rates
+            summary[f"{model_name}_batch100_over_batch256_matmuls_alone"] = round(
+                rows[100]["matmul_gflops_same_shapes"] / rows[256]["matmul_gflops_same_shapes"], 3)
     out = {"benchmark": "throughput", "jax": jax.__version__, "backend": jax.default_backend(),
            "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(), "quick": args.quick,
            "square_gemm_gflops": round(gemm, 1), "summary": summary, "results": results,
