@@ -97,7 +97,7 @@ def run_gmvc(config, workdir, labels):
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     try:
-        with open(workdir / "log.txt", "a") as log:
+        with open(workdir / "log.txt", "w") as log:
             s = train_and_evaluate(config, workdir, echo=lambda *a, **k: print(*a, file=log, flush=True))
     except TrainingError as e:
         return {"seed": config.seed, "nan": True, "error": str(e), "seconds": round(time.time() - t0, 2)}

@@ -193,8 +193,12 @@ def imbalance(prior, z, chunk_size=None):
     k = prior["logits"].shape[0]
     usage = fold_chunks(z, lambda t, rows, w: t + jnp.sum(w[:, None] * jnp.exp(mixture.log_responsibilities(
         rows, prior["logits"], prior["means"], prior["log_vars"])), 0), jnp.zeros((k,), z.dtype), chunk_size)
-    usage = usage / z.shape[0]
-    return jnp.log(k) + jnp.sum(usage * jnp.log(jnp.maximum(usage, 1e-30)))
+    return kl_to_uniform(usage / z.shape[0])
+
+
+def kl_to_uniform(usage):
+    """KL(usage || Uniform(K)) of a distribution over the K components, [K]."""
+    return jnp.log(usage.shape[-1]) + jnp.sum(usage * jnp.log(jnp.maximum(usage, 1e-30)), -1)
 
 
 def cluster_counts(prior, z, chunk_size=None):
@@ -211,8 +215,7 @@ def cluster_counts(prior, z, chunk_size=None):
 def hard_imbalance(prior, z, chunk_size=None):
     """KL(cluster_counts / N || Uniform(K)): imbalance of the partition the prior makes. Unlike
     `imbalance`, components that overlap do not look balanced by sharing every point evenly."""
-    usage = cluster_counts(prior, z, chunk_size) / z.shape[0]
-    return jnp.log(prior["logits"].shape[0]) + jnp.sum(usage * jnp.log(jnp.maximum(usage, 1e-30)))
+    return kl_to_uniform(cluster_counts(prior, z, chunk_size) / z.shape[0])
 
 
 def smooth_embeddings(z, table, times):

@@ -13,9 +13,11 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
    or with select="balance" the one using its components most evenly; "smooth": n > 0 fits
    embeddings averaged n times with their nearest neighbours, which needs a neighbours phase
    right before it, with no train phase in between: mixture_init.fit_diag_gmm_smoothed;
-   "keep_current": True makes the prior the model has (trained by an earlier train phase) one
-   more candidate: the new fit replaces it only if it scores better by `select` on the same
-   embeddings, so a refit cannot make a good partition worse)
+   "keep_current": True makes the prior the model has (fitted by an earlier init_prior phase or
+   trained by an earlier train phase) one more candidate: the new fit replaces it only if it
+   scores better on the same embeddings, by the partition's balance for select="balance" (the
+   n_init fits themselves are chosen by their soft usage) or by likelihood:
+   train.keep_or_replace)
   {"kind": "neighbours", "k": 10}   (each sample's k nearest neighbours in the embedding, for
    the `neighbours` term of the train phases after it; gmvc/neighbours.py)
 An empty train.phases is one train phase of train.steps with config.objective.
@@ -78,7 +80,7 @@ def build_phases(config):
         if spec["kind"] == "init_prior":
             prior_trained = True        # a fitted prior is a current prior worth keeping
         elif spec["kind"] == "train":
-            prior_trained = prior_trained or "prior" in spec["trainable"]
+            prior_trained = prior_trained or trains_prior(spec, config)
             fresh_table = False
             if uses_neighbours(spec) and not have_table:
                 raise _no_table_error(name)
@@ -136,6 +138,17 @@ def _check_spec(name, spec, config):
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ConfigError(f"phase {name!r}: batch_size must be a whole number >= 1, got {size!r}")
     return spec
+
+
+def trains_prior(spec, config):
+    """Whether a train phase moves the prior: "prior" is trainable, the phase has steps, and the
+    prior's learning rate is not 0 (optim.prior_lr, or with prior_lr < 0 the net's rate)."""
+    if "prior" not in spec["trainable"] or spec["steps"] == 0:
+        return False
+    rate = config.optim.prior_lr
+    if isinstance(rate, (int, float)) and rate < 0:
+        rate = spec.get("lr", config.optim.lr)
+    return not (isinstance(rate, (int, float)) and rate == 0)
 
 
 def uses_neighbours(spec):

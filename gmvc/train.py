@@ -19,7 +19,7 @@ from gmvc.data import load_dataset
 from gmvc.events import open_events
 from gmvc.errors import CheckpointError, ConfigError, DataError, TrainingError
 from gmvc.models import make_model
-from gmvc.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_smoothed, hard_imbalance,
+from gmvc.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_smoothed, kl_to_uniform,
                                 mean_log_likelihood)
 from gmvc.objectives import make_objective
 from gmvc.neighbours import agreement, neighbour_phase
@@ -227,10 +227,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
     train_inputs, val_inputs = (inputs, None) if split is None else (
         jax.tree.map(lambda a: a[split[0]], inputs), jax.tree.map(lambda a: a[split[1]], inputs))
     x_device = parallel.put_data(layout, train_inputs)
-    # init_prior phases with the same spec (vade_mnist5k's gmm_init and gmm_init2) share one compiled fit.
-    by_spec = {}
-    fits = {p.name: by_spec.setdefault(fit_key(p.spec), prior_fit(p.spec, model))
-            for p in phases if p.kind == "init_prior"}
+    fits = make_fits(phases, model)
     last_phase = [p.name for p in phases if p.kind == "train"][-1]
     # The phases compile in a background thread from here on, while the parameters initialise.
     warm = start_warmup(config, model, phases, runners, fits,
@@ -379,6 +376,14 @@ def program_key(spec):
     return json.dumps({k: v for k, v in spec.items() if k != "steps"}, sort_keys=True, default=repr)
 
 
+def make_fits(phases, model):
+    """{phase name: compiled fit} of the init_prior phases; phases with the same fit_key
+    (vade_mnist5k's gmm_init and gmm_init2) share one program."""
+    by_key = {}
+    return {p.name: by_key.setdefault(fit_key(p.spec), prior_fit(p.spec, model)) for p in phases
+            if p.kind == "init_prior"}
+
+
 def fit_key(spec):
     """What an init_prior phase's compiled fit depends on: keep_current is decided after it."""
     return program_key({k: v for k, v in spec.items() if k != "keep_current"})
@@ -519,8 +524,8 @@ def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None,
     """Refit each restart's mixture prior to its embeddings of the data (all of it for "em", at
     most batches * batch_size samples for "minibatch"). `fit`: prior_fit(phase.spec, model),
     when compiled ahead; `table`: the neighbour table [R, N, k] of x's rows (spec["smooth"]).
-    With spec["keep_current"], a restart keeps its prior unless the new fit scores better by
-    spec["select"] on the same embeddings (PRIOR_SCORES); `echo` reports each choice."""
+    With spec["keep_current"], a restart keeps its prior unless the new fit scores better on the
+    same embeddings (keep_or_replace); `echo` reports each choice."""
     spec = phase.spec
     if spec["method"] == "minibatch":
         n = prior_fit_rows(spec, len(x))
@@ -534,27 +539,39 @@ def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None,
         z = jnp.concatenate([embed(params_r, x[i:i + bs]) for i in range(0, len(x), bs)])
         new = fit(jax.random.fold_in(rng, r + 1), z, None if table is None else jnp.asarray(table[r]))
         if spec["keep_current"]:
-            s_new, s_old = (float(PRIOR_SCORES[spec["select"]](p, z)) for p in (new, params_r["prior"]))
-            keep = not s_new > s_old               # a tie (or a NaN fit) keeps what the model has
-            if echo:
-                what = "partition's imbalance" if spec["select"] == "balance" else "mean log-likelihood"
-                sign = -1 if spec["select"] == "balance" else 1
-                sizes = [np.asarray(partition_sizes(p, z)).astype(int).tolist() for p in (params_r["prior"], new)]
-                echo(f"phase {phase.name!r}{f' restart {r}' if config.train.restarts > 1 else ''}: "
-                     f"{'kept the current prior' if keep else 'the new fit replaces the prior'} "
-                     f"({what}: current {sign * s_old:.4f}, new fit {sign * s_new:.4f}; cluster sizes: "
-                     f"current {sorted(sizes[0], reverse=True)}, new fit {sorted(sizes[1], reverse=True)})", flush=True)
-            new = params_r["prior"] if keep else new
+            new = keep_or_replace(phase, config, params_r["prior"], new, z, r, echo)
         priors.append(new)
     return {**params, "prior": jax.tree.map(lambda *a: jnp.stack(a), *priors)}
 
 
-# How an init_prior phase with keep_current compares two priors on embeddings z: higher is better.
-# "balance" scores the partition (each embedding to its most likely component), as accuracy
-# sees it: a prior trained toward even soft usage cannot win by components that overlap.
-PRIOR_SCORES = {"balance": jax.jit(lambda prior, z: -hard_imbalance(prior, z)),
-                "likelihood": jax.jit(mean_log_likelihood)}
-partition_sizes = jax.jit(cluster_counts)
+def keep_or_replace(phase, config, current, new, z, restart=0, echo=None):
+    """init_prior with keep_current: `new` replaces `current` only if it scores better on the
+    embeddings z by phase.spec["select"]: "balance" scores the partition (each embedding to its
+    most likely component; KL of its cluster sizes from the uniform, lower is better), as
+    accuracy sees it, so a prior trained toward even soft usage cannot win by components that
+    overlap; "likelihood" the mean log-likelihood of z. A tie keeps `current`; a current prior
+    that scores NaN gives way to a fit that does not."""
+    select = phase.spec["select"]
+    (sizes_old, ll_old), (sizes_new, ll_new) = (jax.device_get(prior_report(p, z)) for p in (current, new))
+    if select == "balance":
+        s_old, s_new = (-float(kl_to_uniform(np.asarray(n) / np.sum(n))) for n in (sizes_old, sizes_new))
+        what = f"partition's imbalance: current {-s_old:.4f}, new fit {-s_new:.4f}"
+    else:
+        s_old, s_new = float(ll_old), float(ll_new)
+        what = f"mean log-likelihood: current {s_old:.4f}, new fit {s_new:.4f}"
+    keep = not (s_new > s_old or (math.isnan(s_old) and not math.isnan(s_new)))
+    if echo:
+        sizes = [sorted(np.asarray(n).astype(int).tolist(), reverse=True) for n in (sizes_old, sizes_new)]
+        echo(f"phase {phase.name!r}{f' restart {restart}' if config.train.restarts > 1 else ''}: "
+             f"{'kept the current prior' if keep else 'the new fit replaces the prior'} ({what}; cluster sizes of "
+             f"the {len(z)} embeddings fitted: current {sizes[0]}, new fit {sizes[1]})", flush=True)
+    return current if keep else new
+
+
+@jax.jit
+def prior_report(prior, z):
+    """(cluster sizes [K] of z's partition by the prior, mean log-likelihood of z)."""
+    return cluster_counts(prior, z), mean_log_likelihood(prior, z)
 
 
 def neighbours_phase(phase, model, params, data, split, config, echo):

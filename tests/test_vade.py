@@ -346,11 +346,9 @@ def test_smoothed_fit_recovers_overlapping_blobs_a_plain_fit_blurs():
     (("pretrain", "knn", "gmm_init", "main"), {"smooth": -1}, "smooth must be a whole number >= 0, got -1"),
     (("pretrain", "knn", "gmm_init", "main"), {"smooth": True}, "smooth must be a whole number >= 0, got True"),
     (("pretrain", "knn", "gmm_init", "main"), {"smooth": 1, "method": "minibatch"}, "smooth needs method 'em'"),
-    (("pretrain", "gmm_init", "main"), {"keep_current": True}, "'gmm_init': keep_current needs a prior fitted or "
-                                                               "trained before it"),
     (("pretrain", "gmm_init", "main"), {"keep_current": "yes"}, "keep_current must be true or false, got 'yes'"),
 ])
-def test_bad_smooth_settings_are_named(phases, gmm_init, message):
+def test_bad_init_prior_settings_are_named(phases, gmm_init, message):
     c = base_config()
     c.data.source = "digits"
     c.model.name = "vade"
@@ -389,6 +387,32 @@ def test_minibatch_init_prior_uses_a_subsample():
     np.testing.assert_allclose(variances, BLOB_STDS**2, rtol=0.4)
 
 
+@pytest.mark.parametrize("phases, optim, ok", [
+    (("pretrain", "refit", "main"), {}, False),                    # pretrain trains the net only
+    (("pretrain", "gmm_init", "refit", "main"), {}, True),          # a fitted prior
+    (("main", "refit", "pretrain"), {}, True),                      # a trained prior
+    (("main", "refit", "pretrain"), {"prior_lr": 0.0}, False),      # the prior frozen
+    (("main", "refit", "pretrain"), {"lr": 0.0}, False),            # prior_lr -1 follows the net's rate of 0
+    (("main", "refit", "pretrain"), {"lr": 0.0, "prior_lr": 1e-3}, True),
+])
+def test_keep_current_needs_a_prior_fitted_or_trained_before_it(phases, optim, ok):
+    c = base_config()
+    c.data.source = "digits"
+    c.model.name = "vade"
+    c.train.steps = 20
+    c.train.phases = phases
+    c.optim.update(optim)
+    c.phases = {"pretrain": {"kind": "train", "steps": 10, "objective": {"recon": 1.0}, "trainable": ("net",)},
+                "gmm_init": {"kind": "init_prior"},
+                "refit": {"kind": "init_prior", "keep_current": True},
+                "main": {"kind": "train", "steps": 10}}
+    if ok:
+        assert [p.name for p in build_phases(c)] == list(phases)
+    else:
+        with pytest.raises(ConfigError, match="phase 'refit': keep_current needs a prior fitted or trained before it"):
+            build_phases(c)
+
+
 def test_keep_current_keeps_the_better_partition():
     """init_prior with keep_current: a restart keeps its prior unless the new fit partitions the
     embeddings more evenly (select balance, by each point's most likely component). Restart 0's
@@ -402,7 +426,8 @@ def test_keep_current_keeps_the_better_partition():
              "log_vars": jnp.asarray(np.log(BLOB_STDS**2), jnp.float32)}
     same = {"logits": jnp.zeros(4), "means": jnp.tile(jnp.asarray(z.mean(0)), (4, 1)), "log_vars": jnp.zeros((4, 3))}
     merged = {**truth, "means": truth["means"].at[1].set(truth["means"][0])}     # blob 1's points go to 0 or 3
-    fits = iter([merged, truth])
+    permuted = jax.tree.map(lambda a: a[jnp.array([2, 0, 3, 1])], truth)        # the same partition, relabelled
+    fits = iter([merged, permuted])
     model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
     spec = {"kind": "init_prior", "method": "em", "select": "balance", "smooth": 0, "keep_current": True}
     config = types.SimpleNamespace(train=types.SimpleNamespace(restarts=2), eval=types.SimpleNamespace(batch_size=512))
@@ -410,10 +435,15 @@ def test_keep_current_keeps_the_better_partition():
     said = []
     new = init_prior_phase(Phase("refit", "init_prior", 0, 0, spec), model, params, z, jax.random.key(0), config,
                            fit=lambda rng, zz, table: next(fits), echo=lambda m, **k: said.append(m))
-    for r, want in ((0, truth), (1, truth)):
+    for r, want in ((0, truth), (1, permuted)):
         _assert_trees_equal(jax.tree.map(lambda a: a[r], new["prior"]), want)
-    assert said[0].startswith("phase 'refit' restart 0: kept the current prior (partition's imbalance: current ")
-    assert said[1].startswith("phase 'refit' restart 1: the new fit replaces the prior")
+    true_kl = float(hard_imbalance(truth, jnp.asarray(z)))
+    merged_kl = float(hard_imbalance(merged, jnp.asarray(z)))
+    assert true_kl < 0.02 < merged_kl            # measured: 0.010 and 0.036
+    assert said[0].startswith(f"phase 'refit' restart 0: kept the current prior (partition's imbalance: current "
+                              f"{true_kl:.4f}, new fit {merged_kl:.4f}; cluster sizes of the 2000 embeddings")
+    assert said[1].startswith(f"phase 'refit' restart 1: the new fit replaces the prior (partition's imbalance: "
+                              f"current {np.log(4):.4f}, new fit {true_kl:.4f}")
     np.testing.assert_array_equal(cluster_counts(same, jnp.asarray(z)), [2000, 0, 0, 0])
     assert f"current [2000, 0, 0, 0], new fit {sorted(np.bincount(y).tolist(), reverse=True)}" in said[1]
     # Why the partition, not the soft usage: by soft usage the four equal components look perfect.
@@ -422,6 +452,46 @@ def test_keep_current_keeps_the_better_partition():
     counts = np.bincount(y, minlength=4) / len(y)
     assert float(hard_imbalance(truth, jnp.asarray(z))) == pytest.approx(np.log(4) + np.sum(counts * np.log(counts)),
                                                                          rel=1e-3)
+
+
+def test_keep_current_by_likelihood_and_with_nan():
+    """select likelihood: the more likely prior wins (one restart: no restart in the message); a
+    current prior that is NaN gives way to a finite fit, and a NaN fit never replaces."""
+    from gmvc.train import keep_or_replace
+    z, _ = _blobs(1000, seed=5)
+    z = jnp.asarray(z)
+    truth = {"logits": jnp.log(jnp.asarray(BLOB_WEIGHTS, jnp.float32)), "means": jnp.asarray(BLOB_MEANS, jnp.float32),
+             "log_vars": jnp.asarray(np.log(BLOB_STDS**2), jnp.float32)}
+    wide = {**truth, "log_vars": truth["log_vars"] + 2.0}                    # the same means, 7 times the variance
+    nan = jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), truth)
+    phase = Phase("refit", "init_prior", 0, 0, {"select": "likelihood"})
+    config = types.SimpleNamespace(train=types.SimpleNamespace(restarts=1))
+    said = []
+    echo = lambda m, **k: said.append(m)
+    assert keep_or_replace(phase, config, wide, truth, z, echo=echo) is truth
+    assert keep_or_replace(phase, config, truth, wide, z, echo=echo) is truth
+    ll_true, ll_wide = float(mean_log_likelihood(truth, z)), float(mean_log_likelihood(wide, z))
+    assert ll_true > ll_wide + 0.5
+    assert said[0].startswith(f"phase 'refit': the new fit replaces the prior (mean log-likelihood: current "
+                              f"{ll_wide:.4f}, new fit {ll_true:.4f}; cluster sizes of the 1000 embeddings fitted: ")
+    assert said[1].startswith("phase 'refit': kept the current prior")
+    assert keep_or_replace(phase, config, nan, truth, z) is truth
+    assert keep_or_replace(phase, config, truth, nan, z) is truth
+    balance = Phase("refit", "init_prior", 0, 0, {"select": "balance"})
+    assert keep_or_replace(balance, config, truth, nan, z) is truth          # a NaN prior partitions into one cluster
+
+
+def test_init_prior_phases_with_one_fit_share_its_program():
+    from gmvc.config import from_sibling
+    from gmvc.train import make_fits
+    import pathlib
+    c = from_sibling(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "x.py"), "vade_mnist5k.py")
+    fits = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))
+    assert set(fits) == {"gmm_init", "gmm_init2"} and fits["gmm_init"] is fits["gmm_init2"]
+    c.unlock()
+    c.phases.gmm_init2.n_init = 5
+    fits = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))
+    assert fits["gmm_init"] is not fits["gmm_init2"]
 
 
 def test_cluster_counts_do_not_depend_on_the_chunking():
