@@ -68,9 +68,9 @@ def parse_args(argv=None):
 class Watcher:
     """Scores the run at each log step of its last train phase; its own time is kept apart."""
 
-    def __init__(self, config, data, target):
+    def __init__(self, config, data, target, t0):
         self.config, self.data, self.target = config, data, target
-        self.t0 = time.perf_counter()
+        self.t0 = t0                       # before the data were loaded
         self.eval_seconds = 0.0
         self.curve, self.reached = [], None
         self.model = train_lib.make_model(config.model, data.x.shape[1:])
@@ -105,11 +105,12 @@ def scored_phases(config):
 
 
 def run_one(config, target, workdir):
+    t0 = time.perf_counter()
     data = load_dataset(config.data, config.seed)
     if data.y is None:
         raise SystemExit(f"time_to_accuracy.py: {config.data.source!r} has no labels to score the runs with")
     scored = scored_phases(config)
-    watcher = Watcher(config, data, target)
+    watcher = Watcher(config, data, target, t0)
     original = monitor.Monitor.validate
 
     def validate(self, step, phase, params, values):

@@ -55,7 +55,7 @@ def create_state(params, tx, step=0, opt_state=None, neighbours=None):
     """{"step": scalar, "params": [R, ...], "opt_state": [R, ...]} (a fresh opt_state unless given),
     and "neighbours": [R, N, k] for a phase that uses the neighbour table (gmvc/neighbours.py)."""
     state = {"step": jnp.asarray(step, jnp.int32), "params": params,
-             "opt_state": jax.vmap(tx.init)(params) if opt_state is None else opt_state}
+             "opt_state": jax.jit(jax.vmap(tx.init))(params) if opt_state is None else opt_state}
     if neighbours is not None:
         state["neighbours"] = jnp.asarray(neighbours, jnp.int32)
     return state

