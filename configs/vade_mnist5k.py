@@ -33,6 +33,8 @@ Measured over seeds: README ("VaDE and S3VDC"). Labels are used only to report.
 from gmvc.config import from_sibling
 
 AUGMENT = {"shift": 2.0}
+GMM_INIT = {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 10,
+            "select": "balance", "smooth": 1}
 MAIN = {"kind": "train", "steps": 1250, "augment": AUGMENT,
         "objective": {"recon": 1.0, "vade_kl": 1.0, "c_marginal": 20.0, "neighbours": 20.0}}
 
@@ -50,12 +52,10 @@ def get_config():
         "pretrain": {"kind": "train", "steps": 1250, "batch_size": 256, "objective": {"recon": 1.0},
                      "trainable": ("net",), "augment": AUGMENT},
         "knn": {"kind": "neighbours", "k": 10},
-        "gmm_init": {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 10,
-                     "select": "balance", "smooth": 1},
+        "gmm_init": dict(GMM_INIT),
         "main": dict(MAIN),
         "knn2": {"kind": "neighbours", "k": 10},
-        "gmm_init2": {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 10,
-                      "select": "balance", "smooth": 1, "keep_current": True},
+        "gmm_init2": {**GMM_INIT, "keep_current": True},
         "main2": {**MAIN, "steps": -1},
     }
     c.train.restarts = 1

@@ -212,12 +212,6 @@ def cluster_counts(prior, z, chunk_size=None):
     return fold_chunks(z, add, jnp.zeros((k,), z.dtype), chunk_size)
 
 
-def hard_imbalance(prior, z, chunk_size=None):
-    """KL(cluster_counts / N || Uniform(K)): imbalance of the partition the prior makes. Unlike
-    `imbalance`, components that overlap do not look balanced by sharing every point evenly."""
-    return kl_to_uniform(cluster_counts(prior, z, chunk_size) / z.shape[0])
-
-
 def smooth_embeddings(z, table, times):
     """Each embedding replaced `times` times by the mean of itself and its k nearest neighbours
     (table [N, k] of row indices, gmvc/neighbours.py): a step of diffusion along the

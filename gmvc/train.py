@@ -273,7 +273,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
                 params = init_prior_phase(phase, model, params, data.x if split is None else data.x[split[0]],
                                           jax.random.fold_in(prior_rng, i), config, fits[phase.name],
                                           table if phase.spec["smooth"] else None, echo)
-                if not phase.spec.get("keep_current"):     # otherwise init_prior_phase said which prior it kept
+                if not phase.spec["keep_current"]:     # otherwise init_prior_phase said which prior it kept
                     echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings "
                          f"({phase.spec['method']})", flush=True)
                 continue
@@ -538,7 +538,7 @@ def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None,
         bs = config.eval.batch_size
         z = jnp.concatenate([embed(params_r, x[i:i + bs]) for i in range(0, len(x), bs)])
         new = fit(jax.random.fold_in(rng, r + 1), z, None if table is None else jnp.asarray(table[r]))
-        if spec.get("keep_current"):
+        if spec["keep_current"]:
             new = keep_or_replace(phase, config, params_r["prior"], new, z, r, echo)
         priors.append(new)
     return {**params, "prior": jax.tree.map(lambda *a: jnp.stack(a), *priors)}

@@ -21,7 +21,7 @@ from gmvc.mixture_init import fit_diag_gmm, mean_log_likelihood
 from gmvc.models import make_model
 from gmvc.objectives import make_objective
 from gmvc.objectives.terms import TERMS, _expected_component_kl, _kl_gamma_prior
-from gmvc.phases import Phase, build_phases
+from gmvc.phases import INIT_DEFAULTS, Phase, build_phases
 from gmvc.schedules import make_schedule
 from gmvc.state import make_optimizer
 
@@ -367,8 +367,8 @@ def test_minibatch_init_prior_uses_a_subsample():
     from gmvc.train import init_prior_phase
     z, y = _blobs(2000, seed=1)
     model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
-    spec = {"kind": "init_prior", "method": "minibatch", "kmeans_iters": 50, "em_iters": 20, "n_init": N_INIT,
-            "select": "likelihood", "batches": 5, "batch_size": 100, "smooth": 0}
+    spec = {**INIT_DEFAULTS, "kind": "init_prior", "method": "minibatch", "kmeans_iters": 50, "em_iters": 20,
+            "n_init": N_INIT, "select": "likelihood", "batches": 5, "batch_size": 100}
     config = types.SimpleNamespace(train=types.SimpleNamespace(restarts=1), eval=types.SimpleNamespace(batch_size=128))
     params = {"net": {"w": jnp.ones((1, 2))},
               "prior": {"logits": jnp.zeros((1, 4)), "means": jnp.zeros((1, 4, 3)), "log_vars": jnp.zeros((1, 4, 3))}}
@@ -419,7 +419,10 @@ def test_keep_current_keeps_the_better_partition():
     prior is the blobs' own and the fit merges two blobs: kept. Restart 1's prior has four equal
     components, whose soft usage is perfectly even (imbalance 0) but whose partition puts every
     point in one: the fit replaces it."""
-    from gmvc.mixture_init import cluster_counts, hard_imbalance, imbalance
+    from gmvc.mixture_init import cluster_counts, imbalance, kl_to_uniform
+
+    def hard_imbalance(prior, zz):                    # what keep_or_replace scores by balance
+        return kl_to_uniform(cluster_counts(prior, zz) / len(zz))
     from gmvc.train import init_prior_phase
     z, y = _blobs(2000, seed=3)
     truth = {"logits": jnp.log(jnp.asarray(BLOB_WEIGHTS, jnp.float32)), "means": jnp.asarray(BLOB_MEANS, jnp.float32),
@@ -429,7 +432,7 @@ def test_keep_current_keeps_the_better_partition():
     permuted = jax.tree.map(lambda a: a[jnp.array([2, 0, 3, 1])], truth)        # the same partition, relabelled
     fits = iter([merged, permuted])
     model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
-    spec = {"kind": "init_prior", "method": "em", "select": "balance", "smooth": 0, "keep_current": True}
+    spec = {**INIT_DEFAULTS, "kind": "init_prior", "select": "balance", "keep_current": True}
     config = types.SimpleNamespace(train=types.SimpleNamespace(restarts=2), eval=types.SimpleNamespace(batch_size=512))
     params = {"net": {}, "prior": jax.tree.map(lambda a, b: jnp.stack([a, b]), truth, same)}
     said = []
