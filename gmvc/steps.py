@@ -129,12 +129,16 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
         data_rng, step_rng = jax.random.split(rng)
         steps_per_epoch, order = make_epoch_order(data_rng, num_examples, batch_size, restarts)
 
-        def run(s, perm):
+        @jax.jit
+        def one_step(s, perm, x, step_rng, start):
             step = s["step"]
             idx = jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size, axis=-1)
             batch, keys = assemble_batch(s, x, idx, step_keys(step_rng, step, batch_size), select)
             return train_step(s, batch, keys, start)
 
+        # A jitted step with every array an argument is traced once: the shape query below and
+        # the scan's cond reuse that trace (the step traced twice took a second more per program).
+        run = lambda s, perm: one_step(s, perm, x, step_rng, start)
         perm0 = order(state["step"] // steps_per_epoch)
         aux_shape = jax.eval_shape(lambda s: run(s, perm0)[1], state)
 

@@ -39,3 +39,37 @@ def test_quality_reports_seeds_and_keeps_each_runs_log(quality, tmp_path, capsys
     with pytest.raises(SystemExit, match="unknown config key 'train.stepz'"):
         quality.main([f"--config={ROOT / 'configs' / 'vade_digits.py'}", "--seeds=1", "--set=train.stepz=5",
                       f"--workdir={tmp_path / 'bad'}"])
+
+
+@pytest.fixture
+def time_to_accuracy(quality):
+    import time_to_accuracy
+    return time_to_accuracy
+
+
+def test_time_to_accuracy_checks_the_mixture_fit_then_each_log_step(time_to_accuracy, tmp_path):
+    digits = str(ROOT / "configs" / "vade_digits.py")
+    short = ["--set=train.steps=60", "--set=phases.pretrain.steps=30", "--set=train.restarts=2",
+             "--set=train.log_every=15"]
+    out = tmp_path / "tta.json"
+    reach, miss = time_to_accuracy.main([f"--config={digits}", "--target=0.0", f"--config={digits}", "--target=1.01",
+                                         "--cache", *short, f"--out={out}"])
+    assert json.loads(out.read_text()) == [reach, miss]
+    for result in (reach, miss):
+        (run,) = result["per_seed"]
+        steps, seconds, accs, phases = zip(*run["curve"])
+        # The mixture fit at the end of pretraining is checked, then each log step of main.
+        assert steps == (30, 45, 60) and phases == ("gmm_init", "main", "main")
+        assert list(seconds) == sorted(seconds) and seconds[0] > 0
+        assert all(0.2 < a <= 1.0 for a in accs)
+        assert accs[-1] == run["final_acc"]           # the last check makes the run's own restart choice
+    (run,) = reach["per_seed"]
+    first, second = ({"step": s, "phase": p, "seconds": t, "acc": a} for s, t, a, p in run["curve"][:2])
+    assert run["reached"] == first and run["reached_training"] == second
+    assert reach["seconds_to_target_max"] == first["seconds"]
+    assert reach["seconds_to_target_training_max"] == second["seconds"]
+    assert reach["runs_reaching_target"] == reach["runs_reaching_target_training"] == 1
+    (run,) = miss["per_seed"]
+    assert run["reached"] is None and run["reached_training"] is None
+    assert miss["runs_reaching_target"] == 0 and miss["within_budget"] is False
+    assert miss["seconds_to_target_mean"] is None and miss["within_budget_training"] is False
