@@ -62,14 +62,15 @@ def draw(table, idx, rng):
     return table[idx, pick]
 
 
-def neighbour_phase(spec, model, params, x, batch_size):
-    """The table [R, N, k] for each restart's parameters params [R, ...] on the data x [N, ...]."""
-    embed = jax.jit(model.embed)
+def neighbour_phase(spec, model, params, x, batch_size, embed=None):
+    """The table [R, N, k] for each restart's parameters params [R, ...] on the data x [N, ...]
+    (`embed`: gmvc.steps.make_embed(model, batch_size), when made ahead)."""
+    if embed is None:
+        from gmvc.steps import make_embed      # gmvc.steps imports this module
+        embed = make_embed(model, batch_size)
     tables = []
     for r in range(jax.tree.leaves(params)[0].shape[0]):
-        params_r = jax.tree.map(lambda a: a[r], params)
-        z = np.concatenate([np.asarray(embed(params_r, x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
-        tables.append(knn_table(z, spec["k"]))
+        tables.append(knn_table(embed(jax.tree.map(lambda a: a[r], params), x), spec["k"]))
     return np.stack(tables)
 
 

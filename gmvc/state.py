@@ -5,6 +5,7 @@ its own learning-rate schedule through optax.partition, or is frozen with set_to
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gmvc.schedules import make_schedule
@@ -51,11 +52,24 @@ def init_params(init_fn, rng, restarts=1):
     return jax.jit(initialise)(rng)
 
 
-def create_state(params, tx, step=0, opt_state=None, neighbours=None):
-    """{"step": scalar, "params": [R, ...], "opt_state": [R, ...]} (a fresh opt_state unless given),
-    and "neighbours": [R, N, k] for a phase that uses the neighbour table (gmvc/neighbours.py)."""
-    state = {"step": jnp.asarray(step, jnp.int32), "params": params,
-             "opt_state": jax.jit(jax.vmap(tx.init))(params) if opt_state is None else opt_state}
+def opt_init(tx):
+    """The compiled opt_state of params [R, ...]: one program for every parameter shape."""
+    return jax.jit(jax.vmap(tx.init))
+
+
+def create_state(params, tx, step=0, opt_state=None, neighbours=None, init_opt=None):
+    """{"step": scalar, "params": [R, ...], "opt_state": [R, ...]} (a fresh opt_state unless given,
+    from `init_opt`, opt_init(tx), when it was compiled ahead), and "neighbours": [R, N, k] for a
+    phase that uses the neighbour table (gmvc/neighbours.py)."""
+    fresh = lambda: (init_opt or opt_init(tx))(params)
+    state = {"step": _int32(step), "params": params,
+             "opt_state": fresh() if opt_state is None else opt_state}
     if neighbours is not None:
-        state["neighbours"] = jnp.asarray(neighbours, jnp.int32)
+        state["neighbours"] = _int32(neighbours)
     return state
+
+
+def _int32(a):
+    """An int32 jax array: host values are transferred (jnp.asarray would compile a conversion
+    program for them); jax arrays and tracers (jax.eval_shape) are converted as they are."""
+    return jnp.asarray(a, jnp.int32) if isinstance(a, jax.Array) else jax.device_put(np.asarray(a, np.int32))

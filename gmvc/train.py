@@ -24,7 +24,7 @@ from gmvc.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_smooth
 from gmvc.objectives import make_objective
 from gmvc.neighbours import agreement, neighbour_phase
 from gmvc.phases import build_phases, neighbour_k, resume_index, uses_neighbours
-from gmvc.state import create_state, init_params, make_optimizer
+from gmvc.state import create_state, init_params, make_optimizer, opt_init
 
 
 def check_config(config, data):
@@ -96,18 +96,30 @@ class Warmup:
 
 
 def start_warmup(config, model, phases, runners, fits, params, x_device, train_rng, x_rows, inputs, start_at,
-                 last_phase):
-    """Queue, in phase order, the compilation of every phase from `start_at` on, then of the
-    final restart choice's score (`last_phase`'s objective) on `inputs` (all the samples);
+                 last_phase, embed):
+    """Queue, in phase order, the compilation of every phase from `start_at` on (with the
+    embedding the neighbours and init_prior phases read, `embed`, steps.make_embed's), then of
+    the final restart choice's score (`last_phase`'s objective) on `inputs` (all the samples);
     nothing with train.compile_ahead=False."""
     warm = Warmup()
     if not config.train.compile_ahead:
         return warm
     params_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), params)
     one_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params_like)
+    embedded = set()
     for i, phase in enumerate(phases):
         if i < start_at:
             continue
+        if phase.kind in ("init_prior", "neighbours"):
+            rows = prior_fit_rows(phase.spec, len(x_rows)) if phase.kind == "init_prior" else len(x_rows)
+            batch = config.eval.batch_size if rows > config.eval.batch_size else rows
+            if batch not in embedded:
+                embedded.add(batch)
+                warm.submit(f"embed {batch}", lambda b: embed.batch.lower(
+                    one_like, jax.ShapeDtypeStruct((b, *x_rows.shape[1:]), x_rows.dtype)).compile(), batch)
+            if phase.kind == "init_prior" and "fold_in" not in embedded:
+                embedded.add("fold_in")     # the phase's key (below, in train_and_evaluate), dispatched eagerly
+                warm.submit("fold_in", lambda: jax.block_until_ready(jax.random.fold_in(train_rng, 0)))
         if phase.kind == "train":
             if runners[phase.name].owner is not runners[phase.name]:
                 continue            # its program is an earlier phase's, compiled (or queued) already
@@ -119,7 +131,7 @@ def start_warmup(config, model, phases, runners, fits, params, x_device, train_r
             z_like = jax.eval_shape(model.embed, one_like, x_like)
             table_like = (jax.ShapeDtypeStruct((len(x_rows), neighbour_k(phases, i)), np.int32)
                           if phase.spec["smooth"] else None)
-            warm.submit(phase.name, lambda f, z, t: f.lower(train_rng, z, t).compile(), fits[phase.name], z_like,
+            warm.submit(phase.name, lambda f, z, t: f.lower(train_rng, 0, z, t).compile(), fits[phase.name], z_like,
                         table_like)
     warm.submit("finish", runners[last_phase].precompile_full_loss, one_like, inputs)
     return warm
@@ -228,12 +240,13 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
         jax.tree.map(lambda a: a[split[0]], inputs), jax.tree.map(lambda a: a[split[1]], inputs))
     x_device = parallel.put_data(layout, train_inputs)
     fits = make_fits(phases, model)
+    embed = steps.make_embed(model, config.eval.batch_size)
     last_phase = [p.name for p in phases if p.kind == "train"][-1]
     # The phases compile in a background thread from here on, while the parameters initialise.
     warm = start_warmup(config, model, phases, runners, fits,
                         jax.eval_shape(lambda r: init_params(model.init, r, config.train.restarts), init_rng),
                         x_device, train_rng, data.x if split is None else data.x[split[0]], inputs,
-                        max(resume_at, 0), last_phase)
+                        max(resume_at, 0), last_phase, embed)
     try:
         params = jax.tree.map(np.asarray, init_params(model.init, init_rng, config.train.restarts))
         if step:
@@ -272,18 +285,19 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
             if phase.kind == "init_prior":
                 params = init_prior_phase(phase, model, params, data.x if split is None else data.x[split[0]],
                                           jax.random.fold_in(prior_rng, i), config, fits[phase.name],
-                                          table if phase.spec["smooth"] else None, echo)
+                                          table if phase.spec["smooth"] else None, echo, embed)
                 if not phase.spec["keep_current"]:     # otherwise init_prior_phase said which prior it kept
                     echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings "
                          f"({phase.spec['method']})", flush=True)
                 continue
             if phase.kind == "neighbours":
-                table = neighbours_phase(phase, model, params, data, split, config, echo)
+                table = neighbours_phase(phase, model, params, data, split, config, echo, embed)
                 continue
             runner = runners[phase.name]
             phase_table = table if uses_neighbours(phase.spec) else None
             state = (create_state(params, runner.tx, step, opt_state=opt_state, neighbours=phase_table)
-                     if i == resume_at else create_state(params, runner.tx, step, neighbours=phase_table))
+                     if i == resume_at else create_state(params, runner.tx, step, neighbours=phase_table,
+                                                         init_opt=runner.init_opt))
             state = runner.run(parallel.put_state(layout, state), x_device, train_rng, ckpt, progress, watch)
             state = parallel.get_state(layout, state)              # one host copy between phases
             step, params, opt_state = int(state["step"]), state["params"], state["opt_state"]
@@ -415,8 +429,8 @@ class PhaseRunner:
             layout.mode == "shard_map" and jax.process_count() == 1))
         if program is not None:
             self.owner = program.owner
-            self.loss, self.full_loss, self.tx, self.run_chunk = (program.loss, program.full_loss, program.tx,
-                                                                  program.run_chunk)
+            self.loss, self.full_loss, self.tx, self.run_chunk, self.init_opt = (
+                program.loss, program.full_loss, program.tx, program.run_chunk, program.init_opt)
             return
         self.owner = self                       # the runner that owns (and counts) the compiled program
         axis = layout.axis_name
@@ -425,6 +439,7 @@ class PhaseRunner:
         self.full_loss = steps.make_full_loss(self.loss, config.eval.batch_size)     # choose_restart's score
         device_loss = make_objective(model, phase.spec["objective"], config.terms, axis_name=axis)
         self.tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
+        self.init_opt = opt_init(self.tx)        # the phase's fresh optimizer state (create_state)
         warp = augment.make_augment(phase.spec.get("augment"))
         # Weight schedules count from the phase start (the train step passes step - start);
         # augmentation reads the per-sample keys.
@@ -467,6 +482,7 @@ class PhaseRunner:
                     else jax.sharding.NamedSharding(self.layout.mesh, jax.sharding.PartitionSpec()))
         state_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), state_like)
         self.run_chunk.lower(state_like, x, rng, self.bounds).compile()
+        self.init_opt.lower(params_like).compile()
 
     def precompile_full_loss(self, one_like, inputs):
         """Compile choose_restart's score of this phase ahead: `one_like` one restart's parameter
@@ -505,14 +521,18 @@ class PhaseRunner:
 
 
 def prior_fit(spec, model):
-    """The compiled fit(rng, z, table) -> prior of an init_prior phase (`table`, the neighbour
-    table of z's rows, is read only with spec["smooth"] > 0)."""
+    """The compiled fit(rng, restart, z, table) -> prior of an init_prior phase for restart
+    `restart`, whose fit draws from fold_in(rng, restart + 1) (folded inside the program: an
+    eager fold_in would compile a program of its own); `table`, the neighbour table of z's rows,
+    is read only with spec["smooth"] > 0."""
     fit_args = dict(kmeans_iters=spec["kmeans_iters"], em_iters=spec["em_iters"] if spec["method"] == "em" else 0,
                     n_init=spec["n_init"], select=spec["select"])
-    smooth = spec["smooth"]
+    smooth, k = spec["smooth"], model.num_clusters
+    key = lambda rng, restart: jax.random.fold_in(rng, restart + 1)
     if smooth:
-        return jax.jit(lambda r, z, table: fit_diag_gmm_smoothed(r, z, table, model.num_clusters, smooth, **fit_args))
-    return jax.jit(lambda r, z, table=None: fit_diag_gmm(r, z, model.num_clusters, **fit_args))
+        return jax.jit(lambda rng, restart, z, table: fit_diag_gmm_smoothed(key(rng, restart), z, table, k, smooth,
+                                                                           **fit_args))
+    return jax.jit(lambda rng, restart, z, table=None: fit_diag_gmm(key(rng, restart), z, k, **fit_args))
 
 
 def prior_fit_rows(spec, num_train):
@@ -520,28 +540,28 @@ def prior_fit_rows(spec, num_train):
     return min(num_train, spec["batches"] * spec["batch_size"]) if spec["method"] == "minibatch" else num_train
 
 
-def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None, echo=None):
+def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None, echo=None, embed=None):
     """Refit each restart's mixture prior to its embeddings of the data (all of it for "em", at
-    most batches * batch_size samples for "minibatch"). `fit`: prior_fit(phase.spec, model),
-    when compiled ahead; `table`: the neighbour table [R, N, k] of x's rows (spec["smooth"]).
-    With spec["keep_current"], a restart keeps its prior unless the new fit scores better on the
-    same embeddings (keep_or_replace); `echo` reports each choice."""
+    most batches * batch_size samples for "minibatch"). `fit`: prior_fit(phase.spec, model) and
+    `embed`: steps.make_embed(model, config.eval.batch_size), when compiled ahead; `table`: the
+    neighbour table [R, N, k] of x's rows (spec["smooth"]). With spec["keep_current"], a restart
+    keeps its prior unless the new fit scores better on the same embeddings (keep_or_replace);
+    `echo` reports each choice. The restarts' priors are stacked on the host (numpy)."""
     spec = phase.spec
     if spec["method"] == "minibatch":
         n = prior_fit_rows(spec, len(x))
         x = x[np.asarray(jax.random.permutation(jax.random.fold_in(rng, 0), len(x)))[:n]]
-    embed = jax.jit(model.embed)
+    embed = embed or steps.make_embed(model, config.eval.batch_size)
     fit = fit or prior_fit(spec, model)
     priors = []
     for r in range(config.train.restarts):
         params_r = jax.tree.map(lambda a: a[r], params)
-        bs = config.eval.batch_size
-        z = jnp.concatenate([embed(params_r, x[i:i + bs]) for i in range(0, len(x), bs)])
-        new = fit(jax.random.fold_in(rng, r + 1), z, None if table is None else jnp.asarray(table[r]))
+        z = embed(params_r, x)
+        new = fit(rng, r, z, None if table is None else np.asarray(table[r]))
         if spec["keep_current"]:
             new = keep_or_replace(phase, config, params_r["prior"], new, z, r, echo)
-        priors.append(new)
-    return {**params, "prior": jax.tree.map(lambda *a: jnp.stack(a), *priors)}
+        priors.append(jax.device_get(new))
+    return {**params, "prior": jax.tree.map(lambda *a: np.stack(a), *priors)}
 
 
 def keep_or_replace(phase, config, current, new, z, restart=0, echo=None):
@@ -574,10 +594,10 @@ def prior_report(prior, z):
     return cluster_counts(prior, z), mean_log_likelihood(prior, z)
 
 
-def neighbours_phase(phase, model, params, data, split, config, echo):
+def neighbours_phase(phase, model, params, data, split, config, echo, embed=None):
     """The neighbour table [R, N_train, k] of each restart's embedding of the training samples."""
     rows = slice(None) if split is None else split[0]
-    table = neighbour_phase(phase.spec, model, params, data.x[rows], config.eval.batch_size)
+    table = neighbour_phase(phase.spec, model, params, data.x[rows], config.eval.batch_size, embed)
     shared = "" if data.y is None else f" ({agreement(table[0], data.y[rows]):.1%} share its label; reported only)"
     echo(f"phase {phase.name!r}: {phase.spec['k']} nearest neighbours of each sample in the embedding{shared}",
          flush=True)

@@ -183,10 +183,15 @@ def test_later_phases_compile_in_the_background_and_train_the_same(tmp_path):
 
     warm, compiled = run_recording_compiles(_small_phased_config(), tmp_path / "warm")
     ahead = [name for name, thread in compiled if thread.startswith("gmvc-compile")]
-    # pretrain's chunk, the init_prior fit, main's chunk, the final restart choice's score
-    assert ahead == ["jit(traced)", "jit(<lambda>)", "jit(traced)", "jit(<lambda>)"], compiled
+    # In phase order: pretrain's chunk, the init_prior fit, main's chunk, the final restart
+    # choice's score. The phases' smaller programs (a fresh Adam state, the embedding, the fit's
+    # key) compile there too, unless an earlier test in this process compiled the same program.
+    assert [n for n in ahead if n in ("jit(traced)", "jit(<lambda>)")] == ["jit(traced)", "jit(<lambda>)",
+                                                                          "jit(traced)", "jit(<lambda>)"], compiled
     main_thread = [name for name, thread in compiled if not thread.startswith("gmvc-compile")]
-    assert "jit(traced)" not in main_thread and "jit(<lambda>)" not in main_thread, main_thread
+    phase_programs = {"jit(traced)", "jit(<lambda>)", "jit(init_fn)", "jit(embed)", "jit(_threefry_fold_in)",
+                      "jit(stack)", "jit(concatenate)", "jit(convert_element_type)"}
+    assert not phase_programs & set(main_thread), main_thread
     assert warm["compiles"] == 2
 
     cold_config = _small_phased_config()

@@ -430,14 +430,13 @@ def test_keep_current_keeps_the_better_partition():
     same = {"logits": jnp.zeros(4), "means": jnp.tile(jnp.asarray(z.mean(0)), (4, 1)), "log_vars": jnp.zeros((4, 3))}
     merged = {**truth, "means": truth["means"].at[1].set(truth["means"][0])}     # blob 1's points go to 0 or 3
     permuted = jax.tree.map(lambda a: a[jnp.array([2, 0, 3, 1])], truth)        # the same partition, relabelled
-    fits = iter([merged, permuted])
     model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
     spec = {**INIT_DEFAULTS, "kind": "init_prior", "select": "balance", "keep_current": True}
     config = types.SimpleNamespace(train=types.SimpleNamespace(restarts=2), eval=types.SimpleNamespace(batch_size=512))
     params = {"net": {}, "prior": jax.tree.map(lambda a, b: jnp.stack([a, b]), truth, same)}
     said = []
     new = init_prior_phase(Phase("refit", "init_prior", 0, 0, spec), model, params, z, jax.random.key(0), config,
-                           fit=lambda rng, zz, table: next(fits), echo=lambda m, **k: said.append(m))
+                           fit=lambda rng, restart, zz, table: (merged, permuted)[restart], echo=lambda m, **k: said.append(m))
     for r, want in ((0, truth), (1, permuted)):
         _assert_trees_equal(jax.tree.map(lambda a: a[r], new["prior"]), want)
     true_kl = float(hard_imbalance(truth, jnp.asarray(z)))
