@@ -16,8 +16,9 @@ phases that train the mixture (every train phase after the first init_prior phas
 sample, with the restart the run itself would choose at that point (train.restart_choice, scored
 by the phase that trains next; no label involved). Labels only score that choice. `reached` is
 the first check at or over the target; `reached_training` the first such log step of a train
-phase (the schedule without the init checks). A curve point is [step, seconds, accuracy, phase]. The evaluation's own time is measured and taken out of the wall time, so the figure is
-the time the run needed, not the time spent watching it. `reference_seconds` is a PyTorch
+phase (the schedule without the init checks). A curve point is [step, seconds, accuracy, phase].
+The evaluation's own time is measured and taken out of the wall time, so the figure is the time
+the run needed, not the time spent watching it. `reference_seconds` is a PyTorch
 VaDE's (ClustPy 0.0.3, defaults) whole run on the same data and machine; the target is at most
 a third of it.
 

@@ -106,20 +106,20 @@ def start_warmup(config, model, phases, runners, fits, params, x_device, train_r
         return warm
     params_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), params)
     one_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params_like)
-    queued = set()              # the embedding batch sizes (and the key) already queued
+    if any(p.kind == "init_prior" for p in phases[start_at:]):
+        # an init_prior phase's key, fold_in(prior_rng, i) in train_and_evaluate, is dispatched eagerly
+        warm.submit("fold_in", lambda: jax.block_until_ready(jax.random.fold_in(train_rng, 0)))
+    embed_batches = set()           # the embedding's batch sizes already queued
     for i, phase in enumerate(phases):
         if i < start_at:
             continue
         if phase.kind in ("init_prior", "neighbours"):
             rows = prior_fit_rows(phase.spec, len(x_rows)) if phase.kind == "init_prior" else len(x_rows)
             batch = config.eval.batch_size if rows > config.eval.batch_size else rows
-            if batch not in queued:
-                queued.add(batch)
+            if batch not in embed_batches:
+                embed_batches.add(batch)
                 warm.submit(f"embed {batch}", lambda b: embed.batch.lower(
                     one_like, jax.ShapeDtypeStruct((b, *x_rows.shape[1:]), x_rows.dtype)).compile(), batch)
-            if phase.kind == "init_prior" and "fold_in" not in queued:
-                queued.add("fold_in")       # the phase's key (below, in train_and_evaluate), dispatched eagerly
-                warm.submit("fold_in", lambda: jax.block_until_ready(jax.random.fold_in(train_rng, 0)))
         if phase.kind == "train":
             if runners[phase.name].owner is not runners[phase.name]:
                 continue            # its program is an earlier phase's, compiled (or queued) already
