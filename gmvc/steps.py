@@ -60,6 +60,34 @@ def make_restarts_step(train_step, restarts, own_batches=False):
     return restarts_step
 
 
+def make_lifted_step(loss_fn, tx, restarts, axis_name=None, own_batches=False):
+    """The train step of a state whose params and opt_state carry a leading [R] restart axis
+    (make_restarts_step's contract). With R > 1 it is make_restarts_step's vmap. With one restart
+    the loss reads params[0] (and the batch's neighbours [1, B, ...] row 0), and the optimizer
+    updates the [1, ...] arrays as they are, without vmap: the weight gradients then leave XLA's
+    dots in the parameters' own layout, and each Adam update reads them once. Under vmap they came
+    out transposed, read strided by every update and copied for grad_norm: the one-restart step
+    took 20-40% longer. The noise keys are the vmapped step's: restart 0 draws from fold_in(rng, 0)."""
+    if restarts > 1:
+        return make_restarts_step(make_train_step(loss_fn, tx, axis_name=axis_name), restarts,
+                                  own_batches=own_batches)
+
+    def first(params, batch, rng, step):
+        return loss_fn(jax.tree.map(lambda a: a[0], params), batch, rng, step)
+
+    one = make_train_step(first, tx, axis_name=axis_name)
+
+    def single_step(state, batch, rng, start=0):
+        if own_batches:
+            batch = jax.tree.map(lambda a: a[0], batch)
+        elif neighbours.has_neighbours(batch):
+            batch = {"data": batch["data"], "neighbours": jax.tree.map(lambda a: a[0], batch["neighbours"])}
+        new_state, aux = one(state, batch, mixture.fold_in(rng, 0), start)
+        return new_state, jax.tree.map(lambda a: a[None], aux)      # aux leaves [1], as the vmapped step's
+
+    return single_step
+
+
 def make_epoch_order(rng, num_examples, batch_size, restarts=None):
     """Returns (steps_per_epoch, order(epoch) -> [N] permutation drawn from fold_in(rng, epoch)).
     Epoch e is that permutation cut into batches (the remainder dropped): the batch of a step is a

@@ -451,8 +451,7 @@ class PhaseRunner:
         # Restarts read their own data orders (train.restart_batches "own"), so they differ by more than
         # their inits; with one restart the batches are the same either way.
         own = t.restarts if t.restarts > 1 and t.restart_batches == "own" else None
-        step_fn = steps.make_restarts_step(steps.make_train_step(phase_loss, self.tx, axis_name=axis), t.restarts,
-                                           own_batches=own is not None)
+        step_fn = steps.make_lifted_step(phase_loss, self.tx, t.restarts, axis_name=axis, own_batches=own is not None)
         select = steps.select_batch if axis is None else parallel.select_local_batch(layout.n)
         self.trace_count = 0
 
