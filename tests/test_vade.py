@@ -585,6 +585,36 @@ def test_optimizer_freezes_untrained_groups(tiny_vade, trainable):
             _assert_trees_equal(new[group], params[group])                  # bit-identical
 
 
+def test_lifted_step_trains_as_the_vmapped_step(tiny_vade):
+    """steps.make_lifted_step with one restart (no vmap: the loss reads params[0], Adam updates the
+    [1, ...] arrays as they are) against make_restarts_step's vmap of the plain step: the same
+    parameters, moments, step counters and metrics after a few steps."""
+    from gmvc import state as state_lib
+    cfg, model, _, loss_fn, x = tiny_vade
+    tx = make_optimizer(cfg.optim)
+    params = state_lib.init_params(model.init, jax.random.key(3), 1)
+    runs = {}
+    for name, step_fn in (("vmapped", steps.make_restarts_step(steps.make_train_step(loss_fn, tx), 1)),
+                          ("lifted", steps.make_lifted_step(loss_fn, tx, 1))):
+        step_fn, s, auxes = jax.jit(step_fn), state_lib.create_state(params, tx), []
+        for i in range(4):
+            s, aux = step_fn(s, jnp.asarray(x[i * 40:(i + 1) * 40]), steps.step_keys(jax.random.key(5), i, 40))
+            auxes.append(aux)
+        runs[name] = (s, auxes)
+    (a, aux_a), (b, aux_b) = runs["vmapped"], runs["lifted"]
+    assert int(b["step"]) == 4
+    assert _max_abs_diff(b["params"], params) > 1e-4                # it trained
+    for u, v in zip(jax.tree.leaves((a["params"], a["opt_state"])), jax.tree.leaves((b["params"], b["opt_state"]))):
+        assert u.shape == v.shape and u.dtype == v.dtype
+        np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=2e-4, atol=2e-6)
+    counts = [np.asarray(c) for c in jax.tree.leaves(b["opt_state"]) if c.dtype == jnp.int32]
+    assert counts and all(np.array_equal(c, [4]) for c in counts)
+    for p, q in zip(aux_a, aux_b):
+        assert q["loss"].shape == q["grad_norm"].shape == (1,)
+        np.testing.assert_allclose(np.asarray(q["loss"]), np.asarray(p["loss"]), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(q["grad_norm"]), np.asarray(p["grad_norm"]), rtol=1e-4)
+
+
 def _phase_config(tmp_path, steps_total=21):
     """Pretrain 20 steps (net only), fit the prior by EM, then the rest (1 step) with
     everything; one step per chunk so that checkpoints land at 20 (pretrain's end) and 21."""
