@@ -51,11 +51,32 @@ def warp(image, angle, offset):
     return jax.vmap(channel, in_axes=2, out_axes=2)(image)
 
 
-def _random_warp(image, rng, shift, rotate):
+def _hat(n, offset):
+    """[n, n] bilinear weights of a shift by `offset` along one axis: output i reads input p with
+    weight max(0, 1 - |i - offset - p|); inputs outside [0, n) are zeros."""
+    i = jnp.arange(n, dtype=jnp.float32)[:, None]
+    return jnp.maximum(0.0, 1.0 - jnp.abs(i - offset - jnp.arange(n, dtype=jnp.float32)[None, :]))
+
+
+def shift_images(images, offsets):
+    """Images [B, H, W, C] each shifted by its offset [B, 2] (rows, columns): warp with angle 0.
+    The bilinear shift is separable, rows_b @ image_b @ columns_b^T, so a batch is two batched
+    matmuls (vade_mnist5k's 256 images: 22 MFLOP) in place of map_coordinates' per-pixel
+    gathers, which took 10 ms of the 34 ms pretraining step on a 2-core CPU."""
+    h, w = images.shape[1:3]
+    rows = jax.vmap(lambda o: _hat(h, o))(offsets[:, 0])         # [B, H, H]
+    cols = jax.vmap(lambda o: _hat(w, o))(offsets[:, 1])         # [B, W, W]
+    hp = jax.lax.Precision.HIGHEST
+    out = jnp.einsum("bip,bpqc->biqc", rows, images, precision=hp)
+    return jnp.einsum("biqc,bjq->bijc", out, cols, precision=hp)
+
+
+def _draws(rng, shift, rotate):
+    """One sample's (angle in radians, offset [2]) from its key."""
     rng_angle, rng_shift = jax.random.split(rng)
     offset = jax.random.uniform(rng_shift, (2,), minval=-shift, maxval=shift)
     angle = jax.random.uniform(rng_angle, (), minval=-rotate, maxval=rotate) * (np.pi / 180.0)
-    return warp(image, angle, offset)
+    return angle, offset
 
 
 def make_augment(spec):
@@ -69,7 +90,10 @@ def make_augment(spec):
     def augment_images(x, rng):
         keys = rng if rng.shape == (x.shape[0],) else jax.random.split(rng, x.shape[0])
         keys = jax.vmap(lambda k: jax.random.fold_in(k, _SALT))(keys)
-        return jax.vmap(lambda img, k: _random_warp(img, k, shift, rotate))(x, keys)
+        angles, offsets = jax.vmap(lambda k: _draws(k, shift, rotate))(keys)
+        if not rotate:
+            return shift_images(x, offsets)
+        return jax.vmap(warp)(x, angles, offsets)
 
     def augment(batch, rng):
         if has_neighbours(batch):      # the neighbours get their own draws

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmvc.augment import check_data, make_augment, parse_augment, warp
+from gmvc.augment import check_data, make_augment, parse_augment, shift_images, warp
 from gmvc.errors import ConfigError
 
 
@@ -28,6 +28,21 @@ def test_half_pixel_shift_averages_neighbours():
     img = _images(1)[0]
     out = np.asarray(warp(img, 0.0, jnp.array([0.0, 0.5])))
     np.testing.assert_allclose(out[:, 1:], 0.5 * (img[:, 1:] + img[:, :-1]), atol=1e-6)
+
+
+def test_separable_shift_is_the_warp_without_rotation():
+    """shift_images (two batched matmuls, the path of every shift-only spec) against warp's
+    map_coordinates at angle 0: offsets fractional, whole, negative, past the border."""
+    x = _images(6)
+    offsets = np.array([[0.3, -1.7], [2.0, 1.0], [-2.5, 0.5], [0.0, 0.0], [1.25, -0.75], [9.5, -8.0]], np.float32)
+    got = np.asarray(shift_images(jnp.asarray(x), jnp.asarray(offsets)))
+    want = np.stack([np.asarray(warp(img, 0.0, jnp.asarray(o))) for img, o in zip(x, offsets)])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.abs(got[0] - x[0]).mean() > 0.05 and np.all(got[5] == 0)       # moved; all shifted out
+    keys = jax.random.split(jax.random.key(3), 6)     # a shift-only spec takes this path
+    out = np.asarray(make_augment(parse_augment({"shift": 2}, "t"))(x, keys))
+    by_warp = np.asarray(make_augment(parse_augment({"shift": 2, "rotate": 1e-30}, "t"))(x, keys))
+    np.testing.assert_allclose(out, by_warp, atol=1e-5)
 
 
 def test_per_sample_keys_decide_each_image():
