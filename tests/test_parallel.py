@@ -19,8 +19,12 @@ quiet = dict(echo=lambda *a, **k: None)
 # float32 sums over 8 devices happen in another order than on one, and Adam turns rounding-level
 # differences of near-zero gradients into differences of up to the learning rate per step; so
 # parameters are compared leaf by leaf by relative norm, |a - b| / |a| <= REL (measured after
-# 60 steps: GMVAE 2e-7, VaDE, whose prior is refitted by EM in between, 4e-3).
-REL = 1e-2
+# 60 steps: GMVAE 2e-7; VaDE, whose prior is refitted by EM in between, 4e-3 on one machine and
+# 1.0e-2 on an AVX-512 one, there in the decoder's biases, of norm 0.27, where those Adam steps
+# weigh most). VaDE's mixture prior, what the clustering reads, is held to PRIOR_REL (measured
+# 4e-5 on that machine).
+REL = 2e-2
+PRIOR_REL = 1e-3
 
 
 def _assert_close(a, b, rel=REL):
@@ -68,6 +72,9 @@ def test_single_shard_map_and_pmap_agree(spiral_config, tmp_path, model):
         assert summary["parallel"]["mode"] == mode and summary["parallel"]["devices"] == (1 if mode == "single" else 8)
         results[mode] = final_params(tmp_path / mode, c.train.steps)
     worst = [_assert_close(results["single"], results[m], REL if model == "vade" else 1e-4) for m in ("shard_map", "pmap")]
+    if model == "vade":
+        for m in ("shard_map", "pmap"):
+            _assert_close(results["single"]["prior"], results[m]["prior"], PRIOR_REL)
     print(model, "largest relative difference per leaf:", worst)
 
 
