@@ -55,7 +55,8 @@ def load_config(path, overrides, seed):
     config = from_sibling(str(pathlib.Path(path).resolve()), pathlib.Path(path).name)
     config.unlock()
     for item in overrides:
-        key, _, value = item.partition("=")
+        key, _, raw = item.partition("=")
+        value = raw
         parts = key.split(".")
         target = config
         for part in parts[:-1]:
@@ -66,6 +67,8 @@ def load_config(path, overrides, seed):
             pass                                  # a plain string
         if parts[-1] not in target:
             raise SystemExit(f"quality.py: unknown config key {key!r}")
+        if isinstance(target[parts[-1]], str):
+            value = raw                           # a text setting (train.compile_ahead=False) stays text
         target[parts[-1]] = value
     config.seed = seed
     return config

@@ -59,7 +59,8 @@ def base_config():
     c.train.max_checkpoints = 3
     c.train.phases = ()                # names of config.phases in order; () = one phase of train.steps
     c.train.loop = "auto"              # scan | host | auto (host for conv networks; see gmvc/train.py)
-    c.train.compile_ahead = True       # compile later phases in a background thread (gmvc/train.py Warmup)
+    c.train.compile_ahead = "auto"     # on | off | auto: compile later phases in a background thread
+                                       # (gmvc/train.py Warmup); auto = off on a CPU, on elsewhere
     c.train.restarts = 1               # independent inits trained together; one is kept, chosen by:
     c.train.restart_choice = "objective"   # objective (lowest on the data) | balance (most even cluster usage)
     c.train.restart_batches = "shared"   # shared (one data order for all restarts) | own (each its own order)

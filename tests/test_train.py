@@ -164,7 +164,7 @@ def _small_phased_config():
 def test_later_phases_compile_in_the_background_and_train_the_same(tmp_path):
     """Every phase's program (both chunks, the mixture fit, the final score) compiles in the
     warm-up thread, none on the main thread; the run is the same, bit for bit, as one with
-    train.compile_ahead=False, which compiles each phase when it starts."""
+    train.compile_ahead="off", which compiles each phase when it starts."""
     import threading
 
     def run_recording_compiles(config, workdir):
@@ -181,7 +181,9 @@ def test_later_phases_compile_in_the_background_and_train_the_same(tmp_path):
         finally:
             jax.monitoring.unregister_event_duration_listener(listen)
 
-    warm, compiled = run_recording_compiles(_small_phased_config(), tmp_path / "warm")
+    warm_config = _small_phased_config()
+    warm_config.train.compile_ahead = "on"       # "auto" is off on the CPU
+    warm, compiled = run_recording_compiles(warm_config, tmp_path / "warm")
     ahead = [name for name, thread in compiled if thread.startswith("gmvc-compile")]
     # In phase order: pretrain's chunk, the init_prior fit, main's chunk, the final restart
     # choice's score. The phases' smaller programs (a fresh Adam state, the embedding, the fit's
@@ -195,7 +197,7 @@ def test_later_phases_compile_in_the_background_and_train_the_same(tmp_path):
     assert warm["compiles"] == 2
 
     cold_config = _small_phased_config()
-    cold_config.train.compile_ahead = False
+    cold_config.train.compile_ahead = "off"
     cold, compiled = run_recording_compiles(cold_config, tmp_path / "cold")
     assert cold["compiles"] == 2
     assert not [name for name, thread in compiled if thread.startswith("gmvc-compile")], compiled
@@ -204,6 +206,22 @@ def test_later_phases_compile_in_the_background_and_train_the_same(tmp_path):
     for a, b in zip(*(open(tmp_path / d / "metrics.jsonl").read().splitlines() for d in ("warm", "cold"))):
         wa, wb = json.loads(a), json.loads(b)
         assert wa["loss"] == wb["loss"] and wa["step"] == wb["step"]
+
+
+def test_compile_ahead_auto_is_off_on_the_cpu_and_bad_values_are_named(tmp_path):
+    """"auto" compiles ahead only off the CPU (this machine: off); "on"/"off" and the command
+    line's "True"/"False" are read as such; an unknown value stops the run before it starts,
+    naming the key."""
+    from gmvc.train import compiles_ahead
+    config = _small_phased_config()
+    assert config.train.compile_ahead == "auto" and jax.default_backend() == "cpu"
+    for value, expected in (("auto", False), ("on", True), ("off", False), ("True", True), ("False", False)):
+        config.train.compile_ahead = value
+        assert compiles_ahead(config) is expected, value
+    config.train.compile_ahead = "sometimes"
+    with pytest.raises(ConfigError, match="train.compile_ahead 'sometimes'"):
+        train_and_evaluate(config, tmp_path / "bad", **quiet)
+    assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
 def test_chunk_reads_the_phase_bounds_as_values():
