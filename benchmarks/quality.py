@@ -55,20 +55,18 @@ def load_config(path, overrides, seed):
     config = from_sibling(str(pathlib.Path(path).resolve()), pathlib.Path(path).name)
     config.unlock()
     for item in overrides:
-        key, _, raw = item.partition("=")
-        value = raw
+        key, _, value = item.partition("=")
         parts = key.split(".")
         target = config
         for part in parts[:-1]:
             target = target[part]
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass                                  # a plain string
         if parts[-1] not in target:
             raise SystemExit(f"quality.py: unknown config key {key!r}")
-        if isinstance(target[parts[-1]], str):
-            value = raw                           # a text setting (train.compile_ahead=False) stays text
+        if not isinstance(target[parts[-1]], str):    # a text setting (train.compile_ahead=False) stays text
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                pass                                  # a plain string
         target[parts[-1]] = value
     config.seed = seed
     return config

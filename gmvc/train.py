@@ -101,12 +101,9 @@ COMPILE_AHEAD = {"on": True, "true": True, "off": False, "false": False}
 
 def compiles_ahead(config):
     """train.compile_ahead: "on", "off" (True/False too), or "auto": off when the run trains on
-    the CPU, where the compiling thread takes a core from the training (2 cores, no compilation
-    cache: vade_digits reached its first 0.80 at 24.9 s with it and 20.6 s without, vade_mnist5k
-    its first 0.70 at 50.3 s and 42.4 s), on elsewhere (the host compiles while the device trains)."""
+    the CPU, where the compiling thread takes a core from the training (README, "Speed"), on
+    elsewhere (the host compiles while the device trains)."""
     value = config.train.compile_ahead
-    if isinstance(value, bool):
-        return value
     key = str(value).lower()
     if key == "auto":
         return jax.default_backend() != "cpu"
