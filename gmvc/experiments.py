@@ -217,20 +217,20 @@ def make_sweep_objective(model, weights, term_options, term):
 
 
 def make_sweep_step(loss_fn, tx):
-    """sweep_step(state, batch, rng, start=0) -> (state, aux with [R] leaves): one train step
+    """sweep_step(state, batch, rng, start=0, measure=True) -> (state, aux with [R] leaves): one train step
     (steps.make_train_step) of every run, vmapped over the [R] axis of (params, opt_state,
     weight, seed) in state = {"step": [], "params": [R, ...], "opt_state": [R, ...], "weight":
     [R], "seed": [R]}. The step counter and the batch are shared; run r's noise is folded in
     from its seed, so runs with one seed draw the same noise and differ only in the weight."""
 
-    def one(step, params, opt_state, weight, seed, batch, rng, start):
+    def one(step, params, opt_state, weight, seed, batch, rng, start, measure):
         train_step = steps.make_train_step(lambda p, b, r, s: loss_fn(p, b, r, s, weight), tx)
         new, aux = train_step({"step": step, "params": params, "opt_state": opt_state}, batch,
-                              mixture.fold_in(rng, seed), start)
+                              mixture.fold_in(rng, seed), start, measure)
         return new["params"], new["opt_state"], aux
 
-    def sweep_step(state, batch, rng, start=0):
-        params, opt_state, aux = jax.vmap(one, in_axes=(None, 0, 0, 0, 0, None, None, None))(
+    def sweep_step(state, batch, rng, start=0, measure=True):
+        params, opt_state, aux = jax.vmap(lambda *a: one(*a, measure), in_axes=(None, 0, 0, 0, 0, None, None, None))(
             state["step"], state["params"], state["opt_state"], state["weight"], state["seed"], batch, rng, start)
         return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, aux
 

@@ -105,7 +105,7 @@ def test_each_restart_trains_on_draws_from_its_own_table():
     for r in range(2):
         np.testing.assert_array_equal(batch["neighbours"][r], x[draw(tables[r], idx, keys)])
     # a "train step" whose new parameters are the neighbours it was given
-    record = lambda s, b, rng, start=0: ({**s, "params": b["neighbours"]}, {"loss": jnp.float32(0.0)})
+    record = lambda s, b, rng, start=0, measure=True: ({**s, "params": b["neighbours"]}, {"loss": jnp.float32(0.0)})
     new, _ = make_restarts_step(record, 2)(state, batch, keys)
     np.testing.assert_array_equal(new["params"], batch["neighbours"])
     assert int(new["step"]) == 1 and new["neighbours"] is tables

@@ -232,7 +232,7 @@ def test_chunk_reads_the_phase_bounds_as_values():
     from gmvc import steps
     traces = []
 
-    def fake_step(state, batch, keys, start=0):
+    def fake_step(state, batch, keys, start=0, measure=True):
         return {**state, "step": state["step"] + 1}, {"relative_step": (state["step"] - start).astype(jnp.float32)}
 
     chunk = steps.make_train_chunk(fake_step, num_examples=40, batch_size=10, chunk_len=8)
@@ -255,7 +255,7 @@ def test_each_restart_reads_its_own_data_order():
     x = jnp.arange(40, dtype=jnp.float32)[:, None]               # row i holds i
     rng = jax.random.key(3)
 
-    def record(state, batch, keys, start=0):                  # the "params" become the batch's rows
+    def record(state, batch, keys, start=0, measure=True):    # the "params" become the batch's rows
         return {**state, "step": state["step"] + 1, "params": batch[:, 0]}, {"loss": jnp.float32(0.0)}
 
     def epoch_rows(restarts):

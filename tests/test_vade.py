@@ -615,6 +615,32 @@ def test_lifted_step_trains_as_the_vmapped_step(tiny_vade):
         np.testing.assert_allclose(np.asarray(q["grad_norm"]), np.asarray(p["grad_norm"]), rtol=1e-4)
 
 
+def test_chunk_measures_the_gradient_norm_of_its_last_step(tiny_vade):
+    """make_train_chunk averages the metrics over its active steps but takes grad_norm from the
+    last active one (the others skip the norm): against the same steps one at a time
+    (make_indexed_step reads the same batches and measures every step)."""
+    from gmvc import state as state_lib
+    cfg, model, _, loss_fn, x = tiny_vade
+    tx = make_optimizer(cfg.optim)
+    step_fn = steps.make_lifted_step(loss_fn, tx, 1)
+    s0 = state_lib.create_state(state_lib.init_params(model.init, jax.random.key(3), 1), tx)
+    x, rng, bounds = jnp.asarray(x), jax.random.key(11), jnp.asarray([0, 5], jnp.int32)
+    one = jax.jit(steps.make_indexed_step(step_fn, num_examples=len(x), batch_size=40))
+    s, auxes = s0, []
+    for _ in range(5):
+        s, aux = one(s, x, rng, bounds)
+        auxes.append(aux)
+    norms = [float(a["grad_norm"][0]) for a in auxes]
+    assert len(set(norms)) == 5 and min(norms) > 0
+    chunk = jax.jit(steps.make_train_chunk(step_fn, num_examples=len(x), batch_size=40, chunk_len=3))
+    s, first = chunk(s0, x, rng, bounds)                # steps 0, 1, 2
+    s, second = chunk(s, x, rng, bounds)                # steps 3, 4 (the third is past the end)
+    assert int(s["step"]) == 5
+    for metrics, active in ((first, range(0, 3)), (second, range(3, 5))):
+        np.testing.assert_allclose(float(metrics["grad_norm"][0]), norms[active[-1]], rtol=1e-4)
+        np.testing.assert_allclose(float(metrics["loss"][0]), np.mean([float(auxes[i]["loss"][0]) for i in active]),
+                                   rtol=1e-4)
+
 def _phase_config(tmp_path, steps_total=21):
     """Pretrain 20 steps (net only), fit the prior by EM, then the rest (1 step) with
     everything; one step per chunk so that checkpoints land at 20 (pretrain's end) and 21."""
