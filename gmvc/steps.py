@@ -235,7 +235,10 @@ def make_host_chunk(compiled_step, *, chunk_len, step_of=lambda state: int(state
             auxes.append(aux)
         if not auxes:
             return state, {}
-        return state, jax.tree.map(lambda *a: sum(a) / len(a), *auxes)
+        # as make_train_chunk: the mean over the steps, grad_norm the last step's
+        return state, {k: auxes[-1][k] if k == "grad_norm" else jax.tree.map(lambda *a: sum(a) / len(a),
+                                                                              *[aux[k] for aux in auxes])
+                       for k in auxes[0]}
 
     return chunk
 

@@ -72,6 +72,8 @@ def test_host_loop_matches_the_scanned_chunk(spiral_config, tmp_path):
             for d in ("scan", "host")]
     assert [r["step"] for r in logs[1]] == [50, 100, 120]
     assert logs[1][-1]["loss"] == pytest.approx(logs[0][-1]["loss"], rel=1e-3)
+    for scan_line, host_line in zip(*logs):                  # both the last step's gradient norm
+        assert host_line["grad_norm"] == pytest.approx(scan_line["grad_norm"], rel=1e-3)
     spiral_config.train.loop = "python"
     with pytest.raises(ConfigError, match="unknown train.loop 'python'"):
         train_and_evaluate(spiral_config, tmp_path / "bad", **quiet)
