@@ -35,7 +35,8 @@ def make_train_step(loss_fn, tx, axis_name=None):
             aux["grad_norm"] = optax.tree.norm(grads)
         else:
             norm = jax.eval_shape(optax.tree.norm, grads)
-            aux["grad_norm"] = jax.lax.cond(measure, optax.tree.norm, lambda g: jnp.zeros(norm.shape, norm.dtype), grads)
+            aux["grad_norm"] = jax.lax.cond(measure, optax.tree.norm, lambda g: jnp.zeros(norm.shape, norm.dtype),
+                                            grads)
         new_state = {**state, "step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                      "opt_state": opt_state}
         return new_state, aux
@@ -154,14 +155,14 @@ def step_keys(step_rng, step, batch_size):
 def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_steps=None, select=select_batch,
                      restarts=None):
     """chunk(state, x, rng[, bounds]) -> (state, metrics): `chunk_len` steps in one lax.scan on device, with
-    the metrics averaged over the chunk's active steps (grad_norm: its last active step's). Steps at or past `total_steps` leave the state unchanged,
-    so every chunk has the same shape and the program compiles once. `rng` is the run's training
-    key: data order and step noise are folded in from it by epoch and by step. `select(x, idx,
-    keys)` gives this device's part of the batch (gmvc/parallel.py). `bounds`, an int32 [2]
-    array (start, end), replaces (0, total_steps) with traced values: phases that differ only in
-    their steps then share one compiled program. `restarts` R: each restart reads its own data
-    order (make_epoch_order), and train_step takes batches [R, B, ...] (make_restarts_step with
-    own_batches)."""
+    the metrics averaged over the chunk's active steps (grad_norm: its last active step's). Steps
+    at or past `total_steps` leave the state unchanged, so every chunk has the same shape and the
+    program compiles once. `rng` is the run's training key: data order and step noise are folded
+    in from it by epoch and by step. `select(x, idx, keys)` gives this device's part of the batch
+    (gmvc/parallel.py). `bounds`, an int32 [2] array (start, end), replaces (0, total_steps) with
+    traced values: phases that differ only in their steps then share one compiled program.
+    `restarts` R: each restart reads its own data order (make_epoch_order), and train_step takes
+    batches [R, B, ...] (make_restarts_step with own_batches)."""
 
     def chunk(state, x, rng, bounds=None):
         start, end = (0, total_steps) if bounds is None else (bounds[0], bounds[1])
