@@ -194,15 +194,18 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
             return (s, perm), (aux, active)
 
         (state, _), (aux, active) = jax.lax.scan(body, (state, perm0), None, length=chunk_len)
-        count = jnp.maximum(jnp.sum(active), 1)
-        # aux leaves are [chunk_len, ...]: average the active steps, keep any trailing axes; the
-        # gradient norm is the last active step's (0 on the others).
-        total = lambda a: jnp.sum(jnp.where(active.reshape((-1,) + (1,) * (a.ndim - 1)), a, 0.0), axis=0)
-        metrics = {k: jax.tree.map(lambda a: total(a) if k == "grad_norm" else total(a) / count, v)
-                   for k, v in aux.items()}
-        return state, metrics
+        return state, chunk_metrics(aux, active)
 
     return chunk
+
+
+def chunk_metrics(aux, active):
+    """A chunk's metrics from its steps' aux (leaves [steps, ...]) and `active` [steps] bools, the
+    active steps first: each the mean over the active steps, any trailing axes kept; grad_norm the
+    last active step's (the scanned chunk measures it there only, make_train_step)."""
+    count = jnp.maximum(jnp.sum(active), 1)
+    mean = lambda a: jnp.sum(jnp.where(active.reshape((-1,) + (1,) * (a.ndim - 1)), a, 0.0), axis=0) / count
+    return {k: jax.tree.map(lambda a: a[count - 1] if k == "grad_norm" else mean(a), v) for k, v in aux.items()}
 
 
 def make_indexed_step(train_step, *, num_examples, batch_size, select=select_batch, restarts=None):
@@ -236,10 +239,7 @@ def make_host_chunk(compiled_step, *, chunk_len, step_of=lambda state: int(state
             auxes.append(aux)
         if not auxes:
             return state, {}
-        # as make_train_chunk: the mean over the steps, grad_norm the last step's
-        return state, {k: auxes[-1][k] if k == "grad_norm" else jax.tree.map(lambda *a: sum(a) / len(a),
-                                                                              *[aux[k] for aux in auxes])
-                       for k in auxes[0]}
+        return state, chunk_metrics(jax.tree.map(lambda *a: jnp.stack(a), *auxes), jnp.ones(len(auxes), bool))
 
     return chunk
 

@@ -641,6 +641,7 @@ def test_chunk_measures_the_gradient_norm_of_its_last_step(tiny_vade):
         np.testing.assert_allclose(float(metrics["loss"][0]), np.mean([float(auxes[i]["loss"][0]) for i in active]),
                                    rtol=1e-4)
 
+
 def _phase_config(tmp_path, steps_total=21):
     """Pretrain 20 steps (net only), fit the prior by EM, then the rest (1 step) with
     everything; one step per chunk so that checkpoints land at 20 (pretrain's end) and 21."""
