@@ -114,3 +114,15 @@ def test_balance_selection_keeps_the_most_even_fit():
     assert scores.min() < 0.01
     with pytest.raises(ValueError, match="unknown mixture-fit selection 'best'"):
         fit_diag_gmm(key, z, 4, select="best")
+
+
+def test_more_fits_extend_the_fewer():
+    """n_init fits draw from split(key, n_init), whose first keys are split(key, m)'s for m <
+    n_init: raising n_init (vade_mnist5k: 10 to 30) adds candidates to the same ones, so the
+    balance choice among more fits is never less even than among fewer."""
+    key = jax.random.key(11)
+    assert np.array_equal(jax.random.key_data(jax.random.split(key, 9))[:3],
+                          jax.random.key_data(jax.random.split(key, 3)))
+    z = jnp.asarray(_blobs(1500, seed=2)[0])
+    few, many = (fit_diag_gmm(key, z, 4, 10, 10, n_init=n, select="balance") for n in (3, 9))
+    assert float(imbalance(many, z)) <= float(imbalance(few, z)) + 1e-6
