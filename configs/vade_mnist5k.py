@@ -11,9 +11,10 @@ a half on a 2-core CPU. Phases, run by the one training loop:
    (`smooth: 1`), 30 fits, the most balanced kept, then one M-step on the embeddings
    themselves. The smoothing moved seed 0's mixture init from 0.685 to 0.771 and its final
    accuracy from 0.72 to 0.84. 30 fits in place of 10 (here and in gmm_init2; the 30 include
-   the 10, so a run changes only where one of the 20 more is more balanced) took 10 seeds from
-   0.851 (0.045) to 0.861 (0.007), the worst seed from 0.737 to 0.849 (runs of 68-78 s,
-   against 66-93 s with 10);
+   the 10, so a run changes only where one of the 20 more is more balanced): seeds 0-9 went
+   from 0.851 (0.045) to 0.861 (0.007), but on seeds 10-19, measured after that choice, 30
+   and 10 fits gave the same, 0.838 and 0.837 (0.049): over the 20 seeds 0.850 (0.037) against
+   0.844 (0.048), at the same time a run (68-88 s);
 4. main: VaDE (reconstruction + mixture KL) plus `c_marginal` (the batch's cluster usage
    against the uniform) and the `neighbours` term (a sample and a drawn neighbour should share
    a component), both at weight 20, on augmented images, 1,250 steps. The neighbour's side of
