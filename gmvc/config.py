@@ -33,6 +33,7 @@ def base_config():
     c.model.prior_hidden = 500
     c.model.likelihood = "bernoulli"   # bernoulli | gaussian
     c.model.sigma = 1.0                # gaussian: output std; <= 0 learns a log-variance per output
+    c.model.input_dropout = 0.0        # training only: each input value zeroed with this probability (denoising)
     c.model.gamma_transform = "none"   # vade: none | inverse_minmax (S3VDC's NaN guard)
 
     # Term name -> weight (a number or a schedule dict, see gmvc/schedules.py).

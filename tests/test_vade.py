@@ -187,6 +187,36 @@ def test_predict_log_gamma_is_exact_posterior():
     assert np.abs(without_pi - want).max() > 1e-2
 
 
+def test_input_dropout_masks_the_encoder_input_only():
+    """model.input_dropout: the training pass encodes x with a fraction p of its values zeroed (the
+    rest scaled by 1 / (1 - p)), drawn per sample; the reconstruction target and prediction read
+    x itself; p = 0 is the plain model; a bad p is named."""
+    from gmvc.models import base
+    c = _vade_config()
+    c.model.input_dropout = 0.25
+    x = jnp.asarray(np.random.default_rng(3).uniform(0.2, 1.0, (64, DX)).astype(np.float32))
+    keys = jax.random.split(jax.random.key(7), 64)
+    seen = np.asarray(base.corrupt(c.model, x, keys))
+    zero = seen == 0.0
+    assert 0.2 < zero.mean() < 0.3
+    np.testing.assert_allclose(seen[~zero], np.asarray(x)[~zero] / 0.75, rtol=1e-6)
+    # Per-sample draws: a row's mask does not depend on the batch it is in.
+    np.testing.assert_array_equal(np.asarray(base.corrupt(c.model, x[5:9], keys[5:9])), seen[5:9])
+
+    plain = _vade_config()
+    noisy, clean = make_model(c.model, (DX,)), make_model(plain.model, (DX,))
+    params = clean.init(jax.random.key(0))
+    out_noisy, out_clean = noisy.apply(params, x, keys), clean.apply(params, x, keys)
+    np.testing.assert_array_equal(out_noisy["x_flat"], np.asarray(x))
+    assert np.abs(np.asarray(out_noisy["z_mean"]) - np.asarray(out_clean["z_mean"])).max() > 1e-3
+    _assert_trees_equal(noisy.predict(params, x), clean.predict(params, x))
+    np.testing.assert_array_equal(base.corrupt(plain.model, x, keys), x)
+    for bad in (1.0, -0.1, float("nan")):
+        c.model.input_dropout = bad
+        with pytest.raises(ConfigError, match="model.input_dropout"):
+            make_model(c.model, (DX,))
+
+
 def test_inverse_minmax_responsibilities():
     m = _model_and_predictions()
     log_gamma = m["out_mm"]["log_gamma"].astype(np.float64)

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gmvc import mixture
 from gmvc.errors import ConfigError
 from gmvc.mixture import LOG_2PI
 
@@ -13,6 +14,7 @@ from gmvc.mixture import LOG_2PI
 _LEARNED_LOG_VAR_LO, _LEARNED_LOG_VAR_HI = 2 * jnp.log(0.01), 0.0
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+_DROPOUT_SALT = 0x6470   # folded into the keys of the input dropout (`corrupt`)
 
 
 class Model(NamedTuple):
@@ -54,6 +56,28 @@ class GaussianEncoderDecoder(nn.Module):
 def check_likelihood(model_cfg):
     if model_cfg.likelihood not in LIKELIHOODS:
         raise ConfigError(f"unknown likelihood {model_cfg.likelihood!r}; known: {list(LIKELIHOODS)}")
+    check_input_dropout(model_cfg)
+
+
+def check_input_dropout(model_cfg):
+    p = model_cfg.input_dropout
+    if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
+        raise ConfigError(f"model.input_dropout must be a number in [0, 1); got {p!r}")
+
+
+def corrupt(model_cfg, x, rng):
+    """The encoder's input in training: each value of x zeroed with probability
+    model.input_dropout and the rest scaled by 1 / (1 - p) (a denoising autoencoder's masking
+    noise; the reconstruction target stays x). Its own draws (per sample with per-sample keys),
+    not the model's noise. The identity at p = 0; prediction and embedding read x as it is."""
+    p = float(model_cfg.input_dropout)
+    if p == 0.0:
+        return x
+    keep = 1.0 - p
+    rng = mixture.fold_in(rng, _DROPOUT_SALT)
+    draw = lambda key, shape: jax.random.bernoulli(key, keep, shape)
+    mask = jax.vmap(lambda key: draw(key, x.shape[1:]))(rng) if mixture.per_sample(rng) else draw(rng, x.shape)
+    return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
 
 
 def learns_variance(model_cfg):

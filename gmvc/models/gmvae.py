@@ -69,7 +69,7 @@ def make_gmvae(model_cfg, data_shape):
         return out
 
     def apply(params, x, rng):
-        z_mean, z_log_var, w_mean, w_log_var = call(params, GMVAENet.encode, x)
+        z_mean, z_log_var, w_mean, w_log_var = call(params, GMVAENet.encode, base.corrupt(model_cfg, x, rng))
         rng_z, rng_w = mixture.split_keys(rng)
         z = mixture.reparameterize(rng_z, z_mean, z_log_var)
         w = mixture.reparameterize(rng_w, w_mean, w_log_var)

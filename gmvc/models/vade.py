@@ -55,7 +55,7 @@ def make_vade(model_cfg, data_shape):
         return jax.nn.log_softmax(log_joint, axis=-1)
 
     def apply(params, x, rng):
-        z_mean, z_log_var = call(params, VaDENet.encode, x)
+        z_mean, z_log_var = call(params, VaDENet.encode, base.corrupt(model_cfg, x, rng))
         z = mixture.reparameterize(rng, z_mean, z_log_var)
         prior = params["prior"]
         out = {"x_flat": x.reshape(x.shape[0], -1), "z": z, "z_mean": z_mean, "z_log_var": z_log_var,

@@ -56,7 +56,7 @@ def _make(model_cfg, data_shape, num_labels):
 
     def apply(params, inputs, rng):
         x, onehot = split(inputs)
-        z_mean, z_log_var = call(params, Net.encode, enc_input(x, onehot))
+        z_mean, z_log_var = call(params, Net.encode, enc_input(base.corrupt(model_cfg, x, rng), onehot))
         z = mixture.reparameterize(rng, z_mean, z_log_var)
         out = {"x_flat": x.reshape(x.shape[0], -1), "z": z, "z_mean": z_mean, "z_log_var": z_log_var}
         out.update(base.decoder_outputs(model_cfg, call(params, Net.decode, dec_input(z, onehot))))
