@@ -149,7 +149,34 @@ def moments(z, resp_fn, k, chunk_size=None):
 SELECTIONS = ("likelihood", "balance")
 
 
-def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1, chunk_size=None, select="likelihood"):
+BALANCE_ITERS = 30    # fixed-point steps of balanced_logits per E-step
+
+
+def mean_usage(logits, prior, z, chunk_size=None):
+    """mean_n p(c | z_n) [K] under `prior` with its mixture logits replaced by `logits`."""
+    k = logits.shape[0]
+    total = fold_chunks(z, lambda t, rows, w: t + jnp.sum(w[:, None] * jnp.exp(mixture.log_responsibilities(
+        rows, logits, prior["means"], prior["log_vars"])), 0), jnp.zeros((k,), z.dtype), chunk_size)
+    return total / z.shape[0]
+
+
+def balanced_logits(prior, z, iters=BALANCE_ITERS, chunk_size=None):
+    """Mixture logits under which the components' mean responsibility over z is (nearly) uniform:
+    each step moves a component's logit by log(1/K) - log(its usage), a pass over z (memory
+    bounded by the chunk). The E-step of a balanced fit: for data whose clusters are about equally
+    large, it keeps a component from taking two of them while two others share a third."""
+    k = prior["logits"].shape[0]
+
+    def step(logits):
+        usage = mean_usage(logits, prior, z, chunk_size)
+        new = logits - jnp.log(jnp.maximum(usage, 1e-30) * k)
+        return new - jnp.max(new)
+
+    return jax.lax.fori_loop(0, iters, lambda _, lg: step(lg), jax.nn.log_softmax(prior["logits"]))
+
+
+def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1, chunk_size=None, select="likelihood",
+                 balanced=False):
     """k-means, then `em_iters` EM steps of a diagonal GMM (either stops early at an exact fixed
     point, which gives the same result as running on); returns the prior pytree. With
     n_init > 1, that many fits from different k-means++ seeds run together (vmapped) and one is
@@ -157,11 +184,14 @@ def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1, chunk_size=No
     `select="balance"` the most even use of the components (the lowest
     KL(mean_n p(c | z_n) || Uniform(K)); for data whose clusters are roughly balanced, where a
     fit that merges two clusters and splits a third is both likely and uneven). `chunk_size`:
-    rows per step of each pass over z (default CHUNK_SIZE); memory is bounded by it, not by N."""
+    rows per step of each pass over z (default CHUNK_SIZE); memory is bounded by it, not by N.
+    `balanced`: each E-step computes the responsibilities under mixture weights that make every
+    component's mean responsibility equal (balanced_logits), so the fit's partition stays even;
+    the prior returned has the weights of its last M-step (close to uniform)."""
     if select not in SELECTIONS:
         raise ValueError(f"unknown mixture-fit selection {select!r}; known: {list(SELECTIONS)}")
     if n_init > 1:
-        fits = jax.vmap(lambda r: fit_diag_gmm(r, z, k, kmeans_iters, em_iters, 1, chunk_size))(
+        fits = jax.vmap(lambda r: fit_diag_gmm(r, z, k, kmeans_iters, em_iters, 1, chunk_size, balanced=balanced))(
             jax.random.split(rng, n_init))
         if select == "balance":
             best = jnp.argmin(jax.vmap(lambda p: imbalance(p, z, chunk_size))(fits))
@@ -172,8 +202,8 @@ def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1, chunk_size=No
     prior = moments(z, lambda rows: _assign(rows, centres), k, chunk_size)
 
     def em_step(prior):
-        resp = lambda rows: jnp.exp(mixture.log_responsibilities(rows, prior["logits"], prior["means"],
-                                                                 prior["log_vars"]))
+        logits = balanced_logits(prior, z, chunk_size=chunk_size) if balanced else prior["logits"]
+        resp = lambda rows: jnp.exp(mixture.log_responsibilities(rows, logits, prior["means"], prior["log_vars"]))
         return moments(z, resp, k, chunk_size)
 
     return iterate(em_step, prior, em_iters)
@@ -190,10 +220,7 @@ def mean_log_likelihood(prior, z, chunk_size=None):
 
 def imbalance(prior, z, chunk_size=None):
     """KL(mean_n p(c | z_n) || Uniform(K)): 0 when every component is used equally."""
-    k = prior["logits"].shape[0]
-    usage = fold_chunks(z, lambda t, rows, w: t + jnp.sum(w[:, None] * jnp.exp(mixture.log_responsibilities(
-        rows, prior["logits"], prior["means"], prior["log_vars"])), 0), jnp.zeros((k,), z.dtype), chunk_size)
-    return kl_to_uniform(usage / z.shape[0])
+    return kl_to_uniform(mean_usage(prior["logits"], prior, z, chunk_size))
 
 
 def kl_to_uniform(usage):

@@ -17,7 +17,8 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
    trained by an earlier train phase) one more candidate: the new fit replaces it only if it
    scores better on the same embeddings, by the partition's balance for select="balance" (the
    n_init fits themselves are chosen by their soft usage) or by likelihood:
-   train.keep_or_replace)
+   train.keep_or_replace; "balanced": True makes each EM step's responsibilities use every
+   component equally on average: mixture_init.balanced_logits)
   {"kind": "neighbours", "k": 10}   (each sample's k nearest neighbours in the embedding, for
    the `neighbours` term of the train phases after it; gmvc/neighbours.py)
 An empty train.phases is one train phase of train.steps with config.objective.
@@ -30,9 +31,9 @@ from gmvc.mixture_init import SELECTIONS
 
 TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr", "augment", "batch_size"}
 INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select", "smooth",
-             "keep_current"}
+             "keep_current", "balanced"}
 INIT_DEFAULTS = {"method": "em", "select": "likelihood", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
-                 "batch_size": 128, "smooth": 0, "keep_current": False}
+                 "batch_size": 128, "smooth": 0, "keep_current": False, "balanced": False}
 NEIGHBOUR_KEYS = {"kind", "k"}
 GROUPS = ("net", "prior")
 
@@ -120,8 +121,9 @@ def _check_spec(name, spec, config):
         smooth = spec["smooth"]
         if not isinstance(smooth, int) or isinstance(smooth, bool) or smooth < 0:
             raise ConfigError(f"phase {name!r}: smooth must be a whole number >= 0, got {smooth!r}")
-        if not isinstance(spec["keep_current"], bool):
-            raise ConfigError(f"phase {name!r}: keep_current must be true or false, got {spec['keep_current']!r}")
+        for flag in ("keep_current", "balanced"):
+            if not isinstance(spec[flag], bool):
+                raise ConfigError(f"phase {name!r}: {flag} must be true or false, got {spec[flag]!r}")
         if smooth and spec["method"] != "em":
             raise ConfigError(f"phase {name!r}: smooth needs method 'em' (all the embeddings, as the "
                               f"neighbour table has them); got {spec['method']!r}")

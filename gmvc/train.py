@@ -542,7 +542,7 @@ def prior_fit(spec, model):
     eager fold_in would compile a program of its own); `table`, the neighbour table of z's rows,
     is read only with spec["smooth"] > 0."""
     fit_args = dict(kmeans_iters=spec["kmeans_iters"], em_iters=spec["em_iters"] if spec["method"] == "em" else 0,
-                    n_init=spec["n_init"], select=spec["select"])
+                    n_init=spec["n_init"], select=spec["select"], balanced=spec["balanced"])
     smooth, k = spec["smooth"], model.num_clusters
     key = lambda rng, restart: jax.random.fold_in(rng, restart + 1)
     if smooth:
