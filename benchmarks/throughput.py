@@ -21,7 +21,9 @@ body once, so it is scaled only when it is plausibly per-chunk; see `xla_cost_no
 The achieved rate uses the analytic count: it is the work any implementation must do.
 
 The matmul reference is measured in the same run: each forward and backward matmul of the
-network at that batch size, jitted alone (float32, inputs on device, best of several calls).
+network at that batch size, jitted alone (float32, inputs on device, best of several calls),
+once before the step is timed and once after, each shape's faster pass kept (a single pass
+could catch a shape during a slow moment of a shared machine and understate the reference).
 `matmul_gflops_same_shapes` is their total FLOPs over their total time, the rate at which this
 machine multiplies exactly these matrices; the fraction of it the step achieves is the headline
 (`fraction_of_matmul`). `matmul_gflops_peak` is the fastest single shape, and a square 1024^3
@@ -136,19 +138,28 @@ def time_fn(fn, args, reps, min_seconds=0.05):
     return best
 
 
-def matmul_reference(matmuls, reps, scale=1):
-    """Seconds and GFLOP/s of each matmul alone, and the rate over all of them together. `scale`
-    multiplies the count (restarts: R independent copies of each matmul)."""
+def matmul_times(matmuls, reps):
+    """{(m, k, n): best seconds of the matmul jitted alone} for each distinct shape."""
     mm = jax.jit(jnp.matmul)
     rng = np.random.default_rng(0)
-    per_shape, total_flops, total_s, cache = [], 0.0, 0.0, {}
-    for m, k, n, what in matmuls:
-        key = (m, k, n)
-        if key not in cache:
+    times = {}
+    for m, k, n, _ in matmuls:
+        if (m, k, n) not in times:
             a = jnp.asarray(rng.standard_normal((m, k), np.float32))
             b = jnp.asarray(rng.standard_normal((k, n), np.float32))
-            cache[key] = time_fn(mm, (a, b), reps)
-        s = cache[key] * scale
+            times[(m, k, n)] = time_fn(mm, (a, b), reps)
+    return times
+
+
+def matmul_reference(matmuls, passes, scale=1):
+    """GFLOP/s of each matmul alone, and the rate over all of them together, from `passes`
+    (matmul_times of separate moments of the run): each shape's best time over the passes, so
+    that a shape timed while the machine was briefly slower (a shape measured at half its usual
+    rate in one pass and at its usual rate in the next, on this shared 2-core VM) does not lower
+    the reference. `scale` multiplies the count (restarts: R independent copies of each matmul)."""
+    per_shape, total_flops, total_s = [], 0.0, 0.0
+    for m, k, n, what in matmuls:
+        s = min(p[(m, k, n)] for p in passes) * scale
         flops = 2.0 * m * k * n * scale
         per_shape.append({"shape": f"[{m},{k}]x[{k},{n}]", "what": what, "gflops": round(flops / s / 1e9, 1)})
         total_flops += flops
@@ -218,10 +229,11 @@ def bench_model(model_name, batch, args, gemm):
     matmuls = matmuls_of_step(layers, first, batch)
     flops_step = restarts * sum(2.0 * m * k * n for m, k, n, _ in matmuls)
 
+    before = matmul_times(matmuls, args.reps)           # the reference's first pass, before the step
     log(f"{model_name} batch {batch}: compiling a chunk of {chunk_len} steps ...")
     r = bench_step(model_name, config, x, args.reps)
     best, median = min(r["chunk_seconds"]), statistics.median(r["chunk_seconds"])
-    per_shape, mm_rate = matmul_reference(matmuls, args.reps, scale=1)
+    per_shape, mm_rate = matmul_reference(matmuls, [before, matmul_times(matmuls, args.reps)], scale=1)
     achieved = flops_step * chunk_len / best / 1e9
     xla_per_step = r["xla_flops_chunk"] / chunk_len
     # XLA:CPU's cost analysis counts a loop body once: if the chunk's count is close to one

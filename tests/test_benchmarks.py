@@ -73,3 +73,17 @@ def test_time_to_accuracy_checks_the_mixture_fit_then_each_log_step(time_to_accu
     assert run["reached"] is None and run["reached_training"] is None
     assert miss["runs_reaching_target"] == 0 and miss["within_budget"] is False
     assert miss["seconds_to_target_mean"] is None and miss["within_budget_training"] is False
+
+
+def test_throughput_reference_keeps_each_shapes_faster_pass(quality):
+    """benchmarks/throughput.py's matmul reference: a shape timed during a slow moment in one
+    pass (here 2 ms) and at its rate in the other (1 ms) counts at its rate, per shape."""
+    import throughput
+    matmuls = [(100, 200, 300, "fwd"), (300, 100, 200, "bwd_weight"), (100, 200, 300, "fwd")]
+    slow_first = {(100, 200, 300): 2e-3, (300, 100, 200): 1e-3}
+    slow_second = {(100, 200, 300): 1e-3, (300, 100, 200): 4e-3}
+    per_shape, rate = throughput.matmul_reference(matmuls, [slow_first, slow_second])
+    assert [p["gflops"] for p in per_shape] == [12.0, 12.0, 12.0]          # 1.2e7 FLOPs in 1 ms each
+    assert rate == pytest.approx(12.0)
+    per_shape, rate = throughput.matmul_reference(matmuls, [slow_first])
+    assert [p["gflops"] for p in per_shape] == [6.0, 12.0, 6.0] and rate == pytest.approx(3 * 1.2e7 / 5e-3 / 1e9)
