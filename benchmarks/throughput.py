@@ -153,10 +153,9 @@ def matmul_times(matmuls, reps):
 
 def matmul_reference(matmuls, passes, scale=1):
     """GFLOP/s of each matmul alone, and the rate over all of them together, from `passes`
-    (matmul_times of separate moments of the run): each shape's best time over the passes, so
-    that a shape timed while the machine was briefly slower (a shape measured at half its usual
-    rate in one pass and at its usual rate in the next, on this shared 2-core VM) does not lower
-    the reference. `scale` multiplies the count (restarts: R independent copies of each matmul)."""
+    (matmul_times taken at different moments of the run): each shape's best time over the
+    passes, so that a shape timed during a slow moment of the machine does not lower the
+    reference. `scale` multiplies the count (restarts: R independent copies of each matmul)."""
     per_shape, total_flops, total_s = [], 0.0, 0.0
     for m, k, n, what in matmuls:
         s = min(p[(m, k, n)] for p in passes) * scale

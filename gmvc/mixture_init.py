@@ -162,9 +162,12 @@ def mean_usage(logits, prior, z, chunk_size=None):
 
 def balanced_logits(prior, z, iters=BALANCE_ITERS, chunk_size=None):
     """Mixture logits under which the components' mean responsibility over z is (nearly) uniform:
-    each step moves a component's logit by log(1/K) - log(its usage), a pass over z (memory
-    bounded by the chunk). The E-step of a balanced fit: for data whose clusters are about equally
-    large, it keeps a component from taking two of them while two others share a third."""
+    each of `iters` steps moves a component's logit by log(1/K) - log(its usage), a pass over z
+    (memory bounded by the chunk, so a balanced EM step costs `iters` passes). The E-step of a
+    balanced fit, for data whose clusters are about equally large: where clusters overlap, it
+    keeps a component from taking more than its share. It moves weights, not means: a component
+    far from the points it would need (two clusters merged in one component, a third split in
+    two, with gaps between them) stays where it is."""
     k = prior["logits"].shape[0]
 
     def step(logits):

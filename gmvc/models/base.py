@@ -53,13 +53,10 @@ class GaussianEncoderDecoder(nn.Module):
         return self.decode(z if z_extra is None else jnp.concatenate([z, z_extra], -1))
 
 
-def check_likelihood(model_cfg):
+def check_model_settings(model_cfg):
+    """The settings every model reads: the likelihood and the input dropout."""
     if model_cfg.likelihood not in LIKELIHOODS:
         raise ConfigError(f"unknown likelihood {model_cfg.likelihood!r}; known: {list(LIKELIHOODS)}")
-    check_input_dropout(model_cfg)
-
-
-def check_input_dropout(model_cfg):
     p = model_cfg.input_dropout
     if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
         raise ConfigError(f"model.input_dropout must be a number in [0, 1); got {p!r}")

@@ -45,7 +45,7 @@ class GMVAENet(nn.Module):
 
 
 def make_gmvae(model_cfg, data_shape):
-    base.check_likelihood(model_cfg)
+    base.check_model_settings(model_cfg)
     k = model_cfg.num_clusters
     net_cfg = {"z_dim": model_cfg.z_dim, "w_dim": model_cfg.w_dim, "prior_hidden": model_cfg.prior_hidden,
                "num_clusters": k}

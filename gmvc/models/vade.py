@@ -32,7 +32,7 @@ def init_prior(k, z_dim):
 
 
 def make_vade(model_cfg, data_shape):
-    base.check_likelihood(model_cfg)
+    base.check_model_settings(model_cfg)
     if model_cfg.gamma_transform not in GAMMA_TRANSFORMS:
         raise ConfigError(f"unknown model.gamma_transform {model_cfg.gamma_transform!r}; known: {GAMMA_TRANSFORMS}")
     k, z_dim = model_cfg.num_clusters, model_cfg.z_dim

@@ -29,7 +29,7 @@ def with_condition(x, onehot):
 
 
 def _make(model_cfg, data_shape, num_labels):
-    base.check_likelihood(model_cfg)
+    base.check_model_settings(model_cfg)
     z_dim = model_cfg.z_dim
     enc_shape = (*data_shape[:-1], data_shape[-1] + num_labels)
     net = Net(z_dim=z_dim, encoder=make_encoder(model_cfg, enc_shape),
