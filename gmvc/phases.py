@@ -18,7 +18,9 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
    scores better on the same embeddings, by the partition's balance for select="balance" (the
    n_init fits themselves are chosen by their soft usage) or by likelihood:
    train.keep_or_replace; "balanced": True makes each EM step's responsibilities use every
-   component equally on average: mixture_init.balanced_logits)
+   component equally on average: mixture_init.balanced_logits; "balanced_above": t fits that
+   way only where the current prior's partition of the embeddings is uneven, its cluster sizes'
+   KL from the uniform above t, and as usual otherwise: train.init_prior_phase)
   {"kind": "neighbours", "k": 10}   (each sample's k nearest neighbours in the embedding, for
    the `neighbours` term of the train phases after it; gmvc/neighbours.py)
 An empty train.phases is one train phase of train.steps with config.objective.
@@ -31,9 +33,10 @@ from gmvc.mixture_init import SELECTIONS
 
 TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr", "augment", "batch_size"}
 INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select", "smooth",
-             "keep_current", "balanced"}
+             "keep_current", "balanced", "balanced_above"}
 INIT_DEFAULTS = {"method": "em", "select": "likelihood", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
-                 "batch_size": 128, "smooth": 0, "keep_current": False, "balanced": False}
+                 "batch_size": 128, "smooth": 0, "keep_current": False, "balanced": False,
+                 "balanced_above": None}
 NEIGHBOUR_KEYS = {"kind", "k"}
 GROUPS = ("net", "prior")
 
@@ -78,6 +81,9 @@ def build_phases(config):
             raise ConfigError(f"phase {name!r}: keep_current needs a prior fitted or trained before it (an "
                               f"init_prior phase, or a train phase with trainable 'prior'); before one, the "
                               f"prior is the untrained initial one, which no fit should have to beat")
+        if spec["kind"] == "init_prior" and spec["balanced_above"] is not None and not prior_trained:
+            raise ConfigError(f"phase {name!r}: balanced_above needs a prior fitted or trained before it, whose "
+                              f"partition it measures")
         if spec["kind"] == "init_prior":
             prior_trained = True        # a fitted prior is a current prior worth keeping
         elif spec["kind"] == "train":
@@ -124,6 +130,13 @@ def _check_spec(name, spec, config):
         for flag in ("keep_current", "balanced"):
             if not isinstance(spec[flag], bool):
                 raise ConfigError(f"phase {name!r}: {flag} must be true or false, got {spec[flag]!r}")
+        above = spec["balanced_above"]
+        if above is not None and (isinstance(above, bool) or not isinstance(above, (int, float)) or not above >= 0):
+            raise ConfigError(f"phase {name!r}: balanced_above must be a number >= 0 (an imbalance, the KL of the "
+                              f"cluster sizes from the uniform) or None, got {above!r}")
+        if above is not None and spec["balanced"]:
+            raise ConfigError(f"phase {name!r}: balanced=True fits balanced always; balanced_above={above!r} only "
+                              f"where the current partition is uneven: set one of them")
         if smooth and spec["method"] != "em":
             raise ConfigError(f"phase {name!r}: smooth needs method 'em' (all the embeddings, as the "
                               f"neighbour table has them); got {spec['method']!r}")

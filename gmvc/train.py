@@ -416,8 +416,9 @@ def make_fits(phases, model):
 
 
 def fit_key(spec):
-    """What an init_prior phase's compiled fit depends on: keep_current is decided after it."""
-    return program_key({k: v for k, v in spec.items() if k != "keep_current"})
+    """What an init_prior phase's compiled fit depends on: keep_current and balanced_above are
+    decided around it (balanced_above's balanced fit is compiled only where a run needs it)."""
+    return program_key({k: v for k, v in spec.items() if k not in ("keep_current", "balanced_above")})
 
 
 def make_runners(config, model, phases, num_examples, layout):
@@ -556,13 +557,18 @@ def prior_fit_rows(spec, num_train):
     return min(num_train, spec["batches"] * spec["batch_size"]) if spec["method"] == "minibatch" else num_train
 
 
-def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None, echo=None, embed=None):
+def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None, echo=None, embed=None,
+                     balanced_fit=None):
     """Refit each restart's mixture prior to its embeddings of the data (all of it for "em", at
     most batches * batch_size samples for "minibatch"). `fit`: prior_fit(phase.spec, model) and
     `embed`: steps.make_embed(model, config.eval.batch_size), when compiled ahead; `table`: the
-    neighbour table [R, N, k] of x's rows (spec["smooth"]). With spec["keep_current"], a restart
-    keeps its prior unless the new fit scores better on the same embeddings (keep_or_replace);
-    `echo` reports each choice. The restarts' priors are stacked on the host (numpy)."""
+    neighbour table [R, N, k] of x's rows (spec["smooth"]). With spec["balanced_above"] = t, a
+    restart whose current prior partitions its embeddings with an imbalance above t (the KL of
+    the cluster sizes from the uniform, as keep_or_replace scores them) is fitted by
+    `balanced_fit` (default: prior_fit of the spec with balanced=True, compiled at its first use),
+    the others by `fit`. With spec["keep_current"], a restart keeps its prior unless the new fit
+    scores better on the same embeddings (keep_or_replace); `echo` reports each choice. The
+    restarts' priors are stacked on the host (numpy)."""
     spec = phase.spec
     if spec["method"] == "minibatch":
         n = prior_fit_rows(spec, len(x))
@@ -573,7 +579,19 @@ def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None,
     for r in range(config.train.restarts):
         params_r = jax.tree.map(lambda a: a[r], params)
         z = embed(params_r, x)
-        new = fit(rng, r, z, None if table is None else np.asarray(table[r]))
+        fit_r = fit
+        if spec["balanced_above"] is not None:
+            sizes = np.asarray(jax.device_get(prior_report(params_r["prior"], z))[0])
+            uneven = float(kl_to_uniform(sizes / np.sum(sizes)))
+            if uneven > spec["balanced_above"]:
+                balanced_fit = balanced_fit or prior_fit({**spec, "balanced": True}, model)
+                fit_r = balanced_fit
+            if echo:
+                echo(f"phase {phase.name!r}{f' restart {r}' if config.train.restarts > 1 else ''}: the current "
+                     f"partition's imbalance {uneven:.4f} is {'above' if fit_r is not fit else 'within'} "
+                     f"balanced_above={spec['balanced_above']}: a {'balanced' if fit_r is not fit else 'plain'} fit",
+                     flush=True)
+        new = fit_r(rng, r, z, None if table is None else np.asarray(table[r]))
         if spec["keep_current"]:
             new = keep_or_replace(phase, config, params_r["prior"], new, z, r, echo)
         priors.append(jax.device_get(new))

@@ -400,6 +400,10 @@ def test_balanced_fit_uses_its_components_equally():
     (("pretrain", "knn", "gmm_init", "main"), {"smooth": 1, "method": "minibatch"}, "smooth needs method 'em'"),
     (("pretrain", "gmm_init", "main"), {"keep_current": "yes"}, "keep_current must be true or false, got 'yes'"),
     (("pretrain", "gmm_init", "main"), {"balanced": 1}, "balanced must be true or false, got 1"),
+    (("pretrain", "gmm_init", "main"), {"balanced_above": True}, "balanced_above must be a number >= 0"),
+    (("pretrain", "gmm_init", "main"), {"balanced_above": -0.1}, "balanced_above must be a number >= 0"),
+    (("pretrain", "gmm_init", "main"), {"balanced_above": 0.03, "balanced": True}, "set one of them"),
+    (("pretrain", "gmm_init", "main"), {"balanced_above": 0.03}, "'gmm_init': balanced_above needs a prior fitted"),
 ])
 def test_bad_init_prior_settings_are_named(phases, gmm_init, message):
     c = base_config()
@@ -507,6 +511,43 @@ def test_keep_current_keeps_the_better_partition():
     counts = np.bincount(y, minlength=4) / len(y)
     assert float(hard_imbalance(truth, jnp.asarray(z))) == pytest.approx(np.log(4) + np.sum(counts * np.log(counts)),
                                                                          rel=1e-3)
+
+
+def test_balanced_above_fits_balanced_only_where_the_partition_is_uneven():
+    """balanced_above on four equal overlapping blobs (those of the test above): restart 0's prior
+    is the blobs' own (partition imbalance about 0.001), restart 1's has blob 1's mean moved onto
+    blob 0's (about 0.1). At 0.02 restart 0 is fitted by the plain fit as it is, restart 1 by the
+    balanced fit, compiled from the spec where none is given: its components take 250 points
+    each within a few, where plain EM's largest takes more than 270."""
+    from gmvc.mixture_init import cluster_counts, kl_to_uniform
+    from gmvc.train import init_prior_phase
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]], np.float32)
+    z = (centres[np.repeat(np.arange(4), 250)] + 0.8 * rng.standard_normal((1000, 2))).astype(np.float32)
+    truth = {"logits": jnp.full(4, -np.log(4.0)), "means": jnp.asarray(centres), "log_vars": jnp.full((4, 2), np.log(0.64))}
+    merged = {**truth, "means": truth["means"].at[1].set(truth["means"][0])}
+    model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
+    spec = {**INIT_DEFAULTS, "kind": "init_prior", "select": "balance", "balanced_above": 0.02}
+    config = types.SimpleNamespace(train=types.SimpleNamespace(restarts=2), eval=types.SimpleNamespace(batch_size=512))
+    params = {"net": {}, "prior": jax.tree.map(lambda a, b: jnp.stack([a, b]), truth, merged)}
+    plain_calls, said = [], []
+
+    def plain(rng, restart, zz, table):
+        plain_calls.append(restart)
+        return merged
+    new = init_prior_phase(Phase("refit", "init_prior", 0, 0, spec), model, params, z, jax.random.key(0), config,
+                           fit=plain, echo=lambda m, **k: said.append(m))
+    assert plain_calls == [0]
+    _assert_trees_equal(jax.tree.map(lambda a: a[0], new["prior"]), merged)
+    true_kl, merged_kl = (float(kl_to_uniform(cluster_counts(p, jnp.asarray(z)) / len(z))) for p in (truth, merged))
+    assert true_kl < 0.005 and merged_kl > 0.05
+    assert said == [f"phase 'refit' restart 0: the current partition's imbalance {true_kl:.4f} is within "
+                    f"balanced_above=0.02: a plain fit",
+                    f"phase 'refit' restart 1: the current partition's imbalance {merged_kl:.4f} is above "
+                    f"balanced_above=0.02: a balanced fit"]
+    balanced = jax.tree.map(lambda a: a[1], new["prior"])
+    np.testing.assert_allclose(np.exp(balanced["logits"]), 0.25, atol=0.002)
+    assert np.abs(np.asarray(cluster_counts(balanced, jnp.asarray(z))) - 250).max() <= 10
 
 
 def test_keep_current_by_likelihood_and_with_nan():
