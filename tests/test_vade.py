@@ -583,7 +583,8 @@ def test_init_prior_phases_with_one_fit_share_its_program():
     import pathlib
     c = from_sibling(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "x.py"), "vade_mnist5k.py")
     fits = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))
-    assert set(fits) == {"gmm_init", "gmm_init2"} and fits["gmm_init"] is fits["gmm_init2"]
+    assert set(fits) == {"gmm_init", "gmm_init2", "gmm_init3"}
+    assert fits["gmm_init"] is fits["gmm_init2"] is fits["gmm_init3"]
     c.unlock()
     c.phases.gmm_init2.n_init = 5
     fits = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))

@@ -101,8 +101,10 @@ def test_vade_mnist5k_phases_build():
     phases = build_phases(c)
     assert [(p.name, p.kind) for p in phases] == [
         ("pretrain", "train"), ("knn", "neighbours"), ("gmm_init", "init_prior"), ("main", "train"),
-        ("knn2", "neighbours"), ("gmm_init2", "init_prior"), ("main2", "train")]
-    assert [p.end - p.start for p in phases if p.kind == "train"] == [1500, 1250, 1250]
+        ("knn2", "neighbours"), ("gmm_init2", "init_prior"), ("main2", "train"), ("knn3", "neighbours"),
+        ("gmm_init3", "init_prior"), ("main3", "train")]
+    assert [p.end - p.start for p in phases if p.kind == "train"] == [1500, 1250, 625, 625]
+    assert phases[5].spec["balanced_above"] == phases[8].spec["balanced_above"] == 0.03
     assert phases[2].spec["smooth"] == 1 and phases[2].spec["select"] == "balance"
     # the refit keeps main's prior unless it partitions more evenly (its compiled fit is gmm_init's:
     # tests/test_vade.py, test_init_prior_phases_with_one_fit_share_its_program)
