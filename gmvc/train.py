@@ -256,7 +256,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
     train_inputs, val_inputs = (inputs, None) if split is None else (
         jax.tree.map(lambda a: a[split[0]], inputs), jax.tree.map(lambda a: a[split[1]], inputs))
     x_device = parallel.put_data(layout, train_inputs)
-    fits = make_fits(phases, model)
+    fits, balanced_fits = make_fits(phases, model), make_fits(phases, model, balanced=True)
     embed = steps.make_embed(model, config.eval.batch_size)
     last_phase = [p.name for p in phases if p.kind == "train"][-1]
     # The phases compile in a background thread from here on, while the parameters initialise.
@@ -302,7 +302,8 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
             if phase.kind == "init_prior":
                 params = init_prior_phase(phase, model, params, data.x if split is None else data.x[split[0]],
                                           jax.random.fold_in(prior_rng, i), config, fits[phase.name],
-                                          table if phase.spec["smooth"] else None, echo, embed)
+                                          table if phase.spec["smooth"] else None, echo, embed,
+                                          balanced_fits.get(phase.name))
                 if not phase.spec["keep_current"]:     # otherwise init_prior_phase said which prior it kept
                     echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings "
                          f"({phase.spec['method']})", flush=True)
@@ -407,12 +408,15 @@ def program_key(spec):
     return json.dumps({k: v for k, v in spec.items() if k != "steps"}, sort_keys=True, default=repr)
 
 
-def make_fits(phases, model):
+def make_fits(phases, model, balanced=False):
     """{phase name: compiled fit} of the init_prior phases; phases with the same fit_key
-    (vade_mnist5k's gmm_init and gmm_init2) share one program."""
+    (vade_mnist5k's gmm_init, gmm_init2 and gmm_init3) share one program. `balanced`: the
+    balanced fits (spec with balanced=True) of the phases with balanced_above, shared the same
+    way; each compiles at its first call, so a run whose partitions stay even never compiles one."""
+    specs = {p.name: {**p.spec, "balanced": True} if balanced else p.spec for p in phases
+             if p.kind == "init_prior" and (not balanced or p.spec["balanced_above"] is not None)}
     by_key = {}
-    return {p.name: by_key.setdefault(fit_key(p.spec), prior_fit(p.spec, model)) for p in phases
-            if p.kind == "init_prior"}
+    return {name: by_key.setdefault(fit_key(spec), prior_fit(spec, model)) for name, spec in specs.items()}
 
 
 def fit_key(spec):
@@ -565,8 +569,8 @@ def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None,
     neighbour table [R, N, k] of x's rows (spec["smooth"]). With spec["balanced_above"] = t, a
     restart whose current prior partitions its embeddings with an imbalance above t (the KL of
     the cluster sizes from the uniform, as keep_or_replace scores them) is fitted by
-    `balanced_fit` (default: prior_fit of the spec with balanced=True, compiled at its first use),
-    the others by `fit`. With spec["keep_current"], a restart keeps its prior unless the new fit
+    `balanced_fit` (make_fits(..., balanced=True)[phase.name]; by default built here), the others
+    by `fit`. With spec["keep_current"], a restart keeps its prior unless the new fit
     scores better on the same embeddings (keep_or_replace); `echo` reports each choice. The
     restarts' priors are stacked on the host (numpy)."""
     spec = phase.spec
@@ -579,36 +583,46 @@ def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None,
     for r in range(config.train.restarts):
         params_r = jax.tree.map(lambda a: a[r], params)
         z = embed(params_r, x)
-        fit_r = fit
-        if spec["balanced_above"] is not None:
-            sizes = np.asarray(jax.device_get(prior_report(params_r["prior"], z))[0])
-            uneven = float(kl_to_uniform(sizes / np.sum(sizes)))
-            if uneven > spec["balanced_above"]:
-                balanced_fit = balanced_fit or prior_fit({**spec, "balanced": True}, model)
-                fit_r = balanced_fit
-            if echo:
-                echo(f"phase {phase.name!r}{f' restart {r}' if config.train.restarts > 1 else ''}: the current "
-                     f"partition's imbalance {uneven:.4f} is {'above' if fit_r is not fit else 'within'} "
-                     f"balanced_above={spec['balanced_above']}: a {'balanced' if fit_r is not fit else 'plain'} fit",
-                     flush=True)
-        new = fit_r(rng, r, z, None if table is None else np.asarray(table[r]))
+        current = jax.device_get(prior_report(params_r["prior"], z)) if uses_current(spec) else None
+        uneven = partition_imbalance(current[0]) if spec["balanced_above"] is not None else None
+        balanced = uneven is not None and uneven > spec["balanced_above"]
+        if balanced:
+            balanced_fit = balanced_fit or prior_fit({**spec, "balanced": True}, model)
+        if uneven is not None and echo:
+            echo(f"phase {phase.name!r}{f' restart {r}' if config.train.restarts > 1 else ''}: the current "
+                 f"partition's imbalance {uneven:.4f} is "
+                 f"{'above' if balanced else 'within'} balanced_above={spec['balanced_above']}: a "
+                 f"{'balanced' if balanced else 'plain'} fit", flush=True)
+        new = (balanced_fit if balanced else fit)(rng, r, z, None if table is None else np.asarray(table[r]))
         if spec["keep_current"]:
-            new = keep_or_replace(phase, config, params_r["prior"], new, z, r, echo)
+            new = keep_or_replace(phase, config, params_r["prior"], new, z, r, echo, current)
         priors.append(jax.device_get(new))
     return {**params, "prior": jax.tree.map(lambda *a: np.stack(a), *priors)}
 
 
-def keep_or_replace(phase, config, current, new, z, restart=0, echo=None):
+def uses_current(spec):
+    """Whether an init_prior phase scores the prior the model has (keep_current, balanced_above)."""
+    return spec["keep_current"] or spec["balanced_above"] is not None
+
+
+def partition_imbalance(sizes):
+    """KL of a partition's cluster sizes [K] from the uniform: 0 when every component is used equally."""
+    return float(kl_to_uniform(np.asarray(sizes) / np.sum(sizes)))
+
+
+def keep_or_replace(phase, config, current, new, z, restart=0, echo=None, current_report=None):
     """init_prior with keep_current: `new` replaces `current` only if it scores better on the
     embeddings z by phase.spec["select"]: "balance" scores the partition (each embedding to its
     most likely component; KL of its cluster sizes from the uniform, lower is better), as
     accuracy sees it, so a prior trained toward even soft usage cannot win by components that
     overlap; "likelihood" the mean log-likelihood of z. A tie keeps `current`; a current prior
-    that scores NaN gives way to a fit that does not."""
+    that scores NaN gives way to a fit that does not. `current_report`: prior_report(current, z)
+    where the caller has it."""
     select = phase.spec["select"]
-    (sizes_old, ll_old), (sizes_new, ll_new) = (jax.device_get(prior_report(p, z)) for p in (current, new))
+    sizes_old, ll_old = jax.device_get(prior_report(current, z)) if current_report is None else current_report
+    sizes_new, ll_new = jax.device_get(prior_report(new, z))
     if select == "balance":
-        s_old, s_new = (-float(kl_to_uniform(np.asarray(n) / np.sum(n))) for n in (sizes_old, sizes_new))
+        s_old, s_new = (-partition_imbalance(n) for n in (sizes_old, sizes_new))
         what = f"partition's imbalance: current {-s_old:.4f}, new fit {-s_new:.4f}"
     else:
         s_old, s_new = float(ll_old), float(ll_new)
