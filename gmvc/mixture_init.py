@@ -266,3 +266,62 @@ def fit_diag_gmm_smoothed(rng, z, table, k, smooth, chunk_size=None, **fit_kwarg
                                                               fit["log_vars"]))
     both = moments(jnp.concatenate([zs, z], axis=1), resp, k, chunk_size)     # [K, 2D]: smoothed | raw
     return {"logits": both["logits"], "means": both["means"][:, d:], "log_vars": both["log_vars"][:, d:]}
+
+
+def merge_by_neighbours(assign, table, k_from, k):
+    """Agglomerate a partition into k groups along the neighbour graph: `assign` [N] labels in
+    [0, k_from), `table` [N, n] the rows' nearest neighbours. Each of k_from - k steps merges the
+    two groups with the most neighbour links per pair of their members (average linkage; an empty
+    group merges first). Returns [k_from] -> group in [0, k), numbered in order of the groups'
+    lowest label. The neighbour graph tells apart classes that a Gaussian fit of the embedding
+    splits across the middle: on 5,000 MNIST codes 4s and 9s are 97% linearly separable and 93%
+    of their neighbours share their digit, while every 2-component fit of the pair cuts it into
+    two halves of mixed digits (README, "VaDE and S3VDC")."""
+    links = jnp.zeros((k_from, k_from), jnp.float32).at[assign[:, None], assign[table]].add(1.0)
+    links = links + links.T
+    sizes = jnp.zeros(k_from, jnp.float32).at[assign].add(1.0)
+    eye = jnp.eye(k_from, dtype=bool)
+
+    def merge(_, carry):
+        links, sizes, alive, group = carry
+        pair = alive[:, None] & alive[None, :] & ~eye
+        empty = (sizes[:, None] == 0) | (sizes[None, :] == 0)
+        score = jnp.where(empty, jnp.inf, links / jnp.maximum(sizes[:, None] * sizes[None, :], 1.0))
+        flat = jnp.argmax(jnp.where(pair, score, -1.0))
+        i, j = jnp.minimum(flat // k_from, flat % k_from), jnp.maximum(flat // k_from, flat % k_from)
+        links = links.at[i].add(links[j]).at[:, i].add(links[:, j])
+        links = links.at[j].set(0.0).at[:, j].set(0.0)
+        sizes = sizes.at[i].add(sizes[j]).at[j].set(0.0)
+        return links, sizes, alive.at[j].set(False), jnp.where(group == j, i, group)
+
+    carry = (links, sizes, jnp.ones(k_from, bool), jnp.arange(k_from))
+    _, _, alive, group = jax.lax.fori_loop(0, k_from - k, merge, carry)
+    return (jnp.cumsum(alive) - 1)[group]
+
+
+def fit_diag_gmm_merged(rng, z, table, k, over, smooth=0, n_init=1, select="likelihood", chunk_size=None,
+                        **fit_kwargs):
+    """A k-component prior from an over-clustered fit: a diagonal GMM of `over` > k components on
+    the embeddings (smoothed `smooth` times along the neighbour graph, as fit_diag_gmm_smoothed),
+    its components merged into k groups along the neighbour graph (merge_by_neighbours, each
+    embedding counted in its most likely component), then one M-step on the embeddings
+    themselves with each group's responsibility the sum of its components'. With n_init > 1,
+    that many such fits run together and one is kept by `select` on z, as in fit_diag_gmm."""
+    d = z.shape[1]
+    zs = smooth_embeddings(z, table, smooth) if smooth else z
+
+    def one(key):
+        fit = fit_diag_gmm(key, zs, over, n_init=1, chunk_size=chunk_size, **fit_kwargs)
+        log_resp = lambda rows: mixture.log_responsibilities(rows, fit["logits"], fit["means"], fit["log_vars"])
+        best = jnp.argmax(log_resp(zs), axis=1)
+        to_group = jax.nn.one_hot(merge_by_neighbours(best, table, over, k), k, dtype=z.dtype)     # [over, k]
+        both = moments(jnp.concatenate([zs, z], axis=1), lambda rows: jnp.exp(log_resp(rows[:, :d])) @ to_group,
+                       k, chunk_size)
+        return {"logits": both["logits"], "means": both["means"][:, d:], "log_vars": both["log_vars"][:, d:]}
+
+    if select not in SELECTIONS:
+        raise ValueError(f"unknown mixture-fit selection {select!r}; known: {list(SELECTIONS)}")
+    fits = jax.vmap(one)(jax.random.split(rng, n_init))
+    score = (jax.vmap(lambda p: -imbalance(p, z, chunk_size)) if select == "balance" else
+             jax.vmap(lambda p: mean_log_likelihood(p, z, chunk_size)))(fits)
+    return jax.tree.map(lambda a: a[jnp.argmax(score)], fits)

@@ -20,7 +20,9 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
    train.keep_or_replace; "balanced": True makes each EM step's responsibilities use every
    component equally on average: mixture_init.balanced_logits; "balanced_above": t fits that
    way only where the current prior's partition of the embeddings is uneven, its cluster sizes'
-   KL from the uniform above t, and as usual otherwise: train.init_prior_phase)
+   KL from the uniform above t, and as usual otherwise: train.init_prior_phase; "overcluster": m
+   > K fits m components and merges them into K along the neighbour graph, which needs a
+   neighbours phase right before it as smooth does: mixture_init.fit_diag_gmm_merged)
   {"kind": "neighbours", "k": 10}   (each sample's k nearest neighbours in the embedding, for
    the `neighbours` term of the train phases after it; gmvc/neighbours.py)
 An empty train.phases is one train phase of train.steps with config.objective.
@@ -33,10 +35,10 @@ from gmvc.mixture_init import SELECTIONS
 
 TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr", "augment", "batch_size"}
 INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select", "smooth",
-             "keep_current", "balanced", "balanced_above"}
+             "keep_current", "balanced", "balanced_above", "overcluster"}
 INIT_DEFAULTS = {"method": "em", "select": "likelihood", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
                  "batch_size": 128, "smooth": 0, "keep_current": False, "balanced": False,
-                 "balanced_above": None}
+                 "balanced_above": None, "overcluster": 0}
 NEIGHBOUR_KEYS = {"kind", "k"}
 GROUPS = ("net", "prior")
 
@@ -73,8 +75,9 @@ def build_phases(config):
     for name, spec in specs:
         if spec["kind"] == "neighbours":
             have_table = fresh_table = True
-        elif spec["kind"] == "init_prior" and spec["smooth"] and not fresh_table:
-            raise ConfigError(f"phase {name!r}: smooth={spec['smooth']} needs a neighbours phase before it in "
+        elif spec["kind"] == "init_prior" and fit_reads_table(spec) and not fresh_table:
+            what = f"smooth={spec['smooth']}" if spec["smooth"] else f"overcluster={spec['overcluster']}"
+            raise ConfigError(f"phase {name!r}: {what} needs a neighbours phase before it in "
                               f"train.phases, with no train phase in between (the table must be of the "
                               f"embeddings it fits)")
         if spec["kind"] == "init_prior" and spec["keep_current"] and not prior_trained:
@@ -137,9 +140,14 @@ def _check_spec(name, spec, config):
         if above is not None and spec["balanced"]:
             raise ConfigError(f"phase {name!r}: balanced=True fits balanced always; balanced_above={above!r} only "
                               f"where the current partition is uneven: set one of them")
-        if smooth and spec["method"] != "em":
-            raise ConfigError(f"phase {name!r}: smooth needs method 'em' (all the embeddings, as the "
-                              f"neighbour table has them); got {spec['method']!r}")
+        over, k = spec["overcluster"], config.model.num_clusters
+        if not isinstance(over, int) or isinstance(over, bool) or over < 0 or 0 < over <= k:
+            raise ConfigError(f"phase {name!r}: overcluster must be 0 (off) or a whole number of components above "
+                              f"model.num_clusters={k}, got {over!r}")
+        for what, value in (("smooth", smooth), ("overcluster", over)):
+            if value and spec["method"] != "em":
+                raise ConfigError(f"phase {name!r}: {what} needs method 'em' (all the embeddings, as the "
+                                  f"neighbour table has them); got {spec['method']!r}")
         return spec
     spec = {"objective": dict(config.objective), "trainable": GROUPS, **spec}
     spec["trainable"] = tuple(spec["trainable"])
@@ -164,6 +172,11 @@ def trains_prior(spec, config):
     if isinstance(rate, (int, float)) and rate < 0:
         rate = spec.get("lr", config.optim.lr)
     return not (isinstance(rate, (int, float)) and rate == 0)
+
+
+def fit_reads_table(spec):
+    """Whether an init_prior phase's fit reads the neighbour table (smooth, overcluster)."""
+    return bool(spec["smooth"] or spec["overcluster"])
 
 
 def uses_neighbours(spec):

@@ -19,11 +19,11 @@ from gmvc.data import load_dataset
 from gmvc.events import open_events
 from gmvc.errors import CheckpointError, ConfigError, DataError, TrainingError
 from gmvc.models import make_model
-from gmvc.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_smoothed, kl_to_uniform,
+from gmvc.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_merged, fit_diag_gmm_smoothed, kl_to_uniform,
                                 mean_log_likelihood)
 from gmvc.objectives import make_objective
 from gmvc.neighbours import agreement, neighbour_phase
-from gmvc.phases import build_phases, neighbour_k, resume_index, uses_neighbours
+from gmvc.phases import build_phases, fit_reads_table, neighbour_k, resume_index, uses_neighbours
 from gmvc.state import create_state, init_params, make_optimizer, opt_init
 
 
@@ -147,7 +147,7 @@ def start_warmup(config, model, phases, runners, fits, params, x_device, train_r
             x_like = jax.ShapeDtypeStruct((prior_fit_rows(phase.spec, len(x_rows)), *x_rows.shape[1:]), x_rows.dtype)
             z_like = jax.eval_shape(model.embed, one_like, x_like)
             table_like = (jax.ShapeDtypeStruct((len(x_rows), neighbour_k(phases, i)), np.int32)
-                          if phase.spec["smooth"] else None)
+                          if fit_reads_table(phase.spec) else None)
             warm.submit(phase.name, lambda f, z, t: f.lower(train_rng, 0, z, t).compile(), fits[phase.name], z_like,
                         table_like)
     warm.submit("finish", runners[last_phase].precompile_full_loss, one_like, inputs)
@@ -302,7 +302,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
             if phase.kind == "init_prior":
                 params = init_prior_phase(phase, model, params, data.x if split is None else data.x[split[0]],
                                           jax.random.fold_in(prior_rng, i), config, fits[phase.name],
-                                          table if phase.spec["smooth"] else None, echo, embed,
+                                          table if fit_reads_table(phase.spec) else None, echo, embed,
                                           balanced_fits.get(phase.name))
                 if not phase.spec["keep_current"]:     # otherwise init_prior_phase said which prior it kept
                     echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings "
@@ -545,11 +545,14 @@ def prior_fit(spec, model):
     """The compiled fit(rng, restart, z, table) -> prior of an init_prior phase for restart
     `restart`, whose fit draws from fold_in(rng, restart + 1) (folded inside the program: an
     eager fold_in would compile a program of its own); `table`, the neighbour table of z's rows,
-    is read only with spec["smooth"] > 0."""
+    is read only with spec["smooth"] > 0 or spec["overcluster"] > 0."""
     fit_args = dict(kmeans_iters=spec["kmeans_iters"], em_iters=spec["em_iters"] if spec["method"] == "em" else 0,
                     n_init=spec["n_init"], select=spec["select"], balanced=spec["balanced"])
-    smooth, k = spec["smooth"], model.num_clusters
+    smooth, k, over = spec["smooth"], model.num_clusters, spec["overcluster"]
     key = lambda rng, restart: jax.random.fold_in(rng, restart + 1)
+    if over:
+        return jax.jit(lambda rng, restart, z, table: fit_diag_gmm_merged(key(rng, restart), z, table, k, over, smooth,
+                                                                          **fit_args))
     if smooth:
         return jax.jit(lambda rng, restart, z, table: fit_diag_gmm_smoothed(key(rng, restart), z, table, k, smooth,
                                                                            **fit_args))
@@ -566,7 +569,7 @@ def init_prior_phase(phase, model, params, x, rng, config, fit=None, table=None,
     """Refit each restart's mixture prior to its embeddings of the data (all of it for "em", at
     most batches * batch_size samples for "minibatch"). `fit`: prior_fit(phase.spec, model) and
     `embed`: steps.make_embed(model, config.eval.batch_size), when compiled ahead; `table`: the
-    neighbour table [R, N, k] of x's rows (spec["smooth"]). With spec["balanced_above"] = t, a
+    neighbour table [R, N, k] of x's rows (spec["smooth"], spec["overcluster"]). With spec["balanced_above"] = t, a
     restart whose current prior partitions its embeddings with an imbalance above t (the KL of
     the cluster sizes from the uniform, as keep_or_replace scores them) is fitted by
     `balanced_fit` (make_fits(..., balanced=True)[phase.name]; by default built here), the others

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import optimize, special, stats
 
-from gmvc import steps
+from gmvc import mixture, neighbours, steps
 from gmvc.config import base_config
 from gmvc.errors import ConfigError
 from gmvc.mixture_init import fit_diag_gmm, mean_log_likelihood
@@ -370,6 +370,41 @@ def test_smoothed_fit_recovers_overlapping_blobs_a_plain_fit_blurs():
     assert plain_mean_err > 0.05 and plain_var_err > 0.1        # measured: 0.097 and 0.12
 
 
+def test_merge_by_neighbours_joins_the_groups_the_graph_links():
+    """Five labels, one of them (3) empty, merged into three groups, then two: the empty label
+    goes first (into label 0), then 0 with 1 (4 links over 2 x 2 members), then 2 with 4 (1 link
+    over 2 x 1); the groups are numbered by their lowest label."""
+    from gmvc.mixture_init import merge_by_neighbours
+    assign = jnp.array([0, 0, 1, 1, 2, 2, 4])
+    table = jnp.array([[2], [3], [0], [1], [5], [4], [4]])       # 0-1 linked four times, 2-4 once, 1-2 never
+    np.testing.assert_array_equal(merge_by_neighbours(assign, table, 5, 3), [0, 0, 1, 0, 2])
+    np.testing.assert_array_equal(merge_by_neighbours(assign, table, 5, 2), [0, 0, 1, 0, 1])
+
+
+def test_overclustered_fit_follows_the_graph_where_a_plain_fit_cuts_across():
+    """Two long strips (x uniform over 12, y 2.5 apart with standard deviation 0.25): a 2-component
+    fit cuts both across the middle (measured: 0.52 of the points with their strip), while 16
+    components merged along the 10-nearest-neighbour graph give one component per strip."""
+    from gmvc.mixture_init import fit_diag_gmm_merged
+    rng = np.random.default_rng(0)
+    n = 400
+    y = np.repeat([0, 1], n)
+    z = np.c_[rng.uniform(-6, 6, 2 * n), 2.5 * y + 0.25 * rng.standard_normal(2 * n)].astype(np.float32)
+    table = neighbours.knn_table(z, 10)
+
+    def agreement(prior):
+        a = np.asarray(jnp.argmax(mixture.log_joint(jnp.asarray(z), jax.nn.log_softmax(prior["logits"]),
+                                                    prior["means"], prior["log_vars"]), -1))
+        return max(np.mean(a == y), np.mean(a != y))
+
+    merged = fit_diag_gmm_merged(jax.random.key(0), jnp.asarray(z), jnp.asarray(table), 2, 16, n_init=3,
+                                 select="balance")
+    assert agreement(merged) == 1.0
+    np.testing.assert_allclose(np.asarray(merged["means"])[:, 1], [0.0, 2.5] if merged["means"][0, 1] < 1 else
+                               [2.5, 0.0], atol=0.05)
+    assert agreement(fit_diag_gmm(jax.random.key(0), jnp.asarray(z), 2, em_iters=20, n_init=3, select="balance")) < 0.6
+
+
 def test_balanced_fit_uses_its_components_equally():
     """Four equal blobs 2 apart (standard deviation 0.8) overlap: plain EM lets one component take
     more than its share (measured: 283-292 of 1,000 points, weight 0.28-0.29); with
@@ -404,6 +439,11 @@ def test_balanced_fit_uses_its_components_equally():
     (("pretrain", "gmm_init", "main"), {"balanced_above": -0.1}, "balanced_above must be a number >= 0"),
     (("pretrain", "gmm_init", "main"), {"balanced_above": 0.03, "balanced": True}, "set one of them"),
     (("pretrain", "gmm_init", "main"), {"balanced_above": 0.03}, "'gmm_init': balanced_above needs a prior fitted"),
+    (("pretrain", "gmm_init", "main"), {"overcluster": 30}, "'gmm_init': overcluster=30 needs a neighbours phase"),
+    (("pretrain", "knn", "gmm_init", "main"), {"overcluster": 10}, "above model.num_clusters=10, got 10"),
+    (("pretrain", "knn", "gmm_init", "main"), {"overcluster": True}, "overcluster must be 0 .off. or a whole"),
+    (("pretrain", "knn", "gmm_init", "main"), {"overcluster": 30, "method": "minibatch"},
+     "overcluster needs method 'em'"),
 ])
 def test_bad_init_prior_settings_are_named(phases, gmm_init, message):
     c = base_config()
