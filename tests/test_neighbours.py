@@ -284,16 +284,20 @@ def test_shard_map_matches_one_device_with_neighbours(tmp_path):
                                                                  states["shard_map"]["params"], 1e-4))
 
 
-def test_smoothed_mixture_init_reads_each_restarts_table(straight, tmp_path):
-    """gmm_init with smooth=1: each restart's prior is fit_diag_gmm_smoothed of its embeddings with
-    its own neighbour table, and a whole run with it trains (finite, and not the unsmoothed run)."""
-    from gmvc.mixture_init import fit_diag_gmm_smoothed
+@pytest.mark.parametrize("setting", ["smooth", "overcluster"])
+def test_mixture_init_reads_each_restarts_table(straight, tmp_path, setting):
+    """gmm_init with smooth=1 (or overcluster=20 with smooth=1): each restart's prior is
+    fit_diag_gmm_smoothed (fit_diag_gmm_merged) of its embeddings with its own neighbour table,
+    and a whole run with it trains (finite, and not the run without it)."""
+    from gmvc.mixture_init import fit_diag_gmm_merged, fit_diag_gmm_smoothed
     from gmvc.phases import build_phases
     from gmvc.train import init_prior_phase
     c, workdir, _ = straight
     smooth = c.copy_and_resolve_references()
     smooth.unlock()
     smooth.phases.gmm_init.smooth = 1
+    if setting == "overcluster":
+        smooth.phases.gmm_init.overcluster = 20
     phase = [p for p in build_phases(smooth) if p.name == "gmm_init"][0]
     data = load_dataset(c.data, c.seed)
     model = make_model(c.model, data.x.shape[1:])
@@ -305,9 +309,14 @@ def test_smoothed_mixture_init_reads_each_restarts_table(straight, tmp_path):
     spec = phase.spec
     for r in range(2):
         z = model.embed(jax.tree.map(lambda a: a[r], pretrained), data.x)
-        expected = fit_diag_gmm_smoothed(jax.random.fold_in(rng, r + 1), z, jnp.asarray(tables[r]),
-                                         model.num_clusters, 1, kmeans_iters=spec["kmeans_iters"],
-                                         em_iters=spec["em_iters"], n_init=spec["n_init"], select=spec["select"])
+        fit_args = dict(kmeans_iters=spec["kmeans_iters"], em_iters=spec["em_iters"], n_init=spec["n_init"],
+                        select=spec["select"])
+        if setting == "overcluster":
+            expected = fit_diag_gmm_merged(jax.random.fold_in(rng, r + 1), z, jnp.asarray(tables[r]),
+                                           model.num_clusters, 20, 1, **fit_args)
+        else:
+            expected = fit_diag_gmm_smoothed(jax.random.fold_in(rng, r + 1), z, jnp.asarray(tables[r]),
+                                             model.num_clusters, 1, **fit_args)
         for name in ("logits", "means", "log_vars"):
             np.testing.assert_allclose(fitted["prior"][name][r], expected[name], rtol=1e-5, atol=1e-5)
     summary = train_and_evaluate(smooth, tmp_path, **quiet)

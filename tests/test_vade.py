@@ -625,11 +625,12 @@ def test_init_prior_phases_with_one_fit_share_its_program():
     fits = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))
     assert set(fits) == {"gmm_init", "gmm_init2", "gmm_init3"}
     assert fits["gmm_init"] is fits["gmm_init2"] is fits["gmm_init3"]
-    # the balanced fits of the two refits with balanced_above: one program for the run, not the plain one
+    # the balanced fits of refits with balanced_above: one program for the run, not the plain one
+    c.unlock()
+    c.phases.gmm_init2.balanced_above = c.phases.gmm_init3.balanced_above = 0.03
     balanced = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10), balanced=True)
     assert set(balanced) == {"gmm_init2", "gmm_init3"} and balanced["gmm_init2"] is balanced["gmm_init3"]
-    assert balanced["gmm_init2"] is not fits["gmm_init2"]
-    c.unlock()
+    assert balanced["gmm_init2"] is not make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))["gmm_init2"]
     c.phases.gmm_init2.n_init = 5
     fits = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))
     assert fits["gmm_init"] is not fits["gmm_init2"]
