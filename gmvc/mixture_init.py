@@ -306,7 +306,9 @@ def fit_diag_gmm_merged(rng, z, table, k, over, smooth=0, n_init=1, select="like
     its components merged into k groups along the neighbour graph (merge_by_neighbours, each
     embedding counted in its most likely component), then one M-step on the embeddings
     themselves with each group's responsibility the sum of its components'. With n_init > 1,
-    that many such fits run together and one is kept by `select` on z, as in fit_diag_gmm."""
+    that many such fits run together and one is kept by `select` on z, as in fit_diag_gmm.
+    Memory: beside the passes bounded by the chunk, the hard assignment reads the [N, over]
+    responsibilities at once, as the neighbour table [N, k] is held whole anyway."""
     d = z.shape[1]
     zs = smooth_embeddings(z, table, smooth) if smooth else z
 
