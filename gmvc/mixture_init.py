@@ -196,11 +196,7 @@ def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1, chunk_size=No
     if n_init > 1:
         fits = jax.vmap(lambda r: fit_diag_gmm(r, z, k, kmeans_iters, em_iters, 1, chunk_size, balanced=balanced))(
             jax.random.split(rng, n_init))
-        if select == "balance":
-            best = jnp.argmin(jax.vmap(lambda p: imbalance(p, z, chunk_size))(fits))
-        else:
-            best = jnp.argmax(jax.vmap(lambda p: mean_log_likelihood(p, z, chunk_size))(fits))
-        return jax.tree.map(lambda a: a[best], fits)
+        return select_fit(fits, z, select, chunk_size)
     centres = kmeans(rng, z, k, kmeans_iters, chunk_size)
     prior = moments(z, lambda rows: _assign(rows, centres), k, chunk_size)
 
@@ -210,6 +206,16 @@ def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1, chunk_size=No
         return moments(z, resp, k, chunk_size)
 
     return iterate(em_step, prior, em_iters)
+
+
+def select_fit(fits, z, select, chunk_size=None):
+    """The one of the stacked priors `fits` (leaves [n, ...]) kept by `select` on z: "balance" the
+    lowest imbalance, "likelihood" the highest mean log-likelihood (the first on a tie)."""
+    if select == "balance":
+        best = jnp.argmin(jax.vmap(lambda p: imbalance(p, z, chunk_size))(fits))
+    else:
+        best = jnp.argmax(jax.vmap(lambda p: mean_log_likelihood(p, z, chunk_size))(fits))
+    return jax.tree.map(lambda a: a[best], fits)
 
 
 def mean_log_likelihood(prior, z, chunk_size=None):
@@ -259,12 +265,17 @@ def fit_diag_gmm_smoothed(rng, z, table, k, smooth, chunk_size=None, **fit_kwarg
     then one M-step on the embeddings themselves with the responsibilities the fit gives their
     smoothed copies: the prior keeps the fit's partition, with the means and widths of the
     points the model will see."""
-    d = z.shape[1]
     zs = smooth_embeddings(z, table, smooth)
     fit = fit_diag_gmm(rng, zs, k, chunk_size=chunk_size, **fit_kwargs)
-    resp = lambda rows: jnp.exp(mixture.log_responsibilities(rows[:, :d], fit["logits"], fit["means"],
-                                                              fit["log_vars"]))
-    both = moments(jnp.concatenate([zs, z], axis=1), resp, k, chunk_size)     # [K, 2D]: smoothed | raw
+    resp = lambda rows: jnp.exp(mixture.log_responsibilities(rows, fit["logits"], fit["means"], fit["log_vars"]))
+    return moments_of_raw(zs, z, resp, k, chunk_size)
+
+
+def moments_of_raw(zs, z, resp_fn, k, chunk_size=None):
+    """The M-step on the embeddings z with the responsibilities resp_fn gives their smoothed copies
+    zs (rows [C, D] -> [C, K]): one pass over both side by side."""
+    d = z.shape[1]
+    both = moments(jnp.concatenate([zs, z], axis=1), lambda rows: resp_fn(rows[:, :d]), k, chunk_size)   # smoothed | raw
     return {"logits": both["logits"], "means": both["means"][:, d:], "log_vars": both["log_vars"][:, d:]}
 
 
@@ -309,7 +320,8 @@ def fit_diag_gmm_merged(rng, z, table, k, over, smooth=0, n_init=1, select="like
     that many such fits run together and one is kept by `select` on z, as in fit_diag_gmm.
     Memory: beside the passes bounded by the chunk, the hard assignment reads the [N, over]
     responsibilities at once, as the neighbour table [N, k] is held whole anyway."""
-    d = z.shape[1]
+    if select not in SELECTIONS:
+        raise ValueError(f"unknown mixture-fit selection {select!r}; known: {list(SELECTIONS)}")
     zs = smooth_embeddings(z, table, smooth) if smooth else z
 
     def one(key):
@@ -317,13 +329,6 @@ def fit_diag_gmm_merged(rng, z, table, k, over, smooth=0, n_init=1, select="like
         log_resp = lambda rows: mixture.log_responsibilities(rows, fit["logits"], fit["means"], fit["log_vars"])
         best = jnp.argmax(log_resp(zs), axis=1)
         to_group = jax.nn.one_hot(merge_by_neighbours(best, table, over, k), k, dtype=z.dtype)     # [over, k]
-        both = moments(jnp.concatenate([zs, z], axis=1), lambda rows: jnp.exp(log_resp(rows[:, :d])) @ to_group,
-                       k, chunk_size)
-        return {"logits": both["logits"], "means": both["means"][:, d:], "log_vars": both["log_vars"][:, d:]}
+        return moments_of_raw(zs, z, lambda rows: jnp.exp(log_resp(rows)) @ to_group, k, chunk_size)
 
-    if select not in SELECTIONS:
-        raise ValueError(f"unknown mixture-fit selection {select!r}; known: {list(SELECTIONS)}")
-    fits = jax.vmap(one)(jax.random.split(rng, n_init))
-    score = (jax.vmap(lambda p: -imbalance(p, z, chunk_size)) if select == "balance" else
-             jax.vmap(lambda p: mean_log_likelihood(p, z, chunk_size)))(fits)
-    return jax.tree.map(lambda a: a[jnp.argmax(score)], fits)
+    return select_fit(jax.vmap(one)(jax.random.split(rng, n_init)), z, select, chunk_size)
