@@ -410,7 +410,7 @@ def program_key(spec):
 
 def make_fits(phases, model, balanced=False):
     """{phase name: compiled fit} of the init_prior phases; phases with the same fit_key
-    (vade_mnist5k's gmm_init, gmm_init2 and gmm_init3) share one program. `balanced`: the
+    (vade_mnist5k's gmm_init2 and gmm_init3) share one program. `balanced`: the
     balanced fits (spec with balanced=True) of the phases with balanced_above, shared the same
     way; each compiles at its first call, so a run whose partitions stay even never compiles one."""
     specs = {p.name: {**p.spec, "balanced": True} if balanced else p.spec for p in phases

@@ -104,10 +104,11 @@ def test_vade_mnist5k_phases_build():
         ("knn2", "neighbours"), ("gmm_init2", "init_prior"), ("main2", "train"), ("knn3", "neighbours"),
         ("gmm_init3", "init_prior"), ("main3", "train")]
     assert [p.end - p.start for p in phases if p.kind == "train"] == [1500, 1250, 625, 625]
-    # every fit: 30 components on the smoothed codes, merged into 10 along the neighbour graph
-    assert [phases[i].spec["overcluster"] for i in (2, 5, 8)] == [30, 30, 30]
+    # every fit over-clustered on the smoothed codes, merged into 10 along the neighbour graph:
+    # 80 components for the first, 30 for the refits
+    assert [phases[i].spec["overcluster"] for i in (2, 5, 8)] == [80, 30, 30]
     assert phases[2].spec["smooth"] == 1 and phases[2].spec["select"] == "balance"
-    # the refit keeps main's prior unless it partitions more evenly (its compiled fit is gmm_init's:
-    # tests/test_vade.py, test_init_prior_phases_with_one_fit_share_its_program)
+    # the refit keeps main's prior unless it partitions more evenly (gmm_init2 and gmm_init3 share
+    # one compiled fit: tests/test_vade.py, test_init_prior_phases_with_one_fit_share_its_program)
     assert phases[5].spec["keep_current"] is True and phases[2].spec["keep_current"] is False
     assert c.terms.neighbours.stop_gradient is True
