@@ -10,20 +10,20 @@ a half on a 2-core CPU. Phases, run by the one training loop:
 3. gmm_init: a diagonal GMM of 80 components (`overcluster: 80`) on the embeddings averaged
    with their 10 nearest neighbours (`smooth: 1`), its components merged into 10 along the
    neighbour graph (the two groups with the most neighbour links per pair of members first),
-   then one M-step on the embeddings themselves; 30 such fits, the most balanced kept. Whether
-   a run ends with the 4s and 9s apart (0.93-0.96) or mixed (about 0.87) is mostly settled
-   here: on seeds 30-49 the runs whose first fit kept more of the two digits apart mostly
-   ended apart. With 80 components the first fit scored 0.874 (4s and 9s with their digit:
-   0.82) against 0.841 (0.73) with 30; whole runs ended mixed in 3 of 20 against 9 (seeds
-   30-49) and in 3 of 30 against 5 (held out, 0-29): 0.939 (0.029) over 50 seeds (README,
-   "VaDE and S3VDC"). The refits of gmm_init2 and gmm_init3 stay at 30: on main's
-   codes a run's 30 fits all agree on the two digits (all apart, or all mixed). A
+   then one M-step on the embeddings themselves; 30 such fits, the most balanced kept. A
    10-component fit cuts the 4s and 9s across the middle: on the codes at the end of main (seeds
    30-39) a logistic regression tells the two digits apart at 0.97-0.98, and 93% of their
    neighbours share their digit, yet each 2-component fit of the pair's codes splits it into two
    halves of mixed digits (0.51-0.57 of them with their digit). Thirty smaller components each
    hold mostly one digit, and the graph joins them by digit: on the pretrained codes of seeds
-   44-49 the first fit scored 0.80-0.89 against 0.70-0.76 (README, "VaDE and S3VDC"). Before
+   44-49 the first fit scored 0.80-0.89 against 0.70-0.76 (README, "VaDE and S3VDC"). Eighty
+   rather than thirty: whether a run ends with the 4s and 9s apart (0.93-0.96) or mixed (about
+   0.87) is mostly settled by this fit and main after it, and on seeds 30-49 the runs whose
+   first fit kept more of the two digits apart mostly ended apart. With 80 components the first
+   fit scored 0.874 (4s and 9s with their digit: 0.82) against 0.841 (0.73) with 30; whole runs
+   ended mixed in 3 of 20 against 9 (seeds 30-49) and in 3 of 30 against 5 (held out, 0-29):
+   0.939 (0.029) over 50 seeds. The refits (gmm_init2, gmm_init3) stay at 30: on main's codes
+   a run's 30 fits all agree on the two digits (all apart, or all mixed). Before
    that, the smoothing moved seed 0's mixture init from 0.685 to 0.771 and its final
    accuracy from 0.72 to 0.84. 30 fits in place of 10 (here and in gmm_init2; the 30 include
    the 10, so a run changes only where one of the 20 more is more balanced): seeds 0-9 went
@@ -36,7 +36,7 @@ a half on a 2-core CPU. Phases, run by the one training loop:
    the term is a fixed target (`stop_gradient`): a step skips the backward pass of the
    neighbour's encoder, and a run takes about 25 s less, with the same accuracy over 10 seeds;
 5. knn2: the neighbours found again in the embedding main has shaped;
-6. gmm_init2: the mixture fitted again as in gmm_init, on that embedding smoothed along the new
+6. gmm_init2: the mixture fitted again as in gmm_init (30 components), on that embedding smoothed along the new
    neighbours: where main kept two digits in one component, the embedding it shaped often
    separates them, and the most balanced of 10 fits finds that (seeds 8 and 2: 0.766 and
    0.807 without it, 0.855 and 0.855 with it). `keep_current`: the fit replaces main's prior

@@ -149,6 +149,12 @@ def moments(z, resp_fn, k, chunk_size=None):
 SELECTIONS = ("likelihood", "balance")
 
 
+def check_selection(select):
+    """A ValueError naming an unknown n_init selection (the fits check it before any work)."""
+    if select not in SELECTIONS:
+        raise ValueError(f"unknown mixture-fit selection {select!r}; known: {list(SELECTIONS)}")
+
+
 BALANCE_ITERS = 30    # fixed-point steps of balanced_logits per E-step
 
 
@@ -191,8 +197,7 @@ def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1, chunk_size=No
     `balanced`: each E-step computes the responsibilities under mixture weights that make every
     component's mean responsibility equal (balanced_logits), so the fit's partition stays even;
     the prior returned has the weights of its last M-step (close to uniform)."""
-    if select not in SELECTIONS:
-        raise ValueError(f"unknown mixture-fit selection {select!r}; known: {list(SELECTIONS)}")
+    check_selection(select)
     if n_init > 1:
         fits = jax.vmap(lambda r: fit_diag_gmm(r, z, k, kmeans_iters, em_iters, 1, chunk_size, balanced=balanced))(
             jax.random.split(rng, n_init))
@@ -320,8 +325,7 @@ def fit_diag_gmm_merged(rng, z, table, k, over, smooth=0, n_init=1, select="like
     that many such fits run together and one is kept by `select` on z, as in fit_diag_gmm.
     Memory: beside the passes bounded by the chunk, the hard assignment reads the [N, over]
     responsibilities at once, as the neighbour table [N, k] is held whole anyway."""
-    if select not in SELECTIONS:
-        raise ValueError(f"unknown mixture-fit selection {select!r}; known: {list(SELECTIONS)}")
+    check_selection(select)
     zs = smooth_embeddings(z, table, smooth) if smooth else z
 
     def one(key):
