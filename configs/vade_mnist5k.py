@@ -66,6 +66,7 @@ Measured over seeds: README ("VaDE and S3VDC"). Labels are used only to report.
 from gmvc.config import from_sibling
 
 AUGMENT = {"shift": 2.0}
+KNN = {"kind": "neighbours", "k": 3}
 GMM_INIT = {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 30,
             "select": "balance", "smooth": 1, "overcluster": 30}
 MAIN = {"kind": "train", "steps": 1250, "augment": AUGMENT,
@@ -85,13 +86,13 @@ def get_config():
     c.phases = {
         "pretrain": {"kind": "train", "steps": 1500, "batch_size": 256, "objective": {"recon": 1.0},
                      "trainable": ("net",), "augment": AUGMENT},
-        "knn": {"kind": "neighbours", "k": 3},
+        "knn": dict(KNN),
         "gmm_init": {**GMM_INIT, "overcluster": 80},
         "main": dict(MAIN),
-        "knn2": {"kind": "neighbours", "k": 3},
+        "knn2": dict(KNN),
         "gmm_init2": {**GMM_INIT, "keep_current": True},
         "main2": {**MAIN, "steps": 625},
-        "knn3": {"kind": "neighbours", "k": 3},
+        "knn3": dict(KNN),
         "gmm_init3": {**GMM_INIT, "keep_current": True},
         "main3": {**MAIN, "steps": -1},
     }

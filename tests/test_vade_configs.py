@@ -104,6 +104,8 @@ def test_vade_mnist5k_phases_build():
         ("knn2", "neighbours"), ("gmm_init2", "init_prior"), ("main2", "train"), ("knn3", "neighbours"),
         ("gmm_init3", "init_prior"), ("main3", "train")]
     assert [p.end - p.start for p in phases if p.kind == "train"] == [1500, 1250, 625, 625]
+    # every neighbours table holds each image's 3 nearest neighbours (README: 3, 5 and 10 over 50 seeds)
+    assert [phases[i].spec["k"] for i in (1, 4, 7)] == [3, 3, 3]
     # every fit over-clustered on the smoothed codes, merged into 10 along the neighbour graph:
     # 80 components for the first, 30 for the refits
     assert [phases[i].spec["overcluster"] for i in (2, 5, 8)] == [80, 30, 30]
