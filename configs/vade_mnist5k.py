@@ -14,12 +14,12 @@ a half on a 2-core CPU. Phases, run by the one training loop:
    gave 0.946 (0.018), the lowest run 0.876; 5 gave 0.946 (0.025), the lowest 0.821; 10 (before)
    0.939 (0.029). Runs ending with the 4s and 9s mixed (below 0.89): 3 with 3 or 5 neighbours,
    6 with 10; the 5-seed spread within 0.03 on 9, 8 and 6 of the 10 groups;
-3. gmm_init: a diagonal GMM of 80 components (`overcluster: 80`) on the embeddings averaged
-   with their nearest neighbours (`smooth: 1`), its components merged into 10 along the
-   neighbour graph (the two groups with the most neighbour links per pair of members first),
-   then one M-step on the embeddings themselves; 30 such fits, the most balanced kept. A
-   10-component fit cuts the 4s and 9s across the middle: on the codes at the end of main (seeds
-   30-39) a logistic regression tells the two digits apart at 0.97-0.98, and 93% of their
+3. gmm_init: a diagonal GMM of 80 components (`overcluster: 80`) on the embeddings averaged with
+   their nearest neighbours (`smooth: 1`), its components merged into 10 along the neighbour
+   graph (the two groups with the most neighbour links per pair of members first), then one
+   M-step on the embeddings themselves; 30 such fits, the most balanced kept. A 10-component fit
+   cuts the 4s and 9s across the middle: on the codes at the end of main (seeds 30-39) a
+   logistic regression tells the two digits apart at 0.97-0.98, and 93% of their 10 nearest
    neighbours share their digit, yet each 2-component fit of the pair's codes splits it into two
    halves of mixed digits (0.51-0.57 of them with their digit). Thirty smaller components each
    hold mostly one digit, and the graph joins them by digit: on the pretrained codes of seeds
@@ -29,30 +29,30 @@ a half on a 2-core CPU. Phases, run by the one training loop:
    first fit kept more of the two digits apart mostly ended apart. With 80 components the first
    fit scored 0.874 (4s and 9s with their digit: 0.82) against 0.841 (0.73) with 30; whole runs
    ended mixed in 3 of 20 against 9 (seeds 30-49) and in 3 of 30 against 5 (held out, 0-29):
-   0.939 (0.029) over 50 seeds. The refits (gmm_init2, gmm_init3) stay at 30: on main's codes
-   a run's 30 fits all agree on the two digits (all apart, or all mixed). Before
-   that, the smoothing moved seed 0's mixture init from 0.685 to 0.771 and its final
-   accuracy from 0.72 to 0.84. 30 fits in place of 10 (here and in gmm_init2; the 30 include
-   the 10, so a run changes only where one of the 20 more is more balanced): seeds 0-9 went
-   from 0.851 (0.045) to 0.861 (0.007), but on seeds 10-19, measured after that choice, 30
-   and 10 fits gave the same, 0.838 and 0.837 (0.049): over the 20 seeds 0.850 (0.037) against
-   0.844 (0.048), at the same time a run (68-88 s);
+   0.939 (0.029) over 50 seeds, all with 10 neighbours. The refits (gmm_init2, gmm_init3) stay
+   at 30: on main's codes a run's 30 fits all agree on the two digits (all apart, or all mixed).
+   Before that, the smoothing moved seed 0's mixture init from 0.685 to 0.771 and its final
+   accuracy from 0.72 to 0.84. 30 fits in place of 10 (here and in gmm_init2; the 30 include the
+   10, so a run changes only where one of the 20 more is more balanced): seeds 0-9 went from
+   0.851 (0.045) to 0.861 (0.007), but on seeds 10-19, measured after that choice, 30 and 10
+   fits gave the same, 0.838 and 0.837 (0.049): over the 20 seeds 0.850 (0.037) against 0.844
+   (0.048), at the same time a run (68-88 s);
 4. main: VaDE (reconstruction + mixture KL) plus `c_marginal` (the batch's cluster usage
    against the uniform) and the `neighbours` term (a sample and a drawn neighbour should share
    a component), both at weight 20, on augmented images, 1,250 steps. The neighbour's side of
    the term is a fixed target (`stop_gradient`): a step skips the backward pass of the
    neighbour's encoder, and a run takes about 25 s less, with the same accuracy over 10 seeds;
 5. knn2: the neighbours found again in the embedding main has shaped;
-6. gmm_init2: the mixture fitted again as in gmm_init (30 components), on that embedding smoothed along the new
-   neighbours: where main kept two digits in one component, the embedding it shaped often
-   separates them, and the most balanced of 10 fits finds that (seeds 8 and 2: 0.766 and
-   0.807 without it, 0.855 and 0.855 with it). `keep_current`: the fit replaces main's prior
-   only if it partitions the embeddings more evenly; otherwise main's prior stays (seed 9: the
-   fit's largest cluster held 1,050 images, main's 627; 0.807 replaced, 0.865 kept). Over 10
+6. gmm_init2: the mixture fitted again as in gmm_init (30 components), on that embedding
+   smoothed along the new neighbours: where main kept two digits in one component, the embedding
+   it shaped often separates them, and the most balanced of 10 fits finds that (seeds 8 and 2:
+   0.766 and 0.807 without it, 0.855 and 0.855 with it). `keep_current`: the fit replaces main's
+   prior only if it partitions the embeddings more evenly; otherwise main's prior stays (seed 9:
+   the fit's largest cluster held 1,050 images, main's 627; 0.807 replaced, 0.865 kept). Over 10
    seeds 0.863 (0.028), against 0.856 (0.032) always replacing and 0.849 (0.043) without it
-   (with 1,250 pretraining steps, an earlier step and machine; 10 fits then). Over-clustered
-   as gmm_init, and without the balanced refit of uneven partitions (`balanced_above: 0.03`)
-   of the recipe before: the over-clustered one was chosen and held out without it (README);
+   (with 1,250 pretraining steps, an earlier step and machine; 10 fits then). Over-clustered as
+   gmm_init, and without the balanced refit of uneven partitions (`balanced_above: 0.03`) of the
+   recipe before: the over-clustered one was chosen and held out without it (README);
 7. main2: 625 more steps of the same objective;
 8-10. knn3, gmm_init3, main3: the neighbours found once more, the mixture refitted as in
    gmm_init2, and the last 625 steps (before over-clustering: 18 of 20 runs up, by 0.006 on
