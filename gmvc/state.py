@@ -3,12 +3,25 @@
 Parameter groups are the top-level keys of params ("net", "prior"); each gets its own Adam with
 its own learning-rate schedule through optax.partition, or is frozen with set_to_zero.
 """
+from typing import Any, Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gmvc import fused_adam
 from gmvc.schedules import make_schedule
+
+
+class Optimizer(NamedTuple):
+    """An optax gradient transformation (init, update) with `apply(grads, opt_state, params) ->
+    (params, opt_state)`: the update applied to the weights, on the CPU in one pass over them
+    (gmvc/fused_adam.py), else as optax's update + apply_updates."""
+    init: Callable
+    update: Callable
+    apply: Callable
+    tx: Any                 # the optax transformation itself
 
 
 def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
@@ -30,11 +43,59 @@ def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
         prior_lr = net_lr
     else:
         prior_lr = shaped(prior_lr, optim_cfg.prior_lr_schedule or optim_cfg.lr_schedule)
-    groups = {}
+    groups, schedules = {}, {}
     for group, rate in (("net", net_lr), ("prior", prior_lr)):
         frozen = group not in trainable or (isinstance(rate, (int, float)) and rate == 0)
         groups[group] = optax.set_to_zero() if frozen else adam(rate, f"learning rate of {group!r}")
-    return optax.partition(groups, group_labels)
+        if not frozen:
+            schedules[group] = make_schedule(rate, f"learning rate of {group!r}")
+    tx = optax.partition(groups, group_labels)
+    fused = optim_cfg.clip_norm <= 0          # clipping: optax's update (it reads every gradient first)
+    hyper = (float(optim_cfg.b1), float(optim_cfg.b2), float(optim_cfg.eps))
+    return Optimizer(tx.init, tx.update, lambda g, s, p: apply_update(tx, schedules if fused else None, hyper, g, s, p),
+                     tx)
+
+
+def apply_update(tx, schedules, hyper, grads, opt_state, params):
+    """(params, opt_state) after one step of `tx` (make_optimizer's partition of Adam and frozen
+    groups). With `schedules` ({group: learning-rate schedule} of the Adam groups) and the kernel
+    enabled, each float32 weight is updated by fused_adam in one pass, with optax's arithmetic
+    and state; otherwise (or for a state laid out otherwise) by optax itself."""
+    inner = getattr(opt_state, "inner_states", None)
+    if schedules is None or inner is None or not fused_adam.enabled() or not all(
+            _adam_layout(inner.get(group)) for group in schedules):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+    b1, b2, eps = hyper
+    params, inner = dict(params), dict(inner)
+    # Every update waits for the whole backward pass (`after`: one element of each gradient). The
+    # backward matmuls read the weights (dy @ W^T) with nothing ordering them before the in-place
+    # update, so XLA otherwise copied every weight twice a step (13 MB each for the reference net).
+    after = jnp.stack([g.reshape(-1)[0].astype(jnp.float32) for g in jax.tree.leaves(grads) if g.size])
+    for group, schedule in schedules.items():
+        adam_state, sched_state = inner[group].inner_state
+        count = optax.safe_increment(adam_state.count)
+        columns = [schedule(sched_state.count), b1, b2, 1 - b1, 1 - b2, 1 - b1**count, 1 - b2**count, eps]
+        lead = jnp.shape(count)                   # [1] for the one-restart step's [1, ...] weights
+        scalars = jnp.stack([jnp.broadcast_to(jnp.asarray(c, jnp.float32), lead) for c in columns], axis=-1)
+        step = lambda g, p, m, v: (fused_adam.update if all(a.dtype == jnp.float32 for a in (g, p, m, v))
+                                   else fused_adam.reference_update)(g, p, m, v, scalars, after)
+        new = jax.tree.map(step, grads[group], params[group], adam_state.mu[group], adam_state.nu[group])
+        is_triple = lambda x: isinstance(x, tuple)
+        params[group] = jax.tree.map(lambda t: t[0], new, is_leaf=is_triple)
+        mu = {**adam_state.mu, group: jax.tree.map(lambda t: t[1], new, is_leaf=is_triple)}
+        nu = {**adam_state.nu, group: jax.tree.map(lambda t: t[2], new, is_leaf=is_triple)}
+        inner[group] = inner[group]._replace(inner_state=(
+            adam_state._replace(count=count, mu=mu, nu=nu),
+            sched_state._replace(count=optax.safe_increment(sched_state.count))))
+    return params, opt_state._replace(inner_states=inner)
+
+
+def _adam_layout(masked):
+    """Whether a group's optimizer state is optax.adam's, as apply_update reads it."""
+    state = getattr(masked, "inner_state", None)
+    return (isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], optax.ScaleByAdamState)
+            and isinstance(state[1], optax.ScaleByScheduleState))
 
 
 def group_labels(params):

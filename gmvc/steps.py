@@ -30,14 +30,18 @@ def make_train_step(loss_fn, tx, axis_name=None):
                                                                     state["step"] - start)
         if axis_name is not None:
             grads, aux = jax.lax.pmean((grads, aux), axis_name)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        if hasattr(tx, "apply"):            # gmvc.state.Optimizer (on the CPU: one pass over the weights)
+            params, opt_state = tx.apply(grads, state["opt_state"], state["params"])
+        else:
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            params = optax.apply_updates(state["params"], updates)
         if measure is True:
             aux["grad_norm"] = optax.tree.norm(grads)
         else:
             norm = jax.eval_shape(optax.tree.norm, grads)
             aux["grad_norm"] = jax.lax.cond(measure, optax.tree.norm, lambda g: jnp.zeros(norm.shape, norm.dtype),
                                             grads)
-        new_state = {**state, "step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+        new_state = {**state, "step": state["step"] + 1, "params": params,
                      "opt_state": opt_state}
         return new_state, aux
 
