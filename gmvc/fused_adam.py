@@ -32,6 +32,7 @@ ENV = "GMVC_FUSED_ADAM"
 CACHE_ENV = "GMVC_KERNEL_CACHE"
 DEFAULT_CACHE = "~/.cache/gmvc/kernels"
 OFF = ("0", "off", "false", "no", "none")
+MIN_SIZE = 1 << 16      # smaller weights: XLA's own fusions (a call costs about 10-20 us; spiral's GMVAE)
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC")
 
 _lock = threading.Lock()

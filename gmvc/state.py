@@ -59,8 +59,9 @@ def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
 def apply_update(tx, schedules, hyper, grads, opt_state, params):
     """(params, opt_state) after one step of `tx` (make_optimizer's partition of Adam and frozen
     groups). With `schedules` ({group: learning-rate schedule} of the Adam groups) and the kernel
-    enabled, each float32 weight is updated by fused_adam in one pass, with optax's arithmetic
-    and state; otherwise (or for a state laid out otherwise) by optax itself."""
+    enabled, each float32 weight of fused_adam.MIN_SIZE elements or more is updated by the kernel
+    in one pass (the smaller ones by the same arithmetic in jax.numpy), with optax's state;
+    otherwise (or for a state laid out otherwise) by optax itself."""
     inner = getattr(opt_state, "inner_states", None)
     if schedules is None or inner is None or not fused_adam.enabled() or not all(
             _adam_layout(inner.get(group)) for group in schedules):
@@ -72,14 +73,15 @@ def apply_update(tx, schedules, hyper, grads, opt_state, params):
     # backward matmuls read the weights (dy @ W^T) with nothing ordering them before the in-place
     # update, so XLA otherwise copied every weight twice a step (13 MB each for the reference net).
     after = jnp.stack([g.reshape(-1)[0].astype(jnp.float32) for g in jax.tree.leaves(grads) if g.size])
+    kernel = lambda *a: all(x.dtype == jnp.float32 for x in a) and a[1].size >= fused_adam.MIN_SIZE
     for group, schedule in schedules.items():
         adam_state, sched_state = inner[group].inner_state
         count = optax.safe_increment(adam_state.count)
         columns = [schedule(sched_state.count), b1, b2, 1 - b1, 1 - b2, 1 - b1**count, 1 - b2**count, eps]
         lead = jnp.shape(count)                   # [1] for the one-restart step's [1, ...] weights
         scalars = jnp.stack([jnp.broadcast_to(jnp.asarray(c, jnp.float32), lead) for c in columns], axis=-1)
-        step = lambda g, p, m, v: (fused_adam.update if all(a.dtype == jnp.float32 for a in (g, p, m, v))
-                                   else fused_adam.reference_update)(g, p, m, v, scalars, after)
+        step = lambda g, p, m, v: (fused_adam.update if kernel(g, p, m, v) else fused_adam.reference_update)(
+            g, p, m, v, scalars, after)
         new = jax.tree.map(step, grads[group], params[group], adam_state.mu[group], adam_state.nu[group])
         is_triple = lambda x: isinstance(x, tuple)
         params[group] = jax.tree.map(lambda t: t[0], new, is_leaf=is_triple)
