@@ -69,9 +69,10 @@ def apply_update(tx, schedules, hyper, grads, opt_state, params):
         return optax.apply_updates(params, updates), opt_state
     b1, b2, eps = hyper
     params, inner = dict(params), dict(inner)
-    # Every update waits for the whole backward pass (`after`: one element of each gradient). The
-    # backward matmuls read the weights (dy @ W^T) with nothing ordering them before the in-place
-    # update, so XLA otherwise copied every weight twice a step (13 MB each for the reference net).
+    # Every kernel call waits for the whole backward pass (`after`: one element of each gradient).
+    # The backward matmuls read the weights (dy @ W^T) with nothing ordering them before the
+    # in-place update, and XLA otherwise copied each such weight twice a step to keep it (13 MB
+    # each time for the reference network).
     after = jnp.stack([g.reshape(-1)[0].astype(jnp.float32) for g in jax.tree.leaves(grads) if g.size])
     kernel = lambda *a: all(x.dtype == jnp.float32 for x in a) and a[1].size >= fused_adam.MIN_SIZE
     for group, schedule in schedules.items():

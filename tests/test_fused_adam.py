@@ -112,6 +112,17 @@ def test_apply_frozen_group_and_restart_axis():
     assert_trees_close(jax.jit(tx.apply)(one[0], one_state, one[2]), jax.jit(plain)(one[0], one_state, one[2]))
 
 
+def test_clipping_uses_optax():
+    """With gradient clipping on, apply is optax's own update (clip, then Adam)."""
+    rng = np.random.default_rng(4)
+    tx = make_optimizer(optim(clip_norm=0.5))
+    p0 = params_like(rng)
+    grads = [params_like(rng) for _ in range(2)]
+    assert_trees_close(run(tx, p0, grads, fused=True), run(tx, p0, grads, fused=False), rtol=0, atol=0)
+    text = jax.jit(tx.apply).lower(p0, tx.init(p0), p0).as_text()
+    assert fused_adam.TARGET not in text
+
+
 def test_update_matches_reference_and_rows():
     """The kernel on k rows of scalars updates k slabs each with its own row; the jax.numpy
     reference is the same arithmetic."""
@@ -120,8 +131,8 @@ def test_update_matches_reference_and_rows():
     rng = np.random.default_rng(3)
     g, p, m, v = (jnp.asarray(rng.standard_normal((2, 33, 3001)), jnp.float32) for _ in range(4))
     v = jnp.abs(v)
-    scalars = jnp.asarray([[1e-3, 0.9, 0.999, 0.1, 0.001, 0.1, 0.001, 1e-8], [5e-2, 0.5, 0.9, 0.5, 0.1, 0.75, 0.19, 1e-3]],
-                          jnp.float32)
+    scalars = jnp.asarray([[1e-3, 0.9, 0.999, 0.1, 0.001, 0.1, 0.001, 1e-8],
+                           [5e-2, 0.5, 0.9, 0.5, 0.1, 0.75, 0.19, 1e-3]], jnp.float32)
     out = jax.jit(fused_adam.update)(g, p, m, v, scalars)
     ref = jax.jit(fused_adam.reference_update)(g, p, m, v, scalars)
     assert_trees_close(out, ref)

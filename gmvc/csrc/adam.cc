@@ -9,7 +9,8 @@
 // `scalars` holds k rows of (lr, b1, b2, 1 - b1, 1 - b2, c1, c2, eps), 1 - b1 and 1 - b2 rounded
 // from double precision as optax's are: the buffers are k equal slabs, slab j
 // updated with row j (k > 1 under jax.vmap, one row per restart). The work is cut into chunks
-// shared by the calling thread and the XLA intra-op thread pool.
+// shared by the calling thread and the XLA intra-op thread pool. The operand `after` is read by
+// nothing: it orders the call after the whole backward pass (gmvc/state.py, apply_update).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -64,7 +65,8 @@ struct Work {
 
 static ffi::Error AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> p,
                            ffi::Buffer<ffi::F32> m, ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> scalars,
-                           ffi::AnyBuffer /*after*/, ffi::ResultBuffer<ffi::F32> p_out, ffi::ResultBuffer<ffi::F32> m_out,
+                           ffi::AnyBuffer /*after*/, ffi::ResultBuffer<ffi::F32> p_out,
+                           ffi::ResultBuffer<ffi::F32> m_out,
                            ffi::ResultBuffer<ffi::F32> v_out) {
   const int64_t n = static_cast<int64_t>(g.element_count());
   const int64_t k = static_cast<int64_t>(scalars.element_count()) / kScalars;
