@@ -61,9 +61,12 @@ def apply_update(tx, schedules, hyper, grads, opt_state, params):
     groups). With `schedules` ({group: learning-rate schedule} of the Adam groups) and the kernel
     enabled, each float32 weight of fused_adam.MIN_SIZE elements or more is updated by the kernel
     in one pass (the smaller ones by the same arithmetic in jax.numpy), with optax's state;
-    otherwise (or for a state laid out otherwise) by optax itself."""
+    otherwise (no weight that large, or a state laid out otherwise) by optax itself."""
     inner = getattr(opt_state, "inner_states", None)
-    if schedules is None or inner is None or not fused_adam.enabled() or not all(
+    kernel = lambda *a: all(x.dtype == jnp.float32 for x in a) and a[1].size >= fused_adam.MIN_SIZE
+    # no weight large enough (spiral's networks): optax's update, and the kernel is not even built
+    large = schedules is not None and any(kernel(p, p) for group in schedules for p in jax.tree.leaves(params[group]))
+    if not large or inner is None or not fused_adam.enabled() or not all(
             _adam_layout(inner.get(group)) for group in schedules):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
@@ -74,7 +77,6 @@ def apply_update(tx, schedules, hyper, grads, opt_state, params):
     # in-place update, and XLA otherwise copied each such weight twice a step to keep it (13 MB
     # each time for the reference network).
     after = jnp.stack([g.reshape(-1)[0].astype(jnp.float32) for g in jax.tree.leaves(grads) if g.size])
-    kernel = lambda *a: all(x.dtype == jnp.float32 for x in a) and a[1].size >= fused_adam.MIN_SIZE
     for group, schedule in schedules.items():
         adam_state, sched_state = inner[group].inner_state
         count = optax.safe_increment(adam_state.count)

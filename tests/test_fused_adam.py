@@ -62,6 +62,8 @@ def test_kernel_builds_and_is_used_on_cpu():
     p = params_like(np.random.default_rng(0))
     text = jax.jit(tx.apply).lower(p, tx.init(p), p).as_text()
     assert text.count(fused_adam.TARGET) == 1          # the one leaf of fused_adam.MIN_SIZE elements or more
+    small = {"net": {"kernel": p["net"]["head"]["kernel"]}, "prior": p["prior"]}      # spiral-sized weights only
+    assert fused_adam.TARGET not in jax.jit(tx.apply).lower(small, tx.init(small), small).as_text()
 
 
 @needs_compiler
