@@ -10,7 +10,7 @@ about 1.0 ms in place of 1.7-3.4 ms, and its train step at batch 256 0.6 ms less
 The kernel is compiled on first use with the machine's C++ compiler ($CXX, else g++; about 2 s)
 into $GMVC_KERNEL_CACHE (default ~/.cache/gmvc/kernels), keyed by its source, jaxlib's version
 and the CPU, and loaded from there afterwards. If that fails (no compiler, say) one note goes to
-stderr and optax's update runs instead: the same numbers, slower. GMVC_FUSED_ADAM=off chooses
+stderr and optax's update runs instead: the same arithmetic, slower. GMVC_FUSED_ADAM=off chooses
 optax's update. Other backends (GPU, TPU) always use optax's update.
 """
 import ctypes
@@ -64,7 +64,7 @@ def load():
             except Exception as e:          # noqa: BLE001 - any failure means: use optax's update
                 _loaded["ok"], _loaded["why"] = False, f"{type(e).__name__}: {e}"
                 print(f"gmvc: the one-pass Adam kernel is not available ({_loaded['why'][:500]}); "
-                      "optax's update is used instead (the same numbers, slower)", file=sys.stderr)
+                      "optax's update is used instead (the same arithmetic, slower)", file=sys.stderr)
         return _loaded["ok"]
 
 

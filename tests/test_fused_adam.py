@@ -143,7 +143,7 @@ def test_update_matches_reference_and_rows():
 
 def test_no_compiler_falls_back_with_a_note(tmp_path):
     """Without a working compiler the kernel is not available: one note on stderr, and the train
-    step runs optax's update (the same numbers)."""
+    step runs optax's update (the same arithmetic)."""
     code = ("import jax, numpy as np; from gmvc import fused_adam; from gmvc.state import make_optimizer\n"
             "import ml_collections as mc\n"
             "print(fused_adam.enabled())\n"
