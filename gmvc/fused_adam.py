@@ -26,12 +26,13 @@ import threading
 import jax
 import jax.numpy as jnp
 
+from gmvc import cache
+
 SOURCE = pathlib.Path(__file__).with_name("csrc") / "adam.cc"
 TARGET = "gmvc_adam"
 ENV = "GMVC_FUSED_ADAM"
 CACHE_ENV = "GMVC_KERNEL_CACHE"
 DEFAULT_CACHE = "~/.cache/gmvc/kernels"
-OFF = ("0", "off", "false", "no", "none")
 MIN_SIZE = 1 << 16      # smaller weights: XLA's own fusions (a call costs about 10-20 us; spiral's GMVAE)
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC")
 
@@ -42,7 +43,7 @@ _loaded = {}           # "ok": bool, "why": the reason it is not, "lib": the loa
 def enabled():
     """Whether train steps traced now use the kernel: the default backend is the CPU, the kernel
     is built and registered, and GMVC_FUSED_ADAM is not off."""
-    if os.environ.get(ENV, "on").strip().lower() in OFF or jax.default_backend() != "cpu":
+    if os.environ.get(ENV, "on").strip().lower() in cache.OFF or jax.default_backend() != "cpu":
         return False
     return load()
 

@@ -3,7 +3,7 @@
 Parameter groups are the top-level keys of params ("net", "prior"); each gets its own Adam with
 its own learning-rate schedule through optax.partition, or is frozen with set_to_zero.
 """
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,6 @@ class Optimizer(NamedTuple):
     init: Callable
     update: Callable
     apply: Callable
-    tx: Any                 # the optax transformation itself
 
 
 def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
@@ -29,8 +28,8 @@ def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
     by set_to_zero. `lr` overrides optim.lr for the "net" group (a phase's own rate); the
     optim.lr_schedule (and optim.prior_lr_schedule for the prior, default the same) shapes a
     numeric rate; decay counts the group's own updates within the phase."""
-    def adam(lr_spec, what):
-        opt = optax.adam(make_schedule(lr_spec, what), b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps)
+    def adam(schedule):
+        opt = optax.adam(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps)
         # clipping inside the group: a frozen group's gradients must not shrink a trained group's steps
         return optax.chain(optax.clip_by_global_norm(optim_cfg.clip_norm), opt) if optim_cfg.clip_norm > 0 else opt
 
@@ -45,15 +44,16 @@ def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
         prior_lr = shaped(prior_lr, optim_cfg.prior_lr_schedule or optim_cfg.lr_schedule)
     groups, schedules = {}, {}
     for group, rate in (("net", net_lr), ("prior", prior_lr)):
-        frozen = group not in trainable or (isinstance(rate, (int, float)) and rate == 0)
-        groups[group] = optax.set_to_zero() if frozen else adam(rate, f"learning rate of {group!r}")
-        if not frozen:
+        if group not in trainable or (isinstance(rate, (int, float)) and rate == 0):
+            groups[group] = optax.set_to_zero()
+        else:
             schedules[group] = make_schedule(rate, f"learning rate of {group!r}")
+            groups[group] = adam(schedules[group])
     tx = optax.partition(groups, group_labels)
-    fused = optim_cfg.clip_norm <= 0          # clipping: optax's update (it reads every gradient first)
+    if optim_cfg.clip_norm > 0:                  # clipping: optax's update (it reads every gradient first)
+        schedules = None
     hyper = (float(optim_cfg.b1), float(optim_cfg.b2), float(optim_cfg.eps))
-    return Optimizer(tx.init, tx.update, lambda g, s, p: apply_update(tx, schedules if fused else None, hyper, g, s, p),
-                     tx)
+    return Optimizer(tx.init, tx.update, lambda g, s, p: apply_update(tx, schedules, hyper, g, s, p))
 
 
 def apply_update(tx, schedules, hyper, grads, opt_state, params):
@@ -63,9 +63,9 @@ def apply_update(tx, schedules, hyper, grads, opt_state, params):
     in one pass (the smaller ones by the same arithmetic in jax.numpy), with optax's state;
     otherwise (no weight that large, or a state laid out otherwise) by optax itself."""
     inner = getattr(opt_state, "inner_states", None)
-    kernel = lambda *a: all(x.dtype == jnp.float32 for x in a) and a[1].size >= fused_adam.MIN_SIZE
+    kernel = lambda p, *more: p.size >= fused_adam.MIN_SIZE and all(a.dtype == jnp.float32 for a in (p, *more))
     # no weight large enough (spiral's networks): optax's update, and the kernel is not even built
-    large = schedules is not None and any(kernel(p, p) for group in schedules for p in jax.tree.leaves(params[group]))
+    large = schedules is not None and any(kernel(p) for group in schedules for p in jax.tree.leaves(params[group]))
     if not large or inner is None or not fused_adam.enabled() or not all(
             _adam_layout(inner.get(group)) for group in schedules):
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -83,7 +83,7 @@ def apply_update(tx, schedules, hyper, grads, opt_state, params):
         columns = [schedule(sched_state.count), b1, b2, 1 - b1, 1 - b2, 1 - b1**count, 1 - b2**count, eps]
         lead = jnp.shape(count)                   # [1] for the one-restart step's [1, ...] weights
         scalars = jnp.stack([jnp.broadcast_to(jnp.asarray(c, jnp.float32), lead) for c in columns], axis=-1)
-        step = lambda g, p, m, v: (fused_adam.update if kernel(g, p, m, v) else fused_adam.reference_update)(
+        step = lambda g, p, m, v: (fused_adam.update if kernel(p, g, m, v) else fused_adam.reference_update)(
             g, p, m, v, scalars, after)
         new = jax.tree.map(step, grads[group], params[group], adam_state.mu[group], adam_state.nu[group])
         is_triple = lambda x: isinstance(x, tuple)

@@ -37,7 +37,7 @@ def run(tx, params, grads_seq, fused):
     def step(p, s, g):
         if fused:
             return tx.apply(g, s, p)
-        u, s = tx.tx.update(g, s, p)
+        u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
     step = jax.jit(step)
@@ -100,7 +100,7 @@ def test_apply_frozen_group_and_restart_axis():
 
     fused = jax.jit(jax.vmap(tx.apply))(g, state, p0)
     def plain(g, s, p):
-        u, s = tx.tx.update(g, s, p)
+        u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
     expected = jax.jit(jax.vmap(plain))(g, state, p0)
     assert_trees_close(fused, expected)
