@@ -880,3 +880,15 @@ def test_build_phases_errors(tmp_path):
     c.phases.init.select = "accuracy"
     with pytest.raises(ConfigError, match="phase 'init': unknown select 'accuracy'"):
         build_phases(c)
+
+
+def test_softplus_matches_jax_value_and_gradient():
+    """The Bernoulli likelihood's softplus gives jax.nn.softplus's values and gradient, extremes
+    included (no overflow at +-100, sigmoid(0) = 0.5, NaN passes through)."""
+    from gmvc.models.base import softplus
+    x = jnp.array([-100.0, -20.0, -1.5, -1e-3, 0.0, 1e-3, 0.7, 3.0, 20.0, 100.0])
+    np.testing.assert_allclose(softplus(x), jax.nn.softplus(x), rtol=1e-6, atol=1e-30)
+    grad = jax.vmap(jax.grad(softplus))(x)
+    np.testing.assert_allclose(grad, jax.nn.sigmoid(x), rtol=1e-6, atol=1e-30)
+    assert float(grad[4]) == 0.5 and float(softplus(100.0)) == 100.0
+    assert np.isnan(float(softplus(jnp.nan)))
