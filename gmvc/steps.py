@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gmvc import mixture, neighbours
+from gmvc import mixture, neighbours, update_order
 
 
 def tree_len(inputs):
@@ -26,12 +26,15 @@ def make_train_step(loss_fn, tx, axis_name=None):
     weight, then reduced, 3.35 M parameters read twice more beside the Adam update."""
 
     def train_step(state, batch, rng, start=0, measure=True):
-        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng,
-                                                                    state["step"] - start)
+        args = (state["params"], batch, rng, state["step"] - start)
+        if hasattr(tx, "apply"):            # gmvc.state.Optimizer (on the CPU: one pass over the weights in place)
+            (_, aux), grads, order = update_order.value_and_grad(loss_fn, *args)
+        else:
+            (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(*args)
         if axis_name is not None:
             grads, aux = jax.lax.pmean((grads, aux), axis_name)
-        if hasattr(tx, "apply"):            # gmvc.state.Optimizer (on the CPU: one pass over the weights)
-            params, opt_state = tx.apply(grads, state["opt_state"], state["params"])
+        if hasattr(tx, "apply"):
+            params, opt_state = tx.apply(grads, state["opt_state"], state["params"], order)
         else:
             updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
