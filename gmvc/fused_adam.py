@@ -40,12 +40,16 @@ _lock = threading.Lock()
 _loaded = {}           # "ok": bool, "why": the reason it is not, "lib": the loaded library
 
 
+def wanted():
+    """Whether train steps traced now would use the kernel if it builds: the default backend is
+    the CPU and GMVC_FUSED_ADAM is not off (nothing is built to answer)."""
+    return os.environ.get(ENV, "on").strip().lower() not in cache.OFF and jax.default_backend() == "cpu"
+
+
 def enabled():
-    """Whether train steps traced now use the kernel: the default backend is the CPU, the kernel
-    is built and registered, and GMVC_FUSED_ADAM is not off."""
-    if os.environ.get(ENV, "on").strip().lower() in cache.OFF or jax.default_backend() != "cpu":
-        return False
-    return load()
+    """Whether train steps traced now use the kernel: wanted(), and the kernel is built and
+    registered."""
+    return wanted() and load()
 
 
 def load():

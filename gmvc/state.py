@@ -18,10 +18,12 @@ class Optimizer(NamedTuple):
     """An optax gradient transformation (init, update) with `apply(grads, opt_state, params,
     order=None) -> (params, opt_state)`: the update applied to the weights, on the CPU in one pass
     over them (gmvc/fused_adam.py), else as optax's update + apply_updates. `order`: for each
-    leaf of params, the gradient leaf its in-place update waits for (gmvc/update_order.py)."""
+    leaf of params, the gradient leaf its in-place update waits for (gmvc/update_order.py).
+    `in_place`: whether apply may run the kernel (the only user of `order`; decided without building it)."""
     init: Callable
     update: Callable
     apply: Callable
+    in_place: bool = False
 
 
 def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
@@ -54,7 +56,8 @@ def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
     if optim_cfg.clip_norm > 0:                  # clipping: optax's update (it reads every gradient first)
         schedules = None
     hyper = (float(optim_cfg.b1), float(optim_cfg.b2), float(optim_cfg.eps))
-    return Optimizer(tx.init, tx.update, lambda g, s, p, order=None: apply_update(tx, schedules, hyper, g, s, p, order))
+    return Optimizer(tx.init, tx.update, lambda g, s, p, order=None: apply_update(tx, schedules, hyper, g, s, p, order),
+                     in_place=schedules is not None and fused_adam.wanted())
 
 
 def apply_update(tx, schedules, hyper, grads, opt_state, params, order=None):

@@ -27,7 +27,8 @@ def make_train_step(loss_fn, tx, axis_name=None):
 
     def train_step(state, batch, rng, start=0, measure=True):
         args = (state["params"], batch, rng, state["step"] - start)
-        if hasattr(tx, "apply"):            # gmvc.state.Optimizer (on the CPU: one pass over the weights in place)
+        order = None
+        if getattr(tx, "in_place", False):  # gmvc.state.Optimizer on the CPU: one pass over the weights in place
             (_, aux), grads, order = update_order.value_and_grad(loss_fn, *args)
         else:
             (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(*args)

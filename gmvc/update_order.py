@@ -16,10 +16,11 @@ early in XLA's schedule would only cost a copy, never a wrong value: the order i
 import jax
 from jax.extend import core
 
-# Operations whose output is the weight itself, seen otherwise (XLA makes most of them bitcasts):
-# whatever reads their output reads the weight. A view is also counted as a reader itself.
+# Operations whose output holds the weight's values, rearranged (reshape and squeeze are bitcasts
+# in XLA; a slice, a conversion, a broadcast or a copy may be materialised): whatever reads their
+# output is counted as reading the weight, on the safe side, and the view itself as a reader too.
 VIEWS = frozenset({"squeeze", "reshape", "slice", "dynamic_slice", "convert_element_type", "transpose",
-                   "broadcast_in_dim", "expand_dims", "copy", "copy_p", "reduce_precision"})
+                   "broadcast_in_dim", "copy", "reduce_precision"})
 
 
 def value_and_grad(loss_fn, params, *args):

@@ -62,8 +62,8 @@ def test_value_and_grad_matches_jax_and_orders_by_layer():
 
 
 def test_gradient_order_none_without_a_dependent_gradient():
-    """A weight read after every gradient is computed (here: by the loss itself, which the
-    gradients do not depend on) has no gradient to wait for."""
+    """A weight whose readers feed the loss only (no gradient depends on them) has no gradient
+    to wait for: its update then waits for every gradient."""
     def loss(p, scale):
         return jnp.sum(p["a"] * scale) + jnp.sum(jax.lax.stop_gradient(p["b"]) ** 2)
     params = {"a": jnp.ones((4,)), "b": jnp.ones((4,))}
@@ -116,3 +116,37 @@ def test_in_place_updates_copy_no_weight():
         p = optax.apply_updates(p, u)
     for a, b in zip(jax.tree.leaves(out["params"]), jax.tree.leaves(p)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+@needs_compiler
+def test_one_restart_step_orders_every_weight():
+    """The lifted one-restart step (the benchmark's and the runs' path: [1, ...] weights, each read
+    through a squeeze) gives every weight the layer below's gradient, and copies none of them."""
+    tx = make_optimizer(optim())
+    assert tx.in_place
+    params = jax.tree.map(lambda a: a[None], mlp_params())
+    batch = jnp.asarray(np.random.default_rng(1).standard_normal((32, SIZES[0])), jnp.float32)
+    orders = []
+    real = update_order.gradient_order
+
+    def spy(*a):
+        orders.append(real(*a))
+        return orders[-1]
+
+    step = steps.make_lifted_step(mlp_loss, tx, 1)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": jax.vmap(tx.init)(params)}
+
+    def chunk(state, batch, rng):
+        return jax.lax.scan(lambda s, k: (step(s, batch, k)[0], None), state, jax.random.split(rng, 3))[0]
+
+    try:
+        update_order.gradient_order = spy
+        text = jax.jit(chunk, donate_argnums=0).lower(state, batch, jax.random.key(0)).compile().as_text()
+    finally:
+        update_order.gradient_order = real
+    at = leaf_index(params)
+    assert orders and orders[-1][at("net", "layer2", "kernel")] == at("net", "layer1", "bias")
+    assert orders[-1][at("net", "layer1", "kernel")] == at("net", "layer0", "bias")
+    assert None not in orders[-1]
+    copies = [line for line in text.splitlines() if re.search(r"= f32\[1,(256,300|300,300|300,256)\]\{[0-9,]*\} copy\(", line)]
+    assert copies == [] and fused_adam.TARGET in text

@@ -10,7 +10,7 @@
 // from double precision as optax's are: the buffers are k equal slabs, slab j
 // updated with row j (k > 1 under jax.vmap, one row per restart). The work is cut into chunks
 // shared by the calling thread and the XLA intra-op thread pool. The operand `after` is read by
-// nothing: it orders the call after the whole backward pass (gmvc/state.py, apply_update).
+// nothing: it orders the call after the weight's last reader in the backward pass (gmvc/update_order.py).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
