@@ -234,7 +234,7 @@ def bench_model(model_name, batch, args, gemm):
     matmuls = matmuls_of_step(layers, first, batch)
     flops_step = restarts * sum(2.0 * m * k * n for m, k, n, _ in matmuls)
 
-    before = matmul_times(matmuls, args.matmul_reps)           # the reference's first pass, before the step
+    before = matmul_times(matmuls, args.matmul_reps)    # the reference's first pass, before the step
     log(f"{model_name} batch {batch}: compiling a chunk of {chunk_len} steps ...")
     r = bench_step(model_name, config, x, args.reps)
     best, median = min(r["chunk_seconds"]), statistics.median(r["chunk_seconds"])
