@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gmvc import mixture, neighbours, update_order
+from gmvc import mixture, neighbours
 
 
 def tree_len(inputs):
@@ -26,19 +26,12 @@ def make_train_step(loss_fn, tx, axis_name=None):
     weight, then reduced, 3.35 M parameters read twice more beside the Adam update."""
 
     def train_step(state, batch, rng, start=0, measure=True):
-        args = (state["params"], batch, rng, state["step"] - start)
-        order = None
-        if getattr(tx, "in_place", False):  # gmvc.state.Optimizer on the CPU: one pass over the weights in place
-            (_, aux), grads, order = update_order.value_and_grad(loss_fn, *args)
-        else:
-            (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(*args)
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng,
+                                                                   state["step"] - start)
         if axis_name is not None:
             grads, aux = jax.lax.pmean((grads, aux), axis_name)
-        if hasattr(tx, "apply"):
-            params, opt_state = tx.apply(grads, state["opt_state"], state["params"], order)
-        else:
-            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-            params = optax.apply_updates(state["params"], updates)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
         if measure is True:
             aux["grad_norm"] = optax.tree.norm(grads)
         else:
