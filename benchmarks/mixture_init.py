@@ -7,10 +7,10 @@ Prints one JSON object on stdout; progress on stderr. Data: K Gaussian blobs in 
 (means ~ N(0, 3^2), unit spread), float32, generated in each worker from the seed.
 
 Methods (each (method, N) runs in a fresh subprocess):
-- gmvc_em: gmvc.mixture_init.fit_diag_gmm on all N embeddings (what an init_prior phase with
+- gmvc_em: gmvc.core.mixture_init.fit_diag_gmm on all N embeddings (what an init_prior phase with
   method "em" runs): k-means++, at most --kmeans-iters Lloyd and --em-iters EM iterations (both stop
   early only at an exact fixed point, which gives the same result), --n-init fits.
-- gmvc_minibatch: the "minibatch" method as gmvc/train.py runs it: a random subsample of
+- gmvc_minibatch: the "minibatch" method as gmvc/trainer.py runs it: a random subsample of
   200 x 128 embeddings, k-means, hard moments (no EM).
 - sklearn_same_iters: GaussianMixture(covariance_type="diag", n_init, max_iter=--em-iters, tol=0,
   reg_covar=1e-4 = gmvc's variance floor): the same EM iterations; its k-means init
@@ -73,7 +73,7 @@ def reset_peak():
 
 def score(prior, z, y, k):
     """Mean log-likelihood (float64, in chunks) and Hungarian accuracy of the MAP component."""
-    from gmvc.metrics import clustering_report
+    from gmvc.core.metrics import clustering_report
     logits, means, log_vars = (np.asarray(prior[n], np.float64) for n in ("logits", "means", "log_vars"))
     log_pi = logits - np.logaddexp.reduce(logits)
     ll, pred = 0.0, []
@@ -92,7 +92,7 @@ def worker(args):
     if args.method.startswith("gmvc"):
         import jax
         import jax.numpy as jnp
-        from gmvc.mixture_init import fit_diag_gmm
+        from gmvc.core.mixture_init import fit_diag_gmm
         z_dev = jax.device_put(z)
         if args.method == "gmvc_em":
             fit = lambda r, z: fit_diag_gmm(r, z, args.k, args.kmeans_iters, args.em_iters, args.n_init)

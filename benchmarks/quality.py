@@ -13,7 +13,7 @@ its stopping point are chosen without them.
 Per method: mean and std of accuracy (Hungarian), NMI and ARI; mean wall time per run;
 `nan_runs` (training stopped on a non-finite value); `collapsed_runs` (one cluster holds more
 than half of the data although no class does). The runs use the command line's compilation
-cache (gmvc/cache.py; `compilation_cache` in the output): a run whose programs were compiled
+cache (gmvc/run/cache.py; `compilation_cache` in the output): a run whose programs were compiled
 before, by an earlier seed or run, loads them. GMVC_COMPILATION_CACHE=off times every run with
 its compilation.
 """
@@ -31,10 +31,10 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gmvc import metrics  # noqa: E402
-from gmvc.config import from_sibling  # noqa: E402
+from gmvc.core import metrics  # noqa: E402
 from gmvc.data import load_dataset  # noqa: E402
 from gmvc.errors import TrainingError  # noqa: E402
+from gmvc.estimator import resolve_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -52,7 +52,7 @@ def parse_args(argv=None):
 
 
 def load_config(path, overrides, seed):
-    config = from_sibling(str(pathlib.Path(path).resolve()), pathlib.Path(path).name)
+    config = resolve_config(path)       # a config file (or a recipe name of gmvc.recipes)
     config.unlock()
     for item in overrides:
         key, _, value = item.partition("=")
@@ -94,7 +94,7 @@ def summarise(runs):
 
 def run_gmvc(config, workdir, labels):
     """One training run; what it would print goes to workdir/log.txt (kept with --workdir)."""
-    from gmvc.train import train_and_evaluate
+    from gmvc.trainer import train_and_evaluate
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     try:
@@ -137,7 +137,7 @@ def main(argv=None):
     args = parse_args(argv)
     from absl import logging
     logging.set_verbosity(logging.WARNING)
-    from gmvc.cache import enable_compilation_cache
+    from gmvc.run.cache import enable_compilation_cache
     cache = enable_compilation_cache()    # as the command line does: later seeds load the programs
     root = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp(prefix="gmvc_quality_"))
     results = []

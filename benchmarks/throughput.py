@@ -6,7 +6,7 @@
 
 Prints one JSON object on stdout (and to --out if given); progress goes to stderr.
 
-What is timed is what `python -m gmvc.main` runs: train.PhaseRunner builds the objective, the
+What is timed is what `python -m gmvc.main` runs: training.runner.PhaseRunner builds the objective, the
 optax optimizer and the step exactly as a run does, and its compiled chunk (`train.log_every`
 steps in one lax.scan on device: batch selection by the epoch permutation, per-sample noise
 keys, forward, backward, Adam update) is called on a device-resident synthetic data set.
@@ -57,12 +57,12 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from gmvc import parallel  # noqa: E402
-from gmvc.config import from_sibling  # noqa: E402
+from gmvc.training import parallel  # noqa: E402
+from gmvc import recipes  # noqa: E402
 from gmvc.models import make_model  # noqa: E402
-from gmvc.phases import build_phases  # noqa: E402
-from gmvc.state import create_state, init_params  # noqa: E402
-from gmvc.train import PhaseRunner  # noqa: E402
+from gmvc.training.phases import build_phases  # noqa: E402
+from gmvc.training.state import create_state, init_params  # noqa: E402
+from gmvc.training.runner import PhaseRunner  # noqa: E402
 
 
 def log(*args):
@@ -75,7 +75,7 @@ def vade_reference_config(batch_size, chunk_len):
     """The VaDE paper's MNIST network: 784-500-500-2000, z 10, K 10, Bernoulli likelihood, the VaDE
     objective (reconstruction + mixture KL), one phase, one restart; other settings as
     configs/vade_mnist5k.py."""
-    c = from_sibling(str(ROOT / "configs" / "x.py"), "vade_mnist5k.py")
+    c = recipes.vade_mnist5k()
     c.unlock()
     c.model.hidden_sizes = (500, 500, 2000)
     c.model.z_dim, c.model.num_clusters = 10, 10
@@ -89,7 +89,7 @@ def vade_reference_config(batch_size, chunk_len):
 
 def spiral_config(batch_size, chunk_len):
     """configs/gmvae_spiral.py as it is (4 restarts trained together), at the given batch size."""
-    c = from_sibling(str(ROOT / "configs" / "x.py"), "gmvae_spiral.py")
+    c = recipes.gmvae_spiral()
     c.unlock()
     c.train.batch_size, c.train.log_every = batch_size, chunk_len
     c.train.steps = 10**9
@@ -184,8 +184,7 @@ def synthetic_data(model_name, n, seed=0):
     if model_name == "vade":
         return (rng.random((n, 784)) < 0.2).astype(np.float32)    # binary 784-d, like binarised MNIST
     from gmvc.data import load_dataset
-    from gmvc.config import from_sibling as fs
-    c = fs(str(ROOT / "configs" / "x.py"), "gmvae_spiral.py")
+    c = recipes.gmvae_spiral()
     return load_dataset(c.data, 0).x
 
 
@@ -193,7 +192,7 @@ def bench_step(model_name, config, x, reps):
     """Compile seconds, XLA cost analysis and timed chunks of the real train chunk."""
     model = make_model(config.model, x.shape[1:])
     phase = build_phases(config)[0]
-    layout = parallel.make_layout(config.parallel, config.train.batch_size)
+    layout = parallel.make_layout(config.parallel)
     runner = PhaseRunner(config, model, phase, len(x), layout)
     params = init_params(model.init, jax.random.key(config.seed), config.train.restarts)
     state = parallel.put_state(layout, create_state(params, runner.tx))

@@ -9,7 +9,7 @@ included) until the default VaDE configs first reach a target accuracy.
 Prints one JSON object per config (one line each) on stdout, and all of them to --out if given;
 progress goes to stderr.
 
-The run is `python -m gmvc.main`'s own (gmvc.train.train_and_evaluate), unchanged. The
+The run is `python -m gmvc.main`'s own (gmvc.trainer.train_and_evaluate), unchanged. The
 accuracy is evaluated on a fixed schedule: at the end of every init_prior phase (the run has a
 clustering from its first mixture fit on) and at every log step (`train.log_every`) of the
 phases that train the mixture (every train phase after the first init_prior phase), on every
@@ -24,7 +24,7 @@ a third of it.
 
 By default gmvc's compilation cache is off and every program compiles, as in the first run of
 a config on a machine (unless a cache was set for JAX itself, JAX_COMPILATION_CACHE_DIR, which
-JAX then uses). With --cache the runs use the command line's cache (gmvc/cache.py), as
+JAX then uses). With --cache the runs use the command line's cache (gmvc/run/cache.py), as
 `python -m gmvc.main` does: a program an earlier run compiled (of this benchmark or any other
 run, so even the first seed may find it) is loaded from disk; programs compiling in under
 0.5 s are not stored. `compilation_cache` in the output names it (null: none).
@@ -42,10 +42,16 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gmvc import metrics, monitor, steps  # noqa: E402
-from gmvc import train as train_lib  # noqa: E402
+from gmvc import trainer as train_lib  # noqa: E402
+from gmvc.core import batching, metrics  # noqa: E402
 from gmvc.data import load_dataset  # noqa: E402
-from gmvc.phases import build_phases  # noqa: E402
+from gmvc.eval import monitor  # noqa: E402
+from gmvc.eval.restarts import choose_restart  # noqa: E402
+from gmvc.models import make_model  # noqa: E402
+from gmvc.training.context import model_inputs  # noqa: E402
+from gmvc.training.embedding_phases import EmbeddingPhases  # noqa: E402
+from gmvc.training.phases import build_phases  # noqa: E402
+from gmvc.training.runner import PhaseRunner  # noqa: E402
 from quality import load_config  # noqa: E402  (benchmarks/quality.py, beside this script)
 
 DEFAULTS = (("configs/vade_digits.py", 0.80), ("configs/vade_mnist5k.py", 0.70))
@@ -80,9 +86,9 @@ class Watcher:
         self.eval_seconds = 0.0
         self.curve, self.reached, self.reached_training = [], None, None
         self.phases = build_phases(config)
-        self.model = train_lib.make_model(config.model, data.x.shape[1:])
-        self.inputs = train_lib.model_inputs(self.model, data)
-        self.predict = steps.make_predict(self.model, config.eval.batch_size)
+        self.model = make_model(config.model, data.x.shape[1:])
+        self.inputs = model_inputs(self.model, data)
+        self.predict = batching.make_predict(self.model, config.eval.batch_size)
         self._runners = {}
 
     def __call__(self, step, phase, params, scored_by=None):
@@ -91,8 +97,8 @@ class Watcher:
         t = time.perf_counter()
         scored_by = scored_by or phase
         if scored_by.name not in self._runners:
-            self._runners[scored_by.name] = train_lib.PhaseRunner(self.config, self.model, scored_by, len(self.data.x))
-        chosen, _ = train_lib.choose_restart(self.config, self._runners[scored_by.name], self.model, params,
+            self._runners[scored_by.name] = PhaseRunner(self.config, self.model, scored_by, len(self.data.x))
+        chosen, _ = choose_restart(self.config, self._runners[scored_by.name], self.model, params,
                                              self.inputs)
         out = self.predict(chosen, self.inputs)
         acc = metrics.hungarian_accuracy(np.argmax(out["log_gamma"], 1), self.data.y)
@@ -140,19 +146,19 @@ def run_one(config, target, workdir):
             watcher(step, phase, params)
         return stop
 
-    original_init = train_lib.init_prior_phase
+    original_init = EmbeddingPhases.init_prior
 
-    def init_prior_phase(phase, *args, **kwargs):
-        params = original_init(phase, *args, **kwargs)
+    def init_prior(self, phase, *args, **kwargs):
+        params = original_init(self, phase, *args, **kwargs)
         watcher.after_init(phase, params)
         return params
 
-    monitor.Monitor.validate, train_lib.init_prior_phase = validate, init_prior_phase
+    monitor.Monitor.validate, EmbeddingPhases.init_prior = validate, init_prior
     try:
         summary = train_lib.train_and_evaluate(config, workdir, echo=lambda *a, **k: None, data=data,
                                                write_outputs=False)
     finally:
-        monitor.Monitor.validate, train_lib.init_prior_phase = original, original_init
+        monitor.Monitor.validate, EmbeddingPhases.init_prior = original, original_init
     total = time.perf_counter() - watcher.t0 - watcher.eval_seconds
     return {"seed": config.seed, "reached": watcher.reached, "reached_training": watcher.reached_training,
             "final_acc": round(summary.get("acc", float("nan")), 4),
@@ -166,7 +172,7 @@ def main(argv=None):
     logging.set_verbosity(logging.WARNING)
     cache = None
     if args.cache:
-        from gmvc.cache import enable_compilation_cache
+        from gmvc.run.cache import enable_compilation_cache
         cache = enable_compilation_cache()
     root = pathlib.Path(tempfile.mkdtemp(prefix="gmvc_tta_"))
     results = []

@@ -3,15 +3,8 @@ label, one-hot, enters the encoder (with the image) and the decoder (with z), so
 drawn for a chosen digit. model.num_clusters is the number of labels. This is the one model
 that trains on labels. Samples per label: generated_samples.png after --mode=generate.
 """
-from gmvc.config import from_sibling
+from gmvc import recipes
 
 
 def get_config():
-    c = from_sibling(__file__, "vae_mnist5k.py")
-    c.unlock()
-    c.name = "cvae_mnist5k"
-    c.model.name = "cvae"
-    c.model.num_clusters = 10          # labels 0..9
-    c.model.z_dim = 8
-    c.lock()
-    return c
+    return recipes.cvae_mnist5k()

@@ -1,9 +1,9 @@
-"""The full set of config keys with their defaults. Experiment files in configs/ start from
-`base_config()` and override; the result is locked, so a misspelt key is an error."""
-import pathlib
-import runpy
-
+"""The full set of config keys with their defaults. The recipes (gmvc/recipes/, which the files
+in configs/ call) start from `base_config()` and override; the result is locked, so a misspelt
+key is an error."""
 import ml_collections
+
+from gmvc.errors import ConfigError
 
 
 def base_config():
@@ -36,7 +36,7 @@ def base_config():
     c.model.input_dropout = 0.0        # training only: each input value zeroed with this probability (denoising)
     c.model.gamma_transform = "none"   # vade: none | inverse_minmax (S3VDC's NaN guard)
 
-    # Term name -> weight (a number or a schedule dict, see gmvc/schedules.py).
+    # Term name -> weight (a number or a schedule dict, see gmvc/core/schedules.py).
     c.objective = ml_collections.ConfigDict({"recon": 1.0, "cond_prior": 1.0, "w_prior": 1.0,
                                              "c_prior": 1.0, "cv": 1.0})
     c.terms = ml_collections.ConfigDict({"c_prior": {"free_bits": 0.5}})
@@ -44,7 +44,7 @@ def base_config():
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3                  # learning rate of the "net" group (the schedule's value)
     c.optim.lr_schedule = ml_collections.ConfigDict()   # {} = constant; else a schedule dict without
-                                                        # "value" (gmvc/schedules.py), e.g. exponential_decay
+                                                        # "value" (gmvc/core/schedules.py), e.g. exponential_decay
     c.optim.prior_lr = -1.0            # for the "prior" group; < 0 = same as lr (and schedule), 0 = frozen
     c.optim.prior_lr_schedule = ml_collections.ConfigDict()   # {} = lr_schedule's shape
     c.optim.b1 = 0.9
@@ -59,24 +59,24 @@ def base_config():
     c.train.checkpoint_every = 2500    # rounded up to a multiple of log_every
     c.train.max_checkpoints = 3
     c.train.phases = ()                # names of config.phases in order; () = one phase of train.steps
-    c.train.loop = "auto"              # scan | host | auto (host for conv networks; see gmvc/train.py)
+    c.train.loop = "auto"              # scan | host | auto (host for conv networks; see gmvc/trainer.py)
     c.train.compile_ahead = "auto"     # on | off | auto: compile later phases in a background thread
-                                       # (gmvc/train.py Warmup); auto = off on a CPU, on elsewhere
+                                       # (gmvc/trainer.py Warmup); auto = off on a CPU, on elsewhere
     c.train.restarts = 1               # independent inits trained together; one is kept, chosen by:
     c.train.restart_choice = "objective"   # objective (lowest on the data) | balance (most even cluster usage)
     c.train.restart_batches = "shared"   # shared (one data order for all restarts) | own (each its own order)
-    c.train.validation_fraction = 0.0  # share of the samples held out of training; its ELBO is logged (gmvc/monitor.py)
+    c.train.validation_fraction = 0.0  # share of the samples held out of training; its ELBO is logged (gmvc/eval/monitor.py)
     c.train.patience = 0               # > 0: stop when the validation ELBO has not improved for this many log
                                        # steps (last train phase); outputs come from the best step's parameters
 
-    c.phases = ml_collections.ConfigDict()   # see gmvc/phases.py
+    c.phases = ml_collections.ConfigDict()   # see gmvc/training/phases.py
 
-    c.parallel = ml_collections.ConfigDict()  # see gmvc/parallel.py
+    c.parallel = ml_collections.ConfigDict()  # see gmvc/training/parallel.py
     c.parallel.mode = "auto"           # auto | single | shard_map | pmap (auto: shard_map on several accelerators
                                        # or processes, or when devices > 1; single on one process's CPU)
     c.parallel.devices = 0             # use the first n devices (0 = all)
 
-    c.tensorboard = ml_collections.ConfigDict()   # event files in <workdir>/tensorboard (gmvc/events.py)
+    c.tensorboard = ml_collections.ConfigDict()   # event files in <workdir>/tensorboard (gmvc/eval/events.py)
     c.tensorboard.enabled = True       # scalars and prior histograms at every log step
     c.tensorboard.images_every = 2500  # samples, reconstructions and projector embeddings every this many steps
                                        # (rounded up to log_every) and at the end; 0 = only at the end
@@ -89,11 +89,40 @@ def base_config():
     return c
 
 
-def from_sibling(config_file, sibling_name):
-    """Load get_config() of another file in the same folder, for variants of an experiment."""
-    path = pathlib.Path(config_file).with_name(sibling_name)
-    return runpy.run_path(str(path))["get_config"]()
-
-
 def to_dict(config):
     return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def from_dict(d):
+    """The base config updated by `d` (as config.json holds it): unknown keys are errors."""
+    c = base_config()
+    _merge(c, d, "")
+    return c
+
+
+def _merge(c, d, prefix):
+    for key, value in d.items():
+        if key not in c:
+            raise ConfigError(f"unknown config key {prefix + key!r}")
+        if isinstance(c[key], ml_collections.ConfigDict) and isinstance(value, dict) and key not in FREE_SECTIONS:
+            _merge(c[key], value, prefix + key + ".")
+        else:
+            c[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else (
+                tuple(value) if isinstance(value, list) else value)
+
+
+# Sections whose keys are free (term names, phase names, schedule fields).
+FREE_SECTIONS = ("objective", "terms", "phases", "lr_schedule", "prior_lr_schedule")
+
+
+def apply_overrides(c, overrides):
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        target = c
+        for p in parents:
+            if p not in target:
+                raise ConfigError(f"unknown config key {dotted!r}")
+            target = target[p]
+        if last not in target and not any(p in FREE_SECTIONS for p in parents):
+            raise ConfigError(f"unknown config key {dotted!r}")
+        target[last] = value

@@ -22,10 +22,12 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from gmvc import config as config_lib
-from gmvc import steps
+from gmvc import recipes
+from gmvc.core import batching
 from gmvc.data import Dataset
+from gmvc.config import apply_overrides, from_dict
 from gmvc.errors import CheckpointError, ConfigError
+from gmvc.run.restore import load_trained, read_json
 from gmvc.objectives import make_objective
 
 ESTIMATOR_FILE = "estimator.json"
@@ -43,16 +45,17 @@ def _silent(*args, **kwargs):
 class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     """Any gmvc config as an estimator.
 
-    config: a config file path (e.g. "configs/vade_digits.py"), a dict or a ConfigDict; its
-        data section is ignored (the data is what `fit` receives).
+    config: None (the default: the VaDE recipe gmvc.VaDE() uses, gmvc.recipes.vade()), a recipe
+        name of gmvc.recipes (e.g. "vade_digits"), a dict, a ConfigDict, or the path of a config
+        file (a .py with get_config(), or a run's config.json); its data section is ignored (the
+        data is what `fit` receives).
     overrides: {"dotted.key": value}, applied after `config`, e.g. {"train.steps": 500}.
     random_state: int seed (None = 0: gmvc runs are reproducible by default).
     workdir: where the run's checkpoints go (None = a fresh temporary folder per fit).
     verbose: print the training progress lines.
     """
 
-    def __init__(self, config="configs/vade_digits.py", overrides=None, random_state=None, workdir=None,
-                 verbose=False):
+    def __init__(self, config=None, overrides=None, random_state=None, workdir=None, verbose=False):
         self.config = config
         self.overrides = overrides
         self.random_state = random_state
@@ -79,7 +82,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Train on X ([N, D], or [N, H, W(, C)] images); y is ignored (labels never train)."""
-        from gmvc.train import train_and_evaluate
+        from gmvc.trainer import train_and_evaluate
         x = self._check(X, reset=True)
         config = self._make_config(x)
         workdir = pathlib.Path(self.workdir) if self.workdir else pathlib.Path(tempfile.mkdtemp(prefix="gmvc_"))
@@ -113,7 +116,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     def _outputs(self, X):
         check_is_fitted(self, "params_")
         x = self._check(X)
-        return steps.make_predict(self.model_, self.config_.eval.batch_size)(self.params_, x)
+        return batching.make_predict(self.model_, self.config_.eval.batch_size)(self.params_, x)
 
     def _require_clusters(self, what):
         if not self.model_.num_clusters:
@@ -240,27 +243,10 @@ class VaDE(GMVCEstimator):
         self.config, self.overrides = None, None
 
     def _base_config(self):
-        c = config_lib.base_config()
-        c.name = "vade"
-        c.model.name = "vade"
-        c.model.num_clusters = int(self.n_clusters)
-        c.model.z_dim = int(self.latent_dim)
-        c.model.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
-        c.model.likelihood = "auto" if self.likelihood == "auto" else self.likelihood
-        c.objective = {"recon": 1.0, "vade_kl": 1.0, "c_marginal": float(self.c_marginal)}
-        c.train.phases = ("pretrain", "gmm_init", "main")
-        balanced = float(self.c_marginal) > 0
-        c.phases = {"pretrain": {"kind": "train", "steps": int(self.pretrain_steps), "objective": {"recon": 1.0},
-                                 "trainable": ("net",)},
-                    "gmm_init": {"kind": "init_prior", "method": "em", "n_init": 10,
-                                 "select": "balance" if balanced else "likelihood"},
-                    "main": {"kind": "train", "steps": -1}}
-        c.train.restart_choice = "balance" if balanced else "objective"
-        c.optim.lr, c.optim.eps = float(self.learning_rate), 1e-4
-        c.train.steps, c.train.batch_size, c.train.restarts = int(self.steps), int(self.batch_size), int(self.restarts)
-        c.train.log_every = max(1, min(250, int(self.pretrain_steps), int(self.steps) - int(self.pretrain_steps)))
-        c.train.checkpoint_every = int(self.steps)
-        return c
+        return recipes.vade(n_clusters=self.n_clusters, latent_dim=self.latent_dim, hidden_sizes=self.hidden_sizes,
+                            likelihood=self.likelihood, steps=self.steps, pretrain_steps=self.pretrain_steps,
+                            batch_size=self.batch_size, learning_rate=self.learning_rate,
+                            c_marginal=self.c_marginal, restarts=self.restarts)
 
 
 class GMVAE(GMVCEstimator):
@@ -287,50 +273,13 @@ class GMVAE(GMVCEstimator):
         self.config, self.overrides = None, None
 
     def _base_config(self):
-        c = config_lib.base_config()
-        c.name = "gmvae"
-        c.model.name = "gmvae"
-        c.model.num_clusters = int(self.n_clusters)
-        c.model.z_dim, c.model.w_dim = int(self.latent_dim), int(self.w_dim)
-        c.model.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
-        c.model.prior_hidden = int(self.hidden_sizes[0]) if len(self.hidden_sizes) else 100
-        c.model.likelihood, c.model.sigma = "gaussian", float(self.sigma)
-        c.objective = {"recon": 1.0, "cond_prior": 1.0, "w_prior": 1.0, "c_prior": 1.0,
-                       "c_marginal": float(self.c_marginal),
-                       "cv": {"kind": "linear_warmup", "value": float(self.cv_weight),
-                              "warmup_steps": max(1, int(self.steps) * 2 // 5)}}
-        c.optim.lr = float(self.learning_rate)
-        c.train.steps, c.train.batch_size, c.train.restarts = int(self.steps), int(self.batch_size), int(self.restarts)
-        c.train.log_every = max(1, min(250, int(self.steps)))
-        c.train.checkpoint_every = int(self.steps)
-        return c
+        return recipes.gmvae(n_clusters=self.n_clusters, latent_dim=self.latent_dim, w_dim=self.w_dim,
+                             hidden_sizes=self.hidden_sizes, sigma=self.sigma, cv_weight=self.cv_weight,
+                             steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                             c_marginal=self.c_marginal, restarts=self.restarts)
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-class Trained:
-    """A trained run restored from its folder: config, model, one restart's params."""
-
-    def __init__(self, config, model, params, step, data_shape, workdir):
-        self.config, self.model, self.params, self.step = config, model, params, step
-        self.data_shape, self.workdir = data_shape, pathlib.Path(workdir)
-
-
-def load_trained(workdir, config=None):
-    """Restore the latest checkpoint of the run in `workdir` (CLI or estimator) with the restart
-    its training chose (results.json). `config` defaults to the run's config.json."""
-    from gmvc.train import restore_params
-    workdir = pathlib.Path(workdir)
-    if config is None:
-        config = read_config(workdir)
-    results = _read_json(workdir / "results.json", required=False) or {}
-    data_shape = results.get("data_shape")
-    if data_shape is None:                  # an older run: its data source knows the shape
-        from gmvc.data import load_dataset
-        data_shape = load_dataset(config.data, config.seed).x.shape[1:]
-    model, params, step = restore_params(config, workdir, tuple(data_shape), results.get("chosen_restart", 0))
-    return Trained(config, model, params, step, tuple(data_shape), workdir)
 
 
 def load(path):
@@ -338,7 +287,7 @@ def load(path):
     path = pathlib.Path(path)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} holds no gmvc run (no config.json)")
-    info = _read_json(path / ESTIMATOR_FILE, required=False)
+    info = read_json(path / ESTIMATOR_FILE, required=False)
     if info is None:
         est = GMVCEstimator(config=str(path / "config.json"))
     else:
@@ -357,57 +306,25 @@ def load(path):
 
 
 def resolve_config(config):
-    """A ConfigDict from a config file path (a .py with get_config(), or a run's config.json), a
-    dict or a ConfigDict; keys are checked against gmvc's full set."""
+    """A ConfigDict from None (the default VaDE recipe, gmvc.recipes.vade()), a recipe name of
+    gmvc.recipes (e.g. "vade_digits"), a dict, a ConfigDict, or a config file path (a .py with
+    get_config(), or a run's config.json); a dict's keys are checked against gmvc's full set."""
+    if config is None:
+        return recipes.vade()
     if isinstance(config, ml_collections.ConfigDict):
         return config.copy_and_resolve_references()
     if isinstance(config, dict):
         return from_dict(config)
+    if isinstance(config, str) and config in recipes.RECIPES:
+        return recipes.get(config)()
     path = pathlib.Path(str(config))
     if path.suffix == ".json":
-        return from_dict(_read_json(path, required=True))
+        return from_dict(read_json(path, required=True))
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    return config_lib.from_sibling(str(path.resolve()), path.name)
-
-
-def read_config(workdir):
-    return from_dict(_read_json(pathlib.Path(workdir) / "config.json", required=True))
-
-
-def from_dict(d):
-    """The base config updated by `d` (as config.json holds it): unknown keys are errors."""
-    c = config_lib.base_config()
-    _merge(c, d, "")
-    return c
-
-
-def _merge(c, d, prefix):
-    for key, value in d.items():
-        if key not in c:
-            raise ConfigError(f"unknown config key {prefix + key!r}")
-        if isinstance(c[key], ml_collections.ConfigDict) and isinstance(value, dict) and key not in FREE_SECTIONS:
-            _merge(c[key], value, prefix + key + ".")
-        else:
-            c[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else (
-                tuple(value) if isinstance(value, list) else value)
-
-
-# Sections whose keys are free (term names, phase names, schedule fields).
-FREE_SECTIONS = ("objective", "terms", "phases", "lr_schedule", "prior_lr_schedule")
-
-
-def apply_overrides(c, overrides):
-    for dotted, value in overrides.items():
-        *parents, last = dotted.split(".")
-        target = c
-        for p in parents:
-            if p not in target:
-                raise ConfigError(f"unknown config key {dotted!r}")
-            target = target[p]
-        if last not in target and not any(p in FREE_SECTIONS for p in parents):
-            raise ConfigError(f"unknown config key {dotted!r}")
-        target[last] = value
+        raise ConfigError(f"config {str(config)!r} is neither a recipe of gmvc.recipes ({', '.join(recipes.names())}) "
+                          f"nor an existing config file")
+    import runpy
+    return runpy.run_path(str(path.resolve()))["get_config"]()
 
 
 def _seed(random_state):
@@ -421,15 +338,3 @@ def _seed(random_state):
 def _jsonable(params):
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()
             if v is None or isinstance(v, (bool, int, float, str, tuple, list, dict))}
-
-
-def _read_json(path, required):
-    path = pathlib.Path(path)
-    if not path.is_file():
-        if required:
-            raise CheckpointError(f"{path} does not exist")
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); it was left in place") from None

@@ -25,12 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from gmvc import metrics, mixture, steps
+from gmvc.core import metrics, mixture
+from gmvc.training import steps
 from gmvc.errors import ConfigError
-from gmvc.mixture_init import fit_diag_gmm
+from gmvc.core.mixture_init import fit_diag_gmm
 from gmvc.objectives import make_objective
-from gmvc.schedules import make_schedule
-from gmvc.state import make_optimizer
+from gmvc.core.schedules import make_schedule
+from gmvc.training.state import make_optimizer
 
 SCHEDULE_STEP_KEYS = ("warmup_steps", "ramp_steps", "hold_steps", "decay_steps")
 

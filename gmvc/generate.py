@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmvc import export
+from gmvc.run import export
 from gmvc.errors import ConfigError, DataError
 
 
@@ -42,7 +42,7 @@ def _line(a, b, steps):
 
 
 def generate(run, workdir, inputs_path="", label=-1, pairs="", rng=None, echo=print):
-    """Write the three generation outputs of `run` (gmvc.train.load_run) into workdir; returns
+    """Write the three generation outputs of `run` (gmvc.trainer.load_run) into workdir; returns
     {name: path}."""
     model, data, params, cfg = run.model, run.data, run.params, run.config
     workdir = pathlib.Path(workdir)

@@ -39,15 +39,15 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from gmvc import distributed
-    from gmvc.cache import enable_compilation_cache
-    enable_compilation_cache()                   # before anything compiles (gmvc/cache.py)
+    from gmvc.training import distributed
+    from gmvc.run.cache import enable_compilation_cache
+    enable_compilation_cache()                   # before anything compiles (gmvc/run/cache.py)
     try:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _CPU_DEVICES.value)
     except GmvcError as e:
         print(f"gmvc: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    from gmvc.train import load_run, train_and_evaluate  # after flag parsing: keeps --help fast
+    from gmvc.trainer import load_run, train_and_evaluate  # after flag parsing: keeps --help fast
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     std_logging.getLogger().setLevel(std_logging.WARNING)
@@ -67,7 +67,7 @@ def main(argv):
 
 
 def predict(config, workdir):
-    from gmvc.estimator import load_trained
+    from gmvc.run.restore import load_trained
     from gmvc.predict import predict_to_file
     trained = load_trained(workdir, config)
     data_cfg = config.data.copy_and_resolve_references()
@@ -85,8 +85,8 @@ def parse_flags(argv):
         if isinstance(e, AttributeError):
             message = f"unknown config key: {message}"
         print(f"gmvc: error: {message}", file=sys.stderr)
-        print(f"usage: python -m gmvc.main --config=configs/<experiment>.py [--workdir=DIR] "
-              f"[--mode=train|generate|predict] [--config.<key>=<value> ...]", file=sys.stderr)
+        print("usage: python -m gmvc.main --config=configs/<experiment>.py [--workdir=DIR] "
+              "[--mode=train|generate|predict] [--config.<key>=<value> ...]", file=sys.stderr)
         sys.exit(2)
 
 

@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 
-from gmvc import steps
+from gmvc.core import batching
 from gmvc.data import load_dataset, validate
 from gmvc.errors import ConfigError, DataError
 
@@ -119,7 +119,7 @@ def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, ech
     if fmt not in FORMATS:
         raise ConfigError(f"unknown prediction format {fmt!r}; known: {list(FORMATS)}")
     batch_size = batch_size or trained.config.eval.batch_size
-    predict = steps.make_predict(trained.model, batch_size)
+    predict = batching.make_predict(trained.model, batch_size)
     total, rows = open_source(data_cfg, trained.config.seed, trained.data_shape)
     z_dim = int(trained.config.model.z_dim)
     out_path = pathlib.Path(out_path)

@@ -31,9 +31,9 @@ def config_flags(config_file, overrides):
 
 
 def load_config(config_file, overrides=None):
-    """The same config in this process (unlocked), with the same overrides."""
-    from gmvc.config import from_sibling
-    c = from_sibling(str(ROOT / "configs" / "x.py"), config_file)
+    """The same config in this process (its recipe in gmvc.recipes, unlocked), with the same overrides."""
+    from gmvc import recipes
+    c = recipes.get(pathlib.Path(config_file).stem)()
     c.unlock()
     for dotted, value in (overrides or {}).items():
         *sections, key = dotted.split(".")

@@ -1,10 +1,10 @@
-"""Image augmentation in the train step (gmvc/augment.py): exact warps, per-sample keys, bad specs."""
+"""Image augmentation in the train step (gmvc/training/augment.py): exact warps, per-sample keys, bad specs."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmvc.augment import check_data, make_augment, parse_augment, shift_images, warp
+from gmvc.training.augment import check_data, make_augment, parse_augment, shift_images, warp
 from gmvc.errors import ConfigError
 
 
@@ -77,7 +77,7 @@ def test_bad_specs_are_named(spec, message):
 
 
 def test_points_data_is_refused_before_training(spiral_config, tmp_path):
-    from gmvc.train import train_and_evaluate
+    from gmvc.trainer import train_and_evaluate
     c = spiral_config
     c.unlock()
     c.train.phases = ("main",)

@@ -15,7 +15,7 @@ SPIRAL = "--config=configs/gmvae_spiral.py"
 
 def test_short_spiral_run_clusters_the_arms(tmp_path_factory):
     # 2,500 of the default 12,500 steps, 2 restarts: enough to separate the arms. The command
-    # line's own compilation cache (gmvc/cache.py), in a fresh folder instead of the tests' one.
+    # line's own compilation cache (gmvc/run/cache.py), in a fresh folder instead of the tests' one.
     tmp_path, cache = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("cache") / "jax"
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     env["GMVC_COMPILATION_CACHE"] = str(cache)
@@ -52,7 +52,7 @@ SLOW = config_flags("gmvae_spiral.py", SLOW_OVERRIDES)
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
-    from gmvc.train import train_and_evaluate
+    from gmvc.trainer import train_and_evaluate
     train_and_evaluate(load_config("gmvae_spiral.py", SLOW_OVERRIDES), tmp_path / "straight",
                        echo=lambda *a, **k: None)        # in this process: one process start less
 

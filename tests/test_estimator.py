@@ -68,7 +68,7 @@ def digits_fit(tmp_path_factory):
 
 def test_fit_predict_transform_score_sample(digits_fit):
     est, x, y = digits_fit
-    from gmvc.metrics import clustering_report
+    from gmvc.core.metrics import clustering_report
     assert est.n_iter_ == 600 and est.labels_.shape == (len(x),)
     assert clustering_report(est.labels_, y)["acc"] > 0.6                       # measured 0.78
     proba = est.predict_proba(x[:50])

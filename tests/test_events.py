@@ -12,10 +12,10 @@ import pytest
 from conftest import ROOT, config_flags, load_config
 from test_train import assert_trees_equal, final_params
 
-from gmvc import monitor
 from gmvc.errors import ConfigError
 from gmvc.models import make_model
-from gmvc.train import restore_stacked, train_and_evaluate
+from gmvc.run.restore import restore_best, restore_stacked
+from gmvc.trainer import train_and_evaluate
 
 quiet = dict(echo=lambda *a, **k: None)
 
@@ -131,7 +131,7 @@ def test_early_stopping_keeps_the_best_step_and_survives_a_crash(cli_run, tmp_pa
     c = load_config("gmvae_spiral.py", RUN)          # the config of the run above
     stacked, step, _ = restore_stacked(c, run, make_model(c.model, (2,)))
     assert step == best
-    assert_trees_equal(stacked, monitor.restore_best(run, best, stacked))
+    assert_trees_equal(stacked, restore_best(run, best, stacked))
     last = final_params(run, stop)
     assert not np.array_equal(np.asarray(jax.tree.leaves(last)[0]), np.asarray(jax.tree.leaves(stacked)[0]))
 
@@ -177,8 +177,8 @@ def test_bad_validation_settings_are_one_clear_error(spiral_config, tmp_path, ov
 
 def test_vade_prior_histograms_and_only_process_zero_writes(spiral_config, tmp_path):
     from gmvc.data import load_dataset
-    from gmvc.events import open_events
-    from gmvc.state import init_params
+    from gmvc.eval.events import open_events
+    from gmvc.training.state import init_params
     spiral_config.model.name = "vade"
     spiral_config.train.restarts = 2
     data = load_dataset(spiral_config.data, 0)

@@ -202,7 +202,7 @@ def test_config_settings():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_trains_without_nan_and_loss_goes_down(tmp_path, name):
-    from gmvc.train import train_and_evaluate
+    from gmvc.trainer import train_and_evaluate
     c = load_config(name)
     c.data.limit = 400
     c.train.batch_size = 40
@@ -220,7 +220,7 @@ def test_cvae_samples_show_their_label(tmp_path):
     """After a short training on the digits, a logistic regression trained on the data assigns
     samples generated for label k to class k (measured: 1.00 at 600 steps, so 0.8 is a margin)."""
     from sklearn.linear_model import LogisticRegression
-    from gmvc.train import load_run, train_and_evaluate
+    from gmvc.trainer import load_run, train_and_evaluate
     c = load_config("cvae_mnist5k.py")
     c.data.source = "digits"
     c.train.steps, c.train.log_every, c.train.checkpoint_every = 300, 100, 300
@@ -241,7 +241,7 @@ def _png(path):
 
 
 def _grid_size(rows, cols, h, w):
-    from gmvc.export import grid_scale
+    from gmvc.run.export import grid_scale
     s = grid_scale(h)
     return rows * (h + 1) * s - s, cols * (w + 1) * s - s
 
@@ -254,7 +254,7 @@ def test_generate_from_a_trained_run(tmp_path):
     the function that command runs (gmvc.generate.generate), which saves a process start each."""
     from gmvc.errors import GmvcError
     from gmvc.generate import generate
-    from gmvc.train import load_run, train_and_evaluate
+    from gmvc.trainer import load_run, train_and_evaluate
     work = tmp_path / "run"
     small = {"train.steps": 200, "model.hidden_sizes": (64, 64), "train.restarts": 1, "phases.pretrain.steps": 100,
              "train.log_every": 50, "phases.gmm_init.n_init": 1}

@@ -1,9 +1,9 @@
-"""Clustering metrics (gmvc/metrics.py)."""
+"""Clustering metrics (gmvc/core/metrics.py)."""
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from gmvc import metrics
+from gmvc.core import metrics
 
 
 def test_contingency_counts():

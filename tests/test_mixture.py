@@ -1,11 +1,11 @@
-"""gmvc/mixture.py against scipy (float64 numpy references) and Monte-Carlo estimates."""
+"""gmvc/core/mixture.py against scipy (float64 numpy references) and Monte-Carlo estimates."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import special, stats
 
-from gmvc import mixture
+from gmvc.core import mixture
 
 B, K, D = 7, 3, 4
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from gmvc.mixture_init import fit_diag_gmm, fold_chunks, imbalance, kmeans
+from gmvc.core.mixture_init import fit_diag_gmm, fold_chunks, imbalance, kmeans
 
 MEANS = np.array([[100.0, 100.0, 100.0], [106.0, 100.0, 101.0], [100.0, 106.0, 98.0], [103.0, 103.0, 106.0]])
 STDS = np.array([[0.3, 0.5, 0.4], [0.6, 0.3, 0.5], [0.4, 0.4, 0.2], [0.5, 0.6, 0.3]])

@@ -1,4 +1,4 @@
-"""Nearest neighbours in the embedding (gmvc/neighbours.py) and the `neighbours` term: the table
+"""Nearest neighbours in the embedding (gmvc/core/neighbours.py) and the `neighbours` term: the table
 against brute force, per-sample draws, the term's closed form, config errors, and training runs
 that carry the table (resume, shard_map) on a small VaDE digits config."""
 import json
@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from gmvc.checkpoint import Checkpointer
+from gmvc.run.checkpoint import Checkpointer
 from gmvc.data import load_dataset
 from gmvc.errors import ConfigError, DataError
 from gmvc.models import make_model
-from gmvc.neighbours import agreement, draw, knn_table
+from gmvc.core.neighbours import agreement, draw, knn_table
 from gmvc.objectives import make_objective
 from gmvc.objectives.terms import make_neighbours
-from gmvc.steps import assemble_batch, make_restarts_step, select_batch
-from gmvc.train import check_config, restore_stacked, train_and_evaluate
+from gmvc.training.steps import assemble_batch, make_restarts_step, select_batch
+from gmvc.run.restore import restore_stacked
+from gmvc.trainer import train_and_evaluate
+from gmvc.validate import validate
 from test_parallel import _assert_close
 from test_train import assert_trees_equal
 
@@ -218,10 +220,10 @@ def test_k_counts_only_the_training_samples():
     c = _vade(k=239)
     c.train.validation_fraction = 0.2                               # 60 of 300 held out
     data = load_dataset(c.data, c.seed)
-    check_config(c, data)
+    validate(c, data)
     c.phases.knn.k = 240
     with pytest.raises(DataError, match="k=240 neighbours .* has 240"):
-        check_config(c, data)
+        validate(c, data)
 
 
 # -- training runs ----------------------------------------------------------------------------
@@ -289,9 +291,9 @@ def test_mixture_init_reads_each_restarts_table(straight, tmp_path, setting):
     """gmm_init with smooth=1 (or overcluster=20 with smooth=1): each restart's prior is
     fit_diag_gmm_smoothed (fit_diag_gmm_merged) of its embeddings with its own neighbour table,
     and a whole run with it trains (finite, and not the run without it)."""
-    from gmvc.mixture_init import fit_diag_gmm_merged, fit_diag_gmm_smoothed
-    from gmvc.phases import build_phases
-    from gmvc.train import init_prior_phase
+    from gmvc.core.mixture_init import fit_diag_gmm_merged, fit_diag_gmm_smoothed
+    from gmvc.training.phases import build_phases
+    from gmvc.training.embedding_phases import EmbeddingPhases
     c, workdir, _ = straight
     smooth = c.copy_and_resolve_references()
     smooth.unlock()
@@ -305,7 +307,7 @@ def test_mixture_init_reads_each_restarts_table(straight, tmp_path, setting):
     tables = np.stack([knn_table(model.embed(jax.tree.map(lambda a: a[r], pretrained), data.x), K_NBR)
                        for r in range(2)])
     rng = jax.random.key(3)
-    fitted = init_prior_phase(phase, model, pretrained, data.x, rng, smooth, table=tables)
+    fitted = EmbeddingPhases(model, 2, smooth.eval.batch_size).init_prior(phase, pretrained, data.x, rng, tables)
     spec = phase.spec
     for r in range(2):
         z = model.embed(jax.tree.map(lambda a: a[r], pretrained), data.x)

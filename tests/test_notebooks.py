@@ -90,15 +90,16 @@ def test_sweep_run_is_the_single_run_with_that_weight(fast_compiles):
     import jax.numpy as jnp
     import numpy as np
 
-    from gmvc import experiments, steps
-    from gmvc.config import from_sibling
+    from gmvc import experiments
+    from gmvc.training import steps
+    from gmvc.recipes import gmvae_spiral
     from gmvc.data import load_dataset
     from gmvc.models import make_model
     from gmvc.objectives import make_objective
-    from gmvc.state import make_optimizer
+    from gmvc.training.state import make_optimizer
 
     config = experiments.override(
-        experiments.scale_steps(from_sibling(str(ROOT / "configs" / "gmvae_spiral.py"), "gmvae_spiral.py"), 0.002),
+        experiments.scale_steps(gmvae_spiral(), 0.002),
         {"data.num_points": 500, "model.hidden_sizes": (16,), "model.prior_hidden": 16})   # 25 steps, warm-up 10
     data = load_dataset(config.data, config.seed)
     model, tx = make_model(config.model, data.x.shape[1:]), make_optimizer(config.optim)

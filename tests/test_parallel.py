@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, config_flags, load_config
 from gmvc.errors import ConfigError
-from gmvc.train import train_and_evaluate
+from gmvc.trainer import train_and_evaluate
 from test_train import final_params
 
 quiet = dict(echo=lambda *a, **k: None)
@@ -136,7 +136,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     assert "data-parallel over 4 devices in 2 processes" in outs[0]
     assert "clustering:" in outs[0] and "clustering:" not in outs[1]      # process 1 prints and writes nothing
-    from gmvc.train import load_run
+    from gmvc.trainer import load_run
     c = load_config("gmvae_spiral.py", {**small, "parallel.mode": "single"})             # the one-device run, here; and the 4-device checkpoint restores onto one device
     train_and_evaluate(c, tmp_path / "one", **quiet)
     worst = _assert_close(load_run(c, tmp_path / "one", **quiet).params, load_run(c, tmp_path / "two", **quiet).params,

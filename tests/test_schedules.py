@@ -1,4 +1,4 @@
-"""Weight / learning-rate schedules (gmvc/schedules.py), eagerly and inside jit."""
+"""Weight / learning-rate schedules (gmvc/core/schedules.py), eagerly and inside jit."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gmvc.errors import ConfigError
-from gmvc.schedules import make_schedule
+from gmvc.core.schedules import make_schedule
 
 WARMUP = {"kind": "linear_warmup", "value": 2.0, "warmup_steps": 10, "start": 0.5}
 DECAY = {"kind": "exponential_decay", "value": 1.0, "decay_rate": 0.5, "decay_steps": 10, "floor": 0.1}

@@ -5,9 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from gmvc.checkpoint import Checkpointer
+from gmvc.run.checkpoint import Checkpointer
 from gmvc.errors import CheckpointError, ConfigError, TrainingError
-from gmvc.train import train_and_evaluate
+from gmvc.trainer import train_and_evaluate
 
 quiet = dict(echo=lambda *a, **k: None)
 
@@ -133,7 +133,7 @@ def test_incompatible_checkpoint_is_reported_and_kept(spiral_config, tmp_path, m
     metadata: no array is read (orbax would leave the other reads of a failed restore
     unawaited). The metadata's leaf names are the train state's, so the check sees every leaf."""
     import orbax.checkpoint as ocp
-    from gmvc.checkpoint import Checkpointer, _leaf_shapes
+    from gmvc.run.checkpoint import Checkpointer, _leaf_shapes
     train_and_evaluate(spiral_config, tmp_path, **quiet)
     ckpt = Checkpointer(tmp_path / "checkpoints")
     saved = _leaf_shapes(ckpt._manager.item_metadata(200).tree)
@@ -152,9 +152,8 @@ def test_incompatible_checkpoint_is_reported_and_kept(spiral_config, tmp_path, m
 
 def _small_phased_config():
     """vade_digits' phases (pretrain -> gmm_init -> main), shrunk to seconds."""
-    import pathlib
-    from gmvc.config import from_sibling
-    c = from_sibling(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "x.py"), "vade_digits.py")
+    from gmvc.recipes import vade_digits
+    c = vade_digits()
     c.unlock()
     c.model.hidden_sizes = (32, 32)
     c.phases.pretrain.steps = 40
@@ -214,7 +213,7 @@ def test_compile_ahead_auto_is_off_on_the_cpu_and_bad_values_are_named(tmp_path)
     """"auto" compiles ahead only off the CPU (this machine: off); "on"/"off" and the command
     line's "True"/"False" are read as such; an unknown value stops the run before it starts,
     naming the key."""
-    from gmvc.train import compiles_ahead
+    from gmvc.training.warmup import compiles_ahead
     config = _small_phased_config()
     assert config.train.compile_ahead == "auto" and jax.default_backend() == "cpu"
     for value, expected in (("auto", False), ("on", True), ("off", False), ("True", True), ("False", False)):
@@ -231,7 +230,7 @@ def test_chunk_reads_the_phase_bounds_as_values():
     from the phase's start, steps at or past its end do not run, and a new bounds value does not
     compile again."""
     import jax.numpy as jnp
-    from gmvc import steps
+    from gmvc.training import steps
     traces = []
 
     def fake_step(state, batch, keys, start=0, measure=True):
@@ -253,7 +252,7 @@ def test_each_restart_reads_its_own_data_order():
     each still sees every sample once per epoch. make_restarts_step's own_batches hands each
     restart its own rows."""
     import jax.numpy as jnp
-    from gmvc import steps
+    from gmvc.training import steps
     x = jnp.arange(40, dtype=jnp.float32)[:, None]               # row i holds i
     rng = jax.random.key(3)
 
@@ -287,7 +286,7 @@ def test_each_restart_reads_its_own_data_order():
 def test_phases_differing_only_in_steps_share_one_program(tmp_path, monkeypatch):
     """main and main2 (same spec, other steps) run one compiled chunk, and train as two programs
     would: the same parameters and logged losses."""
-    from gmvc import train as train_lib
+    from gmvc.training import runner
 
     def two_mains():
         c = _small_phased_config()
@@ -298,7 +297,7 @@ def test_phases_differing_only_in_steps_share_one_program(tmp_path, monkeypatch)
 
     shared = train_and_evaluate(two_mains(), tmp_path / "shared", **quiet)
     assert shared["compiles"] == 2                       # pretrain's chunk and the mains' one
-    monkeypatch.setattr(train_lib, "program_key", lambda spec: json.dumps(spec, sort_keys=True, default=repr))
+    monkeypatch.setattr(runner, "program_key", lambda spec: json.dumps(spec, sort_keys=True, default=repr))
     apart = train_and_evaluate(two_mains(), tmp_path / "apart", **quiet)
     assert apart["compiles"] == 3
     assert_trees_equal(final_params(tmp_path / "shared", 80), final_params(tmp_path / "apart", 80))
@@ -339,7 +338,7 @@ def test_importing_train_leaves_the_reporting_libraries_for_later():
     run imports them in a background thread once training runs (train.preload_reporting)."""
     import subprocess
     import sys
-    probe = ("import sys, gmvc.train; "
+    probe = ("import sys, gmvc.trainer; "
              "print(sorted(m for m in ('matplotlib', 'scipy', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -14,16 +14,17 @@ import numpy as np
 import pytest
 from scipy import optimize, special, stats
 
-from gmvc import mixture, neighbours, steps
+from gmvc.core import mixture, neighbours
+from gmvc.training import steps
 from gmvc.config import base_config
 from gmvc.errors import ConfigError
-from gmvc.mixture_init import fit_diag_gmm, mean_log_likelihood
+from gmvc.core.mixture_init import fit_diag_gmm, mean_log_likelihood
 from gmvc.models import make_model
 from gmvc.objectives import make_objective
 from gmvc.objectives.terms import TERMS, _expected_component_kl, _kl_gamma_prior
-from gmvc.phases import INIT_DEFAULTS, Phase, build_phases
-from gmvc.schedules import make_schedule
-from gmvc.state import make_optimizer
+from gmvc.training.phases import INIT_DEFAULTS, Phase, build_phases
+from gmvc.core.schedules import make_schedule
+from gmvc.training.state import make_optimizer
 
 K, DZ, DX = 3, 2, 16
 
@@ -327,7 +328,7 @@ def test_n_init_keeps_the_most_likely_fit():
 
 
 def test_smooth_embeddings_is_the_mean_with_the_neighbours():
-    from gmvc.mixture_init import smooth_embeddings
+    from gmvc.core.mixture_init import smooth_embeddings
     rng = np.random.default_rng(0)
     z = rng.standard_normal((50, 3)).astype(np.float32)
     table = rng.integers(0, 50, (50, 4)).astype(np.int32)
@@ -344,7 +345,7 @@ def test_smoothed_fit_recovers_overlapping_blobs_a_plain_fit_blurs():
     own blob (a graph whose edges all agree with the labels), the smoothed fit partitions the
     smoothed points exactly and its M-step on the points themselves returns each blob's own mean
     and variance. A plain fit on the points mixes the blobs' tails."""
-    from gmvc.mixture_init import fit_diag_gmm_smoothed
+    from gmvc.core.mixture_init import fit_diag_gmm_smoothed
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
     y = np.repeat(np.arange(4), 250)
@@ -374,7 +375,7 @@ def test_merge_by_neighbours_joins_the_groups_the_graph_links():
     """Five labels, one of them (3) empty, merged into three groups, then two: the empty label
     goes first (into label 0), then 0 with 1 (4 links over 2 x 2 members), then 2 with 4 (1 link
     over 2 x 1); the groups are numbered by their lowest label."""
-    from gmvc.mixture_init import merge_by_neighbours
+    from gmvc.core.mixture_init import merge_by_neighbours
     assign = jnp.array([0, 0, 1, 1, 2, 2, 4])
     table = jnp.array([[2], [3], [0], [1], [5], [4], [4]])       # 0-1 linked four times, 2-4 once, 1-2 never
     np.testing.assert_array_equal(merge_by_neighbours(assign, table, 5, 3), [0, 0, 1, 0, 2])
@@ -385,7 +386,7 @@ def test_overclustered_fit_follows_the_graph_where_a_plain_fit_cuts_across():
     """Two long strips (x uniform over 12, y 2.5 apart with standard deviation 0.25): a 2-component
     fit cuts both across the middle (measured: 0.52 of the points with their strip), while 16
     components merged along the 10-nearest-neighbour graph give one component per strip."""
-    from gmvc.mixture_init import fit_diag_gmm_merged
+    from gmvc.core.mixture_init import fit_diag_gmm_merged
     rng = np.random.default_rng(0)
     n = 400
     y = np.repeat([0, 1], n)
@@ -411,7 +412,7 @@ def test_balanced_fit_uses_its_components_equally():
     `balanced` each E-step's weights make the mean responsibilities equal, so every fit ends with
     weights of 0.25 and hard counts within a few points of 250. balanced_logits itself makes the
     usage of any prior uniform."""
-    from gmvc.mixture_init import balanced_logits, cluster_counts, mean_usage
+    from gmvc.core.mixture_init import balanced_logits, cluster_counts, mean_usage
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
     z = jnp.asarray((centres[np.repeat(np.arange(4), 250)] + 0.8 * rng.standard_normal((1000, 2))).astype(np.float32))
@@ -461,15 +462,15 @@ def test_bad_init_prior_settings_are_named(phases, gmm_init, message):
 def test_minibatch_init_prior_uses_a_subsample():
     """The init_prior phase with method "minibatch" (batches * batch_size = 500 of 2000 points; k-means
     then moments, em_iters ignored) through train.init_prior_phase, with an identity embedding."""
-    from gmvc.train import init_prior_phase
+    from gmvc.training.embedding_phases import EmbeddingPhases
     z, y = _blobs(2000, seed=1)
     model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
     spec = {**INIT_DEFAULTS, "kind": "init_prior", "method": "minibatch", "kmeans_iters": 50, "em_iters": 20,
             "n_init": N_INIT, "select": "likelihood", "batches": 5, "batch_size": 100}
-    config = types.SimpleNamespace(train=types.SimpleNamespace(restarts=1), eval=types.SimpleNamespace(batch_size=128))
     params = {"net": {"w": jnp.ones((1, 2))},
               "prior": {"logits": jnp.zeros((1, 4)), "means": jnp.zeros((1, 4, 3)), "log_vars": jnp.zeros((1, 4, 3))}}
-    new = init_prior_phase(Phase("gmm_init", "init_prior", 0, 0, spec), model, params, z, jax.random.key(5), config)
+    new = EmbeddingPhases(model, 1, 128).init_prior(Phase("gmm_init", "init_prior", 0, 0, spec), params, z,
+                                                    jax.random.key(5))
     _assert_trees_equal(new["net"], params["net"])
     assert jax.tree.map(np.shape, new["prior"]) == jax.tree.map(np.shape, params["prior"])
     prior = jax.tree.map(lambda a: a[0], new["prior"])
@@ -516,11 +517,11 @@ def test_keep_current_keeps_the_better_partition():
     prior is the blobs' own and the fit merges two blobs: kept. Restart 1's prior has four equal
     components, whose soft usage is perfectly even (imbalance 0) but whose partition puts every
     point in one: the fit replaces it."""
-    from gmvc.mixture_init import cluster_counts, imbalance, kl_to_uniform
+    from gmvc.core.mixture_init import cluster_counts, imbalance, kl_to_uniform
 
     def hard_imbalance(prior, zz):                    # what keep_or_replace scores by balance
         return kl_to_uniform(cluster_counts(prior, zz) / len(zz))
-    from gmvc.train import init_prior_phase
+    from gmvc.training.embedding_phases import EmbeddingPhases
     z, y = _blobs(2000, seed=3)
     truth = {"logits": jnp.log(jnp.asarray(BLOB_WEIGHTS, jnp.float32)), "means": jnp.asarray(BLOB_MEANS, jnp.float32),
              "log_vars": jnp.asarray(np.log(BLOB_STDS**2), jnp.float32)}
@@ -529,11 +530,12 @@ def test_keep_current_keeps_the_better_partition():
     permuted = jax.tree.map(lambda a: a[jnp.array([2, 0, 3, 1])], truth)        # the same partition, relabelled
     model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
     spec = {**INIT_DEFAULTS, "kind": "init_prior", "select": "balance", "keep_current": True}
-    config = types.SimpleNamespace(train=types.SimpleNamespace(restarts=2), eval=types.SimpleNamespace(batch_size=512))
     params = {"net": {}, "prior": jax.tree.map(lambda a, b: jnp.stack([a, b]), truth, same)}
     said = []
-    new = init_prior_phase(Phase("refit", "init_prior", 0, 0, spec), model, params, z, jax.random.key(0), config,
-                           fit=lambda rng, restart, zz, table: (merged, permuted)[restart], echo=lambda m, **k: said.append(m))
+    phases = EmbeddingPhases(model, 2, 512)
+    phases.fits["refit"] = lambda rng, restart, zz, table: (merged, permuted)[restart]
+    new = phases.init_prior(Phase("refit", "init_prior", 0, 0, spec), params, z, jax.random.key(0),
+                            echo=lambda m, **k: said.append(m))
     for r, want in ((0, truth), (1, permuted)):
         _assert_trees_equal(jax.tree.map(lambda a: a[r], new["prior"]), want)
     true_kl = float(hard_imbalance(truth, jnp.asarray(z)))
@@ -559,8 +561,8 @@ def test_balanced_above_fits_balanced_only_where_the_partition_is_uneven():
     blob 0's (about 0.1). At 0.02 restart 0 is fitted by the plain fit as it is, restart 1 by the
     balanced fit, compiled from the spec where none is given: its components take 250 points
     each within a few, where plain EM's largest takes more than 270."""
-    from gmvc.mixture_init import cluster_counts, kl_to_uniform
-    from gmvc.train import init_prior_phase
+    from gmvc.core.mixture_init import cluster_counts, kl_to_uniform
+    from gmvc.training.embedding_phases import EmbeddingPhases
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]], np.float32)
     z = (centres[np.repeat(np.arange(4), 250)] + 0.8 * rng.standard_normal((1000, 2))).astype(np.float32)
@@ -568,15 +570,16 @@ def test_balanced_above_fits_balanced_only_where_the_partition_is_uneven():
     merged = {**truth, "means": truth["means"].at[1].set(truth["means"][0])}
     model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
     spec = {**INIT_DEFAULTS, "kind": "init_prior", "select": "balance", "balanced_above": 0.02}
-    config = types.SimpleNamespace(train=types.SimpleNamespace(restarts=2), eval=types.SimpleNamespace(batch_size=512))
     params = {"net": {}, "prior": jax.tree.map(lambda a, b: jnp.stack([a, b]), truth, merged)}
     plain_calls, said = [], []
 
     def plain(rng, restart, zz, table):
         plain_calls.append(restart)
         return merged
-    new = init_prior_phase(Phase("refit", "init_prior", 0, 0, spec), model, params, z, jax.random.key(0), config,
-                           fit=plain, echo=lambda m, **k: said.append(m))
+    phases = EmbeddingPhases(model, 2, 512)
+    phases.fits["refit"] = plain
+    new = phases.init_prior(Phase("refit", "init_prior", 0, 0, spec), params, z, jax.random.key(0),
+                            echo=lambda m, **k: said.append(m))
     assert plain_calls == [0]
     _assert_trees_equal(jax.tree.map(lambda a: a[0], new["prior"]), merged)
     true_kl, merged_kl = (float(kl_to_uniform(cluster_counts(p, jnp.asarray(z)) / len(z))) for p in (truth, merged))
@@ -593,7 +596,7 @@ def test_balanced_above_fits_balanced_only_where_the_partition_is_uneven():
 def test_keep_current_by_likelihood_and_with_nan():
     """select likelihood: the more likely prior wins (one restart: no restart in the message); a
     current prior that is NaN gives way to a finite fit, and a NaN fit never replaces."""
-    from gmvc.train import keep_or_replace
+    from gmvc.training.embedding_phases import keep_or_replace
     z, _ = _blobs(1000, seed=5)
     z = jnp.asarray(z)
     truth = {"logits": jnp.log(jnp.asarray(BLOB_WEIGHTS, jnp.float32)), "means": jnp.asarray(BLOB_MEANS, jnp.float32),
@@ -601,27 +604,25 @@ def test_keep_current_by_likelihood_and_with_nan():
     wide = {**truth, "log_vars": truth["log_vars"] + 2.0}                    # the same means, 7 times the variance
     nan = jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), truth)
     phase = Phase("refit", "init_prior", 0, 0, {"select": "likelihood"})
-    config = types.SimpleNamespace(train=types.SimpleNamespace(restarts=1))
     said = []
     echo = lambda m, **k: said.append(m)
-    assert keep_or_replace(phase, config, wide, truth, z, echo=echo) is truth
-    assert keep_or_replace(phase, config, truth, wide, z, echo=echo) is truth
+    assert keep_or_replace(phase, wide, truth, z, echo=echo) is truth
+    assert keep_or_replace(phase, truth, wide, z, echo=echo) is truth
     ll_true, ll_wide = float(mean_log_likelihood(truth, z)), float(mean_log_likelihood(wide, z))
     assert ll_true > ll_wide + 0.5
     assert said[0].startswith(f"phase 'refit': the new fit replaces the prior (mean log-likelihood: current "
                               f"{ll_wide:.4f}, new fit {ll_true:.4f}; cluster sizes of the 1000 embeddings fitted: ")
     assert said[1].startswith("phase 'refit': kept the current prior")
-    assert keep_or_replace(phase, config, nan, truth, z) is truth
-    assert keep_or_replace(phase, config, truth, nan, z) is truth
+    assert keep_or_replace(phase, nan, truth, z) is truth
+    assert keep_or_replace(phase, truth, nan, z) is truth
     balance = Phase("refit", "init_prior", 0, 0, {"select": "balance"})
-    assert keep_or_replace(balance, config, truth, nan, z) is truth          # a NaN prior partitions into one cluster
+    assert keep_or_replace(balance, truth, nan, z) is truth          # a NaN prior partitions into one cluster
 
 
 def test_init_prior_phases_with_one_fit_share_its_program():
-    from gmvc.config import from_sibling
-    from gmvc.train import make_fits
-    import pathlib
-    c = from_sibling(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "x.py"), "vade_mnist5k.py")
+    from gmvc.recipes import vade_mnist5k
+    from gmvc.training.embedding_phases import make_fits
+    c = vade_mnist5k()
     fits = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))
     assert set(fits) == {"gmm_init", "gmm_init2", "gmm_init3"}
     # the refits share one program; the first fit (80 components, not 30) has its own
@@ -638,7 +639,7 @@ def test_init_prior_phases_with_one_fit_share_its_program():
 
 
 def test_cluster_counts_do_not_depend_on_the_chunking():
-    from gmvc.mixture_init import cluster_counts
+    from gmvc.core.mixture_init import cluster_counts
     z, _ = _blobs(1000, seed=4)
     prior = fit_diag_gmm(jax.random.key(1), jnp.asarray(z), 4, em_iters=5)
     whole = np.asarray(cluster_counts(prior, jnp.asarray(z)))
@@ -730,7 +731,7 @@ def test_lifted_step_trains_as_the_vmapped_step(tiny_vade):
     """steps.make_lifted_step with one restart (no vmap: the loss reads params[0], Adam updates the
     [1, ...] arrays as they are) against make_restarts_step's vmap of the plain step: the same
     parameters, moments, step counters and metrics after a few steps."""
-    from gmvc import state as state_lib
+    from gmvc.training import state as state_lib
     cfg, model, _, loss_fn, x = tiny_vade
     tx = make_optimizer(cfg.optim)
     params = state_lib.init_params(model.init, jax.random.key(3), 1)
@@ -760,7 +761,7 @@ def test_chunk_measures_the_gradient_norm_of_its_last_step(tiny_vade):
     """make_train_chunk averages the metrics over its active steps but takes grad_norm from the
     last active one (the others skip the norm): against the same steps one at a time
     (make_indexed_step reads the same batches and measures every step)."""
-    from gmvc import state as state_lib
+    from gmvc.training import state as state_lib
     cfg, model, _, loss_fn, x = tiny_vade
     tx = make_optimizer(cfg.optim)
     step_fn = steps.make_lifted_step(loss_fn, tx, 1)
@@ -815,10 +816,11 @@ def _mixture_moments(prior):
 
 
 def test_phases_through_the_training_loop(tmp_path):
-    from gmvc.checkpoint import Checkpointer
-    from gmvc.mixture_init import MIN_VAR
-    from gmvc.state import init_params
-    from gmvc.train import init_prior_phase, train_and_evaluate
+    from gmvc.run.checkpoint import Checkpointer
+    from gmvc.core.mixture_init import MIN_VAR
+    from gmvc.training.state import init_params
+    from gmvc.trainer import train_and_evaluate
+    from gmvc.training.embedding_phases import EmbeddingPhases
     c = _phase_config(tmp_path)
     phases = build_phases(c)
     assert [(p.name, p.kind, p.start, p.end) for p in phases] == [
@@ -854,7 +856,8 @@ def test_phases_through_the_training_loop(tmp_path):
     # The main phase trains the prior too: redo the init phase as the loop does (same key), then every
     # prior leaf has taken one Adam step of size ~lr = 1e-3 from that fit.
     prior_rng = jax.random.split(jax.random.key(c.seed), 4)[3]
-    fitted = init_prior_phase(phases[1], model, after_pretrain, _uniform_data(), jax.random.fold_in(prior_rng, 1), c)
+    fitted = EmbeddingPhases(model, 1, c.eval.batch_size).init_prior(phases[1], after_pretrain, _uniform_data(),
+                                                                     jax.random.fold_in(prior_rng, 1))
     for a, b in zip(jax.tree.leaves(final["prior"]), jax.tree.leaves(fitted["prior"])):
         step = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
         assert step.max() < 1.01e-3 and np.median(step) > 5e-4, step

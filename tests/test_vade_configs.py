@@ -42,7 +42,7 @@ def test_reference_settings():
 
 @pytest.mark.parametrize("name", ["vade_mnist.py", "s3vdc_mnist.py"])
 def test_full_mnist_config_runs_on_mock_data(tfds_mock, tmp_path, name):
-    from gmvc.train import train_and_evaluate
+    from gmvc.trainer import train_and_evaluate
     c = _shrink(load_config(name), 8)
     with tfds_mock(256):
         summary = train_and_evaluate(c, tmp_path, echo=lambda *a, **k: None)
@@ -57,7 +57,7 @@ def test_short_vade_digits_run_beats_kmeans(tmp_path):
     """The vade_digits recipe with shortened phases still clusters the digits better than
     k-means on the raw pixels (Hungarian accuracy 0.79 with 10 inits, measured in
     benchmarks/quality.py), and leaves every cluster in use."""
-    from gmvc.train import train_and_evaluate
+    from gmvc.trainer import train_and_evaluate
     c = load_config("vade_digits.py")
     c.phases.pretrain.steps = 800
     c.train.restarts = 1                                  # one of the config's three: a third of the time
@@ -76,7 +76,7 @@ def test_learning_rate_schedules_per_group():
     import jax
     import jax.numpy as jnp
     from gmvc.config import base_config
-    from gmvc.state import make_optimizer
+    from gmvc.training.state import make_optimizer
     c = base_config()
     c.optim.lr, c.optim.prior_lr = 0.01, 0.1
     c.optim.lr_schedule = {"kind": "exponential_decay", "decay_rate": 0.5, "decay_steps": 1}
@@ -96,7 +96,7 @@ def test_learning_rate_schedules_per_group():
 def test_vade_mnist5k_phases_build():
     """The default mnist5k recipe: its phases build, the mixture init smooths with the table of
     the neighbours phase just before it, and the neighbour side of the term is a fixed target."""
-    from gmvc.phases import build_phases
+    from gmvc.training.phases import build_phases
     c = load_config("vade_mnist5k.py")
     phases = build_phases(c)
     assert [(p.name, p.kind) for p in phases] == [

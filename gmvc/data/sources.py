@@ -26,7 +26,7 @@ def spiral(cfg, seed):
 
 def digits(cfg, seed):
     """scikit-learn's 8x8 digits, read from the file its load_digits() reads, without importing
-    scikit-learn (about 3 s on this CPU; gmvc.train imports it for the scores in the background
+    scikit-learn (about 3 s on this CPU; gmvc.trainer imports it for the scores in the background
     while the run trains). The same arrays as load_digits() (tests/test_data.py)."""
     path = _digits_file()
     if path is None:                        # another scikit-learn layout: its own loader

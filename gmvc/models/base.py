@@ -5,9 +5,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gmvc import mixture
+from gmvc.core import mixture
 from gmvc.errors import ConfigError
-from gmvc.mixture import LOG_2PI
+from gmvc.core.mixture import LOG_2PI
 
 # Bounds of a learned Gaussian output log-variance, by parametrisation rather than clipping:
 # log_var = LO + (HI - LO) * sigmoid(raw); starts at sigma ~ 0.1, never below sigma = 0.01.

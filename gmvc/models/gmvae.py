@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gmvc import mixture
+from gmvc.core import mixture
 from gmvc.models import base
 from gmvc.nets import make_decoder, make_encoder
 

@@ -5,7 +5,7 @@ params["prior"] as {"logits": [K], "means": [K, Dz], "log_vars": [K, Dz]}.
 import jax
 import jax.numpy as jnp
 
-from gmvc import mixture
+from gmvc.core import mixture
 from gmvc.models import base
 from gmvc.nets import make_decoder, make_encoder
 from gmvc.errors import ConfigError

@@ -12,7 +12,7 @@ Neither model clusters (num_clusters = 0); params["prior"] is empty.
 import jax
 import jax.numpy as jnp
 
-from gmvc import mixture
+from gmvc.core import mixture
 from gmvc.models import base
 from gmvc.nets import make_decoder, make_encoder
 

@@ -1,12 +1,12 @@
 """An objective is a weighted sum of ELBO terms: `{"recon": 1.0, "cv": 2.0, ...}` in the config.
-Weights may be schedules of the step (gmvc/schedules.py)."""
+Weights may be schedules of the step (gmvc/core/schedules.py)."""
 import jax
 import jax.numpy as jnp
 
 from gmvc.errors import ConfigError
-from gmvc.neighbours import has_neighbours
+from gmvc.core.neighbours import has_neighbours
 from gmvc.objectives.terms import BATCH_TERMS, NEIGHBOUR_TERMS, TERMS, neighbour_options
-from gmvc.schedules import make_schedule
+from gmvc.core.schedules import make_schedule
 
 
 def make_objective(model, weights, term_options, axis_name=None):
@@ -14,7 +14,7 @@ def make_objective(model, weights, term_options, axis_name=None):
 
     aux holds every term's unweighted value under its own name, plus "loss". `axis_name`: the
     data axis when the loss runs per device on a slice of the batch; whole-batch statistics
-    (BATCH_TERMS) then gather the batch over it. A batch {"data", "neighbours"} (gmvc/steps.py
+    (BATCH_TERMS) then gather the batch over it. A batch {"data", "neighbours"} (gmvc/training/steps.py
     assemble_batch) adds the neighbours' responsibilities to `out` as "nbr_log_gamma"; without
     neighbours (a score on the whole data, the validation ELBO) the NEIGHBOUR_TERMS are left out.
     """

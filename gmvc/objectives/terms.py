@@ -6,7 +6,7 @@ batch sizes. Names here are the names used in configs, aux dicts and logs.
 import jax
 import jax.numpy as jnp
 
-from gmvc import mixture
+from gmvc.core import mixture
 from gmvc.errors import ConfigError
 from gmvc.models.base import log_likelihood
 
@@ -182,7 +182,7 @@ def neighbour_options(opts):
 
 def make_neighbours(opts):
     """-log sum_k q(c = k | x) q(c = k | n): the log-probability that a sample x and one of its
-    nearest neighbours n in the embedding (gmvc/neighbours.py) fall in the same component. It
+    nearest neighbours n in the embedding (gmvc/core/neighbours.py) fall in the same component. It
     is 0 when both are certain of the same component; its minimum alone would be one cluster
     for everything, so it is used with c_marginal. Options: neighbour_options."""
     neighbour_options(opts)

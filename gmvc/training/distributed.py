@@ -6,7 +6,7 @@ other JAX call:
   --coordinator/--num_processes/--process_id or GMVC_COORDINATOR/GMVC_NUM_PROCESSES/GMVC_PROCESS_ID;
 - "auto": no arguments, JAX detects the cluster (SLURM, TPU pods, Open MPI ...).
 On CPU the processes exchange gradients through gloo collectives. Afterwards every process sees
-every device (jax.devices()), and the run is data-parallel over all of them (gmvc/parallel.py).
+every device (jax.devices()), and the run is data-parallel over all of them (gmvc/training/parallel.py).
 """
 import os
 

@@ -1,6 +1,6 @@
 """Outputs a program can load (csv, json, json lines) and pictures a person can look at (PNG).
 Every file is written to a temporary name and renamed, so a crash never leaves half a file.
-matplotlib is imported when a plot is drawn (gmvc.train preloads it while training runs)."""
+matplotlib is imported when a plot is drawn (gmvc.trainer preloads it while training runs)."""
 import json
 import os
 import pathlib

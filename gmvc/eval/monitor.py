@@ -1,5 +1,5 @@
 """Watching a run at its log steps: a validation split held out from training, its ELBO,
-early stopping on it with the best checkpoint kept, and the TensorBoard events (gmvc/events.py).
+early stopping on it with the best checkpoint kept, and the TensorBoard events (gmvc/eval/events.py).
 
 - train.validation_fraction: that share of the samples (a permutation from config.seed, no
   labels needed) never trains; at every log step its ELBO (and each ELBO term) is computed with
@@ -15,7 +15,6 @@ early stopping on it with the best checkpoint kept, and the TensorBoard events (
   run's score at a step is the best restart's (the val_* values logged are that restart's), so
   it stops when no restart improves; the restart is then chosen as usual (train.restart_choice).
 """
-import json
 import math
 import pathlib
 
@@ -23,11 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmvc import export, parallel
-from gmvc.checkpoint import Checkpointer
+from gmvc.run import export
+from gmvc.training import parallel
+from gmvc.run.checkpoint import Checkpointer
+from gmvc.run.restore import BEST_DIR, EARLY_STOPPING_FILE, read_record, read_records, restore_best
 from gmvc.errors import ConfigError
 from gmvc.objectives import make_objective
-from gmvc.steps import tree_len
+from gmvc.core.batching import tree_len
+from gmvc.training.context import validation_size
 
 # The terms whose sum is the negative ELBO of each model, whatever the training objective
 # weights (the free-bits threshold of c_prior is not part of the bound).
@@ -35,8 +37,6 @@ ELBO_TERMS = {"gmvae": ("recon", "cond_prior", "w_prior", "c_prior"), "vade": ("
               "vae": ("recon", "kl_z"), "cvae": ("recon", "kl_z")}
 # Where a logged training value differs from the ELBO term: c_prior is logged with free bits.
 _TRAIN_NAMES = {"c_prior": "c_prior_kl"}
-STATE_FILE = "early_stopping.json"
-BEST_DIR = "best_checkpoint"
 
 
 def check_config(config, n, num_clusters):
@@ -65,20 +65,6 @@ def check_config(config, n, num_clusters):
     if n_train < num_clusters:
         raise ConfigError(f"train.validation_fraction={f} leaves {n_train} of {n} samples to train on, fewer than "
                           f"model.num_clusters={num_clusters}")
-
-
-def validation_size(n, fraction):
-    return int(round(n * fraction))
-
-
-def split_indices(n, fraction, seed):
-    """(train rows, validation rows), each sorted, from a permutation drawn from the seed; None
-    when there is no validation split (then training reads all the data, as before)."""
-    if fraction == 0.0:
-        return None
-    perm = np.random.default_rng([seed, 7919]).permutation(n)
-    n_val = validation_size(n, fraction)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 def train_elbo(values, model_name):
@@ -177,8 +163,8 @@ class EarlyStopping:
                 ckpt.save(self.best_step, {"params": self._pending})
             self._pending = None
         if self.write:
-            path = self.workdir / STATE_FILE
-            records = {k: v for k, v in _read_records(path).items() if int(k) < step}
+            path = self.workdir / EARLY_STOPPING_FILE
+            records = {k: v for k, v in read_records(self.workdir).items() if int(k) < step}
             records[str(step)] = {"best_step": self.best_step, "bad_count": self.bad_count,
                                   "best_value": self.best_value if math.isfinite(self.best_value) else None}
             export.write_json(path, {"records": records})
@@ -198,25 +184,6 @@ class EarlyStopping:
         return {"patience": self.patience, "best_step": self.best_step,
                 "best_val_elbo": self.best_value if math.isfinite(self.best_value) else None,
                 "stopped_at": stopped_at}
-
-
-def _read_records(path):
-    return json.loads(path.read_text())["records"] if path.exists() else {}
-
-
-def read_record(workdir, step):
-    """The early-stopping state saved with the checkpoint at `step`, or None."""
-    return _read_records(pathlib.Path(workdir) / STATE_FILE).get(str(step))
-
-
-def restore_best(workdir, best_step, like_params):
-    """The parameters (every restart) saved at `best_step`, as host arrays."""
-    ckpt = Checkpointer(pathlib.Path(workdir) / BEST_DIR, max_to_keep=2)
-    try:
-        restored = ckpt.restore(best_step, {"params": like_params})["params"]
-    finally:
-        ckpt.close()
-    return jax.tree.map(parallel.to_host, restored)
 
 
 class Monitor:

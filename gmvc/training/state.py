@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gmvc.schedules import make_schedule
+from gmvc.core.schedules import make_schedule
 
 
 def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
@@ -62,7 +62,7 @@ def opt_init(tx):
 def create_state(params, tx, step=0, opt_state=None, neighbours=None, init_opt=None):
     """{"step": scalar, "params": [R, ...], "opt_state": [R, ...]} (a fresh opt_state unless given,
     from `init_opt`, opt_init(tx), when it was compiled ahead), and "neighbours": [R, N, k] for a
-    phase that uses the neighbour table (gmvc/neighbours.py)."""
+    phase that uses the neighbour table (gmvc/core/neighbours.py)."""
     fresh = lambda: (init_opt or opt_init(tx))(params)
     state = {"step": _int32(step), "params": params,
              "opt_state": fresh() if opt_state is None else opt_state}

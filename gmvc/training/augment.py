@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmvc import mixture
+from gmvc.core import mixture
 from gmvc.errors import ConfigError
-from gmvc.neighbours import has_neighbours
+from gmvc.core.neighbours import has_neighbours
 
 AUGMENT_KEYS = ("shift", "rotate")
 _SALT = 0x6175   # folded into each sample's key so augmentation noise is not the model's noise

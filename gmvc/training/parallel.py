@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gmvc.errors import ConfigError
 
 AXIS = "data"
 MODES = ("auto", "single", "shard_map", "pmap")
@@ -43,27 +42,14 @@ class Layout(NamedTuple):
         return None if self.mode == "single" else AXIS
 
 
-def make_layout(parallel_cfg, batch_size):
-    """The devices and wrapper a run uses; a batch that does not split evenly is an error."""
-    mode = parallel_cfg.mode
-    if mode not in MODES:
-        raise ConfigError(f"unknown parallel.mode {mode!r}; known: {list(MODES)}")
-    devices = jax.devices()
-    n = parallel_cfg.devices if parallel_cfg.devices > 0 else len(devices)
-    if n > len(devices):
-        raise ConfigError(f"parallel.devices={n} but only {len(devices)} devices are available")
-    devices = tuple(devices[:n])
+def make_layout(parallel_cfg):
+    """The devices and wrapper a run uses (its config checked by gmvc.validate)."""
+    mode, devices = parallel_cfg.mode, jax.devices()
+    devices = tuple(devices[:parallel_cfg.devices] if parallel_cfg.devices > 0 else devices)
     if mode == "auto":
         mode = "shard_map" if _splits_by_default(parallel_cfg, devices) else "single"
     if mode == "single":
-        if jax.process_count() > 1:
-            raise ConfigError("parallel.mode='single' cannot run on several processes; use shard_map or pmap")
         devices = devices[:1]
-    if mode == "pmap" and jax.process_count() > 1:
-        raise ConfigError("parallel.mode='pmap' runs on one process here; use shard_map across hosts")
-    if batch_size % len(devices):
-        raise ConfigError(f"train.batch_size={batch_size} does not divide evenly over {len(devices)} devices "
-                          f"(parallel.mode={mode!r}); use a multiple of {len(devices)}")
     mesh = jax.make_mesh((len(devices),), (AXIS,), devices=devices) if mode == "shard_map" else None
     return Layout(mode, devices, mesh)
 

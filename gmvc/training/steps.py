@@ -5,16 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gmvc import mixture, neighbours
-
-
-def tree_len(inputs):
-    """Number of samples in an inputs pytree (an array, or {"x": ..., "y": ...})."""
-    return len(jax.tree.leaves(inputs)[0])
-
-
-def tree_slice(inputs, start, stop):
-    return jax.tree.map(lambda a: a[start:stop], inputs)
+from gmvc.core import mixture, neighbours
+from gmvc.core.batching import tree_len, tree_slice
 
 
 def make_train_step(loss_fn, tx, axis_name=None):
@@ -131,7 +123,7 @@ def select_batch(x, idx, keys):
 
 def assemble_batch(state, x, idx, keys, select):
     """(batch, this device's keys) for the global batch `idx` [B] and its per-sample keys. When the
-    state carries a neighbour table [R, N, k] (gmvc/neighbours.py), the batch is {"data": rows,
+    state carries a neighbour table [R, N, k] (gmvc/core/neighbours.py), the batch is {"data": rows,
     "neighbours": [R, B, ...] one drawn neighbour of each row, per restart}. `idx` [R, B], one
     batch per restart, gives rows [R, B, ...] as well (make_restarts_step's `own_batches`)."""
     own = idx.ndim == 2
@@ -160,7 +152,7 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
     at or past `total_steps` leave the state unchanged, so every chunk has the same shape and the
     program compiles once. `rng` is the run's training key: data order and step noise are folded
     in from it by epoch and by step. `select(x, idx, keys)` gives this device's part of the batch
-    (gmvc/parallel.py). `bounds`, an int32 [2] array (start, end), replaces (0, total_steps) with
+    (gmvc/training/parallel.py). `bounds`, an int32 [2] array (start, end), replaces (0, total_steps) with
     traced values: phases that differ only in their steps then share one compiled program.
     `restarts` R: each restart reads its own data order (make_epoch_order), and train_step takes
     batches [R, B, ...] (make_restarts_step with own_batches)."""
@@ -255,45 +247,5 @@ def make_full_loss(loss_fn, batch_size):
         return float(np.mean([batch_loss(params, tree_slice(x, i * batch_size, (i + 1) * batch_size), step)
                               for i in range(n)]))
 
-    full_loss.batch_loss = batch_loss           # the compiled part, for gmvc.train.Warmup
+    full_loss.batch_loss = batch_loss           # the compiled part, for gmvc.trainer.Warmup
     return full_loss
-
-
-def make_embed(model, batch_size):
-    """embed(params, x) -> z [N, Dz] (numpy) for one restart's params, in batches of `batch_size`
-    (the last one padded; fewer samples than a batch are one batch as they are): one compiled
-    program for any N above a batch (`embed.batch`, for gmvc.train.Warmup), memory bounded by the
-    batch, and no other op dispatched (each would compile)."""
-    batch_embed = jax.jit(model.embed)
-
-    def embed(params, x):
-        n, parts = tree_len(x), []
-        for start in range(0, n, batch_size):
-            rows = tree_slice(x, start, start + batch_size)
-            pad = batch_size - tree_len(rows) if n > batch_size else 0
-            if pad:
-                rows = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]), rows)
-            parts.append(np.asarray(batch_embed(params, rows))[: batch_size - pad])
-        return np.concatenate(parts)
-
-    embed.batch = batch_embed
-    return embed
-
-
-def make_predict(model, batch_size):
-    """predict(params, inputs) -> numpy {"log_gamma": [N, K], "z_mean": [N, Dz]}, in fixed-size batches
-    (the last one padded) so one compiled program serves any N and memory stays bounded."""
-    predict_batch = jax.jit(model.predict)
-
-    def predict(params, x):
-        parts = []
-        for start in range(0, tree_len(x), batch_size):
-            chunk = tree_slice(x, start, start + batch_size)
-            pad = batch_size - tree_len(chunk)
-            if pad:
-                chunk = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]), chunk)
-            out = jax.device_get(predict_batch(params, chunk))
-            parts.append(jax.tree.map(lambda a: a[: batch_size - pad], out))
-        return jax.tree.map(lambda *a: np.concatenate(a), *parts)
-
-    return predict

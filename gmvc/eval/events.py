@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmvc import export
-from gmvc.steps import make_predict, tree_len, tree_slice
+from gmvc.run import export
+from gmvc.core.batching import make_predict, tree_len, tree_slice
 
 # matplotlib's tab10, as 8-bit RGB: the colours of the PNG scatter plots.
 _PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],

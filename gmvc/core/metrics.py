@@ -1,5 +1,5 @@
 """Clustering metrics. Labels are used here only to report; never to train or to pick a run.
-scipy and scikit-learn are imported when a score is computed (gmvc.train preloads them while
+scipy and scikit-learn are imported when a score is computed (gmvc.trainer preloads them while
 training runs): importing them takes about 2 s."""
 import numpy as np
 

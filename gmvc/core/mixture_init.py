@@ -10,7 +10,7 @@ beyond float summation order (tests/test_vade.py holds them to it)."""
 import jax
 import jax.numpy as jnp
 
-from gmvc import mixture
+from gmvc.core import mixture
 
 MIN_VAR = 1e-4       # variance floor: a component on a single point must not collapse to zero width
 CHUNK_SIZE = 8192    # rows per step of a pass; embeddings of up to this many rows are one chunk
@@ -255,7 +255,7 @@ def cluster_counts(prior, z, chunk_size=None):
 
 def smooth_embeddings(z, table, times):
     """Each embedding replaced `times` times by the mean of itself and its k nearest neighbours
-    (table [N, k] of row indices, gmvc/neighbours.py): a step of diffusion along the
+    (table [N, k] of row indices, gmvc/core/neighbours.py): a step of diffusion along the
     neighbour graph, which pulls a cluster's points together where most neighbours share it.
     Working memory: a few [N, D] arrays (the neighbours are summed one column at a time)."""
     def once(_, zs):

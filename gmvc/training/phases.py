@@ -5,7 +5,7 @@ runs them all the same way; nothing here is specific to one method.
 config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.phases:
   {"kind": "train", "steps": n (-1 = the rest of train.steps), "objective": {...} (default
    config.objective), "trainable": ("net", "prior"), "lr": schedule (default optim.lr),
-   "augment": {"shift": pixels, "rotate": degrees} (images only; gmvc/augment.py; default none),
+   "augment": {"shift": pixels, "rotate": degrees} (images only; gmvc/training/augment.py; default none),
    "batch_size": n (default train.batch_size)}
   {"kind": "init_prior", "method": "em" | "minibatch", "kmeans_iters": 50, "em_iters": 20,
    "n_init": 10, "select": "likelihood", "batches": 200, "batch_size": 128}   (minibatch: at most
@@ -24,14 +24,15 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
    > K fits m components and merges them into K along the neighbour graph, which needs a
    neighbours phase right before it as smooth does: mixture_init.fit_diag_gmm_merged)
   {"kind": "neighbours", "k": 10}   (each sample's k nearest neighbours in the embedding, for
-   the `neighbours` term of the train phases after it; gmvc/neighbours.py)
+   the `neighbours` term of the train phases after it; gmvc/core/neighbours.py)
 An empty train.phases is one train phase of train.steps with config.objective.
 """
+import json
 from typing import NamedTuple
 
-from gmvc.augment import parse_augment
+from gmvc.training.augment import parse_augment
 from gmvc.errors import ConfigError
-from gmvc.mixture_init import SELECTIONS
+from gmvc.core.mixture_init import SELECTIONS
 
 TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr", "augment", "batch_size"}
 INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select", "smooth",
@@ -198,3 +199,9 @@ def resume_index(phases, step):
             return i
     raise ConfigError(f"a checkpoint at step {step} is past the phases of this config (train.steps="
                       f"{phases[-1].end}); raise train.steps or use another --workdir")
+
+
+def program_key(spec):
+    """What a train phase's compiled program depends on: its spec without the step count (the
+    phase's start and end are traced), so phases that differ only in length share one program."""
+    return json.dumps({k: v for k, v in spec.items() if k != "steps"}, sort_keys=True, default=repr)

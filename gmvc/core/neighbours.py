@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmvc import mixture
+from gmvc.core import mixture
 
 _SALT = 0x6E62   # folded into each sample's key to draw its neighbour
 
@@ -46,7 +46,7 @@ def knn_table(z, k, chunk_size=512):
 
 
 def has_neighbours(batch):
-    """Whether a batch is {"data", "neighbours"} (gmvc/steps.py assemble_batch)."""
+    """Whether a batch is {"data", "neighbours"} (gmvc/training/steps.py assemble_batch)."""
     return isinstance(batch, dict) and "neighbours" in batch
 
 
@@ -60,18 +60,6 @@ def draw(table, idx, rng):
     else:
         pick = jax.random.randint(keys, idx.shape, 0, k)
     return table[idx, pick]
-
-
-def neighbour_phase(spec, model, params, x, batch_size, embed=None):
-    """The table [R, N, k] for each restart's parameters params [R, ...] on the data x [N, ...]
-    (`embed`: gmvc.steps.make_embed(model, batch_size), when made ahead)."""
-    if embed is None:
-        from gmvc.steps import make_embed      # gmvc.steps imports this module
-        embed = make_embed(model, batch_size)
-    tables = []
-    for r in range(jax.tree.leaves(params)[0].shape[0]):
-        tables.append(knn_table(embed(jax.tree.map(lambda a: a[r], params), x), spec["k"]))
-    return np.stack(tables)
 
 
 def agreement(table, labels):

@@ -1,0 +1,128 @@
+"""The one way to restore a run: its latest checkpoint (or, under early stopping, its best
+step's parameters), with the restart its training chose (recorded in results.json). Generation,
+prediction, the estimators, the notebooks and early stopping all restore through here; nothing
+in the run directory is written or removed."""
+import json
+import pathlib
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from gmvc import config as config_lib
+from gmvc.errors import CheckpointError
+from gmvc.models import make_model
+from gmvc.run.checkpoint import Checkpointer
+from gmvc.training import parallel
+from gmvc.training.phases import build_phases, resume_index, uses_neighbours
+from gmvc.training.state import create_state, init_params, make_optimizer
+
+EARLY_STOPPING_FILE = "early_stopping.json"
+BEST_DIR = "best_checkpoint"
+RESULTS_FILE = "results.json"
+
+
+class Restored(NamedTuple):
+    config: object
+    model: object
+    params: dict         # one restart's parameters: the one training chose
+    step: int
+    data_shape: tuple
+    workdir: pathlib.Path
+    restart: int
+
+
+def load_trained(workdir, config=None, echo=None):
+    """The trained run in `workdir` (CLI or estimator). `config` defaults to the run's
+    config.json; the sample shape comes from results.json, or for a run that has not finished,
+    from its data source. A run that has not finished (no results.json) gives restart 0."""
+    workdir = pathlib.Path(workdir)
+    config = read_config(workdir) if config is None else config
+    results = read_json(workdir / RESULTS_FILE, required=False) or {}
+    data_shape = results.get("data_shape")
+    if data_shape is None:
+        from gmvc.data import load_dataset
+        data_shape = load_dataset(config.data, config.seed).x.shape[1:]
+    model = make_model(config.model, tuple(data_shape))
+    stacked, step, _ = restore_stacked(config, workdir, model)
+    restart = int(results.get("chosen_restart", 0))
+    if not 0 <= restart < config.train.restarts:
+        raise CheckpointError(f"run {workdir}: restart {restart} is not among its {config.train.restarts}")
+    if echo and step < config.train.steps:
+        echo(f"note: the run in {workdir} gives its parameters of step {step} of {config.train.steps} (where it "
+             f"stopped, or its best step under early stopping)", flush=True)
+    params = jax.tree.map(lambda a: a[restart], stacked)
+    return Restored(config, model, params, step, tuple(data_shape), workdir, restart)
+
+
+def restore_stacked(config, workdir, model):
+    """(params of every restart [R, ...], step, phase) from the latest checkpoint of the run in
+    `workdir`, or under early stopping (train.patience > 0) from its best step's parameters."""
+    config.lock()
+    checkpoints = pathlib.Path(workdir) / "checkpoints"
+    if not checkpoints.is_dir():
+        raise CheckpointError(f"no run in {workdir}: {checkpoints} does not exist (train it first, with the same "
+                              f"--config and --workdir)")
+    phases = build_phases(config)
+    ckpt = Checkpointer(checkpoints, config.train.max_checkpoints)
+    try:
+        step = ckpt.latest_step()
+        if not step:
+            raise CheckpointError(f"no checkpoint in {checkpoints} (train the run first)")
+        like_params = init_params(model.init, jax.random.key(0), config.train.restarts)
+        record = read_record(workdir, step) if config.train.patience > 0 else None
+        if record and record["best_step"]:
+            step = record["best_step"]
+            return restore_best(workdir, step, like_params), step, phases[resume_index(phases, step)]
+        phase = phases[resume_index(phases, step)]
+        tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
+        table_shape = ckpt.saved_shape(step, "neighbours") if uses_neighbours(phase.spec) else None
+        like = create_state(like_params, tx, neighbours=None if table_shape is None else np.zeros(table_shape, np.int32))
+        stacked = jax.tree.map(parallel.to_host, ckpt.restore(step, like)["params"])
+    finally:
+        ckpt.close()
+    return stacked, step, phase
+
+
+def restore_state(ckpt, step, layout, like):
+    """Checkpoint `step` (written by any number of devices) as host arrays shaped like `like`;
+    the caller places it for its own layout."""
+    restored = ckpt.restore(step, parallel.put_state(layout, like) if layout.mode == "shard_map" else like)
+    return jax.tree.map(parallel.to_host, restored)
+
+
+def restore_best(workdir, best_step, like_params):
+    """The parameters (every restart) early stopping saved at `best_step`, as host arrays."""
+    ckpt = Checkpointer(pathlib.Path(workdir) / BEST_DIR, max_to_keep=2)
+    try:
+        restored = ckpt.restore(best_step, {"params": like_params})["params"]
+    finally:
+        ckpt.close()
+    return jax.tree.map(parallel.to_host, restored)
+
+
+def read_records(workdir):
+    """Early stopping's state per checkpoint step: {step: {"best_step", "bad_count", "best_value"}}."""
+    path = pathlib.Path(workdir) / EARLY_STOPPING_FILE
+    return json.loads(path.read_text())["records"] if path.exists() else {}
+
+
+def read_record(workdir, step):
+    """The early-stopping state saved with the checkpoint at `step`, or None."""
+    return read_records(workdir).get(str(step))
+
+
+def read_config(workdir):
+    return config_lib.from_dict(read_json(pathlib.Path(workdir) / "config.json", required=True))
+
+
+def read_json(path, required):
+    path = pathlib.Path(path)
+    if not path.is_file():
+        if required:
+            raise CheckpointError(f"{path} does not exist")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); it was left in place") from None

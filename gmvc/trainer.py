@@ -1,0 +1,230 @@
+"""train_and_evaluate(config, workdir): validate, set up, run the phases, evaluate, write.
+
+A run trains (or resumes) in `workdir`: config.json first, then checkpoints, metrics.jsonl and
+TensorBoard events while the phases run, and at the end predictions.csv, the plots and
+results.json. With several processes (jax.distributed), every process trains its share and
+saves checkpoints together; only process 0 writes logs, events, predictions, plots and results.
+"""
+import contextlib
+import pathlib
+import threading
+import time
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from gmvc import config as config_lib
+from gmvc.data import load_dataset
+from gmvc.eval import clustering, monitor
+from gmvc.eval.events import open_events
+from gmvc.eval.restarts import choose_restart, describe_choice
+from gmvc.run import export
+from gmvc.run.checkpoint import Checkpointer
+from gmvc.run.progress import Progress
+from gmvc.run.restore import load_trained, restore_state
+from gmvc.training import context, parallel
+from gmvc.training.phases import neighbour_k, resume_index, uses_neighbours
+from gmvc.training.state import create_state, init_params
+from gmvc.training.warmup import start_warmup
+from gmvc.validate import validate
+
+
+class Position(NamedTuple):
+    """Where a run stands between phases: host copies of its state."""
+    step: int
+    params: dict            # [R, ...]
+    opt_state: object       # the resumed phase's optimizer state, else None
+    table: object           # the neighbour table [R, N, k], or None
+    resume_at: int          # index of the phase a checkpoint resumes, or -1 for a new run
+
+
+def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=True):
+    """Train (or resume) the run in `workdir` through its phases, then evaluate; returns the
+    summary written to results.json. `data`: a Dataset to train on instead of config.data's
+    source (the estimators' arrays); `write_outputs=False` skips predictions.csv, the plots and
+    the TensorBoard images. With train.validation_fraction > 0 that share of the data does not
+    train (gmvc/eval/monitor.py); every output still covers all the samples."""
+    config.lock()
+    workdir = pathlib.Path(workdir)
+    main_process = jax.process_index() == 0
+    echo = echo if main_process else _silent
+    data = load_dataset(config.data, config.seed) if data is None else data
+    validate(config, data)
+    ctx = context.build(config, data)
+    if main_process:
+        workdir.mkdir(parents=True, exist_ok=True)
+        export.write_json(workdir / "config.json", config_lib.to_dict(config))
+    ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
+    step = ckpt.latest_step() or 0
+    resume_at = resume_index(ctx.phases, step) if step else -1
+    params_like = jax.eval_shape(lambda r: init_params(ctx.model.init, r, config.train.restarts), ctx.rngs["init"])
+    with contextlib.ExitStack() as cleanup:
+        # The phases compile in a background thread from here on, while the parameters initialise.
+        warm = start_warmup(ctx, params_like, max(resume_at, 0))
+        cleanup.callback(warm.close)
+        position = start(ctx, ckpt, step, resume_at, workdir, echo)
+        progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo, write=main_process)
+        events = cleanup.enter_context(contextlib.closing(open_events(
+            workdir, step, config, ctx.model, data, ctx.inputs, ctx.rngs["sample"], main_process,
+            images=write_outputs,
+            samples_per_group=clustering.samples_per_group(config, ctx.model, data.is_image))))
+        watch = cleanup.enter_context(contextlib.closing(monitor.Monitor(
+            config, ctx.model, ctx.layout, ctx.val_inputs, events, workdir, ctx.last_phase, main_process, echo)))
+        watch.resume(step)
+        t_train = time.time()
+        position = run_phases(ctx, position, (ckpt, progress, watch), warm, echo)
+        train_seconds = time.time() - t_train
+        ckpt.close()
+        warm.ready("finish")
+        params = watch.final_params(position.params, workdir)          # the best step's under early stopping
+        summary = finish(ctx, params, position.step, (workdir, main_process and write_outputs),
+                         (events, watch), echo)
+    summary.update({"steps": position.step, "data_shape": list(data.x.shape[1:]),
+                    "train_seconds": round(train_seconds, 2),
+                    "compiles": sum(r.trace_count for r in ctx.runners.values() if r.owner is r),
+                    "parallel": {"mode": ctx.layout.mode, "devices": ctx.layout.n,
+                                 "processes": jax.process_count()}})
+    if main_process:
+        export.write_json(workdir / "results.json", summary)
+    echo(f"results: {workdir / 'results.json'}", flush=True)
+    return summary
+
+
+def start(ctx, ckpt, step, resume_at, workdir, echo):
+    """The Position a run starts from: fresh parameters, or the checkpoint at `step`."""
+    config = ctx.config
+    params = jax.tree.map(np.asarray, init_params(ctx.model.init, ctx.rngs["init"], config.train.restarts))
+    if not step:
+        split = "" if ctx.split is None else f"; {len(ctx.split[1])} held out for validation"
+        echo(f"Starting a new run in {workdir} ({len(ctx.data.x)} samples from {ctx.data.name!r}{split}"
+             f"{_layout_note(ctx.layout)})", flush=True)
+        return Position(0, params, None, None, -1)
+    phase = ctx.phases[resume_at]
+    like_table = (np.zeros((config.train.restarts, len(ctx.x_train), neighbour_k(ctx.phases, resume_at)), np.int32)
+                  if uses_neighbours(phase.spec) else None)
+    like = create_state(params, ctx.runners[phase.name].tx, neighbours=like_table)
+    restored = restore_state(ckpt, step, ctx.layout, like)
+    echo(f"Resuming from checkpoint {ckpt.path(step)} (step {step} of {config.train.steps}, "
+         f"phase {phase.name!r})", flush=True)
+    return Position(step, restored["params"], restored["opt_state"], restored.get("neighbours"), resume_at)
+
+
+def run_phases(ctx, position, logs, warm, echo):
+    """Run every phase from where `position` stands; returns the Position after the last one.
+    `logs`: (checkpointer, progress, monitor), which the train phases write at log steps."""
+    watch = logs[2]
+    if watch.stopped:
+        echo(f"the run stopped early at step {position.step} (train.patience={ctx.config.train.patience}); "
+             f"not training further", flush=True)
+    preloading = False
+    for i, phase in enumerate(ctx.phases):
+        if i < position.resume_at or watch.stopped:
+            continue
+        warm.ready(phase.name)
+        if phase.kind == "init_prior":
+            rng = jax.random.fold_in(ctx.rngs["prior"], i)
+            params = ctx.embedding.init_prior(phase, position.params, ctx.x_train, rng, position.table, echo)
+            if not phase.spec["keep_current"]:     # otherwise init_prior said which prior it kept
+                echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings "
+                     f"({phase.spec['method']})", flush=True)
+            position = position._replace(params=params)
+        elif phase.kind == "neighbours":
+            table = ctx.embedding.neighbours(phase, position.params, ctx.x_train, ctx.y_train, echo)
+            position = position._replace(table=table)
+        else:
+            if not preloading:
+                preload_reporting()     # once the first train phase's program is ready
+                preloading = True
+            position = train_phase(ctx, i, position, logs)
+    return position
+
+
+def train_phase(ctx, index, position, logs):
+    """One train phase from `position` (its own checkpoint when it is the resumed phase)."""
+    phase = ctx.phases[index]
+    runner = ctx.runners[phase.name]
+    table = position.table if uses_neighbours(phase.spec) else None
+    if index == position.resume_at:
+        state = create_state(position.params, runner.tx, position.step, opt_state=position.opt_state,
+                             neighbours=table)
+    else:
+        state = create_state(position.params, runner.tx, position.step, neighbours=table, init_opt=runner.init_opt)
+    state = runner.run(parallel.put_state(ctx.layout, state), ctx.x_device, ctx.rngs["train"], *logs)
+    state = parallel.get_state(ctx.layout, state)              # one host copy between phases
+    return position._replace(step=int(state["step"]), params=state["params"], opt_state=state["opt_state"])
+
+
+def finish(ctx, stacked, step, where, watchers, echo):
+    """Choose the restart, evaluate it on every sample, report validation and early stopping.
+    `where`: (workdir, whether this process writes the files); `watchers`: (events, monitor)."""
+    (workdir, write), (events, watch) = where, watchers
+    config, model = ctx.config, ctx.model
+    params, choice = choose_restart(config, ctx.runners[ctx.last_phase], model, stacked, ctx.inputs)
+    if config.train.restarts > 1:
+        echo(describe_choice(choice, config.train.restarts), flush=True)
+    out = clustering.predict_all(model, params, ctx.inputs, config.eval.batch_size)
+    summary, clusters = clustering.score(model, out, ctx.data.y)
+    if "acc" in summary:
+        echo("clustering: " + " ".join(f"{m}={summary[m]:.4f}" for m in clustering.SCORES), flush=True)
+    if write:
+        samples = clustering.draw_samples(config, model, params, ctx.rngs["sample"], ctx.data.is_image)
+        events.snapshot(step, params, out=out, samples=samples)
+        summary["files"] = clustering.write_outputs(workdir, config, model, ctx.data, out, clusters, samples)
+        for name, path in summary["files"].items():
+            echo(f"wrote {name}: {path}", flush=True)
+    summary.update(choice)
+    summary.update(watch.summary(stacked, choice["chosen_restart"],
+                                 step if watch.stopped and step < config.train.steps else None))
+    if "early_stopping" in summary:
+        e = summary["early_stopping"]
+        echo(f"early stopping: outputs from the best step {e['best_step']} (validation ELBO {e['best_val_elbo']})",
+             flush=True)
+    events.scalars(step, {k: float(summary[k]) for k in clustering.SCORES if k in summary}, "eval")
+    if "validation" in summary:
+        events.scalars(step, {"val_elbo": summary["validation"]["elbo"]}, "eval")
+    return summary
+
+
+class Run(NamedTuple):
+    config: object
+    data: object
+    model: object
+    inputs: object
+    params: dict       # one restart's parameters: the one training chose
+    step: int
+
+
+def load_run(config, workdir, echo=print):
+    """The trained run in `workdir` with its data (for generation and the notebooks), restored
+    by gmvc.run.restore.load_trained. Nothing in the run directory is written or removed."""
+    config.lock()
+    data = load_dataset(config.data, config.seed)
+    validate(config, data)
+    trained = load_trained(workdir, config, echo)
+    return Run(config, data, trained.model, context.model_inputs(trained.model, data), trained.params, trained.step)
+
+
+def preload_reporting():
+    """Import what the evaluation at the end needs (matplotlib, scipy, scikit-learn: about 3 s)
+    in a background thread, while the compiled steps run without the GIL."""
+    def load():
+        try:
+            export.pyplot()
+            import scipy.optimize  # noqa: F401
+            import sklearn.metrics  # noqa: F401
+        except Exception:      # the import at the point of use reports any error
+            pass
+
+    threading.Thread(target=load, name="gmvc-imports", daemon=True).start()
+
+
+def _silent(*args, **kwargs):
+    pass
+
+
+def _layout_note(layout):
+    if layout.mode == "single":
+        return ""
+    procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    return f"; data-parallel over {layout.n} devices{procs} ({layout.mode})"

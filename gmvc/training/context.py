@@ -1,0 +1,91 @@
+"""What the phases of a run share: the model, the phases and their compiled programs, the data
+as training reads it, and the run's keys. Built once by the trainer, after validation."""
+from typing import NamedTuple, Optional
+
+import jax
+import numpy as np
+
+from gmvc.errors import DataError
+from gmvc.models import make_model
+from gmvc.training import parallel
+from gmvc.training.embedding_phases import EmbeddingPhases
+from gmvc.training.phases import build_phases
+from gmvc.training.runner import make_runners
+
+
+class RunContext(NamedTuple):
+    config: object
+    data: object                 # the Dataset (every sample)
+    model: object
+    phases: list
+    layout: parallel.Layout
+    runners: dict                # train phase name -> PhaseRunner
+    embedding: EmbeddingPhases   # the init_prior and neighbours phases
+    inputs: object               # what the model reads, every sample (an array or {"x", "y"})
+    split: Optional[tuple]       # (train rows, validation rows), or None
+    x_device: object             # the training inputs placed for the layout
+    rngs: dict                   # "init", "train", "sample", "prior"
+
+    @property
+    def x_train(self):
+        """The training rows of the data (host), as the embedding phases read them."""
+        return self.data.x if self.split is None else self.data.x[self.split[0]]
+
+    @property
+    def y_train(self):
+        return None if self.data.y is None or self.split is None else self.data.y[self.split[0]]
+
+    @property
+    def val_inputs(self):
+        return None if self.split is None else rows(self.inputs, self.split[1])
+
+    @property
+    def last_phase(self):
+        return [p.name for p in self.phases if p.kind == "train"][-1]
+
+
+def build(config, data):
+    """The RunContext of `config` on `data` (checked by gmvc.validate first)."""
+    split = split_indices(len(data.x), config.train.validation_fraction, config.seed)
+    num_train = len(data.x) if split is None else len(split[0])
+    layout = parallel.make_layout(config.parallel)
+    model = make_model(config.model, data.x.shape[1:])
+    phases = build_phases(config)
+    inputs = model_inputs(model, data)
+    init, train, sample, prior = jax.random.split(jax.random.key(config.seed), 4)
+    return RunContext(config, data, model, phases, layout, make_runners(config, model, phases, num_train, layout),
+                      EmbeddingPhases(model, config.train.restarts, config.eval.batch_size, phases), inputs, split,
+                      parallel.put_data(layout, inputs if split is None else rows(inputs, split[0])),
+                      {"init": init, "train": train, "sample": sample, "prior": prior})
+
+
+def rows(inputs, index):
+    return jax.tree.map(lambda a: a[index], inputs)
+
+
+def model_inputs(model, data):
+    """What the model reads: the data array, or {"x", "y"} for a model conditioned on labels."""
+    if not model.num_labels:
+        return data.x
+    if data.y is None:
+        raise DataError(f"this model is conditioned on labels (num_labels={model.num_labels}) but dataset "
+                        f"{data.name!r} has none")
+    if data.y.min() < 0 or data.y.max() >= model.num_labels:
+        raise DataError(f"dataset {data.name!r} has labels {int(data.y.min())}..{int(data.y.max())}; the model "
+                        f"is conditioned on {model.num_labels} (model.num_clusters): labels must be 0.."
+                        f"{model.num_labels - 1}")
+    return {"x": data.x, "y": data.y.astype(np.int32)}
+
+
+def validation_size(n, fraction):
+    return int(round(n * fraction))
+
+
+def split_indices(n, fraction, seed):
+    """(train rows, validation rows), each sorted, from a permutation drawn from the seed; None
+    when there is no validation split (then training reads all the data)."""
+    if fraction == 0.0:
+        return None
+    perm = np.random.default_rng([seed, 7919]).permutation(n)
+    n_val = validation_size(n, fraction)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])

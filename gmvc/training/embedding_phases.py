@@ -1,0 +1,164 @@
+"""The phases that read the embedding of the data instead of taking steps: init_prior refits
+each restart's mixture prior to its embeddings (k-means++, EM; optionally smoothed or merged
+along the neighbour graph), neighbours finds each sample's nearest neighbours for the
+`neighbours` term. Labels are never read (a neighbours phase may report their agreement)."""
+import math
+
+import jax
+import numpy as np
+
+from gmvc.core.batching import make_embed
+from gmvc.core.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_merged, fit_diag_gmm_smoothed,
+                                    kl_to_uniform, mean_log_likelihood)
+from gmvc.core.neighbours import agreement, knn_table
+from gmvc.training.phases import program_key
+
+
+class EmbeddingPhases:
+    """The init_prior and neighbours phases of a run, with their compiled programs: one embedding
+    (one program for any N, in batches of `batch_size`), and one fit per fit_key (phases that
+    fit alike share it)."""
+
+    def __init__(self, model, restarts, batch_size, phases=()):
+        self.model, self.restarts = model, restarts
+        self.embed = make_embed(model, batch_size)
+        self.fits = make_fits(phases, model)
+        self.balanced_fits = make_fits(phases, model, balanced=True)
+
+    def init_prior(self, phase, params, x, rng, table=None, echo=None):
+        """params with each restart's prior refitted to its embeddings of x (all of it for "em", at
+        most batches * batch_size samples for "minibatch"); `table`: the neighbour table [R, N, k]
+        of x's rows (spec["smooth"], spec["overcluster"]). With spec["balanced_above"] = t, a
+        restart whose current prior partitions its embeddings with an imbalance above t (the KL of
+        the cluster sizes from the uniform) gets a balanced fit, the others a plain one. With
+        spec["keep_current"], a restart keeps its prior unless the new fit scores better on the
+        same embeddings (keep_or_replace); `echo` reports each choice. The restarts' priors are
+        stacked on the host (numpy)."""
+        spec = phase.spec
+        if spec["method"] == "minibatch":
+            n = prior_fit_rows(spec, len(x))
+            x = x[np.asarray(jax.random.permutation(jax.random.fold_in(rng, 0), len(x)))[:n]]
+        priors = []
+        for r in range(self.restarts):
+            params_r = jax.tree.map(lambda a: a[r], params)
+            z = self.embed(params_r, x)
+            note = f" restart {r}" if self.restarts > 1 else ""
+            current = jax.device_get(prior_report(params_r["prior"], z)) if uses_current(spec) else None
+            fit = self._fit(phase, current, note, echo)
+            new = fit(rng, r, z, None if table is None else np.asarray(table[r]))
+            if spec["keep_current"]:
+                new = keep_or_replace(phase, params_r["prior"], new, z, note, echo, current)
+            priors.append(jax.device_get(new))
+        return {**params, "prior": jax.tree.map(lambda *a: np.stack(a), *priors)}
+
+    def _fit(self, phase, current, note, echo):
+        """The plain fit, or the balanced one where balanced_above finds the current partition uneven."""
+        spec = phase.spec
+        if phase.name not in self.fits:
+            self.fits[phase.name] = prior_fit(spec, self.model)
+        if spec["balanced_above"] is None:
+            return self.fits[phase.name]
+        uneven = partition_imbalance(current[0])
+        balanced = uneven > spec["balanced_above"]
+        if echo:
+            echo(f"phase {phase.name!r}{note}: the current partition's imbalance {uneven:.4f} is "
+                 f"{'above' if balanced else 'within'} balanced_above={spec['balanced_above']}: a "
+                 f"{'balanced' if balanced else 'plain'} fit", flush=True)
+        if not balanced:
+            return self.fits[phase.name]
+        if phase.name not in self.balanced_fits:
+            self.balanced_fits[phase.name] = prior_fit({**spec, "balanced": True}, self.model)
+        return self.balanced_fits[phase.name]
+
+    def neighbours(self, phase, params, x, labels=None, echo=None):
+        """The neighbour table [R, N, k]: each restart's k nearest neighbours of every row of x in its
+        embedding. `labels` only report how many neighbours share a sample's label."""
+        tables = np.stack([knn_table(self.embed(jax.tree.map(lambda a: a[r], params), x), phase.spec["k"])
+                           for r in range(self.restarts)])
+        if echo:
+            shared = "" if labels is None else f" ({agreement(tables[0], labels):.1%} share its label; reported only)"
+            echo(f"phase {phase.name!r}: {phase.spec['k']} nearest neighbours of each sample in the "
+                 f"embedding{shared}", flush=True)
+        return tables
+
+
+def make_fits(phases, model, balanced=False):
+    """{phase name: compiled fit} of the init_prior phases; phases with the same fit_key
+    (vade_mnist5k's gmm_init2 and gmm_init3) share one program. `balanced`: the
+    balanced fits (spec with balanced=True) of the phases with balanced_above, shared the same
+    way; each compiles at its first call, so a run whose partitions stay even never compiles one."""
+    specs = {p.name: {**p.spec, "balanced": True} if balanced else p.spec for p in phases
+             if p.kind == "init_prior" and (not balanced or p.spec["balanced_above"] is not None)}
+    by_key = {}
+    return {name: by_key.setdefault(fit_key(spec), prior_fit(spec, model)) for name, spec in specs.items()}
+
+
+def fit_key(spec):
+    """What an init_prior phase's compiled fit depends on: keep_current and balanced_above are
+    decided around it (balanced_above's balanced fit is compiled only where a run needs it)."""
+    return program_key({k: v for k, v in spec.items() if k not in ("keep_current", "balanced_above")})
+
+
+def prior_fit(spec, model):
+    """The compiled fit(rng, restart, z, table) -> prior of an init_prior phase for restart
+    `restart`, whose fit draws from fold_in(rng, restart + 1) (folded inside the program: an
+    eager fold_in would compile a program of its own); `table`, the neighbour table of z's rows,
+    is read only with spec["smooth"] > 0 or spec["overcluster"] > 0."""
+    fit_args = dict(kmeans_iters=spec["kmeans_iters"], em_iters=spec["em_iters"] if spec["method"] == "em" else 0,
+                    n_init=spec["n_init"], select=spec["select"], balanced=spec["balanced"])
+    smooth, k, over = spec["smooth"], model.num_clusters, spec["overcluster"]
+    key = lambda rng, restart: jax.random.fold_in(rng, restart + 1)
+    if over:
+        return jax.jit(lambda rng, restart, z, table: fit_diag_gmm_merged(key(rng, restart), z, table, k, over, smooth,
+                                                                          **fit_args))
+    if smooth:
+        return jax.jit(lambda rng, restart, z, table: fit_diag_gmm_smoothed(key(rng, restart), z, table, k, smooth,
+                                                                           **fit_args))
+    return jax.jit(lambda rng, restart, z, table=None: fit_diag_gmm(key(rng, restart), z, k, **fit_args))
+
+
+def prior_fit_rows(spec, num_train):
+    """How many embeddings an init_prior phase fits."""
+    return min(num_train, spec["batches"] * spec["batch_size"]) if spec["method"] == "minibatch" else num_train
+
+
+def uses_current(spec):
+    """Whether an init_prior phase scores the prior the model has (keep_current, balanced_above)."""
+    return spec["keep_current"] or spec["balanced_above"] is not None
+
+
+def partition_imbalance(sizes):
+    """KL of a partition's cluster sizes [K] from the uniform: 0 when every component is used equally."""
+    return float(kl_to_uniform(np.asarray(sizes) / np.sum(sizes)))
+
+
+def keep_or_replace(phase, current, new, z, note="", echo=None, current_report=None):
+    """init_prior with keep_current: `new` replaces `current` only if it scores better on the
+    embeddings z by phase.spec["select"]: "balance" scores the partition (each embedding to its
+    most likely component; KL of its cluster sizes from the uniform, lower is better), as
+    accuracy sees it, so a prior trained toward even soft usage cannot win by components that
+    overlap; "likelihood" the mean log-likelihood of z. A tie keeps `current`; a current prior
+    that scores NaN gives way to a fit that does not. `note` names the restart in the message;
+    `current_report`: prior_report(current, z) where the caller has it."""
+    select = phase.spec["select"]
+    sizes_old, ll_old = jax.device_get(prior_report(current, z)) if current_report is None else current_report
+    sizes_new, ll_new = jax.device_get(prior_report(new, z))
+    if select == "balance":
+        s_old, s_new = (-partition_imbalance(n) for n in (sizes_old, sizes_new))
+        what = f"partition's imbalance: current {-s_old:.4f}, new fit {-s_new:.4f}"
+    else:
+        s_old, s_new = float(ll_old), float(ll_new)
+        what = f"mean log-likelihood: current {s_old:.4f}, new fit {s_new:.4f}"
+    keep = not (s_new > s_old or (math.isnan(s_old) and not math.isnan(s_new)))
+    if echo:
+        sizes = [sorted(np.asarray(n).astype(int).tolist(), reverse=True) for n in (sizes_old, sizes_new)]
+        echo(f"phase {phase.name!r}{note}: "
+             f"{'kept the current prior' if keep else 'the new fit replaces the prior'} ({what}; cluster sizes of "
+             f"the {len(z)} embeddings fitted: current {sizes[0]}, new fit {sizes[1]})", flush=True)
+    return current if keep else new
+
+
+@jax.jit
+def prior_report(prior, z):
+    """(cluster sizes [K] of z's partition by the prior, mean log-likelihood of z)."""
+    return cluster_counts(prior, z), mean_log_likelihood(prior, z)

@@ -1,0 +1,102 @@
+"""validate(config, data): every check of a config against the data it will train on, in one
+pass, before anything is written or compiled. The CLI, the estimators and the notebooks' runs all
+go through it (train_and_evaluate calls it first); each problem is one line naming the key."""
+import jax
+
+from gmvc.errors import ConfigError, DataError
+from gmvc.eval.restarts import RESTART_CHOICES
+from gmvc.models import make_model
+from gmvc.objectives import make_objective
+from gmvc.training import augment, parallel
+from gmvc.training.context import validation_size
+from gmvc.training.phases import build_phases, uses_neighbours
+from gmvc.training.warmup import COMPILE_AHEAD
+
+RESTART_BATCHES = ("own", "shared")
+LOOPS = ("auto", "scan", "host")
+
+
+def validate(config, data):
+    """Raise ConfigError or DataError for the first problem of `config` on `data` (a Dataset)."""
+    n, k = len(data.x), config.model.num_clusters
+    clusters = k if config.model.name != "vae" else 0
+    _check_train(config.train)
+    _check_watching(config)
+    if k < 1:
+        raise ConfigError(f"model.num_clusters must be at least 1, got {k}")
+    if clusters > n:
+        raise DataError(f"model.num_clusters={k} is larger than the number of samples ({n}) in {data.name!r}")
+    f = config.train.validation_fraction
+    num_train = n - (validation_size(n, f) if f > 0 else 0)
+    if f > 0 and num_train == n:
+        raise ConfigError(f"train.validation_fraction={f} holds out no sample of the {n}")
+    if num_train < clusters:
+        raise ConfigError(f"train.validation_fraction={f} leaves {num_train} of {n} samples to train on, fewer "
+                          f"than model.num_clusters={k}")
+    devices = _check_parallel(config.parallel)
+    model = make_model(config.model, data.x.shape[1:])          # unknown nets, activations, likelihoods
+    phases = build_phases(config)                                # phase keys and their order
+    if any(p.kind == "init_prior" for p in phases) and not model.stored_prior:
+        raise ConfigError(f"model {config.model.name!r} has no stored mixture prior to initialise "
+                          f"(an init_prior phase needs one)")
+    for phase in phases:
+        _check_phase(config, model, phase, data, num_train, devices)
+
+
+def _check_train(t):
+    for key in ("steps", "log_every", "checkpoint_every", "restarts"):
+        if t[key] < 1:
+            raise ConfigError(f"train.{key} must be at least 1, got {t[key]}")
+    for key, known in (("restart_choice", RESTART_CHOICES), ("restart_batches", RESTART_BATCHES), ("loop", LOOPS)):
+        if t[key] not in known:
+            raise ConfigError(f"unknown train.{key} {t[key]!r}; known: {sorted(known)}")
+    if str(t.compile_ahead).lower() not in (*COMPILE_AHEAD, "auto"):
+        raise ConfigError(f"unknown train.compile_ahead {t.compile_ahead!r}; known: ['auto', 'off', 'on']")
+
+
+def _check_watching(config):
+    """The validation split, early stopping and TensorBoard keys."""
+    t, tb = config.train, config.tensorboard
+    f = t.validation_fraction
+    if not 0.0 <= f < 1.0:
+        raise ConfigError(f"train.validation_fraction must be in [0, 1), got {f}")
+    if t.patience < 0:
+        raise ConfigError(f"train.patience must be 0 (no early stopping) or positive, got {t.patience}")
+    if t.patience > 0 and f == 0.0:
+        raise ConfigError(f"train.patience={t.patience} needs a validation split: set train.validation_fraction "
+                          f"(e.g. 0.1)")
+    for key in ("images_every", "projector_points"):
+        if tb[key] < 0:
+            raise ConfigError(f"tensorboard.{key} must be 0 or positive, got {tb[key]}")
+
+
+def _check_parallel(p):
+    """The number of devices a run's batches split over."""
+    if p.mode not in parallel.MODES:
+        raise ConfigError(f"unknown parallel.mode {p.mode!r}; known: {list(parallel.MODES)}")
+    available = len(jax.devices())
+    if p.devices > available:
+        raise ConfigError(f"parallel.devices={p.devices} but only {available} devices are available")
+    if jax.process_count() > 1 and p.mode in ("single", "pmap"):
+        raise ConfigError(f"parallel.mode={p.mode!r} runs on one process; use shard_map across hosts")
+    return parallel.make_layout(p).n
+
+
+def _check_phase(config, model, phase, data, num_train, devices):
+    where = f"phase {phase.name!r}" if config.train.phases else "train"
+    augment.check_data(phase.spec.get("augment"), data.x.shape[1:], where)
+    if phase.kind == "train":
+        make_objective(model, phase.spec["objective"], config.terms)      # unknown terms and options
+        size = phase.spec["batch_size"]
+        what = f"{where}: batch_size={size}" if config.train.phases else f"train.batch_size={size}"
+        if size > num_train:
+            raise DataError(f"{what} is larger than the {num_train} training samples of {data.name!r}")
+        if size % devices:
+            raise ConfigError(f"{what} does not divide evenly over {devices} devices (parallel.mode="
+                              f"{config.parallel.mode!r}); use a multiple of {devices}")
+        if uses_neighbours(phase.spec) and config.model.name == "vae":
+            raise ConfigError(f"{where}: the 'neighbours' term compares cluster responsibilities; model 'vae' "
+                              f"has no clusters")
+    if phase.kind == "neighbours" and phase.spec["k"] >= num_train:
+        raise DataError(f"{where}: k={phase.spec['k']} neighbours need more than k training samples; "
+                        f"{data.name!r} has {num_train}")
