@@ -28,7 +28,7 @@ from gmvc.data import Dataset
 from gmvc.config import apply_overrides, from_dict
 from gmvc.errors import CheckpointError, ConfigError
 from gmvc.run.restore import load_trained, read_json
-from gmvc.objectives import make_objective
+from gmvc.objectives import make_batch, make_objective
 
 ESTIMATOR_FILE = "estimator.json"
 # The ELBO each model family maximises, without the regularisers that only steer training
@@ -148,7 +148,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         name = self.config_.model.name
         weights = ELBO_TERMS["vae" if name == "cvae" else name]
         loss = make_objective(self.model_, weights, {"c_prior": {"free_bits": 0.0}})
-        batch_loss = jax.jit(lambda params, batch: loss(params, batch, jax.random.key(0), 0)[0])
+        batch_loss = jax.jit(lambda params, rows: loss(params, make_batch(rows), jax.random.key(0), 0)[0])
         bs = self.config_.eval.batch_size
         total = sum(float(batch_loss(self.params_, x[i:i + bs])) * len(x[i:i + bs]) for i in range(0, len(x), bs))
         return -total / len(x)

@@ -26,6 +26,9 @@ def validate(config, data):
         raise ConfigError(f"model.num_clusters must be at least 1, got {k}")
     if clusters > n:
         raise DataError(f"model.num_clusters={k} is larger than the number of samples ({n}) in {data.name!r}")
+    if not 1 <= config.train.batch_size <= n:
+        raise DataError(f"train.batch_size={config.train.batch_size} must be between 1 and the number of samples "
+                        f"({n}) in {data.name!r}")
     f = config.train.validation_fraction
     num_train = n - (validation_size(n, f) if f > 0 else 0)
     if f > 0 and num_train == n:

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gmvc.objectives import make_batch
 from gmvc.training.augment import check_data, make_augment, parse_augment, shift_images, warp
 from gmvc.errors import ConfigError
 
@@ -40,15 +41,15 @@ def test_separable_shift_is_the_warp_without_rotation():
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert np.abs(got[0] - x[0]).mean() > 0.05 and np.all(got[5] == 0)       # moved; all shifted out
     keys = jax.random.split(jax.random.key(3), 6)     # a shift-only spec takes this path
-    out = np.asarray(make_augment(parse_augment({"shift": 2}, "t"))(x, keys))
-    by_warp = np.asarray(make_augment(parse_augment({"shift": 2, "rotate": 1e-30}, "t"))(x, keys))
+    out = np.asarray(_augment({"shift": 2})(x, keys))
+    by_warp = np.asarray(_augment({"shift": 2, "rotate": 1e-30})(x, keys))
     np.testing.assert_allclose(out, by_warp, atol=1e-5)
 
 
 def test_per_sample_keys_decide_each_image():
     x = _images(6)
     keys = jax.random.split(jax.random.key(3), 6)
-    augment = make_augment(parse_augment({"shift": 2, "rotate": 15}, "t"))
+    augment = _augment({"shift": 2, "rotate": 15})
     full = np.asarray(augment(x, keys))
     part = np.asarray(augment(x[2:4], keys[2:4]))
     np.testing.assert_array_equal(full[2:4], part)                 # the same however the batch is split
@@ -62,11 +63,27 @@ def test_per_sample_keys_decide_each_image():
 def test_labels_pass_through_and_empty_spec_is_identity():
     x, y = _images(4), np.arange(4)
     keys = jax.random.split(jax.random.key(0), 4)
-    out = make_augment(parse_augment({"shift": 1}, "t"))({"x": x, "y": y}, keys)
+    out = _augment({"shift": 1})({"x": x, "y": y}, keys)
     np.testing.assert_array_equal(out["y"], y)
     assert out["x"].shape == x.shape
     assert parse_augment({"shift": 0, "rotate": 0}, "t") == {}
-    assert make_augment({})(x, keys) is x
+    batch = make_batch(x)
+    assert make_augment({})(batch, keys) is batch
+
+
+def test_neighbours_get_their_own_draws():
+    x = _images(4)
+    keys = jax.random.split(jax.random.key(0), 4)
+    out = make_augment(parse_augment({"shift": 2, "rotate": 15}, "t"))(make_batch(x, x), keys)
+    assert np.abs(np.asarray(out["data"]) - np.asarray(out["neighbours"])).mean() > 0.05
+    np.testing.assert_array_equal(out["data"], _augment({"shift": 2, "rotate": 15})(x, keys))
+    assert make_augment(parse_augment({"shift": 2}, "t"))(make_batch(x), keys)["neighbours"] is None
+
+
+def _augment(spec):
+    """The augmentation of `spec` on a batch without neighbours, given and returning its inputs."""
+    augment = make_augment(parse_augment(spec, "t"))
+    return lambda inputs, keys: augment(make_batch(inputs), keys)["data"]
 
 
 @pytest.mark.parametrize("spec, message", [({"shear": 1}, "unknown augment key"), ({"shift": -1}, ">= 0"),

@@ -13,7 +13,7 @@ from conftest import config_flags, load_config, run_cli
 from gmvc.config import base_config
 from gmvc.errors import ConfigError
 from gmvc.models import make_model
-from gmvc.objectives import infovae_weights, make_objective
+from gmvc.objectives import make_batch, infovae_weights, make_objective
 from gmvc.objectives.terms import TERMS, mmd_kernel, mmd_unbiased
 
 KERNELS = ("rbf", "imq")
@@ -171,7 +171,7 @@ def test_vae_objective_is_the_negative_elbo():
     model = make_model(cfg, (5,))
     params = model.init(jax.random.key(0))
     x = jnp.asarray(np.random.default_rng(1).uniform(size=(6, 5)), jnp.float32)
-    loss, aux = make_objective(model, {"recon": 1.0, "kl_z": 1.0}, {})(params, x, jax.random.key(2), 0)
+    loss, aux = make_objective(model, {"recon": 1.0, "kl_z": 1.0}, {})(params, make_batch(x), jax.random.key(2), 0)
     out = model.apply(params, x, jax.random.key(2))
     logits, xs = np.asarray(out["x_logits"], np.float64), np.asarray(x, np.float64)
     nll = -np.sum(xs * -np.logaddexp(0, -logits) + (1 - xs) * -np.logaddexp(0, logits), 1)

@@ -14,7 +14,7 @@ from gmvc.data import load_dataset
 from gmvc.errors import ConfigError, DataError
 from gmvc.models import make_model
 from gmvc.core.neighbours import agreement, draw, knn_table
-from gmvc.objectives import make_objective
+from gmvc.objectives import make_batch, make_objective
 from gmvc.objectives.terms import make_neighbours
 from gmvc.training.steps import assemble_batch, make_restarts_step, select_batch
 from gmvc.run.restore import restore_stacked
@@ -157,7 +157,7 @@ def test_objective_adds_the_neighbours_responsibilities_and_skips_the_term_witho
     expected = -np.mean(np.log((p * q).sum(1)))
     assert float(aux["neighbours"]) == pytest.approx(expected, rel=1e-4) and expected > 0.1
     assert float(loss) == pytest.approx(float(aux["recon"]) + 2 * expected, rel=1e-5)
-    plain, plain_aux = loss_fn(params, x, keys, 0)                 # the whole-data score: no neighbours
+    plain, plain_aux = loss_fn(params, make_batch(x), keys, 0)                 # the whole-data score: no neighbours
     assert "neighbours" not in plain_aux and float(plain) == pytest.approx(float(aux["recon"]), rel=1e-6)
 
 

@@ -18,7 +18,7 @@ from scipy import special, stats
 from gmvc.config import base_config
 from gmvc.errors import ConfigError
 from gmvc.models import make_model
-from gmvc.objectives import make_objective
+from gmvc.objectives import make_batch, make_objective
 from gmvc.objectives.terms import NEIGHBOUR_TERMS, TERMS
 
 B, K = 8, 3
@@ -341,7 +341,7 @@ def test_make_objective_weighted_sum():
     weights = {"recon": 1.0, "kl_z": 0.1, "cond_prior": 0.5, "c_prior": 2.0, "cv": 3.0, "c_marginal": 0.25,
                "vade_kl": 0.7, "mmd": 5.0, "w_prior": {"kind": "linear_warmup", "value": 2.0, "warmup_steps": 10, "start": 0.0}}
     loss_fn = jax.jit(make_objective(stub, weights, {"c_prior": {"free_bits": 0.0}}))   # the step is traced
-    loss, aux = loss_fn(params, x, rng, jnp.int32(5))
+    loss, aux = loss_fn(params, make_batch(x), rng, jnp.int32(5))
     assert len(calls) == 1                               # one forward pass for all terms
     assert set(aux) == set(weights) | {"c_prior_kl", "loss"}
     w_at_5 = dict(weights, w_prior=1.0)                  # halfway through the warmup
@@ -353,9 +353,9 @@ def test_make_objective_weighted_sum():
         assert float(aux[name]) == pytest.approx(_value(c, name), rel=1e-5, abs=1e-5), name
     assert float(aux["c_prior_kl"]) == pytest.approx(_value(c, "c_prior"), rel=1e-5)
     # Schedules follow the step: at step 0 the warmup weight is 0, at 50 it is 2.
-    loss_0, _ = loss_fn(params, x, rng, jnp.int32(0))
+    loss_0, _ = loss_fn(params, make_batch(x), rng, jnp.int32(0))
     assert float(loss_0) == pytest.approx(float(loss) - float(aux["w_prior"]), rel=1e-5)
-    loss_50, _ = loss_fn(params, x, rng, jnp.int32(50))
+    loss_50, _ = loss_fn(params, make_batch(x), rng, jnp.int32(50))
     assert float(loss_50) == pytest.approx(float(loss) + float(aux["w_prior"]), rel=1e-5)
 
 
@@ -364,7 +364,7 @@ def test_make_objective_from_base_config():
     stub = types.SimpleNamespace(apply=lambda params, batch, rng: setup["out"])
     cfg = setup["cfg"]
     loss_fn = make_objective(stub, cfg.objective, cfg.terms)        # ConfigDicts, as the trainer passes them
-    loss, aux = jax.jit(loss_fn)(setup["params"], setup["x"], setup["rng"], 0)
+    loss, aux = jax.jit(loss_fn)(setup["params"], make_batch(setup["x"]), setup["rng"], 0)
     assert set(aux) == {"recon", "cond_prior", "w_prior", "c_prior", "cv", "c_prior_kl", "loss"}
     assert float(aux["c_prior"]) == pytest.approx(max(float(aux["c_prior_kl"]), 0.5), rel=1e-6)   # free_bits 0.5
     want = sum(float(aux[n]) for n in ("recon", "cond_prior", "w_prior", "c_prior", "cv"))

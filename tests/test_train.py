@@ -257,7 +257,7 @@ def test_each_restart_reads_its_own_data_order():
     rng = jax.random.key(3)
 
     def record(state, batch, keys, start=0, measure=True):    # the "params" become the batch's rows
-        return {**state, "step": state["step"] + 1, "params": batch[:, 0]}, {"loss": jnp.float32(0.0)}
+        return {**state, "step": state["step"] + 1, "params": batch["data"][:, 0]}, {"loss": jnp.float32(0.0)}
 
     def epoch_rows(restarts):
         step = steps.make_restarts_step(record, 3, own_batches=restarts is not None)

@@ -20,7 +20,7 @@ from gmvc.config import base_config
 from gmvc.errors import ConfigError
 from gmvc.core.mixture_init import fit_diag_gmm, mean_log_likelihood
 from gmvc.models import make_model
-from gmvc.objectives import make_objective
+from gmvc.objectives import make_batch, make_objective
 from gmvc.objectives.terms import TERMS, _expected_component_kl, _kl_gamma_prior
 from gmvc.training.phases import INIT_DEFAULTS, Phase, build_phases
 from gmvc.core.schedules import make_schedule
@@ -692,7 +692,7 @@ def _train_few_steps(params, tx, loss_fn, x, n=5, batch=50):
 
         def body(state, i):
             batch_x = jax.lax.dynamic_slice_in_dim(x, (i % (len(x) // batch)) * batch, batch)
-            return train_step(state, batch_x, jax.random.fold_in(jax.random.key(7), i))
+            return train_step(state, make_batch(batch_x), jax.random.fold_in(jax.random.key(7), i))
 
         state, aux = jax.lax.scan(body, state, jnp.arange(n))
         return state, aux
@@ -740,7 +740,7 @@ def test_lifted_step_trains_as_the_vmapped_step(tiny_vade):
                           ("lifted", steps.make_lifted_step(loss_fn, tx, 1))):
         step_fn, s, auxes = jax.jit(step_fn), state_lib.create_state(params, tx), []
         for i in range(4):
-            s, aux = step_fn(s, jnp.asarray(x[i * 40:(i + 1) * 40]), steps.step_keys(jax.random.key(5), i, 40))
+            s, aux = step_fn(s, make_batch(jnp.asarray(x[i * 40:(i + 1) * 40])), steps.step_keys(jax.random.key(5), i, 40))
             auxes.append(aux)
         runs[name] = (s, auxes)
     (a, aux_a), (b, aux_b) = runs["vmapped"], runs["lifted"]

@@ -45,11 +45,6 @@ def knn_table(z, k, chunk_size=512):
     return table
 
 
-def has_neighbours(batch):
-    """Whether a batch is {"data", "neighbours"} (gmvc/training/steps.py assemble_batch)."""
-    return isinstance(batch, dict) and "neighbours" in batch
-
-
 def draw(table, idx, rng):
     """One neighbour of each batch sample: table [N, k], idx [B] -> [B] indices, the choice made
     by the sample's key in `rng` ([B] keys, or one key for the whole batch)."""

@@ -27,7 +27,7 @@ from gmvc.training import parallel
 from gmvc.run.checkpoint import Checkpointer
 from gmvc.run.restore import BEST_DIR, EARLY_STOPPING_FILE, read_record, read_records, restore_best
 from gmvc.errors import ConfigError
-from gmvc.objectives import make_objective
+from gmvc.objectives import make_batch, make_objective
 from gmvc.core.batching import tree_len
 from gmvc.training.context import validation_size
 
@@ -106,7 +106,7 @@ class ValidationELBO:
         def one(params, sample, row):
             batch = jax.tree.map(lambda a: a[None], sample)
             key = jax.random.fold_in(jax.random.key(seed), row)[None]       # [1]: per-sample keys
-            return loss(params, batch, key, 0)[1]
+            return loss(params, make_batch(batch), key, 0)[1]
 
         def restart(params, batches, rows, mask):
             def batch_sums(args):

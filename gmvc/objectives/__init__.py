@@ -4,9 +4,15 @@ import jax
 import jax.numpy as jnp
 
 from gmvc.errors import ConfigError
-from gmvc.core.neighbours import has_neighbours
 from gmvc.objectives.terms import BATCH_TERMS, NEIGHBOUR_TERMS, TERMS, neighbour_options
 from gmvc.core.schedules import make_schedule
+
+
+def make_batch(data, neighbours=None):
+    """The one shape of batch an objective reads: {"data": the model's inputs of the batch (an
+    array [B, ...], or {"x", "y"} for a model conditioned on labels), "neighbours": the inputs of
+    one nearest neighbour of each sample (the same shape), or None}."""
+    return {"data": data, "neighbours": neighbours}
 
 
 def make_objective(model, weights, term_options, axis_name=None):
@@ -14,9 +20,9 @@ def make_objective(model, weights, term_options, axis_name=None):
 
     aux holds every term's unweighted value under its own name, plus "loss". `axis_name`: the
     data axis when the loss runs per device on a slice of the batch; whole-batch statistics
-    (BATCH_TERMS) then gather the batch over it. A batch {"data", "neighbours"} (gmvc/training/steps.py
-    assemble_batch) adds the neighbours' responsibilities to `out` as "nbr_log_gamma"; without
-    neighbours (a score on the whole data, the validation ELBO) the NEIGHBOUR_TERMS are left out.
+    (BATCH_TERMS) then gather the batch over it. `batch` is make_batch's; with neighbours, their
+    responsibilities join `out` as "nbr_log_gamma"; without (a score on the whole data, the
+    validation ELBO) the NEIGHBOUR_TERMS are left out.
     """
     weights, term_options = dict(weights), {k: dict(v) for k, v in dict(term_options).items()}
     unknown = sorted(set(weights) - set(TERMS))
@@ -33,10 +39,8 @@ def make_objective(model, weights, term_options, axis_name=None):
     fixed_neighbours = wants_neighbours and neighbour_options(term_options.get("neighbours", {}))["stop_gradient"]
 
     def loss_fn(params, batch, rng, step):
-        nbr = None
-        if has_neighbours(batch):
-            batch, nbr = batch["data"], batch["neighbours"]
-        out = model.apply(params, batch, rng)
+        nbr = batch["neighbours"]
+        out = model.apply(params, batch["data"], rng)
         if nbr is not None and wants_neighbours:
             nbr_params = jax.lax.stop_gradient(params) if fixed_neighbours else params
             out["nbr_log_gamma"] = model.predict(nbr_params, nbr)["log_gamma"]

@@ -13,7 +13,6 @@ import numpy as np
 
 from gmvc.core import mixture
 from gmvc.errors import ConfigError
-from gmvc.core.neighbours import has_neighbours
 
 AUGMENT_KEYS = ("shift", "rotate")
 _SALT = 0x6175   # folded into each sample's key so augmentation noise is not the model's noise
@@ -80,9 +79,9 @@ def _draws(rng, shift, rotate):
 
 
 def make_augment(spec):
-    """augment(batch, rng) -> batch with its images warped; `batch` is an image array [B, H, W, C]
-    or {"x": images, "y": labels}; `rng` one key per sample [B] (or one key, split). An empty
-    spec is the identity."""
+    """augment(batch, rng) -> batch with its images warped; `batch` is objectives.make_batch's
+    (its inputs an image array [B, H, W, C] or {"x": images, "y": labels}); `rng` one key per
+    sample [B] (or one key, split). An empty spec is the identity."""
     if not spec:
         return lambda batch, rng: batch
     shift, rotate = spec["shift"], spec["rotate"]
@@ -95,12 +94,14 @@ def make_augment(spec):
             return shift_images(x, offsets)
         return jax.vmap(warp)(x, angles, offsets)
 
+    def augment_inputs(inputs, rng):
+        if isinstance(inputs, dict):                   # {"x", "y"}: a model conditioned on labels
+            return {**inputs, "x": augment_images(inputs["x"], rng)}
+        return augment_images(inputs, rng)
+
     def augment(batch, rng):
-        if has_neighbours(batch):      # the neighbours get their own draws
-            return {"data": augment(batch["data"], rng), "neighbours": augment(batch["neighbours"],
-                                                                             mixture.fold_in(rng, 1))}
-        if isinstance(batch, dict):
-            return {**batch, "x": augment_images(batch["x"], rng)}
-        return augment_images(batch, rng)
+        nbr = batch["neighbours"]                      # the neighbours get their own draws
+        return {"data": augment_inputs(batch["data"], rng),
+                "neighbours": None if nbr is None else augment_inputs(nbr, mixture.fold_in(rng, 1))}
 
     return augment

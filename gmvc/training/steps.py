@@ -7,6 +7,7 @@ import optax
 
 from gmvc.core import mixture, neighbours
 from gmvc.core.batching import tree_len, tree_slice
+from gmvc.objectives import make_batch
 
 
 def make_train_step(loss_fn, tx, axis_name=None):
@@ -54,7 +55,7 @@ def make_restarts_step(train_step, restarts, own_batches=False):
         if own_batches:
             batch_axes = 0
         else:
-            batch_axes = {"data": None, "neighbours": 0} if neighbours.has_neighbours(batch) else None
+            batch_axes = {"data": None, "neighbours": 0}      # each restart draws its own neighbours
         params, opt_state, aux = jax.vmap(one, in_axes=(0, 0, 0, batch_axes))(state["params"], state["opt_state"],
                                                                             rngs, batch)
         return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, aux   # aux leaves [R]
@@ -85,8 +86,7 @@ def make_lifted_step(loss_fn, tx, restarts, axis_name=None, own_batches=False):
     one = make_train_step(first, tx, axis_name=axis_name)
 
     def single_step(state, batch, rng, start=0, measure=True):
-        if neighbours.has_neighbours(batch):
-            batch = {"data": batch["data"], "neighbours": jax.tree.map(lambda a: a[0], batch["neighbours"])}
+        batch = {**batch, "neighbours": jax.tree.map(lambda a: a[0], batch["neighbours"])}
         new_state, aux = one(state, batch, mixture.fold_in(rng, 0), start, measure)
         return new_state, jax.tree.map(lambda a: a[None], aux)      # aux leaves [1], as the vmapped step's
 
@@ -122,21 +122,22 @@ def select_batch(x, idx, keys):
 
 
 def assemble_batch(state, x, idx, keys, select):
-    """(batch, this device's keys) for the global batch `idx` [B] and its per-sample keys. When the
-    state carries a neighbour table [R, N, k] (gmvc/core/neighbours.py), the batch is {"data": rows,
-    "neighbours": [R, B, ...] one drawn neighbour of each row, per restart}. `idx` [R, B], one
-    batch per restart, gives rows [R, B, ...] as well (make_restarts_step's `own_batches`)."""
+    """(batch, this device's keys) for the global batch `idx` [B] and its per-sample keys; the
+    batch is objectives.make_batch's: its rows, and when the state carries a neighbour table
+    [R, N, k] (gmvc/core/neighbours.py) one drawn neighbour of each row per restart [R, B, ...]
+    (else None). `idx` [R, B], one batch per restart, gives rows [R, B, ...] as well
+    (make_restarts_step's `own_batches`)."""
     own = idx.ndim == 2
     if own:
         batch, local_keys = jax.vmap(lambda i: select(x, i, keys), out_axes=(0, None))(idx)
     else:
         batch, local_keys = select(x, idx, keys)
     if "neighbours" not in state:
-        return batch, local_keys
+        return make_batch(batch), local_keys
     rows = idx if own else jnp.broadcast_to(idx, (state["neighbours"].shape[0],) + idx.shape)
     nbr_idx = jax.vmap(lambda table, i: neighbours.draw(table, i, keys))(state["neighbours"], rows)   # [R, B]
     nbr = jax.vmap(lambda i: select(x, i, keys)[0])(nbr_idx)
-    return {"data": batch, "neighbours": nbr}, local_keys
+    return make_batch(batch, nbr), local_keys
 
 
 def step_keys(step_rng, step, batch_size):
@@ -240,7 +241,7 @@ def make_host_chunk(compiled_step, *, chunk_len, step_of=lambda state: int(state
 def make_full_loss(loss_fn, batch_size):
     """full_loss(params, x) -> the objective averaged over every full batch of x, with fixed noise:
     a label-free score to choose between restarts."""
-    batch_loss = jax.jit(lambda params, batch, step: loss_fn(params, batch, jax.random.key(0), step)[0])
+    batch_loss = jax.jit(lambda params, rows, step: loss_fn(params, make_batch(rows), jax.random.key(0), step)[0])
 
     def full_loss(params, x, step):
         n = max(1, tree_len(x) // batch_size)
