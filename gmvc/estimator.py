@@ -28,14 +28,9 @@ from gmvc.data import Dataset
 from gmvc.config import apply_overrides, from_dict
 from gmvc.errors import CheckpointError, ConfigError
 from gmvc.run.restore import load_trained, read_json
-from gmvc.objectives import make_batch, make_objective
+from gmvc.objectives import make_batch, make_elbo
 
 ESTIMATOR_FILE = "estimator.json"
-# The ELBO each model family maximises, without the regularisers that only steer training
-# (c_marginal, cv, free bits): score(X) is its mean over X.
-ELBO_TERMS = {"vade": {"recon": 1.0, "vade_kl": 1.0},
-              "gmvae": {"recon": 1.0, "cond_prior": 1.0, "w_prior": 1.0, "c_prior": 1.0},
-              "vae": {"recon": 1.0, "kl_z": 1.0}}
 
 
 def _silent(*args, **kwargs):
@@ -145,9 +140,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         """The mean ELBO per sample (one Monte-Carlo draw of z per sample; higher is better)."""
         check_is_fitted(self, "params_")
         x = self._check(X)
-        name = self.config_.model.name
-        weights = ELBO_TERMS["vae" if name == "cvae" else name]
-        loss = make_objective(self.model_, weights, {"c_prior": {"free_bits": 0.0}})
+        loss = make_elbo(self.model_)
         batch_loss = jax.jit(lambda params, rows: loss(params, make_batch(rows), jax.random.key(0), 0)[0])
         bs = self.config_.eval.batch_size
         total = sum(float(batch_loss(self.params_, x[i:i + bs])) * len(x[i:i + bs]) for i in range(0, len(x), bs))

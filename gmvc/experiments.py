@@ -31,6 +31,7 @@ from gmvc.errors import ConfigError
 from gmvc.core.mixture_init import fit_diag_gmm
 from gmvc.objectives import make_objective
 from gmvc.core.schedules import make_schedule
+from gmvc.training.runner import chunks
 from gmvc.training.state import make_optimizer
 
 SCHEDULE_STEP_KEYS = ("warmup_steps", "ramp_steps", "hold_steps", "decay_steps")
@@ -217,25 +218,14 @@ def make_sweep_objective(model, weights, term_options, term):
     return loss_fn
 
 
-def make_sweep_step(loss_fn, tx):
-    """sweep_step(state, batch, rng, start=0, measure=True) -> (state, aux with [R] leaves): one train step
-    (steps.make_train_step) of every run, vmapped over the [R] axis of (params, opt_state,
-    weight, seed) in state = {"step": [], "params": [R, ...], "opt_state": [R, ...], "weight":
-    [R], "seed": [R]}. The step counter and the batch are shared; run r's noise is folded in
-    from its seed, so runs with one seed draw the same noise and differ only in the weight."""
-
-    def one(step, params, opt_state, weight, seed, batch, rng, start, measure):
-        train_step = steps.make_train_step(lambda p, b, r, s: loss_fn(p, b, r, s, weight), tx)
-        new, aux = train_step({"step": step, "params": params, "opt_state": opt_state}, batch,
-                              mixture.fold_in(rng, seed), start, measure)
-        return new["params"], new["opt_state"], aux
-
-    def sweep_step(state, batch, rng, start=0, measure=True):
-        params, opt_state, aux = jax.vmap(lambda *a: one(*a, measure), in_axes=(None, 0, 0, 0, 0, None, None, None))(
-            state["step"], state["params"], state["opt_state"], state["weight"], state["seed"], batch, rng, start)
-        return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, aux
-
-    return sweep_step
+def make_sweep_step(loss_fn, tx, runs):
+    """The train step of `runs` runs of make_sweep_objective's loss_fn, vmapped over their [R] axis
+    of (params, opt_state, weight, seed): steps.make_restarts_step of steps.make_train_step, on a
+    state {"step": [], "params": [R, ...], "opt_state": [R, ...], "hyper": [R] weights,
+    "noise_ids": [R] seeds} (init_sweep's). The step counter and the batch are shared; run r's
+    noise is folded in from its seed, so runs with one seed draw the same noise and differ only
+    in the weight."""
+    return steps.make_restarts_step(steps.make_train_step(loss_fn, tx), runs)
 
 
 def init_sweep(model, tx, rng, weights, seeds):
@@ -250,8 +240,8 @@ def init_sweep(model, tx, rng, weights, seeds):
         return params, jax.vmap(tx.init)(params)
 
     params, opt_state = init(rng, seed)
-    return {"step": jnp.asarray(0, jnp.int32), "params": params, "opt_state": opt_state, "weight": weight,
-            "seed": seed}
+    return {"step": jnp.asarray(0, jnp.int32), "params": params, "opt_state": opt_state, "hyper": weight,
+            "noise_ids": seed}
 
 
 class Sweep(NamedTuple):
@@ -264,34 +254,33 @@ class Sweep(NamedTuple):
     seconds: float
 
 
-def train_sweep(config, model, x, term, weights, seeds, rng, echo=print):
-    """Train len(weights) x len(seeds) runs of `config` (one train phase: config.objective,
-    config.optim, config.train.steps / batch_size / log_every) whose only difference is the
-    weight of `term` (and the seed): one jitted lax.scan chunk of the vmapped sweep step,
-    traced and compiled once, with every run reading the same batches. A run that turns
-    non-finite does not stop the others: its history shows NaN."""
+def train_sweep(config, model, x, term, grid, rng, echo=print):
+    """Train the runs of `grid` = (weights, seeds), len(weights) x len(seeds) of them, of `config`
+    (one train phase: config.objective, config.optim, config.train.steps / batch_size / log_every)
+    whose only difference is the weight of `term` (and the seed): the training loop
+    (runner.chunks) over one jitted lax.scan chunk of the vmapped step, traced and compiled once,
+    with every run reading the same batches. A run that turns non-finite does not stop the
+    others: its history shows NaN."""
     if config.train.phases:
         raise ConfigError(f"sweep: one train phase only; this config has phases {list(config.train.phases)}")
-    t = config.train
+    t, (weights, seeds) = config.train, grid
     tx = make_optimizer(config.optim)
-    sweep_step = make_sweep_step(make_sweep_objective(model, config.objective, config.terms, term), tx)
-    chunk = steps.make_train_chunk(sweep_step, num_examples=len(x), batch_size=t.batch_size, chunk_len=t.log_every,
-                                   total_steps=t.steps)
+    sweep_step = make_sweep_step(make_sweep_objective(model, config.objective, config.terms, term), tx,
+                                 len(weights) * len(seeds))
+    chunk = steps.make_train_chunk(sweep_step, num_examples=len(x), batch_size=t.batch_size, chunk_len=t.log_every)
     traces = []
 
-    def counted(state, x, rng):
+    def counted(state, x, rng, bounds):
         traces.append(1)
-        return chunk(state, x, rng)
+        return chunk(state, x, rng, bounds)
 
-    run_chunk = jax.jit(counted, donate_argnums=0)
     init_rng, train_rng = jax.random.split(rng)
     state = init_sweep(model, tx, init_rng, weights, seeds)
-    x = jax.device_put(x)
+    args = (jax.device_put(x), train_rng, np.asarray([0, t.steps], np.int32))
     history, ends, t0 = [], [], time.time()
-    chunk_ends = [min(end, t.steps) for end in range(t.log_every, t.steps + t.log_every, t.log_every)]
-    every = max(1, len(chunk_ends) // 8)                      # about eight progress lines
-    for i, end in enumerate(chunk_ends):
-        state, chunk_metrics = run_chunk(state, x, train_rng)
+    every = max(1, -(-t.steps // t.log_every) // 8)                 # about eight progress lines
+    for i, (state, chunk_metrics, end) in enumerate(chunks(jax.jit(counted, donate_argnums=0), state, args, 0,
+                                                           t.steps, t.log_every)):
         history.append(jax.device_get(chunk_metrics))
         ends.append(end)
         if (i + 1) % every == 0 or end == t.steps:
@@ -299,7 +288,7 @@ def train_sweep(config, model, x, term, weights, seeds, rng, echo=print):
             echo(f"step {end}/{t.steps} ({time.time() - t0:.0f} s): loss over the {len(loss)} runs min "
                  f"{np.min(loss):.3f} median {np.median(loss):.3f} max {np.max(loss):.3f}", flush=True)
     stacked = {k: np.stack([h[k] for h in history]) for k in history[0]}
-    return Sweep(jax.device_get(state["params"]), np.asarray(state["weight"]), np.asarray(state["seed"]), stacked,
+    return Sweep(jax.device_get(state["params"]), np.asarray(state["hyper"]), np.asarray(state["noise_ids"]), stacked,
                  np.asarray(ends), len(traces), round(time.time() - t0, 2))
 
 

@@ -65,12 +65,9 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
         cleanup.callback(warm.close)
         position = start(ctx, ckpt, step, resume_at, workdir, echo)
         progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo, write=main_process)
-        events = cleanup.enter_context(contextlib.closing(open_events(
-            workdir, step, config, ctx.model, data, ctx.inputs, ctx.rngs["sample"], main_process,
-            images=write_outputs,
-            samples_per_group=clustering.samples_per_group(config, ctx.model, data.is_image))))
-        watch = cleanup.enter_context(contextlib.closing(monitor.Monitor(
-            config, ctx.model, ctx.layout, ctx.val_inputs, events, workdir, ctx.last_phase, main_process, echo)))
+        events = cleanup.enter_context(contextlib.closing(open_events(ctx, workdir, step, main_process,
+                                                                      images=write_outputs)))
+        watch = cleanup.enter_context(contextlib.closing(monitor.Monitor(ctx, events, workdir, main_process, echo)))
         watch.resume(step)
         t_train = time.time()
         position = run_phases(ctx, position, (ckpt, progress, watch), warm, echo)

@@ -33,6 +33,9 @@ def validate(config, data):
     num_train = n - (validation_size(n, f) if f > 0 else 0)
     if f > 0 and num_train == n:
         raise ConfigError(f"train.validation_fraction={f} holds out no sample of the {n}")
+    if num_train < config.train.batch_size:
+        raise ConfigError(f"train.validation_fraction={f} leaves {num_train} of {n} samples to train on, fewer "
+                          f"than train.batch_size={config.train.batch_size}")
     if num_train < clusters:
         raise ConfigError(f"train.validation_fraction={f} leaves {num_train} of {n} samples to train on, fewer "
                           f"than model.num_clusters={k}")

@@ -178,17 +178,17 @@ def test_bad_validation_settings_are_one_clear_error(spiral_config, tmp_path, ov
 def test_vade_prior_histograms_and_only_process_zero_writes(spiral_config, tmp_path):
     from gmvc.data import load_dataset
     from gmvc.eval.events import open_events
+    from gmvc.training import context
     from gmvc.training.state import init_params
     spiral_config.model.name = "vade"
     spiral_config.train.restarts = 2
     data = load_dataset(spiral_config.data, 0)
     model = make_model(spiral_config.model, (2,))
     params = init_params(model.init, jax.random.key(0), 2)
-    args = (spiral_config, model, data, data.x, jax.random.key(1))
-    assert not open_events(tmp_path / "other", 0, *args, main_process=False, images=True,
-                           samples_per_group=4).enabled
+    ctx = context.build(spiral_config, data)
+    assert not open_events(ctx, tmp_path / "other", 0, main_process=False, images=True).enabled
     assert not (tmp_path / "other").exists()
-    events = open_events(tmp_path, 0, *args, main_process=True, images=True, samples_per_group=4)
+    events = open_events(ctx, tmp_path, 0, main_process=True, images=True)
     events.histograms(7, params)
     events.close()
     acc = read_events(tmp_path / "tensorboard")

@@ -107,7 +107,8 @@ def test_sweep_run_is_the_single_run_with_that_weight(fast_compiles):
     state = experiments.init_sweep(model, tx, init_rng, weights, [0])
     chunk = lambda step: jax.jit(steps.make_train_chunk(step, num_examples=len(data.x), batch_size=config.train.batch_size,
                                                         chunk_len=config.train.steps, total_steps=config.train.steps))
-    sweep_step = experiments.make_sweep_step(experiments.make_sweep_objective(model, config.objective, config.terms, "cv"), tx)
+    sweep_step = experiments.make_sweep_step(experiments.make_sweep_objective(model, config.objective, config.terms, "cv"),
+                                             tx, len(weights))
     swept = chunk(sweep_step)(state, data.x, train_rng)[0]["params"]
     r, w = 1, weights[1]
     objective = {**config.objective.to_dict(), "cv": {**config.objective.cv.to_dict(), "value": w}}

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmvc.eval.clustering import samples_per_group
 from gmvc.run import export
 from gmvc.core.batching import make_predict, tree_len, tree_slice
 
@@ -55,12 +56,15 @@ class Events(NullEvents):
     """`params` passed to the methods below carry the restarts' leading [R] axis."""
     enabled = True
 
-    def __init__(self, logdir, start_step, config, model, data, inputs, rng, images, samples_per_group):
+    def __init__(self, logdir, start_step, ctx, images):
+        """`ctx`: the run's training.context.RunContext; `images`: also write the images and the
+        projector embeddings."""
         from tensorboardX import SummaryWriter   # imported here: runs without events never load it
+        config, model, inputs = ctx.config, ctx.model, ctx.inputs
         self.logdir = pathlib.Path(logdir)
-        self.model, self.data, self.inputs, self.rng = model, data, inputs, rng
+        self.model, self.data, self.inputs, self.rng = model, ctx.data, inputs, ctx.rngs["sample"]
         self.images = images
-        self.per_group = samples_per_group
+        self.per_group = samples_per_group(config, model, ctx.data.is_image)
         self._predict = make_predict(model, config.eval.batch_size)
         self.recon_count = config.eval.samples_per_cluster
         self.restarts = config.train.restarts
@@ -259,11 +263,10 @@ def _drop_projector_steps_after(logdir, step):
         _write_projector_config(logdir)
 
 
-def open_events(workdir, start_step, config, model, data, inputs, rng, main_process, images, samples_per_group):
-    """Events for process 0 when tensorboard.enabled, else NullEvents. `images`: also write the
-    images and projector embeddings; `samples_per_group`: samples per cluster in the sample image."""
-    if not (main_process and config.tensorboard.enabled):
+def open_events(ctx, workdir, start_step, main_process, images):
+    """Events in <workdir>/tensorboard for process 0 when tensorboard.enabled, else NullEvents."""
+    if not (main_process and ctx.config.tensorboard.enabled):
         return NullEvents()
     logdir = pathlib.Path(workdir) / "tensorboard"
     os.makedirs(logdir, exist_ok=True)
-    return Events(logdir, start_step, config, model, data, inputs, rng, images, samples_per_group)
+    return Events(logdir, start_step, ctx, images)

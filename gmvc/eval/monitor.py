@@ -26,50 +26,16 @@ from gmvc.run import export
 from gmvc.training import parallel
 from gmvc.run.checkpoint import Checkpointer
 from gmvc.run.restore import BEST_DIR, EARLY_STOPPING_FILE, read_record, read_records, restore_best
-from gmvc.errors import ConfigError
-from gmvc.objectives import make_batch, make_objective
+from gmvc.objectives import make_batch, make_elbo
 from gmvc.core.batching import tree_len
-from gmvc.training.context import validation_size
 
-# The terms whose sum is the negative ELBO of each model, whatever the training objective
-# weights (the free-bits threshold of c_prior is not part of the bound).
-ELBO_TERMS = {"gmvae": ("recon", "cond_prior", "w_prior", "c_prior"), "vade": ("recon", "vade_kl"),
-              "vae": ("recon", "kl_z"), "cvae": ("recon", "kl_z")}
 # Where a logged training value differs from the ELBO term: c_prior is logged with free bits.
 _TRAIN_NAMES = {"c_prior": "c_prior_kl"}
 
 
-def check_config(config, n, num_clusters):
-    """Validation and TensorBoard keys against a data set of n samples: one line per problem."""
-    t, tb = config.train, config.tensorboard
-    f = t.validation_fraction
-    if not 0.0 <= f < 1.0:
-        raise ConfigError(f"train.validation_fraction must be in [0, 1), got {f}")
-    if t.patience < 0:
-        raise ConfigError(f"train.patience must be 0 (no early stopping) or positive, got {t.patience}")
-    if t.patience > 0 and f == 0.0:
-        raise ConfigError(f"train.patience={t.patience} needs a validation split: set train.validation_fraction "
-                          f"(e.g. 0.1)")
-    for key in ("images_every", "projector_points"):
-        if tb[key] < 0:
-            raise ConfigError(f"tensorboard.{key} must be 0 or positive, got {tb[key]}")
-    if f == 0.0:
-        return
-    n_val = validation_size(n, f)
-    if n_val < 1:
-        raise ConfigError(f"train.validation_fraction={f} holds out no sample of the {n}")
-    n_train = n - n_val
-    if n_train < t.batch_size:
-        raise ConfigError(f"train.validation_fraction={f} leaves {n_train} of {n} samples to train on, fewer than "
-                          f"train.batch_size={t.batch_size}")
-    if n_train < num_clusters:
-        raise ConfigError(f"train.validation_fraction={f} leaves {n_train} of {n} samples to train on, fewer than "
-                          f"model.num_clusters={num_clusters}")
-
-
-def train_elbo(values, model_name):
+def train_elbo(values, model):
     """The training ELBO from the chunk's logged terms, when the objective has all of them."""
-    names = [_TRAIN_NAMES.get(t, t) for t in ELBO_TERMS.get(model_name, ())]
+    names = [_TRAIN_NAMES.get(t, t) for t in model.elbo_terms]
     if names and all(isinstance(values.get(t), float) for t in names):
         return -sum(values[t] for t in names)
     return None
@@ -87,8 +53,8 @@ class ValidationELBO:
     terms (each sample alone, with its own fixed noise key), so padding the last batch changes
     nothing and the value does not depend on the batch size."""
 
-    def __init__(self, model, model_name, inputs, batch_size, seed, layout):
-        self.names = ELBO_TERMS[model_name]
+    def __init__(self, model, inputs, batch_size, seed, layout):
+        self.names = model.elbo_terms
         self.layout = layout
         n = tree_len(inputs)
         bs = min(batch_size, n)
@@ -101,7 +67,7 @@ class ValidationELBO:
 
     def _make(self, model, seed):
         names = self.names
-        loss = make_objective(model, {t: 1.0 for t in names}, {"c_prior": {"free_bits": 0.0}})
+        loss = make_elbo(model)
 
         def one(params, sample, row):
             batch = jax.tree.map(lambda a: a[None], sample)
@@ -191,11 +157,12 @@ class Monitor:
     (only in the last train phase: earlier phases such as pretraining optimise other things),
     TensorBoard scalars, histograms and, every tensorboard.images_every steps, images."""
 
-    def __init__(self, config, model, layout, val_inputs, events, workdir, last_phase, write, echo):
-        t = config.train
-        self.model_name, self.events, self.last_phase, self.echo = config.model.name, events, last_phase, echo
+    def __init__(self, ctx, events, workdir, write, echo):
+        config, t = ctx.config, ctx.config.train
+        self.model, self.events, self.last_phase, self.echo = ctx.model, events, ctx.last_phase, echo
         self.restarts, self.total = t.restarts, t.steps
-        self.val = (ValidationELBO(model, config.model.name, val_inputs, config.eval.batch_size, config.seed, layout)
+        val_inputs = ctx.val_inputs
+        self.val = (ValidationELBO(ctx.model, val_inputs, config.eval.batch_size, config.seed, ctx.layout)
                     if val_inputs is not None else None)
         self.stopper = EarlyStopping(workdir, t.patience, write) if t.patience > 0 else None
         every = config.tensorboard.images_every
@@ -211,7 +178,7 @@ class Monitor:
 
     def validate(self, step, phase, params, values):
         """Add the training ELBO and the validation values to `values`; returns True to stop."""
-        elbo = train_elbo(values, self.model_name)
+        elbo = train_elbo(values, self.model)
         if elbo is not None:
             values["elbo"] = elbo
         if self.val is None:

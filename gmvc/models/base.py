@@ -31,6 +31,7 @@ class Model(NamedTuple):
     centres: Callable = None   # params -> [K, Dz]: each cluster's centre in the latent space
     stored_prior: bool = False   # the mixture lives in params["prior"] (an init_prior phase can refit it)
     num_labels: int = 0          # > 0: inputs carry labels (conditioning)
+    elbo_terms: tuple = ()       # the objective terms whose sum is the negative ELBO (free bits off)
 
 
 class GaussianEncoderDecoder(nn.Module):

@@ -100,4 +100,4 @@ def make_gmvae(model_cfg, data_shape):
         return x.reshape(k, n, *data_shape)
 
     return base.Model(init=init, apply=apply, predict=predict, sample=sample, num_clusters=k, embed=embed,
-                      decode=decode, centres=centres)
+                      decode=decode, centres=centres, elbo_terms=("recon", "cond_prior", "w_prior", "c_prior"))

@@ -83,4 +83,5 @@ def make_vade(model_cfg, data_shape):
         return x.reshape(k, n, *data_shape)
 
     return base.Model(init=init, apply=apply, predict=predict, sample=sample, num_clusters=k, embed=embed,
-                      decode=decode, centres=lambda params: params["prior"]["means"], stored_prior=True)
+                      decode=decode, centres=lambda params: params["prior"]["means"], stored_prior=True,
+                      elbo_terms=("recon", "vade_kl"))

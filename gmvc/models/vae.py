@@ -81,7 +81,7 @@ def _make(model_cfg, data_shape, num_labels):
         return decode(params, z, labels).reshape(groups, n, *data_shape)
 
     return base.Model(init=init, apply=apply, predict=predict, sample=sample, num_clusters=0, embed=embed,
-                      decode=decode, num_labels=num_labels)
+                      decode=decode, num_labels=num_labels, elbo_terms=("recon", "kl_z"))
 
 
 def make_vae(model_cfg, data_shape):

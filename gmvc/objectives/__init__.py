@@ -58,6 +58,12 @@ def make_objective(model, weights, term_options, axis_name=None):
     return loss_fn
 
 
+def make_elbo(model, axis_name=None):
+    """loss_fn whose loss is the negative ELBO of `model` (the sum of model.elbo_terms, free bits
+    off): the bound itself, without the regularisers that only steer training."""
+    return make_objective(model, {t: 1.0 for t in model.elbo_terms}, {"c_prior": {"free_bits": 0.0}}, axis_name)
+
+
 def infovae_weights(alpha, lam):
     """InfoVAE (Zhao et al. 2017) as term weights:
     -E[log p(x|z)] + (1 - alpha) KL(q(z|x) || p(z)) + (alpha + lambda - 1) MMD(q(z) || p(z)).

@@ -13,6 +13,17 @@ from gmvc.training.phases import program_key
 from gmvc.training.state import create_state, make_optimizer, opt_init
 
 
+def chunks(run_chunk, state, args, start, end, chunk_len):
+    """The training loop: run_chunk(state, *args) -> (state, metrics) from step `start` until
+    `end`, `chunk_len` steps a call; yields (state, metrics, step) after each chunk. The caller
+    stops early by leaving the loop."""
+    step = start
+    while step < end:
+        state, metrics = run_chunk(state, *args)
+        step = min(step + chunk_len, end)
+        yield state, metrics, step
+
+
 def check_finite(step, per_restart):
     bad = {k: np.asarray(v).tolist() for k, v in per_restart.items() if not np.isfinite(v).all()}
     if bad:
@@ -119,11 +130,9 @@ class PhaseRunner:
         logging every log_every steps and checkpointing every checkpoint_every."""
         t = self.config.train
         ckpt_every = math.ceil(t.checkpoint_every / t.log_every) * t.log_every
-        step = self._step_of(state)
-        while step < self.phase.end:
-            state, chunk_metrics = self.run_chunk(state, x, rng, self.bounds)
+        for state, chunk_metrics, step in chunks(self.run_chunk, state, (x, rng, self.bounds), self._step_of(state),
+                                                 self.phase.end, t.log_every):
             per_restart = parallel.metrics_to_host(self.layout, chunk_metrics)   # each [R]
-            step = min(step + t.log_every, self.phase.end)
             check_finite(step, per_restart)
             values = {k: float(np.mean(v)) for k, v in per_restart.items()}
             if t.restarts > 1:

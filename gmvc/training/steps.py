@@ -19,8 +19,9 @@ def make_train_step(loss_fn, tx, axis_name=None):
     weight, then reduced, 3.35 M parameters read twice more beside the Adam update."""
 
     def train_step(state, batch, rng, start=0, measure=True):
+        hyper = (state["hyper"],) if "hyper" in state else ()         # a sweep's per-run loss settings
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng,
-                                                                   state["step"] - start)
+                                                                   state["step"] - start, *hyper)
         if axis_name is not None:
             grads, aux = jax.lax.pmean((grads, aux), axis_name)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -42,22 +43,22 @@ def make_restarts_step(train_step, restarts, own_batches=False):
     """Lift train_step to a state whose params and opt_state carry a leading [R] axis (independent
     restarts) while the step counter is shared: one vmapped program trains all R. The batch is
     shared, or with `own_batches` each restart's own (every leaf [R, B, ...], see
-    make_train_chunk's `restarts`). A batch with neighbours ({"data", "neighbours"}, see
-    assemble_batch) has each restart's own neighbours [R, B, ...]."""
+    make_train_chunk's `restarts`); a batch's neighbours are each restart's own [R, B, ...].
+    Restart r draws its noise from fold_in(rng, r), or from fold_in(rng, state["noise_ids"][r])
+    when the state carries ids (runs that share an id share their noise); a state's "hyper"
+    ([R, ...], a sweep's per-run loss settings) is sliced per restart like the parameters."""
 
     def restarts_step(state, batch, rng, start=0, measure=True):
-        def one(params, opt_state, rng_r, batch_r):
-            new, aux = train_step({"step": state["step"], "params": params, "opt_state": opt_state}, batch_r, rng_r,
-                                  start, measure)
+        def one(params, opt_state, hyper, rng_r, batch_r):
+            run = {"step": state["step"], "params": params, "opt_state": opt_state}
+            new, aux = train_step(run if hyper is None else {**run, "hyper": hyper}, batch_r, rng_r, start, measure)
             return new["params"], new["opt_state"], aux
 
-        rngs = jax.vmap(lambda r: mixture.fold_in(rng, r))(jnp.arange(restarts))   # [R] keys, or [R, B] per sample
-        if own_batches:
-            batch_axes = 0
-        else:
-            batch_axes = {"data": None, "neighbours": 0}      # each restart draws its own neighbours
-        params, opt_state, aux = jax.vmap(one, in_axes=(0, 0, 0, batch_axes))(state["params"], state["opt_state"],
-                                                                            rngs, batch)
+        ids = state.get("noise_ids", jnp.arange(restarts))
+        rngs = jax.vmap(lambda r: mixture.fold_in(rng, r))(ids)     # [R] keys, or [R, B] per sample
+        batch_axes = 0 if own_batches else {"data": None, "neighbours": 0}
+        params, opt_state, aux = jax.vmap(one, in_axes=(0, 0, 0, 0, batch_axes))(
+            state["params"], state["opt_state"], state.get("hyper"), rngs, batch)
         return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, aux   # aux leaves [R]
 
     return restarts_step
