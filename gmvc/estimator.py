@@ -78,11 +78,13 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Train on X ([N, D], or [N, H, W(, C)] images); y is ignored (labels never train)."""
         from gmvc.trainer import train_and_evaluate
+        from gmvc.validate import validate
         x = self._check(X, reset=True)
-        config = self._make_config(x)
+        config, data = self._make_config(x), Dataset(x=x, y=None, name="array")
+        validate(config, data)                    # before a folder is made for the run
         workdir = pathlib.Path(self.workdir) if self.workdir else pathlib.Path(tempfile.mkdtemp(prefix="gmvc_"))
-        summary = train_and_evaluate(config, workdir, echo=print if self.verbose else _silent,
-                                     data=Dataset(x=x, y=None, name="array"), write_outputs=False)
+        summary = train_and_evaluate(config, workdir, echo=print if self.verbose else _silent, data=data,
+                                     write_outputs=False)
         self._set_trained(load_trained(workdir, config))
         self.n_iter_ = int(summary["steps"])
         self.labels_ = self.predict(X) if self.model_.num_clusters else None

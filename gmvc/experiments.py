@@ -114,8 +114,8 @@ def _schedules(c):
 def enable_compilation_cache(directory=None):
     """Keep compiled programs on disk (JAX's persistent compilation cache). train_and_evaluate
     builds fresh functions on every call, so a second run of one config (another seed) traces
-    again, but its programs are identical and are read back instead of compiled (a short VaDE
-    run on digits: 11 s -> 3 s). Call it before the first computation. `directory`: default
+    again, but its programs are identical and are read back instead of compiled. Call it before
+    the first computation. `directory`: default
     $JAX_COMPILATION_CACHE_DIR, else a new temporary folder; returns the folder used."""
     directory = directory or os.environ.get("JAX_COMPILATION_CACHE_DIR") or tempfile.mkdtemp(prefix="gmvc_xla_")
     jax.config.update("jax_compilation_cache_dir", str(directory))

@@ -97,8 +97,8 @@ def decoder_outputs(model_cfg, raw):
 @jax.custom_jvp
 def softplus(x):
     """log(1 + e^x) as max(x, 0) + log1p(e^-|x|): the value of jax.nn.softplus (logaddexp(x, 0)),
-    and its derivative sigmoid(x) from the same e^-|x|. On the CPU value and gradient for a
-    [256, 784] batch of logits take 0.15 ms against 0.31 ms for jax.nn.softplus."""
+    and its derivative sigmoid(x) from the same e^-|x|, so value and gradient take one
+    exponential."""
     return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
 

@@ -60,8 +60,7 @@ def _hat(n, offset):
 def shift_images(images, offsets):
     """Images [B, H, W, C] each shifted by its offset [B, 2] (rows, columns): warp with angle 0.
     The bilinear shift is separable, rows_b @ image_b @ columns_b^T, so a batch is two batched
-    matmuls (vade_mnist5k's 256 images: 22 MFLOP) in place of map_coordinates' per-pixel
-    gathers, which took 10 ms of the 34 ms pretraining step on a 2-core CPU."""
+    matmuls in place of map_coordinates' per-pixel gathers, which are slow on a CPU."""
     h, w = images.shape[1:3]
     rows = jax.vmap(lambda o: _hat(h, o))(offsets[:, 0])         # [B, H, H]
     cols = jax.vmap(lambda o: _hat(w, o))(offsets[:, 1])         # [B, W, W]

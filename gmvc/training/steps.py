@@ -14,9 +14,8 @@ def make_train_step(loss_fn, tx, axis_name=None):
     """train_step(state, batch, rng, start=0, measure=True) -> (state, aux); the loss reads the
     step counted from `start` (a phase's first step: its weight schedules count from there).
     aux["grad_norm"] is the global gradient norm where `measure` (a bool, may be traced) holds,
-    else 0: make_train_chunk measures the chunk's last step only. Measured on every step, the
-    norm cost the reference network 10-20% of its step at batch 100: g * g written out for each
-    weight, then reduced, 3.35 M parameters read twice more beside the Adam update."""
+    else 0: make_train_chunk measures the chunk's last step only, as the norm reads every
+    gradient once more beside the optimizer's update."""
 
     def train_step(state, batch, rng, start=0, measure=True):
         hyper = (state["hyper"],) if "hyper" in state else ()         # a sweep's per-run loss settings
@@ -69,14 +68,9 @@ def make_lifted_step(loss_fn, tx, restarts, axis_name=None, own_batches=False):
     (make_restarts_step's contract). With R > 1 it is make_restarts_step's vmap. With one restart
     the loss reads params[0] (and the batch's neighbours [1, B, ...] row 0), and the optimizer
     updates the [1, ...] arrays as they are, without vmap: the weight gradients then leave XLA's
-    dots in the parameters' own layout, and each Adam update reads them once. Under vmap they came
-    out transposed, read strided by every update and copied for grad_norm: the one-restart step
-    took 7% (vade_mnist5k's pretraining) to 30% (the reference net at batch 100) longer. The noise
-    keys are the vmapped step's: restart 0 draws from fold_in(rng, 0). `own_batches` (each
-    restart's own batch) only means something with R > 1. R > 1 unrolled the same way (each
-    restart's loss on params[r], the R gradients stacked for one Adam update) ran vade_digits' main
-    step 12% faster but compiled 1.6 s (30%) longer, a wash on a 45 s run; as a lax.map it ran 30%
-    slower."""
+    dots in the parameters' own layout (under vmap they come out transposed and are read strided
+    by the update). The noise keys are the vmapped step's: restart 0 draws from fold_in(rng, 0).
+    `own_batches` (each restart's own batch) only means something with R > 1."""
     if restarts > 1:
         return make_restarts_step(make_train_step(loss_fn, tx, axis_name=axis_name), restarts,
                                   own_batches=own_batches)
@@ -223,8 +217,8 @@ def make_indexed_step(train_step, *, num_examples, batch_size, select=select_bat
 def make_host_chunk(compiled_step, *, chunk_len, step_of=lambda state: int(state["step"])):
     """The make_train_chunk contract with the loop on the host: `compiled_step` (a jitted
     make_indexed_step) called once per step. XLA:CPU runs convolutions inside a compiled loop
-    several times slower than outside one (measured: a conv GMVAE step 120 ms alone, 570 ms in a
-    lax.scan), so convolutional networks train this way. `bounds`: the phase's (start, end)."""
+    several times slower than outside one, so convolutional networks train this way (train.loop
+    "auto"). `bounds`: the phase's (start, end)."""
 
     def chunk(state, x, rng, bounds):
         start = step_of(state)
