@@ -1,0 +1,78 @@
+"""gmvc.run.restore: the one restore, with the restart the run's training chose (results.json)."""
+import json
+
+import jax
+import numpy as np
+import pytest
+from conftest import load_config
+from test_train import assert_trees_equal
+
+from gmvc.errors import CheckpointError
+from gmvc.run.restore import load_trained, restore_stacked
+from gmvc.trainer import load_run, train_and_evaluate
+
+RUN = {"train.restarts": 2, "train.steps": 20, "train.log_every": 10, "train.checkpoint_every": 10,
+       "data.num_points": 200, "tensorboard.enabled": False}
+quiet = {"echo": lambda *a, **k: None}
+
+
+def _snapshot(workdir):
+    return {str(p.relative_to(workdir)): p.stat().st_mtime_ns for p in sorted(workdir.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("restore") / "run"
+    c = load_config("gmvae_spiral.py", RUN)
+    summary = train_and_evaluate(c, workdir, write_outputs=False, **quiet)
+    return c, workdir, summary
+
+
+def test_the_restart_recorded_by_training_is_the_one_restored(run):
+    c, workdir, summary = run
+    before = _snapshot(workdir)
+    stacked, step, _ = restore_stacked(c, workdir, load_trained(workdir).model)
+    chosen = summary["chosen_restart"]
+    trained = load_trained(workdir)                       # the config from config.json
+    assert step == trained.step == 20 and trained.restart == chosen and trained.data_shape == (2,)
+    assert_trees_equal(trained.params, jax.tree.map(lambda a: a[chosen], stacked))
+    # generation and the notebooks restore the same parameters
+    assert_trees_equal(load_run(c, workdir, **quiet).params, trained.params)
+    assert _snapshot(workdir) == before                    # nothing written or removed
+
+
+def test_results_json_decides_the_restart(run, tmp_path):
+    c, workdir, summary = run
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    results = json.loads((copy / "results.json").read_text())
+    other = 1 - summary["chosen_restart"]
+    (copy / "results.json").write_text(json.dumps({**results, "chosen_restart": other}))
+    stacked, _, _ = restore_stacked(c, copy, load_trained(copy).model)
+    trained = load_trained(copy)
+    assert trained.restart == other
+    assert_trees_equal(trained.params, jax.tree.map(lambda a: a[other], stacked))
+    assert not np.array_equal(np.asarray(jax.tree.leaves(trained.params)[0]),
+                              np.asarray(jax.tree.leaves(load_trained(workdir).params)[0]))
+    (copy / "results.json").write_text(json.dumps({**results, "chosen_restart": 5}))
+    with pytest.raises(CheckpointError, match="restart 5 is not among its 2"):
+        load_trained(copy)
+
+
+def test_an_unfinished_run_gives_restart_0_and_says_where_it_stopped(tmp_path):
+    c = load_config("gmvae_spiral.py", RUN)
+    half = load_config("gmvae_spiral.py", {**RUN, "train.steps": 10})
+    train_and_evaluate(half, tmp_path, write_outputs=False, **quiet)
+    (tmp_path / "results.json").unlink()                   # as if killed before the end
+    said = []
+    trained = load_trained(tmp_path, c, echo=lambda m, **k: said.append(m))
+    assert trained.restart == 0 and trained.step == 10 and trained.data_shape == (2,)
+    assert said == [f"note: the run in {tmp_path} gives its parameters of step 10 of 20 (where it stopped, or "
+                    f"its best step under early stopping)"]
+
+
+def test_no_run_is_one_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(CheckpointError, match="does not exist .train it first"):
+        load_trained(tmp_path, load_config("gmvae_spiral.py", RUN))
