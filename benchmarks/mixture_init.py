@@ -98,7 +98,7 @@ def worker(args):
             fit = lambda r, z: fit_diag_gmm(r, z, args.k, args.kmeans_iters, args.em_iters, args.n_init)
         else:
             m = min(args.n, 200 * 128)
-            def fit(r, z):        # train.init_prior_phase's "minibatch": a permutation, then em_iters ignored
+            def fit(r, z):        # EmbeddingPhases.init_prior's "minibatch": a permutation, then em_iters ignored
                 idx = jax.random.permutation(jax.random.fold_in(r, 0), z.shape[0])[:m]
                 return fit_diag_gmm(jax.random.fold_in(r, 1), jnp.take(z, idx, 0), args.k, args.kmeans_iters, 0,
                                     args.n_init)

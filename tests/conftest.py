@@ -55,6 +55,18 @@ def spiral_config():
                                            "train.checkpoint_every": 100, "data.num_points": 1000})
 
 
+@pytest.fixture(scope="module")
+def fast_compiles_module():
+    """XLA's backend optimisations off while a module runs, for modules whose programs are tiny and
+    each run a few times, so compile time is the whole cost (same semantics, as in test_terms.py);
+    a module asks for it with `pytestmark = pytest.mark.usefixtures("fast_compiles_module")`."""
+    import jax
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
 @pytest.fixture
 def tfds_mock():
     """tfds.testing.mock_data(num_examples=n) as a context factory: random images, no download."""

@@ -75,7 +75,8 @@ def test_committed_notebook(name):
 
 @pytest.fixture
 def fast_compiles():
-    """XLA's optimisation passes off: the programs below are tiny and run once (as in test_vade.py)."""
+    """XLA's optimisation passes off: the programs below are tiny and run once (as conftest's
+    fast_compiles_module does for whole modules)."""
     import jax
     before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)

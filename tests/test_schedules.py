@@ -1,4 +1,5 @@
-"""Weight / learning-rate schedules (gmvc/core/schedules.py), eagerly and inside jit."""
+"""Weight / learning-rate schedules (gmvc/core/schedules.py), eagerly and inside jit; S3VDC's
+periodic cubic beta schedule."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -64,3 +65,38 @@ def test_bad_arguments_raise_config_error():
     assert "optim.lr" in str(e.value) and "warmup" in str(e.value)
     with pytest.raises(ConfigError, match="exponential_decay"):
         make_schedule({"kind": "exponential_decay", "value": 1.0})    # decay_rate, decay_steps missing
+
+
+# ---------------------------------------------------------------- S3VDC's periodic beta schedule
+
+def _periodic_cubic_by_hand(step, value=1.0, ramp=100, hold=50, start=5e-4):
+    frac = min((step % (ramp + hold)) / ramp, 1.0)
+    return start + (value - start) * frac**3
+
+
+def test_periodic_cubic_values():
+    spec = {"kind": "periodic_cubic", "value": 1.0, "ramp_steps": 100, "hold_steps": 50, "start": 5e-4}
+    expected = {0: 5e-4, 50: 5e-4 + (1 - 5e-4) / 8, 100: 1.0, 120: 1.0, 149: 1.0, 150: 5e-4,
+                200: 5e-4 + (1 - 5e-4) / 8, 275: 1.0, 310: 5e-4 + (1 - 5e-4) * 0.1**3}
+    for step, want in expected.items():
+        assert want == pytest.approx(_periodic_cubic_by_hand(step), rel=1e-12)
+    schedule = make_schedule(spec)
+    for step, want in expected.items():
+        assert float(schedule(step)) == pytest.approx(want, rel=1e-6), step
+    got = jax.jit(jax.vmap(schedule))(jnp.asarray(sorted(expected), jnp.int32))     # traced int32 steps
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), [expected[s] for s in sorted(expected)], rtol=1e-6)
+
+
+def test_s3vdc_reference_beta_schedule():
+    """S3VDC's reference beta: gamma = 5e-4 -> 1 along a cubic over 2500 steps, 2500 at 1, repeat."""
+    ramp, hold, start = 2500, 2500, 5e-4
+    schedule = make_schedule({"kind": "periodic_cubic", "value": 1.0, "start": start, "ramp_steps": ramp,
+                              "hold_steps": hold})
+    expected = {0: start, 1250: start + (1 - start) / 8, 2500: 1.0, 4999: 1.0, 5000: start,
+                5625: start + (1 - start) / 64, 17500: 1.0}
+    for step, want in expected.items():
+        assert want == pytest.approx(_periodic_cubic_by_hand(step, 1.0, ramp, hold, start), rel=1e-12)
+        assert float(schedule(step)) == pytest.approx(want, rel=1e-6), step
+    with pytest.raises(ConfigError, match="periodic_cubic"):
+        make_schedule({"kind": "periodic_cubic", "value": 1.0, "ramp_steps": 0, "hold_steps": hold})

@@ -111,6 +111,6 @@ def test_vade_mnist5k_phases_build():
     assert [phases[i].spec["overcluster"] for i in (2, 5, 8)] == [80, 30, 30]
     assert phases[2].spec["smooth"] == 1 and phases[2].spec["select"] == "balance"
     # the refit keeps main's prior unless it partitions more evenly (gmm_init2 and gmm_init3 share
-    # one compiled fit: tests/test_vade.py, test_init_prior_phases_with_one_fit_share_its_program)
+    # one compiled fit: tests/test_embedding_phases.py, test_init_prior_phases_with_one_fit_share_its_program)
     assert phases[5].spec["keep_current"] is True and phases[2].spec["keep_current"] is False
     assert c.terms.neighbours.stop_gradient is True

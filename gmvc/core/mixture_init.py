@@ -6,7 +6,7 @@ Every pass over the embeddings z [N, D] runs over fixed-size chunks of rows (a f
 dynamic slices; no [N, K] or [N, K, D] array, no padded copy of z), accumulating sufficient
 statistics: the working memory is O(chunk_size * K * D) whatever N is, so a million embeddings
 need little more than the embeddings themselves. The result does not depend on the chunk size
-beyond float summation order (tests/test_vade.py holds them to it)."""
+beyond float summation order (tests/test_mixture_init.py holds them to it)."""
 import jax
 import jax.numpy as jnp
 

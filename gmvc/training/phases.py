@@ -17,10 +17,10 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
    trained by an earlier train phase) one more candidate: the new fit replaces it only if it
    scores better on the same embeddings, by the partition's balance for select="balance" (the
    n_init fits themselves are chosen by their soft usage) or by likelihood:
-   train.keep_or_replace; "balanced": True makes each EM step's responsibilities use every
+   embedding_phases.keep_or_replace; "balanced": True makes each EM step's responsibilities use every
    component equally on average: mixture_init.balanced_logits; "balanced_above": t fits that
    way only where the current prior's partition of the embeddings is uneven, its cluster sizes'
-   KL from the uniform above t, and as usual otherwise: train.init_prior_phase; "overcluster": m
+   KL from the uniform above t, and as usual otherwise: EmbeddingPhases.init_prior; "overcluster": m
    > K fits m components and merges them into K along the neighbour graph, which needs a
    neighbours phase right before it as smooth does: mixture_init.fit_diag_gmm_merged)
   {"kind": "neighbours", "k": 10}   (each sample's k nearest neighbours in the embedding, for

@@ -1,0 +1,167 @@
+"""The init_prior phase (gmvc/training/embedding_phases.py): the mini-batch subsample, keep_current
+and keep_or_replace, balanced_above, and the compiled fits that phases share (make_fits)."""
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gmvc.core.mixture_init import mean_log_likelihood
+from gmvc.training.phases import INIT_DEFAULTS, Phase, build_phases
+from helpers_vade import BLOB_MEANS, BLOB_STDS, BLOB_WEIGHTS, N_INIT, _assert_trees_equal, _blobs, _matched
+
+pytestmark = pytest.mark.usefixtures("fast_compiles_module")
+
+
+def test_minibatch_init_prior_uses_a_subsample():
+    """The init_prior phase with method "minibatch" (batches * batch_size = 500 of 2000 points; k-means
+    then moments, em_iters ignored) through EmbeddingPhases.init_prior, with an identity embedding."""
+    from gmvc.training.embedding_phases import EmbeddingPhases
+    z, y = _blobs(2000, seed=1)
+    model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
+    spec = {**INIT_DEFAULTS, "kind": "init_prior", "method": "minibatch", "kmeans_iters": 50, "em_iters": 20,
+            "n_init": N_INIT, "select": "likelihood", "batches": 5, "batch_size": 100}
+    params = {"net": {"w": jnp.ones((1, 2))},
+              "prior": {"logits": jnp.zeros((1, 4)), "means": jnp.zeros((1, 4, 3)), "log_vars": jnp.zeros((1, 4, 3))}}
+    new = EmbeddingPhases(model, 1, 128).init_prior(Phase("gmm_init", "init_prior", 0, 0, spec), params, z,
+                                                    jax.random.key(5))
+    _assert_trees_equal(new["net"], params["net"])
+    assert jax.tree.map(np.shape, new["prior"]) == jax.tree.map(np.shape, params["prior"])
+    prior = jax.tree.map(lambda a: a[0], new["prior"])
+    weights, means, variances = _matched(prior)
+    # Hard assignments of exactly 500 points: every weight is a whole number of points out of 500.
+    counts = weights * 500
+    np.testing.assert_allclose(counts, np.round(counts), atol=1e-2)
+    assert counts.sum() == pytest.approx(500, abs=1e-2)
+    np.testing.assert_allclose(means, BLOB_MEANS, atol=0.1)
+    np.testing.assert_allclose(weights, BLOB_WEIGHTS, atol=0.05)
+    # ~100 points per blob: a sample variance's standard error is ~14% of the truth; allow 3 of them.
+    np.testing.assert_allclose(variances, BLOB_STDS**2, rtol=0.4)
+
+
+def test_keep_current_keeps_the_better_partition():
+    """init_prior with keep_current: a restart keeps its prior unless the new fit partitions the
+    embeddings more evenly (select balance, by each point's most likely component). Restart 0's
+    prior is the blobs' own and the fit merges two blobs: kept. Restart 1's prior has four equal
+    components, whose soft usage is perfectly even (imbalance 0) but whose partition puts every
+    point in one: the fit replaces it."""
+    from gmvc.core.mixture_init import cluster_counts, imbalance, kl_to_uniform
+
+    def hard_imbalance(prior, zz):                    # what keep_or_replace scores by balance
+        return kl_to_uniform(cluster_counts(prior, zz) / len(zz))
+    from gmvc.training.embedding_phases import EmbeddingPhases
+    z, y = _blobs(2000, seed=3)
+    truth = {"logits": jnp.log(jnp.asarray(BLOB_WEIGHTS, jnp.float32)), "means": jnp.asarray(BLOB_MEANS, jnp.float32),
+             "log_vars": jnp.asarray(np.log(BLOB_STDS**2), jnp.float32)}
+    same = {"logits": jnp.zeros(4), "means": jnp.tile(jnp.asarray(z.mean(0)), (4, 1)), "log_vars": jnp.zeros((4, 3))}
+    merged = {**truth, "means": truth["means"].at[1].set(truth["means"][0])}     # blob 1's points go to 0 or 3
+    permuted = jax.tree.map(lambda a: a[jnp.array([2, 0, 3, 1])], truth)        # the same partition, relabelled
+    model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
+    spec = {**INIT_DEFAULTS, "kind": "init_prior", "select": "balance", "keep_current": True}
+    params = {"net": {}, "prior": jax.tree.map(lambda a, b: jnp.stack([a, b]), truth, same)}
+    said = []
+    phases = EmbeddingPhases(model, 2, 512)
+    phases.fits["refit"] = lambda rng, restart, zz, table: (merged, permuted)[restart]
+    new = phases.init_prior(Phase("refit", "init_prior", 0, 0, spec), params, z, jax.random.key(0),
+                            echo=lambda m, **k: said.append(m))
+    for r, want in ((0, truth), (1, permuted)):
+        _assert_trees_equal(jax.tree.map(lambda a: a[r], new["prior"]), want)
+    true_kl = float(hard_imbalance(truth, jnp.asarray(z)))
+    merged_kl = float(hard_imbalance(merged, jnp.asarray(z)))
+    assert true_kl < 0.02 < merged_kl            # measured: 0.010 and 0.036
+    assert said[0].startswith(f"phase 'refit' restart 0: kept the current prior (partition's imbalance: current "
+                              f"{true_kl:.4f}, new fit {merged_kl:.4f}; cluster sizes of the 2000 embeddings")
+    assert said[1].startswith(f"phase 'refit' restart 1: the new fit replaces the prior (partition's imbalance: "
+                              f"current {np.log(4):.4f}, new fit {true_kl:.4f}")
+    np.testing.assert_array_equal(cluster_counts(same, jnp.asarray(z)), [2000, 0, 0, 0])
+    assert f"current [2000, 0, 0, 0], new fit {sorted(np.bincount(y).tolist(), reverse=True)}" in said[1]
+    # Why the partition, not the soft usage: by soft usage the four equal components look perfect.
+    assert float(imbalance(same, jnp.asarray(z))) < 1e-6 < float(imbalance(truth, jnp.asarray(z)))
+    assert float(hard_imbalance(same, jnp.asarray(z))) == pytest.approx(np.log(4), rel=1e-5)
+    counts = np.bincount(y, minlength=4) / len(y)
+    assert float(hard_imbalance(truth, jnp.asarray(z))) == pytest.approx(np.log(4) + np.sum(counts * np.log(counts)),
+                                                                         rel=1e-3)
+
+
+def test_balanced_above_fits_balanced_only_where_the_partition_is_uneven():
+    """balanced_above on four equal overlapping blobs (those of the test above): restart 0's prior
+    is the blobs' own (partition imbalance about 0.001), restart 1's has blob 1's mean moved onto
+    blob 0's (about 0.1). At 0.02 restart 0 is fitted by the plain fit as it is, restart 1 by the
+    balanced fit, compiled from the spec where none is given: its components take 250 points
+    each within a few, where plain EM's largest takes more than 270."""
+    from gmvc.core.mixture_init import cluster_counts, kl_to_uniform
+    from gmvc.training.embedding_phases import EmbeddingPhases
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]], np.float32)
+    z = (centres[np.repeat(np.arange(4), 250)] + 0.8 * rng.standard_normal((1000, 2))).astype(np.float32)
+    truth = {"logits": jnp.full(4, -np.log(4.0)), "means": jnp.asarray(centres), "log_vars": jnp.full((4, 2), np.log(0.64))}
+    merged = {**truth, "means": truth["means"].at[1].set(truth["means"][0])}
+    model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
+    spec = {**INIT_DEFAULTS, "kind": "init_prior", "select": "balance", "balanced_above": 0.02}
+    params = {"net": {}, "prior": jax.tree.map(lambda a, b: jnp.stack([a, b]), truth, merged)}
+    plain_calls, said = [], []
+
+    def plain(rng, restart, zz, table):
+        plain_calls.append(restart)
+        return merged
+    phases = EmbeddingPhases(model, 2, 512)
+    phases.fits["refit"] = plain
+    new = phases.init_prior(Phase("refit", "init_prior", 0, 0, spec), params, z, jax.random.key(0),
+                            echo=lambda m, **k: said.append(m))
+    assert plain_calls == [0]
+    _assert_trees_equal(jax.tree.map(lambda a: a[0], new["prior"]), merged)
+    true_kl, merged_kl = (float(kl_to_uniform(cluster_counts(p, jnp.asarray(z)) / len(z))) for p in (truth, merged))
+    assert true_kl < 0.005 and merged_kl > 0.05
+    assert said == [f"phase 'refit' restart 0: the current partition's imbalance {true_kl:.4f} is within "
+                    f"balanced_above=0.02: a plain fit",
+                    f"phase 'refit' restart 1: the current partition's imbalance {merged_kl:.4f} is above "
+                    f"balanced_above=0.02: a balanced fit"]
+    balanced = jax.tree.map(lambda a: a[1], new["prior"])
+    np.testing.assert_allclose(np.exp(balanced["logits"]), 0.25, atol=0.002)
+    assert np.abs(np.asarray(cluster_counts(balanced, jnp.asarray(z))) - 250).max() <= 10
+
+
+def test_keep_current_by_likelihood_and_with_nan():
+    """select likelihood: the more likely prior wins (one restart: no restart in the message); a
+    current prior that is NaN gives way to a finite fit, and a NaN fit never replaces."""
+    from gmvc.training.embedding_phases import keep_or_replace
+    z, _ = _blobs(1000, seed=5)
+    z = jnp.asarray(z)
+    truth = {"logits": jnp.log(jnp.asarray(BLOB_WEIGHTS, jnp.float32)), "means": jnp.asarray(BLOB_MEANS, jnp.float32),
+             "log_vars": jnp.asarray(np.log(BLOB_STDS**2), jnp.float32)}
+    wide = {**truth, "log_vars": truth["log_vars"] + 2.0}                    # the same means, 7 times the variance
+    nan = jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), truth)
+    phase = Phase("refit", "init_prior", 0, 0, {"select": "likelihood"})
+    said = []
+    echo = lambda m, **k: said.append(m)
+    assert keep_or_replace(phase, wide, truth, z, echo=echo) is truth
+    assert keep_or_replace(phase, truth, wide, z, echo=echo) is truth
+    ll_true, ll_wide = float(mean_log_likelihood(truth, z)), float(mean_log_likelihood(wide, z))
+    assert ll_true > ll_wide + 0.5
+    assert said[0].startswith(f"phase 'refit': the new fit replaces the prior (mean log-likelihood: current "
+                              f"{ll_wide:.4f}, new fit {ll_true:.4f}; cluster sizes of the 1000 embeddings fitted: ")
+    assert said[1].startswith("phase 'refit': kept the current prior")
+    assert keep_or_replace(phase, nan, truth, z) is truth
+    assert keep_or_replace(phase, truth, nan, z) is truth
+    balance = Phase("refit", "init_prior", 0, 0, {"select": "balance"})
+    assert keep_or_replace(balance, truth, nan, z) is truth          # a NaN prior partitions into one cluster
+
+
+def test_init_prior_phases_with_one_fit_share_its_program():
+    from gmvc.recipes import vade_mnist5k
+    from gmvc.training.embedding_phases import make_fits
+    c = vade_mnist5k()
+    fits = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))
+    assert set(fits) == {"gmm_init", "gmm_init2", "gmm_init3"}
+    # the refits share one program; the first fit (80 components, not 30) has its own
+    assert fits["gmm_init2"] is fits["gmm_init3"] and fits["gmm_init"] is not fits["gmm_init2"]
+    # the balanced fits of refits with balanced_above: one program for the run, not the plain one
+    c.unlock()
+    c.phases.gmm_init2.balanced_above = c.phases.gmm_init3.balanced_above = 0.03
+    balanced = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10), balanced=True)
+    assert set(balanced) == {"gmm_init2", "gmm_init3"} and balanced["gmm_init2"] is balanced["gmm_init3"]
+    assert balanced["gmm_init2"] is not make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))["gmm_init2"]
+    c.phases.gmm_init2.n_init = 5
+    fits = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))
+    assert fits["gmm_init3"] is not fits["gmm_init2"]
