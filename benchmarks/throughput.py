@@ -63,6 +63,8 @@ from gmvc.models import make_model  # noqa: E402
 from gmvc.training.phases import build_phases  # noqa: E402
 from gmvc.training.state import create_state, init_params  # noqa: E402
 from gmvc.training.runner import PhaseRunner  # noqa: E402
+from gmvc.data import Dataset  # noqa: E402
+from gmvc.validate import validate  # noqa: E402
 
 
 def log(*args):
@@ -190,6 +192,7 @@ def synthetic_data(model_name, n, seed=0):
 
 def bench_step(model_name, config, x, reps):
     """Compile seconds, XLA cost analysis and timed chunks of the real train chunk."""
+    validate(config, Dataset(x=x, y=None, name="synthetic"))
     model = make_model(config.model, x.shape[1:])
     phase = build_phases(config)[0]
     layout = parallel.make_layout(config.parallel)

@@ -59,9 +59,9 @@ def base_config():
     c.train.checkpoint_every = 2500    # rounded up to a multiple of log_every
     c.train.max_checkpoints = 3
     c.train.phases = ()                # names of config.phases in order; () = one phase of train.steps
-    c.train.loop = "auto"              # scan | host | auto (host for conv networks; see gmvc/trainer.py)
+    c.train.loop = "auto"              # scan | host | auto (host for conv networks; see gmvc/training/runner.py)
     c.train.compile_ahead = "auto"     # on | off | auto: compile later phases in a background thread
-                                       # (gmvc/trainer.py Warmup); auto = off on a CPU, on elsewhere
+                                       # (gmvc/training/warmup.py); auto = off on a CPU, on elsewhere
     c.train.restarts = 1               # independent inits trained together; one is kept, chosen by:
     c.train.restart_choice = "objective"   # objective (lowest on the data) | balance (most even cluster usage)
     c.train.restart_batches = "shared"   # shared (one data order for all restarts) | own (each its own order)

@@ -114,7 +114,7 @@ class _Writer:
 
 
 def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, echo=print):
-    """Predict every sample of `data_cfg`'s source with `trained` (estimator.load_trained) and
+    """Predict every sample of `data_cfg`'s source with `trained` (gmvc.run.restore.load_trained) and
     write cluster, probabilities and latent means to `out_path`; returns the number of rows."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown prediction format {fmt!r}; known: {list(FORMATS)}")

@@ -22,9 +22,9 @@ from gmvc.eval.restarts import choose_restart, describe_choice
 from gmvc.run import export
 from gmvc.run.checkpoint import Checkpointer
 from gmvc.run.progress import Progress
-from gmvc.run.restore import load_trained, restore_state
+from gmvc.run.restore import check_run_exists, load_trained, restore_state
 from gmvc.training import context, parallel
-from gmvc.training.phases import neighbour_k, resume_index, uses_neighbours
+from gmvc.training.phases import fit_reads_table, neighbour_k, resume_index, uses_neighbours
 from gmvc.training.state import create_state, init_params
 from gmvc.training.warmup import start_warmup
 from gmvc.validate import validate
@@ -52,12 +52,11 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
     data = load_dataset(config.data, config.seed) if data is None else data
     validate(config, data)
     ctx = context.build(config, data)
-    if main_process:
-        workdir.mkdir(parents=True, exist_ok=True)
-        export.write_json(workdir / "config.json", config_lib.to_dict(config))
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
     step = ckpt.latest_step() or 0
-    resume_at = resume_index(ctx.phases, step) if step else -1
+    resume_at = resume_index(ctx.phases, step) if step else -1          # a checkpoint past the phases: an error
+    if main_process:
+        export.write_json(workdir / "config.json", config_lib.to_dict(config))
     params_like = jax.eval_shape(lambda r: init_params(ctx.model.init, r, config.train.restarts), ctx.rngs["init"])
     with contextlib.ExitStack() as cleanup:
         # The phases compile in a background thread from here on, while the parameters initialise.
@@ -121,7 +120,8 @@ def run_phases(ctx, position, logs, warm, echo):
         warm.ready(phase.name)
         if phase.kind == "init_prior":
             rng = jax.random.fold_in(ctx.rngs["prior"], i)
-            params = ctx.embedding.init_prior(phase, position.params, ctx.x_train, rng, position.table, echo)
+            table = position.table if fit_reads_table(phase.spec) else None
+            params = ctx.embedding.init_prior(phase, position.params, ctx.x_train, rng, table, echo)
             if not phase.spec["keep_current"]:     # otherwise init_prior said which prior it kept
                 echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings "
                      f"({phase.spec['method']})", flush=True)
@@ -196,9 +196,10 @@ def load_run(config, workdir, echo=print):
     """The trained run in `workdir` with its data (for generation and the notebooks), restored
     by gmvc.run.restore.load_trained. Nothing in the run directory is written or removed."""
     config.lock()
+    check_run_exists(workdir)
     data = load_dataset(config.data, config.seed)
     validate(config, data)
-    trained = load_trained(workdir, config, echo)
+    trained = load_trained(workdir, config, echo, data_shape=data.x.shape[1:])
     return Run(config, data, trained.model, context.model_inputs(trained.model, data), trained.params, trained.step)
 
 

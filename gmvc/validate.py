@@ -8,7 +8,7 @@ from gmvc.eval.restarts import RESTART_CHOICES
 from gmvc.models import make_model
 from gmvc.objectives import make_objective
 from gmvc.training import augment, parallel
-from gmvc.training.context import validation_size
+from gmvc.training.context import model_inputs, validation_size
 from gmvc.training.phases import build_phases, uses_neighbours
 from gmvc.training.warmup import COMPILE_AHEAD
 
@@ -41,6 +41,7 @@ def validate(config, data):
                           f"than model.num_clusters={k}")
     devices = _check_parallel(config.parallel)
     model = make_model(config.model, data.x.shape[1:])          # unknown nets, activations, likelihoods
+    model_inputs(model, data)                                    # labels a conditioned model needs
     phases = build_phases(config)                                # phase keys and their order
     if any(p.kind == "init_prior" for p in phases) and not model.stored_prior:
         raise ConfigError(f"model {config.model.name!r} has no stored mixture prior to initialise "
@@ -83,9 +84,11 @@ def _check_parallel(p):
     available = len(jax.devices())
     if p.devices > available:
         raise ConfigError(f"parallel.devices={p.devices} but only {available} devices are available")
-    if jax.process_count() > 1 and p.mode in ("single", "pmap"):
-        raise ConfigError(f"parallel.mode={p.mode!r} runs on one process; use shard_map across hosts")
-    return parallel.make_layout(p).n
+    layout = parallel.make_layout(p)
+    if jax.process_count() > 1 and layout.mode in ("single", "pmap"):
+        raise ConfigError(f"parallel.mode={p.mode!r} runs {layout.mode!r} on one process; use shard_map across "
+                          f"hosts (with parallel.devices 0, every device)")
+    return layout.n
 
 
 def _check_phase(config, model, phase, data, num_train, devices):

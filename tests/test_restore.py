@@ -69,7 +69,23 @@ def test_an_unfinished_run_gives_restart_0_and_says_where_it_stopped(tmp_path):
     trained = load_trained(tmp_path, c, echo=lambda m, **k: said.append(m))
     assert trained.restart == 0 and trained.step == 10 and trained.data_shape == (2,)
     assert said == [f"note: the run in {tmp_path} gives its parameters of step 10 of 20 (where it stopped, or "
-                    f"its best step under early stopping)"]
+                    f"its best step under early stopping)",
+                    f"note: the run in {tmp_path} has no restart choice for its checkpoint of step 10 (it has not "
+                    f"finished); restart 0 of 2 is used"]
+
+
+def test_results_of_an_earlier_end_do_not_choose_for_a_later_checkpoint(run, tmp_path):
+    """A finished run resumed with more steps and stopped keeps its old results.json: the choice
+    it records was made for other parameters, so restart 0 is used."""
+    c, workdir, summary = run
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    results = json.loads((copy / "results.json").read_text())
+    (copy / "results.json").write_text(json.dumps({**results, "steps": 10, "chosen_restart": 1}))
+    assert load_trained(copy).restart == 0
+    (copy / "results.json").write_text(json.dumps({**results, "chosen_restart": 1}))
+    assert load_trained(copy).restart == 1
 
 
 def test_no_run_is_one_clear_error(tmp_path):

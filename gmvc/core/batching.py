@@ -16,7 +16,7 @@ def tree_slice(inputs, start, stop):
 def make_embed(model, batch_size):
     """embed(params, x) -> z [N, Dz] (numpy) for one restart's params, in batches of `batch_size`
     (the last one padded; fewer samples than a batch are one batch as they are): one compiled
-    program for any N above a batch (`embed.batch`, for gmvc.trainer.Warmup), memory bounded by the
+    program for any N above a batch (`embed.batch`, for gmvc.training.warmup), memory bounded by the
     batch, and no other op dispatched (each would compile)."""
     batch_embed = jax.jit(model.embed)
 

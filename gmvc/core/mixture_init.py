@@ -292,7 +292,7 @@ def merge_by_neighbours(assign, table, k_from, k):
     lowest label. The neighbour graph tells apart classes that a Gaussian fit of the embedding
     splits across the middle: on 5,000 MNIST codes 4s and 9s are 97% linearly separable and 93%
     of their neighbours share their digit, while every 2-component fit of the pair cuts it into
-    two halves of mixed digits (README, "VaDE and S3VDC")."""
+    two halves of mixed digits (docs/results.md)."""
     links = jnp.zeros((k_from, k_from), jnp.float32).at[assign[:, None], assign[table]].add(1.0)
     links = links + links.T
     sizes = jnp.zeros(k_from, jnp.float32).at[assign].add(1.0)

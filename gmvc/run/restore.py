@@ -32,48 +32,65 @@ class Restored(NamedTuple):
     restart: int
 
 
-def load_trained(workdir, config=None, echo=None):
+def load_trained(workdir, config=None, echo=None, data_shape=None):
     """The trained run in `workdir` (CLI or estimator). `config` defaults to the run's
-    config.json; the sample shape comes from results.json, or for a run that has not finished,
-    from its data source. A run that has not finished (no results.json) gives restart 0."""
+    config.json; the sample shape (`data_shape`) to results.json's, or for a run that has not
+    finished, its data source's. The restart is the one results.json records for the latest
+    checkpoint; a run that has not finished (or was resumed past its results) gives restart 0,
+    and `echo` says so."""
     workdir = pathlib.Path(workdir)
+    check_run_exists(workdir)
     config = read_config(workdir) if config is None else config
     results = read_json(workdir / RESULTS_FILE, required=False) or {}
-    data_shape = results.get("data_shape")
+    data_shape = data_shape or results.get("data_shape")
     if data_shape is None:
         from gmvc.data import load_dataset
         data_shape = load_dataset(config.data, config.seed).x.shape[1:]
     model = make_model(config.model, tuple(data_shape))
-    stacked, step, _ = restore_stacked(config, workdir, model)
-    restart = int(results.get("chosen_restart", 0))
+    stacked, step, _, latest = _restore(config, workdir, model)
+    finished = results.get("steps") == latest
+    restart = int(results.get("chosen_restart", 0)) if finished else 0
     if not 0 <= restart < config.train.restarts:
         raise CheckpointError(f"run {workdir}: restart {restart} is not among its {config.train.restarts}")
     if echo and step < config.train.steps:
         echo(f"note: the run in {workdir} gives its parameters of step {step} of {config.train.steps} (where it "
              f"stopped, or its best step under early stopping)", flush=True)
+    if echo and not finished and config.train.restarts > 1:
+        echo(f"note: the run in {workdir} has no restart choice for its checkpoint of step {latest} (it has not "
+             f"finished); restart 0 of {config.train.restarts} is used", flush=True)
     params = jax.tree.map(lambda a: a[restart], stacked)
     return Restored(config, model, params, step, tuple(data_shape), workdir, restart)
+
+
+def check_run_exists(workdir):
+    checkpoints = pathlib.Path(workdir) / "checkpoints"
+    if not checkpoints.is_dir():
+        raise CheckpointError(f"no run in {workdir}: {checkpoints} does not exist (train it first, with the same "
+                              f"--config and --workdir)")
 
 
 def restore_stacked(config, workdir, model):
     """(params of every restart [R, ...], step, phase) from the latest checkpoint of the run in
     `workdir`, or under early stopping (train.patience > 0) from its best step's parameters."""
+    return _restore(config, workdir, model)[:3]
+
+
+def _restore(config, workdir, model):
+    """restore_stacked's, and the latest checkpoint's step."""
     config.lock()
+    check_run_exists(workdir)
     checkpoints = pathlib.Path(workdir) / "checkpoints"
-    if not checkpoints.is_dir():
-        raise CheckpointError(f"no run in {workdir}: {checkpoints} does not exist (train it first, with the same "
-                              f"--config and --workdir)")
     phases = build_phases(config)
     ckpt = Checkpointer(checkpoints, config.train.max_checkpoints)
     try:
-        step = ckpt.latest_step()
+        latest = step = ckpt.latest_step()
         if not step:
             raise CheckpointError(f"no checkpoint in {checkpoints} (train the run first)")
         like_params = init_params(model.init, jax.random.key(0), config.train.restarts)
         record = read_record(workdir, step) if config.train.patience > 0 else None
         if record and record["best_step"]:
             step = record["best_step"]
-            return restore_best(workdir, step, like_params), step, phases[resume_index(phases, step)]
+            return restore_best(workdir, step, like_params), step, phases[resume_index(phases, step)], latest
         phase = phases[resume_index(phases, step)]
         tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
         table_shape = ckpt.saved_shape(step, "neighbours") if uses_neighbours(phase.spec) else None
@@ -81,7 +98,7 @@ def restore_stacked(config, workdir, model):
         stacked = jax.tree.map(parallel.to_host, ckpt.restore(step, like)["params"])
     finally:
         ckpt.close()
-    return stacked, step, phase
+    return stacked, step, phase, latest
 
 
 def restore_state(ckpt, step, layout, like):

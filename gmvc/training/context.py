@@ -33,7 +33,7 @@ class RunContext(NamedTuple):
 
     @property
     def y_train(self):
-        return None if self.data.y is None or self.split is None else self.data.y[self.split[0]]
+        return self.data.y if self.data.y is None or self.split is None else self.data.y[self.split[0]]
 
     @property
     def val_inputs(self):

@@ -1,6 +1,6 @@
 """Training phases from the config: each trains some steps with its own objective and trainable
-parameter groups, or re-initialises the mixture prior from the embeddings. The loop in train.py
-runs them all the same way; nothing here is specific to one method.
+parameter groups, or re-initialises the mixture prior from the embeddings. The trainer
+(gmvc/trainer.py, run_phases) runs them all the same way; nothing here is specific to one method.
 
 config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.phases:
   {"kind": "train", "steps": n (-1 = the rest of train.steps), "objective": {...} (default

@@ -70,7 +70,8 @@ def make_lifted_step(loss_fn, tx, restarts, axis_name=None, own_batches=False):
     updates the [1, ...] arrays as they are, without vmap: the weight gradients then leave XLA's
     dots in the parameters' own layout (under vmap they come out transposed and are read strided
     by the update). The noise keys are the vmapped step's: restart 0 draws from fold_in(rng, 0).
-    `own_batches` (each restart's own batch) only means something with R > 1."""
+    `own_batches` (each restart's own batch) only means something with R > 1; a sweep's state
+    ("hyper", "noise_ids") goes through make_restarts_step itself."""
     if restarts > 1:
         return make_restarts_step(make_train_step(loss_fn, tx, axis_name=axis_name), restarts,
                                   own_batches=own_batches)
@@ -243,5 +244,5 @@ def make_full_loss(loss_fn, batch_size):
         return float(np.mean([batch_loss(params, tree_slice(x, i * batch_size, (i + 1) * batch_size), step)
                               for i in range(n)]))
 
-    full_loss.batch_loss = batch_loss           # the compiled part, for gmvc.trainer.Warmup
+    full_loss.batch_loss = batch_loss           # the compiled part, for gmvc.training.warmup
     return full_loss
