@@ -19,3 +19,12 @@ class CheckpointError(GmvcError):
 
 class TrainingError(GmvcError):
     """Raised when training produces non-finite values (NaN/inf)."""
+
+
+class RunError(GmvcError):
+    """A run directory that cannot take this run: in use by another process, or holding a run of
+    another config."""
+
+
+class Interrupted(GmvcError):
+    """Training stopped on request (Ctrl-C) after saving a checkpoint."""

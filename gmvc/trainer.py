@@ -20,6 +20,7 @@ from gmvc.eval import clustering, monitor
 from gmvc.eval.events import open_events
 from gmvc.eval.restarts import choose_restart, describe_choice
 from gmvc.run import export
+from gmvc.run import workdir as workdir_lib
 from gmvc.run.checkpoint import Checkpointer
 from gmvc.run.progress import Progress
 from gmvc.run.restore import check_run_exists, load_trained, restore_state
@@ -48,9 +49,20 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
     config.lock()
     workdir = pathlib.Path(workdir)
     main_process = jax.process_index() == 0
-    echo = echo if main_process else _silent
     data = load_dataset(config.data, config.seed) if data is None else data
     validate(config, data)
+    held = workdir_lib.lock(workdir) if main_process else None      # one run at a time in a workdir
+    try:
+        if main_process:
+            workdir_lib.check_same_config(workdir, config_lib.to_dict(config))
+        return _train(config, workdir, data, echo if main_process else _silent, write_outputs)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _train(config, workdir, data, echo, write_outputs):
+    main_process = jax.process_index() == 0
     ctx = context.build(config, data)
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
     step = ckpt.latest_step() or 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gmvc.run.checkpoint import Checkpointer
-from gmvc.errors import CheckpointError, ConfigError, TrainingError
+from gmvc.errors import CheckpointError, ConfigError, RunError, TrainingError
 from gmvc.trainer import train_and_evaluate
 
 quiet = dict(echo=lambda *a, **k: None)
@@ -145,6 +145,10 @@ def test_incompatible_checkpoint_is_reported_and_kept(spiral_config, tmp_path, m
     assert len(seen) == 1 and _leaf_shapes(seen[0]) == saved and len(saved) > 10
     spiral_config.model.hidden_sizes = (37,)
     monkeypatch.setattr(ocp.CheckpointManager, "restore", lambda *a, **k: pytest.fail("restore started"))
+    # config.json names the difference first; without it, the checkpoint's metadata does
+    with pytest.raises(RunError, match=r"holds a run of another config \(it differs in model.hidden_sizes\)"):
+        train_and_evaluate(spiral_config, tmp_path, **quiet)
+    (tmp_path / "config.json").unlink()
     with pytest.raises(CheckpointError, match=r"checkpoints/200 .*shapes differ: \S+ is \(\d+"):
         train_and_evaluate(spiral_config, tmp_path, **quiet)
     assert (tmp_path / "checkpoints" / "200").is_dir()

@@ -36,6 +36,8 @@ def load_dataset(data_cfg, seed):
         x, y = _PREFIXED[prefix](arg, data_cfg)
     else:
         raise DataError(f"unknown dataset {name!r}; known data sources: {', '.join(known_sources())}")
+    if data_cfg.limit < 0:
+        raise DataError(f"data.limit must be 0 (every sample) or a number of samples, got {data_cfg.limit}")
     if data_cfg.limit:
         x, y = x[: data_cfg.limit], (None if y is None else y[: data_cfg.limit])
     return validate(x, y, name)
