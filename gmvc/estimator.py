@@ -26,7 +26,7 @@ from gmvc import recipes
 from gmvc.core import batching
 from gmvc.data import Dataset
 from gmvc.config import apply_overrides, from_dict
-from gmvc.errors import CheckpointError, ConfigError
+from gmvc.errors import CheckpointError, ConfigError, RunError
 from gmvc.run.restore import load_trained, read_json
 from gmvc.objectives import make_batch, make_elbo
 
@@ -82,6 +82,9 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         x = self._check(X, reset=True)
         config, data = self._make_config(x), Dataset(x=x, y=None, name="array")
         validate(config, data)                    # before a folder is made for the run
+        if self.workdir and (pathlib.Path(self.workdir) / "checkpoints").is_dir():
+            raise RunError(f"{self.workdir} holds a run already; fit trains a new model: give it a new workdir "
+                           f"(nothing was changed)")
         workdir = pathlib.Path(self.workdir) if self.workdir else pathlib.Path(tempfile.mkdtemp(prefix="gmvc_"))
         summary = train_and_evaluate(config, workdir, echo=print if self.verbose else _silent, data=data,
                                      write_outputs=False)

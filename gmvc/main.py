@@ -7,7 +7,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gmvc.errors import GmvcError
+from gmvc.errors import GmvcError, Interrupted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
@@ -39,6 +39,10 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Before JAX looks for its backends: its note that no TPU is here reads like an error on a CPU
+    # or GPU machine; orbax logs every save at INFO.
+    logging.set_verbosity(logging.WARNING)
+    std_logging.getLogger().setLevel(std_logging.WARNING)
     from gmvc.training import distributed
     from gmvc.run.cache import enable_compilation_cache
     enable_compilation_cache()                   # before anything compiles (gmvc/run/cache.py)
@@ -49,8 +53,6 @@ def main(argv):
         sys.exit(2)
     from gmvc.trainer import load_run, train_and_evaluate  # after flag parsing: keeps --help fast
 
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    std_logging.getLogger().setLevel(std_logging.WARNING)
     config = _CONFIG.value
     workdir = _WORKDIR.value or f"runs/{config.name}"
     try:
@@ -61,9 +63,15 @@ def main(argv):
             predict(config, workdir)
         else:
             train_and_evaluate(config, workdir)
+    except Interrupted as e:
+        print(f"gmvc: {e}", file=sys.stderr, flush=True)
+        sys.exit(130)
     except GmvcError as e:
         print(f"gmvc: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("gmvc: interrupted (nothing was saved since the last checkpoint)", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 def predict(config, workdir):

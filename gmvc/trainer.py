@@ -24,10 +24,11 @@ from gmvc.run import workdir as workdir_lib
 from gmvc.run.checkpoint import Checkpointer
 from gmvc.run.progress import Progress
 from gmvc.run.restore import check_run_exists, load_trained, restore_state
-from gmvc.training import context, parallel
+from gmvc.training import context, interrupt, parallel
 from gmvc.training.phases import fit_reads_table, neighbour_k, resume_index, uses_neighbours
 from gmvc.training.state import create_state, init_params
 from gmvc.training.warmup import start_warmup
+from gmvc.errors import Interrupted
 from gmvc.validate import validate
 
 
@@ -55,7 +56,8 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
     try:
         if main_process:
             workdir_lib.check_same_config(workdir, config_lib.to_dict(config))
-        return _train(config, workdir, data, echo if main_process else _silent, write_outputs)
+        with interrupt.graceful(jax.process_count() == 1):
+            return _train(config, workdir, data, echo if main_process else _silent, write_outputs)
     finally:
         if held is not None:
             held.release()
@@ -129,6 +131,9 @@ def run_phases(ctx, position, logs, warm, echo):
     for i, phase in enumerate(ctx.phases):
         if i < position.resume_at or watch.stopped:
             continue
+        if interrupt.requested():
+            raise Interrupted(f"interrupted before phase {phase.name!r}: the same command resumes the run from its "
+                              f"checkpoint of step {position.step}")
         warm.ready(phase.name)
         if phase.kind == "init_prior":
             rng = jax.random.fold_in(ctx.rngs["prior"], i)

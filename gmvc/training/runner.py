@@ -6,9 +6,9 @@ import math
 import jax
 import numpy as np
 
-from gmvc.errors import TrainingError
+from gmvc.errors import Interrupted, TrainingError
 from gmvc.objectives import make_objective
-from gmvc.training import augment, parallel, steps
+from gmvc.training import augment, interrupt, parallel, steps
 from gmvc.training.phases import program_key
 from gmvc.training.state import create_state, make_optimizer, opt_init
 
@@ -141,9 +141,13 @@ class PhaseRunner:
             stop = watch.validate(step, self.phase, params, values)
             values["steps_per_sec"] = progress(step, values, self.phase.name)
             watch.write_events(step, params, values)
-            if stop or (step - self.phase.start) % ckpt_every == 0 or step == self.phase.end:
+            halt = interrupt.requested()
+            if stop or halt or (step - self.phase.start) % ckpt_every == 0 or step == self.phase.end:
                 watch.before_checkpoint(step)
                 ckpt.save(step, state if self.layout.mode != "pmap" else jax.tree.map(lambda a: a[0], state))
+            if halt:
+                raise Interrupted(f"interrupted at step {step}: its checkpoint is in {ckpt.path(step)}; the same "
+                                  f"command resumes the run from there")
             if stop:
                 break
         return state

@@ -1,0 +1,122 @@
+"""Faults and bad inputs around a run directory: each is one line naming the problem, and nothing
+written earlier is lost."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, config_flags, load_config, run_cli
+from test_train import assert_trees_equal, final_params
+
+from gmvc.errors import DataError, RunError
+
+# A deliberately slow run (as tests/test_cli.py's) so that it can be reached between checkpoints.
+SLOW_OVERRIDES = {"model.hidden_sizes": (512, 512), "train.batch_size": 1000, "train.restarts": 1, "train.steps": 800,
+                  "train.log_every": 10, "train.checkpoint_every": 400, "train.max_checkpoints": 20,
+                  "tensorboard.enabled": False}
+SLOW = config_flags("gmvae_spiral.py", SLOW_OVERRIDES)
+quiet = {"echo": lambda *a, **k: None}
+
+
+def _wait_for(path, proc, seconds=240):
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert proc.poll() is None, "the run ended too early"
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+def test_busy_workdir_then_ctrl_c_saves_and_resumes_bit_identically(tmp_path):
+    """Two real processes on one workdir: the second is refused in one line while the first
+    trains. Ctrl-C (SIGINT) on the first: a checkpoint of the step it reached, one line saying how
+    to resume, exit 130; the same command resumes to the uninterrupted run's parameters."""
+    from gmvc.trainer import train_and_evaluate
+    train_and_evaluate(load_config("gmvae_spiral.py", SLOW_OVERRIDES), tmp_path / "straight", **quiet)
+
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "gmvc.main", *SLOW, f"--workdir={run}"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(run / "metrics.jsonl", first)                  # training, past its first chunk
+    second = run_cli(*SLOW, f"--workdir={run}")
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"gmvc: error: {run} is in use by another gmvc run" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=240)
+    assert first.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    step = int(err.split("interrupted at step ")[1].split(":")[0])
+    assert 10 <= step < 800 and step % 10 == 0 and (run / "checkpoints" / str(step)).is_dir()
+    assert "the same command resumes the run" in err
+
+    resumed = run_cli(*SLOW, f"--workdir={run}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from checkpoint {run / 'checkpoints' / str(step)}" in resumed.stdout
+    assert_trees_equal(final_params(tmp_path / "straight", 800), final_params(run, 800))
+
+
+def test_a_finished_run_is_not_resumed_with_another_config(spiral_config, tmp_path):
+    from gmvc.trainer import train_and_evaluate
+    train_and_evaluate(spiral_config, tmp_path, **quiet)
+    saved = (tmp_path / "config.json").read_text()
+    results = (tmp_path / "results.json").read_text()
+    spiral_config.seed, spiral_config.optim.lr = 1, 0.5
+    with pytest.raises(RunError, match=r"holds a run of another config \(it differs in optim.lr, seed\)"):
+        train_and_evaluate(spiral_config, tmp_path, **quiet)
+    assert (tmp_path / "config.json").read_text() == saved and (tmp_path / "results.json").read_text() == results
+    # what only watches or places a run may change on a resume
+    spiral_config.seed, spiral_config.optim.lr = 0, json.loads(saved)["optim"]["lr"]
+    spiral_config.tensorboard.enabled, spiral_config.eval.plot_points = False, 100
+    assert train_and_evaluate(spiral_config, tmp_path, **quiet)["steps"] == 200
+
+
+def test_a_negative_limit_is_refused(spiral_config):
+    from gmvc.data import load_dataset
+    spiral_config.data.limit = -10
+    with pytest.raises(DataError, match="data.limit must be 0 .every sample. or a number of samples, got -10"):
+        load_dataset(spiral_config.data, 0)
+
+
+def test_uint8_files_are_scaled_like_image_folders(tmp_path):
+    from gmvc.data import load_dataset
+    images = np.random.default_rng(0).integers(0, 256, size=(20, 6, 6), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    c = load_config("vade_digits.py", {"data.source": f"file:{tmp_path / 'x.npy'}"})
+    x = load_dataset(c.data, 0).x
+    assert x.dtype == np.float32 and x.shape == (20, 6, 6, 1) and 0.0 <= x.min() and x.max() <= 1.0
+    np.testing.assert_allclose(x[..., 0], images / 255.0, rtol=1e-6)
+
+
+def test_a_second_fit_into_a_workdir_that_holds_a_run_is_refused(tmp_path):
+    import gmvc
+    x = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    est = gmvc.GMVAE(n_clusters=2, steps=20, batch_size=50, workdir=str(tmp_path / "est")).fit(x)
+    params = est.params_
+    with pytest.raises(RunError, match="holds a run already"):
+        est.fit(x + 1.0)
+    assert_trees_equal(gmvc.load(tmp_path / "est").params_, params)      # the first fit is intact
+
+
+def test_a_lock_held_elsewhere_is_one_line(spiral_config, tmp_path):
+    """The lock is a file lock: any other holder (here a child process) makes the run refuse."""
+    from gmvc.trainer import train_and_evaluate
+    (tmp_path / "run").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import filelock, sys, time; "
+                               f"held = filelock.FileLock({str(tmp_path / 'run' / '.gmvc.lock')!r}); "
+                               "held.acquire(); "
+                               "print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunError, match="is in use by another gmvc run"):
+            train_and_evaluate(spiral_config, tmp_path / "run", **quiet)
+        assert not (tmp_path / "run" / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train_and_evaluate(spiral_config, tmp_path / "run", **quiet)["steps"] == 200
+    assert os.listdir(tmp_path / "run")
