@@ -87,11 +87,15 @@ def predict(config, workdir):
 def parse_flags(argv):
     """absl's parser, with config errors (unknown key, bad value, missing file) as one clear line."""
     try:
-        return flags.FLAGS(argv)
+        argv = flags.FLAGS(argv)
+        _CONFIG.value.name                       # a config file that failed to load says so only when read
+        return argv
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
         message = str(e).replace("\\n", " ").replace("\n", " ").replace("\\'", "'").strip("'\" ")
         if isinstance(e, AttributeError):
             message = f"unknown config key: {message}"
+        elif isinstance(e, OSError) and "Errno" in message:     # the config file: its path and the cause
+            message = "cannot load the config: " + message[message.index("[Errno"):].replace("'", "")
         print(f"gmvc: error: {message}", file=sys.stderr)
         print("usage: python -m gmvc.main --config=configs/<experiment>.py [--workdir=DIR] "
               "[--mode=train|generate|predict] [--config.<key>=<value> ...]", file=sys.stderr)

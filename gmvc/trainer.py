@@ -7,7 +7,6 @@ saves checkpoints together; only process 0 writes logs, events, predictions, plo
 """
 import contextlib
 import pathlib
-import threading
 import time
 from typing import NamedTuple
 
@@ -28,7 +27,7 @@ from gmvc.training import context, interrupt, parallel
 from gmvc.training.phases import fit_reads_table, neighbour_k, resume_index, uses_neighbours
 from gmvc.training.state import create_state, init_params
 from gmvc.training.warmup import start_warmup
-from gmvc.errors import Interrupted
+from gmvc.errors import Interrupted, TrainingError
 from gmvc.validate import validate
 
 
@@ -83,7 +82,13 @@ def _train(config, workdir, data, echo, write_outputs):
         watch = cleanup.enter_context(contextlib.closing(monitor.Monitor(ctx, events, workdir, main_process, echo)))
         watch.resume(step)
         t_train = time.time()
-        position = run_phases(ctx, position, (ckpt, progress, watch), warm, echo)
+        try:
+            position = run_phases(ctx, position, (ckpt, progress, watch), warm, echo)
+        except TrainingError as e:
+            x = data.x
+            raise TrainingError(f"{e}. Likely causes: the data's scale (values in [{x.min():.3g}, {x.max():.3g}]: "
+                                f"scale them to [0, 1] or to unit variance) or the learning rate (optim.lr="
+                                f"{config.optim.lr})") from None
         train_seconds = time.time() - t_train
         ckpt.close()
         warm.ready("finish")
@@ -148,7 +153,7 @@ def run_phases(ctx, position, logs, warm, echo):
             position = position._replace(table=table)
         else:
             if not preloading:
-                preload_reporting()     # once the first train phase's program is ready
+                export.preload()        # once the first train phase's program is ready
                 preloading = True
             position = train_phase(ctx, i, position, logs)
     return position
@@ -218,20 +223,6 @@ def load_run(config, workdir, echo=print):
     validate(config, data)
     trained = load_trained(workdir, config, echo, data_shape=data.x.shape[1:])
     return Run(config, data, trained.model, context.model_inputs(trained.model, data), trained.params, trained.step)
-
-
-def preload_reporting():
-    """Import what the evaluation at the end needs (matplotlib, scipy, scikit-learn: about 3 s)
-    in a background thread, while the compiled steps run without the GIL."""
-    def load():
-        try:
-            export.pyplot()
-            import scipy.optimize  # noqa: F401
-            import sklearn.metrics  # noqa: F401
-        except Exception:      # the import at the point of use reports any error
-            pass
-
-    threading.Thread(target=load, name="gmvc-imports", daemon=True).start()
 
 
 def _silent(*args, **kwargs):

@@ -1,6 +1,8 @@
 """validate(config, data): every check of a config against the data it will train on, in one
 pass, before anything is written or compiled. The CLI, the estimators and the notebooks' runs all
 go through it (train_and_evaluate calls it first); each problem is one line naming the key."""
+import math
+
 import jax
 
 from gmvc.errors import ConfigError, DataError
@@ -39,8 +41,14 @@ def validate(config, data):
     if num_train < clusters:
         raise ConfigError(f"train.validation_fraction={f} leaves {num_train} of {n} samples to train on, fewer "
                           f"than model.num_clusters={k}")
+    _check_model(config.model)
+    _check_optim(config.optim)
     devices = _check_parallel(config.parallel)
     model = make_model(config.model, data.x.shape[1:])          # unknown nets, activations, likelihoods
+    lo, hi = float(data.x.min()), float(data.x.max())
+    if config.model.likelihood == "bernoulli" and (lo < 0.0 or hi > 1.0):
+        raise DataError(f"model.likelihood='bernoulli' needs data in [0, 1]; {data.name!r} spans [{lo:.4g}, {hi:.4g}]: "
+                        f"scale it into [0, 1], or use --config.model.likelihood=gaussian")
     model_inputs(model, data)                                    # labels a conditioned model needs
     phases = build_phases(config)                                # phase keys and their order
     if any(p.kind == "init_prior" for p in phases) and not model.stored_prior:
@@ -75,6 +83,30 @@ def _check_watching(config):
     for key in ("images_every", "projector_points"):
         if tb[key] < 0:
             raise ConfigError(f"tensorboard.{key} must be 0 or positive, got {tb[key]}")
+
+
+def _check_model(m):
+    sizes = {"model.z_dim": [m.z_dim], "model.w_dim": [m.w_dim], "model.prior_hidden": [m.prior_hidden],
+             "model.hidden_sizes": list(m.hidden_sizes), "model.conv_filters": list(m.conv_filters)}
+    for key, values in sizes.items():
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
+            what = "whole numbers >= 1" if key in ("model.hidden_sizes", "model.conv_filters") else "a whole number >= 1"
+            raise ConfigError(f"{key} must be {what}, got {values if len(values) > 1 else values[0]}")
+
+
+def _check_optim(o):
+    """The numeric settings of the optimizer (a schedule dict is checked where it is built)."""
+    for key in ("lr", "prior_lr"):
+        rate = o[key]
+        if isinstance(rate, (int, float)) and not math.isfinite(rate):
+            raise ConfigError(f"optim.{key} must be a finite number, got {rate}")
+    if isinstance(o.lr, (int, float)) and o.lr < 0:
+        raise ConfigError(f"optim.lr must be >= 0, got {o.lr} (0 freezes the network)")
+    for key in ("b1", "b2"):
+        if not 0.0 <= o[key] < 1.0:
+            raise ConfigError(f"optim.{key} must be in [0, 1), got {o[key]}")
+    if not o.eps > 0:
+        raise ConfigError(f"optim.eps must be positive, got {o.eps}")
 
 
 def _check_parallel(p):

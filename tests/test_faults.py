@@ -120,3 +120,21 @@ def test_a_lock_held_elsewhere_is_one_line(spiral_config, tmp_path):
         holder.wait()
     assert train_and_evaluate(spiral_config, tmp_path / "run", **quiet)["steps"] == 200
     assert os.listdir(tmp_path / "run")
+
+
+def test_a_missing_config_file_is_one_line(tmp_path):
+    proc = run_cli("--config=configs/no_such_config.py", f"--workdir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[0] == ("gmvc: error: cannot load the config: [Errno 2] No such file or directory: "
+                                           "configs/no_such_config.py")
+    assert not (tmp_path / "run").exists()
+
+
+def test_divergence_names_the_likely_causes(spiral_config, tmp_path):
+    from gmvc.errors import TrainingError
+    from gmvc.trainer import train_and_evaluate
+    spiral_config.optim.lr = 10.0
+    with pytest.raises(TrainingError, match=r"non-finite values at step \d+ .* Likely causes: the data's scale "
+                                            r"\(values in \[-1.\d+, 1.\d+\].* the learning rate \(optim.lr=10.0\)"):
+        train_and_evaluate(spiral_config, tmp_path, **quiet)
+

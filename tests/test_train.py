@@ -339,7 +339,7 @@ def test_a_phase_trains_at_its_own_batch_size(spiral_config, tmp_path):
 
 def test_importing_train_leaves_the_reporting_libraries_for_later():
     """matplotlib, scipy and scikit-learn (about 3 s of imports) are not loaded at start-up: a
-    run imports them in a background thread once training runs (train.preload_reporting)."""
+    run imports them in a background thread once training runs (gmvc.run.export.preload)."""
     import subprocess
     import sys
     probe = ("import sys, gmvc.trainer; "

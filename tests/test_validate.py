@@ -46,6 +46,12 @@ def test_a_good_config_passes_and_nothing_is_written(tmp_path, monkeypatch):
      "train.batch_size=196 does not divide evenly over 8 devices"),
     ({"model.net": "transformer"}, ConfigError, "unknown"),
     ({"objective.recn": 1.0}, ConfigError, "unknown objective term(s) ['recn']"),
+    ({"model.z_dim": 0}, ConfigError, "model.z_dim must be a whole number >= 1, got 0"),
+    ({"model.hidden_sizes": (100, 0)}, ConfigError, "model.hidden_sizes must be whole numbers >= 1, got [100, 0]"),
+    ({"optim.lr": float("nan")}, ConfigError, "optim.lr must be a finite number, got nan"),
+    ({"optim.lr": -1.0}, ConfigError, "optim.lr must be >= 0, got -1.0"),
+    ({"optim.b2": 1.0}, ConfigError, "optim.b2 must be in [0, 1), got 1.0"),
+    ({"model.likelihood": "bernoulli"}, DataError, "model.likelihood='bernoulli' needs data in [0, 1]; 'points' spans"),
 ])
 def test_each_problem_is_one_line_naming_the_key(overrides, error, message):
     assert len(jax.devices()) == 8
