@@ -14,6 +14,7 @@ import json
 import pathlib
 import shutil
 import tempfile
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from gmvc import config as config_lib
 from gmvc import recipes
 from gmvc.core import batching
 from gmvc.data import Dataset
@@ -86,8 +88,15 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
             raise RunError(f"{self.workdir} holds a run already; fit trains a new model: give it a new workdir "
                            f"(nothing was changed)")
         workdir = pathlib.Path(self.workdir) if self.workdir else pathlib.Path(tempfile.mkdtemp(prefix="gmvc_"))
-        summary = train_and_evaluate(config, workdir, echo=print if self.verbose else _silent, data=data,
-                                     write_outputs=False)
+        try:
+            summary = train_and_evaluate(config, workdir, echo=print if self.verbose else _silent, data=data,
+                                         write_outputs=False)
+        except BaseException:
+            if not self.workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        if not self.workdir:           # the run's folder goes with the estimator (save() keeps a copy)
+            weakref.finalize(self, shutil.rmtree, str(workdir), True)
         self._set_trained(load_trained(workdir, config))
         self.n_iter_ = int(summary["steps"])
         self.labels_ = self.predict(X) if self.model_.num_clusters else None
@@ -183,7 +192,11 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         tmp = path.with_name(path.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(self.workdir_, tmp, ignore=shutil.ignore_patterns("*.png", "metrics.jsonl", "predictions.csv"))
-        info = {"class": type(self).__name__, "params": _jsonable(self.get_params()),
+        params = self.get_params()
+        named = params.get("config") is None or (isinstance(params["config"], str) and params["config"] in recipes.RECIPES)
+        if "config" in params and not named:
+            params["config"] = config_lib.to_dict(self.config_)    # the config itself, never a file to run
+        info = {"class": type(self).__name__, "params": _jsonable(params),
                 "sample_shape": list(self.sample_shape_), "n_features_in": int(self.n_features_in_),
                 "n_iter": int(getattr(self, "n_iter_", 0))}
         (tmp / ESTIMATOR_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -292,7 +305,10 @@ def load(path):
         cls = {c.__name__: c for c in (GMVCEstimator, VaDE, GMVAE)}.get(info["class"])
         if cls is None:
             raise CheckpointError(f"{path / ESTIMATOR_FILE}: unknown estimator class {info['class']!r}")
-        est = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["params"].items()})
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in info["params"].items()}
+        if isinstance(params.get("config"), str) and params["config"] not in recipes.RECIPES:
+            params["config"] = read_json(path / "config.json", required=True)   # a saved model never runs a file
+        est = cls(**params)
     trained = load_trained(path)
     est._set_trained(trained)
     est.n_features_in_ = int(trained.data_shape[0])      # what validate_data counts: X.shape[1]

@@ -138,3 +138,44 @@ def test_divergence_names_the_likely_causes(spiral_config, tmp_path):
                                             r"\(values in \[-1.\d+, 1.\d+\].* the learning rate \(optim.lr=10.0\)"):
         train_and_evaluate(spiral_config, tmp_path, **quiet)
 
+
+def test_a_saved_model_never_runs_a_config_file(tmp_path, monkeypatch):
+    """A config given as a .py file is run once, at fit; what save() writes is the config itself,
+    so loading and refitting elsewhere runs no file."""
+    import gmvc
+    from gmvc.estimator import GMVCEstimator
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "my_config.py").write_text(
+        "import pathlib\nfrom gmvc.recipes import gmvae_spiral\n"
+        f"def get_config():\n    pathlib.Path({str(marker)!r}).write_text('ran')\n    return gmvae_spiral()\n")
+    x = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    est = GMVCEstimator(config=str(tmp_path / "my_config.py"),
+                        overrides={"train.steps": 20, "train.log_every": 10, "train.restarts": 1}).fit(x)
+    assert marker.read_text() == "ran"
+    est.save(tmp_path / "saved")
+    marker.unlink()
+    saved = json.loads((tmp_path / "saved" / "estimator.json").read_text())
+    assert isinstance(saved["params"]["config"], dict) and saved["params"]["config"]["model"]["name"] == "gmvae"
+    monkeypatch.chdir(tmp_path)
+    loaded = gmvc.load(tmp_path / "saved")
+    loaded.set_params(workdir=None).fit(x)
+    assert not marker.exists()
+    np.testing.assert_array_equal(loaded.predict(x[:5]).shape, (5,))
+
+
+def test_a_fit_without_workdir_leaves_no_folder_behind(tmp_path, monkeypatch):
+    import gc
+    import tempfile
+    import gmvc
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))         # where mkdtemp makes its folders
+    x = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    est = gmvc.GMVAE(n_clusters=2, steps=20, batch_size=50).fit(x)
+    assert len(list(tmp_path.glob("gmvc_*"))) == 1 and est.predict(x).shape == (200,)
+    del est
+    gc.collect()
+    assert list(tmp_path.glob("gmvc_*")) == []
+    from gmvc.errors import TrainingError
+    with pytest.raises(TrainingError):                              # a failed fit removes its folder too
+        gmvc.GMVAE(n_clusters=2, steps=250, batch_size=50, learning_rate=1e4).fit(x)
+    assert list(tmp_path.glob("gmvc_*")) == []
+
