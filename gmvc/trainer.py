@@ -66,7 +66,7 @@ def _train(config, workdir, data, echo, write_outputs):
     main_process = jax.process_index() == 0
     ctx = context.build(config, data)
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
-    step = ckpt.latest_step() or 0
+    step = ckpt.latest_valid_step(echo)
     resume_at = resume_index(ctx.phases, step) if step else -1          # a checkpoint past the phases: an error
     if main_process:
         export.write_json(workdir / "config.json", config_lib.to_dict(config))

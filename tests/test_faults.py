@@ -179,3 +179,53 @@ def test_a_fit_without_workdir_leaves_no_folder_behind(tmp_path, monkeypatch):
         gmvc.GMVAE(n_clusters=2, steps=250, batch_size=50, learning_rate=1e4).fit(x)
     assert list(tmp_path.glob("gmvc_*")) == []
 
+
+
+def _flip_a_byte(step_dir):
+    target = max((f for f in step_dir.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    return target
+
+
+def test_a_corrupt_checkpoint_is_named_and_the_run_resumes_from_the_one_before(spiral_config, tmp_path):
+    from gmvc.errors import CheckpointError
+    from gmvc.run.restore import load_trained
+    from gmvc.trainer import train_and_evaluate
+    train_and_evaluate(spiral_config, tmp_path / "straight", **quiet)
+    run = tmp_path / "run"
+    train_and_evaluate(spiral_config, run, **quiet)                       # checkpoints at 100 and 200
+    flipped = _flip_a_byte(run / "checkpoints" / "200")
+    with pytest.raises(CheckpointError, match=rf"checkpoint {run / 'checkpoints' / '200'} is corrupt: "
+                                              rf"{flipped.relative_to(run / 'checkpoints' / '200')} changed"):
+        load_trained(run)
+    said = []
+    train_and_evaluate(spiral_config, run, echo=lambda m, **k: said.append(m))
+    assert said[0].startswith(f"checkpoint {run / 'checkpoints' / '200'} is corrupt (") and "resumes from" in said[0]
+    assert said[1].startswith(f"Resuming from checkpoint {run / 'checkpoints' / '100'}")
+    assert (run / "checkpoints" / "corrupt_200").is_dir()                 # kept, never deleted
+    assert_trees_equal(final_params(tmp_path / "straight", 200), final_params(run, 200))
+
+
+def test_a_failed_save_is_one_line_and_keeps_the_earlier_checkpoints(spiral_config, tmp_path, monkeypatch):
+    import errno
+    import orbax.checkpoint as ocp
+    from gmvc.errors import CheckpointError
+    from gmvc.trainer import train_and_evaluate
+    spiral_config.train.steps = 100
+    train_and_evaluate(spiral_config, tmp_path, **quiet)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints" / "100").rglob("*")}
+    spiral_config.train.steps = 200
+    real_save = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *args, **kwargs):
+        if step == 200:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "checkpoints" / "200.tmp"))
+        return real_save(self, step, *args, **kwargs)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    with pytest.raises(CheckpointError) as raised:
+        train_and_evaluate(spiral_config, tmp_path, **quiet)
+    assert str(raised.value) == (f"could not write checkpoint {tmp_path / 'checkpoints' / '200'}: No space left on "
+                                 f"device ({tmp_path / 'checkpoints' / '200.tmp'}); the earlier checkpoints are kept")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints" / "100").rglob("*")} == before

@@ -118,8 +118,13 @@ def test_nan_is_reported_with_step_and_term(spiral_config, tmp_path):
 
 
 def test_corrupt_checkpoint_is_reported_and_kept(spiral_config, tmp_path):
+    """Without its checksums (a checkpoint written before them) a corrupt checkpoint is named by
+    the restore and left in place; with them, it is moved aside and the run resumes before it
+    (tests/test_faults.py)."""
+    from gmvc.run.checkpoint import CHECKSUMS
     train_and_evaluate(spiral_config, tmp_path, **quiet)
     step_dir = tmp_path / "checkpoints" / "200"
+    (step_dir / CHECKSUMS).unlink()
     files = [p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 0]
     for p in files:
         p.write_bytes(b"garbage" * 10)

@@ -1,5 +1,9 @@
 """The one file that talks to orbax. Checkpoints are written synchronously, so a step that is
-listed is complete; a run killed mid-save leaves only a temporary folder that orbax ignores."""
+listed is complete; a run killed mid-save leaves only a temporary folder that orbax ignores.
+Each checkpoint also gets a list of its files' SHA-256 sums (CHECKSUMS), checked before it is
+read: a changed byte is reported by file, and a run resumes from its newest intact checkpoint."""
+import hashlib
+import json
 import pathlib
 
 import jax
@@ -28,8 +32,53 @@ class Checkpointer:
         return self.directory / str(step)
 
     def save(self, step, state):
-        self._manager.save(int(step), args=ocp.args.StandardSave(state))
-        self._manager.wait_until_finished()
+        """Write checkpoint `step`; a failure (a full disk, a read-only folder) is one line naming
+        the path and the cause, and the earlier checkpoints stay as they were."""
+        try:
+            self._manager.save(int(step), args=ocp.args.StandardSave(state))
+            self._manager.wait_until_finished()
+            if jax.process_index() == 0:
+                sums = {str(f.relative_to(self.path(step))): _sha256(f) for f in _files(self.path(step))}
+                (self.path(step) / CHECKSUMS).write_text(json.dumps(sums, indent=0, sort_keys=True))
+        except Exception as e:
+            raise CheckpointError(f"could not write checkpoint {self.path(step)}: {_cause(e)}; the earlier "
+                                  f"checkpoints are kept") from None
+
+    def verify(self, step):
+        """None if checkpoint `step` is as it was written (or predates checksums), else what changed."""
+        listed = self.path(step) / CHECKSUMS
+        if not listed.is_file():
+            return None
+        try:
+            sums = json.loads(listed.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            return f"its {CHECKSUMS} is unreadable ({e})"
+        for name, digest in sorted(sums.items()):
+            f = self.path(step) / name
+            if not f.is_file():
+                return f"{name} is missing"
+            if _sha256(f) != digest:
+                return f"{name} changed since it was written"
+        return None
+
+    def latest_valid_step(self, echo=None):
+        """The newest checkpoint that verifies, or 0. A newer one that does not is moved aside to
+        corrupt_<step> (kept, never deleted) and `echo` says so, so the run retrains from there."""
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            problem = self.verify(step)
+            if problem is None:
+                return step
+            if jax.process_count() > 1:
+                raise CheckpointError(f"checkpoint {self.path(step)} is corrupt: {problem}; it was left in place")
+            aside = self.directory / f"corrupt_{step}"
+            while aside.exists():
+                aside = aside.with_name(aside.name + "_")
+            self.path(step).rename(aside)
+            self._manager.reload()
+            if echo:
+                echo(f"checkpoint {self.path(step)} is corrupt ({problem}): moved to {aside}, the run resumes from "
+                     f"the checkpoint before it", flush=True)
+        return 0
 
     def saved_shape(self, step, key):
         """Shape of the top-level array `key` in checkpoint `step`, or None if it holds none."""
@@ -44,6 +93,9 @@ class Checkpointer:
         """Restore checkpoint `step` into the structure, shapes and dtypes of `like`.
         A corrupt or incompatible checkpoint is reported by path and left where it is."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        problem = self.verify(step)
+        if problem:
+            raise CheckpointError(f"checkpoint {self.path(step)} is corrupt: {problem}; it was left in place")
         self._check_metadata(step, like)
         try:
             restored = self._manager.restore(int(step), args=ocp.args.StandardRestore(abstract))
@@ -75,6 +127,32 @@ class Checkpointer:
 
     def close(self):
         self._manager.close()
+
+
+CHECKSUMS = "gmvc_checksums.json"
+
+
+def _files(directory):
+    return sorted(f for f in pathlib.Path(directory).rglob("*") if f.is_file() and f.name != CHECKSUMS)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cause(e):
+    """The innermost OSError's words (no space left, permission denied), else the error's."""
+    seen, inner = set(), e
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        if isinstance(inner, OSError) and inner.strerror:
+            return f"{inner.strerror} ({inner.filename or type(inner).__name__})"
+        inner = inner.__cause__ or inner.__context__
+    return f"{type(e).__name__}: {str(e)[:200]}"
 
 
 def _key_name(key):
