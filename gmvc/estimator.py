@@ -29,6 +29,7 @@ from gmvc.core import batching
 from gmvc.data import Dataset
 from gmvc.config import apply_overrides, from_dict
 from gmvc.errors import CheckpointError, ConfigError, RunError
+from gmvc.predict import check_finite_outputs
 from gmvc.run.restore import load_trained, read_json
 from gmvc.objectives import make_batch, make_elbo
 
@@ -125,7 +126,8 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     def _outputs(self, X):
         check_is_fitted(self, "params_")
         x = self._check(X)
-        return batching.make_predict(self.model_, self.config_.eval.batch_size)(self.params_, x)
+        out = batching.make_predict(self.model_, self.config_.eval.batch_size)(self.params_, x)
+        return check_finite_outputs(out, x, "X")
 
     def _require_clusters(self, what):
         if not self.model_.num_clusters:

@@ -125,16 +125,39 @@ def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, ech
     out_path = pathlib.Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = _Writer(out_path, fmt, trained.model.num_clusters, z_dim, total)
+    clusters, labels = [], []
     try:
         for start in range(0, total, batch_size):
-            x, _ = rows(start, min(total, start + batch_size))
-            out = predict(trained.params, x)
+            x, y = rows(start, min(total, start + batch_size))
+            out = check_finite_outputs(predict(trained.params, x), x, f"data {data_cfg.source!r}", start)
             writer.add(out.get("log_gamma"), out["z_mean"])
+            if y is not None and "log_gamma" in out:
+                clusters.append(out["log_gamma"].argmax(1))
+                labels.append(y)
             if (start // batch_size) % 50 == 0:
                 echo(f"predicted {min(start + len(x), total)}/{total}", flush=True)
     except BaseException:
         writer.abort()
         raise
     writer.close()
+    if clusters and sum(map(len, labels)) == writer.count:        # labels only score the predictions
+        from gmvc.core import metrics
+        report = metrics.clustering_report(np.concatenate(clusters), np.concatenate(labels))
+        echo("clustering: " + " ".join(f"{m}={report[m]:.4f}" for m in ("acc", "majority_acc", "nmi", "ari")),
+             flush=True)
     echo(f"wrote predictions ({writer.count} rows, {fmt}): {out_path}", flush=True)
     return writer.count
+
+
+def check_finite_outputs(out, x, what, start=0):
+    """`out` (a batch of model.predict) when every value is finite, else one DataError naming
+    the first samples and their scale: values far beyond the training data's overflow."""
+    bad = np.zeros(len(out["z_mean"]), bool)
+    for a in out.values():
+        bad |= ~np.isfinite(np.asarray(a, np.float64)).reshape(len(bad), -1).all(1)
+    if bad.any():
+        rows = (np.nonzero(bad)[0] + start)[:5].tolist()
+        raise DataError(f"{what}: the model's outputs are not finite for {int(bad.sum())} samples (first: {rows}); "
+                        f"their values reach {float(np.abs(x[bad]).max()):.3g}, far beyond the scale of the data "
+                        f"the run was trained on")
+    return out

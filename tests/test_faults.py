@@ -229,3 +229,33 @@ def test_a_failed_save_is_one_line_and_keeps_the_earlier_checkpoints(spiral_conf
     assert str(raised.value) == (f"could not write checkpoint {tmp_path / 'checkpoints' / '200'}: No space left on "
                                  f"device ({tmp_path / 'checkpoints' / '200.tmp'}); the earlier checkpoints are kept")
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints" / "100").rglob("*")} == before
+
+
+def test_predict_refuses_overflowing_data_and_scores_labelled_data(spiral_config, tmp_path):
+    from gmvc.trainer import train_and_evaluate
+    spiral_config.tensorboard.enabled = False
+    train_and_evaluate(spiral_config, tmp_path / "run", write_outputs=False, **quiet)
+    flags = [f"--workdir={tmp_path / 'run'}", *(f"--config.{k}={v}" for k, v in
+                                                 {"train.restarts": 1, "train.steps": 200, "train.log_every": 50,
+                                                  "train.checkpoint_every": 100, "data.num_points": 1000,
+                                                  "tensorboard.enabled": False}.items())]
+    huge = np.full((10, 2), 1e30, np.float32)
+    np.save(tmp_path / "huge.npy", huge)
+    bad = run_cli("--config=configs/gmvae_spiral.py", *flags, "--mode=predict", f"--data=file:{tmp_path / 'huge.npy'}",
+                  f"--output={tmp_path / 'out.csv'}")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "the model's outputs are not finite for 10 samples (first: [0, 1, 2, 3, 4]); their values reach 1e+30" \
+        in bad.stderr
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "out.csv.partial").exists()
+    good = run_cli("--config=configs/gmvae_spiral.py", *flags, "--mode=predict", f"--output={tmp_path / 'out.csv'}")
+    assert good.returncode == 0, good.stderr[-2000:]
+    acc = float(good.stdout.split("clustering: acc=")[1].split()[0])
+    assert acc == pytest.approx(json.loads((tmp_path / "run" / "results.json").read_text())["acc"], abs=1e-4)
+
+
+def test_estimator_predict_refuses_overflowing_data():
+    import gmvc
+    x = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    est = gmvc.GMVAE(n_clusters=2, steps=20, batch_size=50).fit(x)
+    with pytest.raises(DataError, match=r"X: the model's outputs are not finite for 3 samples \(first: \[0, 1, 2\]\)"):
+        est.predict_proba(np.full((3, 2), 1e30, np.float32))
