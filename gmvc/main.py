@@ -86,9 +86,12 @@ def predict(config, workdir):
 
 def parse_flags(argv):
     """absl's parser, with config errors (unknown key, bad value, missing file) as one clear line."""
+    argv, terms = split_term_overrides(argv)
+    sys.argv = split_term_overrides(sys.argv)[0]      # the config flag reads its overrides from sys.argv
     try:
         argv = flags.FLAGS(argv)
         _CONFIG.value.name                       # a config file that failed to load says so only when read
+        apply_term_overrides(_CONFIG.value, terms)
         return argv
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
         message = str(e).replace("\\n", " ").replace("\n", " ").replace("\\'", "'").strip("'\" ")
@@ -100,6 +103,47 @@ def parse_flags(argv):
         print("usage: python -m gmvc.main --config=configs/<experiment>.py [--workdir=DIR] "
               "[--mode=train|generate|predict] [--config.<key>=<value> ...]", file=sys.stderr)
         sys.exit(2)
+
+
+# Sections whose keys are term names, so an override may add a key the config file lacks.
+TERM_SECTIONS = ("objective", "terms")
+
+
+def split_term_overrides(argv):
+    """(argv without them, [(path, value)]) for the --config.objective.<term>=... and
+    --config.terms.<term>.<option>=... overrides: they may name a term the config file does not
+    have (adding it), which absl's parser would refuse as an unknown key."""
+    keep, terms = [], []
+    for arg in argv:
+        head, eq, value = arg.partition("=")
+        path = head[len("--config."):].split(".") if head.startswith("--config.") else []
+        if eq and len(path) >= 2 and path[0] in TERM_SECTIONS:
+            terms.append((path, _literal(value)))
+        else:
+            keep.append(arg)
+    return keep, terms
+
+
+def apply_term_overrides(config, terms):
+    if not terms:
+        return
+    config.unlock()
+    for path, value in terms:
+        target = config
+        for key in path[:-1]:
+            if key not in target:
+                target[key] = {}
+            target = target[key]
+        target[path[-1]] = value
+    config.lock()
+
+
+def _literal(text):
+    import ast
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text                               # a word: a kernel's name, a schedule's kind
 
 
 def run():

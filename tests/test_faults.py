@@ -259,3 +259,21 @@ def test_estimator_predict_refuses_overflowing_data():
     est = gmvc.GMVAE(n_clusters=2, steps=20, batch_size=50).fit(x)
     with pytest.raises(DataError, match=r"X: the model's outputs are not finite for 3 samples \(first: \[0, 1, 2\]\)"):
         est.predict_proba(np.full((3, 2), 1e30, np.float32))
+
+
+def test_terms_compose_from_the_command_line(tmp_path):
+    """README's example: --config.objective.mmd=... adds a term the config file does not have,
+    --config.terms.mmd.<option>=... its options; a misspelt term is one line."""
+    flags = [f"--workdir={tmp_path / 'run'}", "--config.train.steps=20", "--config.train.log_every=10",
+             "--config.train.restarts=1", "--config.data.num_points=500", "--config.tensorboard.enabled=False"]
+    proc = run_cli("--config=configs/gmvae_spiral.py", *flags, "--config.objective.mmd=10.0",
+                   "--config.terms.mmd.kernel=imq", "--config.objective.cv.warmup_steps=10")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["objective"]["mmd"] == 10.0 and saved["terms"]["mmd"] == {"kernel": "imq"}
+    assert saved["objective"]["cv"]["warmup_steps"] == 10
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["mmd"]) and r["mmd"] > 0 for r in logged)
+    bad = run_cli("--config=configs/gmvae_spiral.py", f"--workdir={tmp_path / 'bad'}", "--config.objective.mmdd=1.0")
+    assert bad.returncode == 2 and "unknown objective term(s) ['mmdd']" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
