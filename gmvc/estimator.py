@@ -133,6 +133,13 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         if not self.model_.num_clusters:
             raise AttributeError(f"{what}: model {self.config_.model.name!r} does not cluster")
 
+    @property
+    def prior_distribution_(self):
+        """The learned prior p(z) as a distrax distribution (`sample(seed=key, sample_shape=...)`,
+        `log_prob(z)`): VaDE's mixture of diagonal Gaussians; GMVAE's components at w = 0."""
+        check_is_fitted(self, "params_")
+        return self.model_.prior_distribution(self.params_)
+
     def predict(self, X):
         """The most likely cluster of each sample: [N] ints."""
         check_is_fitted(self, "params_")

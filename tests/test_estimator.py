@@ -84,6 +84,13 @@ def test_fit_predict_transform_score_sample(digits_fit):
     assert (c3 == 3).all()
     with pytest.raises(ValueError, match="cluster must be in 0..9"):
         est.sample(2, cluster=10)
+    # the learned prior as a distrax distribution: the training codes are likelier under it than
+    # the same codes pushed far away
+    import jax
+    prior = est.prior_distribution_
+    z = est.transform(x)
+    assert np.mean(prior.log_prob(z)) > np.mean(prior.log_prob(z + 10.0)) + 5.0
+    assert prior.sample(seed=jax.random.key(0), sample_shape=(4,)).shape == (4, 10)
 
 
 def test_input_checks(digits_fit):

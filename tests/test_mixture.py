@@ -179,3 +179,29 @@ def test_reparameterize_moments():
     x = np.asarray(x, np.float64)
     np.testing.assert_allclose(x.mean(0), [1.0, -2.0], atol=0.02)   # se = 0.003 / 0.0016
     np.testing.assert_allclose(x.std(0), [1.0, 0.5], rtol=0.02)
+
+
+def test_the_learned_prior_as_a_distrax_distribution_matches_gmvcs_mixture_maths():
+    """distrax's log_prob of model.prior_distribution equals mixture.log_density on the same
+    parameters (VaDE), and its samples fall where the components put them."""
+    import jax
+    import jax.numpy as jnp
+    from gmvc.core import mixture
+    from gmvc.recipes import vade_digits
+    from gmvc.models import make_model
+    c = vade_digits()
+    model = make_model(c.model, (8, 8, 1))
+    params = model.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    prior = {"logits": jnp.asarray(rng.normal(size=10), jnp.float32),
+             "means": jnp.asarray(rng.normal(size=(10, 10)) * 3, jnp.float32),
+             "log_vars": jnp.asarray(rng.normal(size=(10, 10)) * 0.3, jnp.float32)}
+    params = {**params, "prior": prior}
+    dist = model.prior_distribution(params)
+    z = jnp.asarray(rng.normal(size=(50, 10)) * 3, jnp.float32)
+    np.testing.assert_allclose(dist.log_prob(z), mixture.log_density(z, jax.nn.log_softmax(prior["logits"]),
+                                                                     prior["means"], prior["log_vars"]),
+                               rtol=1e-5, atol=1e-4)
+    samples = dist.sample(seed=jax.random.key(1), sample_shape=(20000,))
+    np.testing.assert_allclose(samples.mean(0), (jax.nn.softmax(prior["logits"])[:, None] * prior["means"]).sum(0),
+                               atol=0.1)

@@ -32,6 +32,7 @@ class Model(NamedTuple):
     stored_prior: bool = False   # the mixture lives in params["prior"] (an init_prior phase can refit it)
     num_labels: int = 0          # > 0: inputs carry labels (conditioning)
     elbo_terms: tuple = ()       # the objective terms whose sum is the negative ELBO (free bits off)
+    prior_distribution: Callable = None   # params -> p(z) as a distrax distribution (sample, log_prob)
 
 
 class GaussianEncoderDecoder(nn.Module):

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gmvc.core import mixture
+from gmvc.core import distributions, mixture
 from gmvc.models import base
 from gmvc.nets import make_decoder, make_encoder
 
@@ -91,6 +91,11 @@ def make_gmvae(model_cfg, data_shape):
         """The components' means at w = 0, the mode of p(w)."""
         return call(params, GMVAENet.prior, jnp.zeros((1, model_cfg.w_dim)))[0][0]
 
+    def prior_at_w0(params):
+        """p(z | w = 0): the K components at the mode of p(w), equally weighted (p(c) is uniform)."""
+        means, log_vars = call(params, GMVAENet.prior, jnp.zeros((1, model_cfg.w_dim)))
+        return distributions.diag_mixture(distributions.uniform_logits(k), means[0], log_vars[0])
+
     def sample(params, rng, n):
         rng_w, rng_z = jax.random.split(rng)
         w = jax.random.normal(rng_w, (n, model_cfg.w_dim))
@@ -100,4 +105,5 @@ def make_gmvae(model_cfg, data_shape):
         return x.reshape(k, n, *data_shape)
 
     return base.Model(init=init, apply=apply, predict=predict, sample=sample, num_clusters=k, embed=embed,
-                      decode=decode, centres=centres, elbo_terms=("recon", "cond_prior", "w_prior", "c_prior"))
+                      decode=decode, centres=centres, elbo_terms=("recon", "cond_prior", "w_prior", "c_prior"),
+                      prior_distribution=prior_at_w0)

@@ -5,7 +5,7 @@ params["prior"] as {"logits": [K], "means": [K, Dz], "log_vars": [K, Dz]}.
 import jax
 import jax.numpy as jnp
 
-from gmvc.core import mixture
+from gmvc.core import distributions, mixture
 from gmvc.models import base
 from gmvc.nets import make_decoder, make_encoder
 from gmvc.errors import ConfigError
@@ -84,4 +84,5 @@ def make_vade(model_cfg, data_shape):
 
     return base.Model(init=init, apply=apply, predict=predict, sample=sample, num_clusters=k, embed=embed,
                       decode=decode, centres=lambda params: params["prior"]["means"], stored_prior=True,
-                      elbo_terms=("recon", "vade_kl"))
+                      elbo_terms=("recon", "vade_kl"),
+                      prior_distribution=lambda params: distributions.diag_mixture(**params["prior"]))

@@ -12,7 +12,7 @@ Neither model clusters (num_clusters = 0); params["prior"] is empty.
 import jax
 import jax.numpy as jnp
 
-from gmvc.core import mixture
+from gmvc.core import distributions, mixture
 from gmvc.models import base
 from gmvc.nets import make_decoder, make_encoder
 
@@ -81,7 +81,8 @@ def _make(model_cfg, data_shape, num_labels):
         return decode(params, z, labels).reshape(groups, n, *data_shape)
 
     return base.Model(init=init, apply=apply, predict=predict, sample=sample, num_clusters=0, embed=embed,
-                      decode=decode, num_labels=num_labels, elbo_terms=("recon", "kl_z"))
+                      decode=decode, num_labels=num_labels, elbo_terms=("recon", "kl_z"),
+                      prior_distribution=lambda params: distributions.standard_normal(model_cfg.z_dim))
 
 
 def make_vae(model_cfg, data_shape):
