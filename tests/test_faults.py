@@ -277,3 +277,27 @@ def test_terms_compose_from_the_command_line(tmp_path):
     bad = run_cli("--config=configs/gmvae_spiral.py", f"--workdir={tmp_path / 'bad'}", "--config.objective.mmdd=1.0")
     assert bad.returncode == 2 and "unknown objective term(s) ['mmdd']" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_text_saved_as_npy_is_named_as_such(tmp_path):
+    from gmvc.data import load_dataset
+    (tmp_path / "x.npy").write_text("1,2\n3,4\n")
+    c = load_config("gmvae_spiral.py", {"data.source": f"file:{tmp_path / 'x.npy'}"})
+    with pytest.raises(DataError, match=r"is not a .npy/.npz array file \(a text or CSV file\?"):
+        load_dataset(c.data, 0)
+
+
+@pytest.mark.parametrize("source, data_dir, message", [
+    ("tfds:not_a_dataset", "", "no tensorflow-datasets builder has this name"),
+    ("tfds:mnist", "{tmp}/empty", "the data is not prepared in {tmp}/empty: run `tfds build mnist`"),
+])
+def test_unavailable_tfds_data_fails_at_once_in_one_line(tmp_path, source, data_dir, message):
+    pytest.importorskip("tensorflow_datasets")
+    from gmvc.data import load_dataset
+    c = load_config("gmvae_spiral.py", {"data.source": source, "data.data_dir": data_dir.format(tmp=tmp_path)})
+    t0 = time.time()
+    with pytest.raises(DataError) as raised:
+        load_dataset(c.data, 0)
+    assert message.format(tmp=tmp_path) in str(raised.value) and "\n" not in str(raised.value)
+    assert time.time() - t0 < 60                                         # no download attempted
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -81,6 +81,14 @@ def file(path, cfg):
     try:
         loaded = np.load(p, allow_pickle=False)
     except Exception as e:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+        if "pickled" in str(e) and magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+            raise DataError(f"data file {str(p)!r} is not a .npy/.npz array file (a text or CSV file? save it "
+                            f"with numpy first: np.save('x.npy', np.loadtxt(path, delimiter=',')))") from None
+        if "pickle" in str(e):
+            raise DataError(f"data file {str(p)!r} holds Python objects, not numbers: pickles are never "
+                            f"loaded") from None
         raise DataError(f"data file {str(p)!r} could not be read as .npy/.npz: {e}") from None
     if isinstance(loaded, np.ndarray):
         return _unit_range(loaded), None

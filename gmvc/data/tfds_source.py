@@ -10,9 +10,19 @@ _LABEL_KEYS = ("label", "labels")
 def load(name, split="train", data_dir=None):
     import tensorflow_datasets as tfds
     try:
-        source = tfds.data_source(name, split=split, data_dir=data_dir)
-    except Exception as e:  # not registered, not downloaded and no network, bad split ...
-        raise DataError(f"tfds dataset {name!r} (split {split!r}) is unavailable: {type(e).__name__}: {str(e)[:300]}") from None
+        # Never a download at run time: data that is not prepared fails at once, with how to fix it.
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # not registered, not prepared, bad split ...
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        if type(e).__name__ == "DatasetNotFoundError" and "not found" in first.lower():
+            hint = "no tensorflow-datasets builder has this name (tfds.list_builders() lists them)"
+        elif "split" in first.lower():
+            hint = "the split does not exist (data.split)"
+        else:
+            hint = (f"the data is not prepared in {data_dir or 'the tfds default folder'}: run `tfds build {name}` "
+                    f"where there is a network, or set data.data_dir to a folder that holds it")
+        raise DataError(f"tfds dataset {name!r} (split {split!r}) is unavailable: {hint} ({type(e).__name__}: "
+                        f"{first})") from None
     n = len(source)
     if n == 0:
         raise DataError(f"tfds dataset {name!r} (split {split!r}) is empty")
