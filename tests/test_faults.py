@@ -301,3 +301,16 @@ def test_unavailable_tfds_data_fails_at_once_in_one_line(tmp_path, source, data_
     assert message.format(tmp=tmp_path) in str(raised.value) and "\n" not in str(raised.value)
     assert time.time() - t0 < 60                                         # no download attempted
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_data_of_1e30_diverges_with_its_scale_named(tmp_path):
+    from gmvc.errors import TrainingError
+    from gmvc.trainer import train_and_evaluate
+    x = np.random.default_rng(0).normal(size=(400, 2)).astype(np.float32) * 1e30
+    np.save(tmp_path / "x.npy", x)
+    c = load_config("gmvae_spiral.py", {"data.source": f"file:{tmp_path / 'x.npy'}", "train.restarts": 1,
+                                        "train.steps": 100, "train.log_every": 50, "train.batch_size": 100})
+    with pytest.raises(TrainingError, match=r"non-finite values at step 50 .* the data's scale \(values in "
+                                            r"\[-\d\.\d+e\+30, \d\.\d+e\+30\]"):
+        train_and_evaluate(c, tmp_path / "run", **quiet)
+    assert not (tmp_path / "run" / "checkpoints" / "50").exists()        # no checkpoint of a NaN state
