@@ -1,10 +1,17 @@
-"""The one file that talks to tensorflow-datasets (random access through tfds.data_source)."""
+"""The one file that talks to tensorflow-datasets (random access through tfds.data_source).
+
+No TensorFlow is needed: tfds.data_source reads ArrayRecord files with the array_record package
+and decodes images with Pillow; preparing data (`tfds build`, download_and_prepare) also needs
+importlib_resources. pyproject.toml lists the three (tests/test_tfds.py)."""
+import re
+
 import numpy as np
 
 from gmvc.errors import DataError
 
 _IMAGE_KEYS = ("image", "img")
 _LABEL_KEYS = ("label", "labels")
+_PIP_NAMES = {"PIL": "pillow", "cv2": "opencv-python"}   # module -> the package that installs it
 
 
 def load(name, split="train", data_dir=None):
@@ -12,21 +19,27 @@ def load(name, split="train", data_dir=None):
     try:
         # Never a download at run time: data that is not prepared fails at once, with how to fix it.
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except ImportError as e:  # a package tfds reads with is missing: not a data problem
+        raise _missing_package(name, split, e) from None
     except Exception as e:  # not registered, not prepared, bad split ...
-        first = (str(e).strip().splitlines() or [""])[0][:300]
+        first = _first_line(e)
         if type(e).__name__ == "DatasetNotFoundError" and "not found" in first.lower():
             hint = "no tensorflow-datasets builder has this name (tfds.list_builders() lists them)"
         elif "split" in first.lower():
             hint = "the split does not exist (data.split)"
-        else:
-            hint = (f"the data is not prepared in {data_dir or 'the tfds default folder'}: run `tfds build {name}` "
-                    f"where there is a network, or set data.data_dir to a folder that holds it")
+        else:                 # tfds's own words here are about its file formats, not the cause
+            raise DataError(f"tfds dataset {name!r} (split {split!r}) is unavailable: the data is not prepared in "
+                            f"{data_dir or 'the tfds default folder'}: run `tfds build {name}` where there is a "
+                            f"network, or set data.data_dir to a folder that holds it") from None
         raise DataError(f"tfds dataset {name!r} (split {split!r}) is unavailable: {hint} ({type(e).__name__}: "
                         f"{first})") from None
     n = len(source)
     if n == 0:
         raise DataError(f"tfds dataset {name!r} (split {split!r}) is empty")
-    first = source[0]
+    try:
+        first = source[0]             # the first decode: Pillow (or OpenCV) is imported here
+    except ImportError as e:
+        raise _missing_package(name, split, e) from None
     image_key = next((k for k in _IMAGE_KEYS if k in first), None)
     if image_key is None:
         raise DataError(f"tfds dataset {name!r} has no image feature (features: {sorted(first)})")
@@ -40,3 +53,16 @@ def load(name, split="train", data_dir=None):
     x = np.stack(images)
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     return x.astype(np.float32) / scale, (np.asarray(labels) if label_key else None)
+
+
+def _first_line(e):
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+def _missing_package(name, split, e):
+    """The one-line DataError for an ImportError raised inside tfds, naming what to install."""
+    first = _first_line(e)
+    module = (e.name or "").split(".")[0] or next((m for m in _PIP_NAMES if re.search(rf"\b{m}\b", first)), "")
+    install = f"pip install {_PIP_NAMES.get(module, module)}" if module else "reinstall gmvc (pip install -e .)"
+    return DataError(f"tfds dataset {name!r} (split {split!r}) cannot be read: tensorflow-datasets needs a package "
+                     f"that is not installed: {install} ({type(e).__name__}: {first})")
