@@ -41,12 +41,20 @@ def check_same_config(workdir, config_dict):
         saved = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RunError(f"{path} is not valid JSON ({e}); it was left in place: use another --workdir") from None
-    differ = sorted(k for k in _flat(saved).keys() | _flat(_plain(config_dict)).keys()
-                    if _flat(saved).get(k) != _flat(_plain(config_dict)).get(k) and not _free(k))
+    old, new = _flat(saved), _flat(_plain(config_dict))
+    # a key only one side has (a setting added to gmvc since) is not a difference of the run
+    differ = sorted(k for k in old.keys() & new.keys() if old[k] != new[k] and not _free(k))
+    differ += sorted(k for k in old.keys() ^ new.keys() if _names_section(k) and not _free(k))
     if differ:
         shown = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
         raise RunError(f"{workdir} holds a run of another config (it differs in {shown}); resume it with the "
                        f"config in {path}, or use another --workdir (nothing was changed)")
+
+
+def _names_section(key):
+    """Whether `key` sits in a section of term or phase names (objective, terms, phases), where a
+    key on one side only is a term or phase the other run does not have."""
+    return key.split(".")[0] in ("objective", "terms", "phases")
 
 
 def _free(key):
