@@ -34,6 +34,7 @@ from gmvc.run.restore import load_trained, read_json
 from gmvc.objectives import make_batch, make_elbo
 
 ESTIMATOR_FILE = "estimator.json"
+LABELS_FILE = "labels.npy"
 
 
 def _silent(*args, **kwargs):
@@ -209,6 +210,8 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
                 "sample_shape": list(self.sample_shape_), "n_features_in": int(self.n_features_in_),
                 "n_iter": int(getattr(self, "n_iter_", 0))}
         (tmp / ESTIMATOR_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if getattr(self, "labels_", None) is not None:
+            np.save(tmp / LABELS_FILE, np.asarray(self.labels_, np.int64))
         tmp.rename(path)
         return path
 
@@ -320,12 +323,26 @@ def load(path):
         est = cls(**params)
     trained = load_trained(path)
     est._set_trained(trained)
+    est.labels_ = _saved_labels(path)
     est.n_features_in_ = int(trained.data_shape[0])      # what validate_data counts: X.shape[1]
     if info is not None:
         est.n_features_in_, est.n_iter_ = info["n_features_in"], info["n_iter"]
     else:
         est.n_iter_ = trained.step
     return est
+
+
+def _saved_labels(path):
+    """The training samples' clusters: labels.npy of a saved estimator, or the cluster column of a
+    command-line run's predictions.csv; None when neither is there."""
+    if (path / LABELS_FILE).is_file():
+        return np.load(path / LABELS_FILE, allow_pickle=False)
+    csv = path / "predictions.csv"
+    if csv.is_file():
+        header = csv.open().readline().strip().split(",")
+        if "cluster" in header:
+            return np.loadtxt(csv, delimiter=",", skiprows=1, usecols=header.index("cluster"), dtype=np.int64, ndmin=1)
+    return None
 
 
 def resolve_config(config):

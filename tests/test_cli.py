@@ -1,4 +1,5 @@
 """The command line, end to end: a short spiral run, SIGKILL and resume, and bad input."""
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +26,10 @@ def test_short_spiral_run_clusters_the_arms(tmp_path_factory):
     cached = sorted(p.name for p in cache.iterdir())
     assert len(cached) >= 2, cached             # the train chunk and the evaluation, at least
     out = proc.stdout
-    assert "steps/s" in out and "ETA" in out and "cv=" in out and "recon=" in out
+    assert "steps/s" in out and "ETA" in out and "loss=" in out and "elbo=" in out
+    assert max(len(line) for line in out.splitlines() if line.startswith("[main]")) <= 100
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all("cv" in r and "recon" in r for r in logged)             # every term stays in the log
     assert "clustering: acc=" in out and "nmi=" in out and "ari=" in out
     for name in ("predictions.csv", "metrics.jsonl", "config.json", "data_clusters.png", "latent.png",
                  "samples.png", "results.json"):

@@ -110,6 +110,7 @@ def test_save_load_and_pickle_predict_the_same(digits_fit, tmp_path):
         est.save(tmp_path / "model")                                  # never overwrites
     loaded = gmvc.load(path)
     assert type(loaded) is gmvc.VaDE and loaded.get_params() == est.get_params()
+    np.testing.assert_array_equal(loaded.labels_, est.labels_)        # the labels it was saved with
     np.testing.assert_array_equal(loaded.predict_proba(x), est.predict_proba(x))
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(est)).transform(x), est.transform(x))
     (path / "config.json").write_text("{not json")
@@ -143,6 +144,7 @@ def test_cli_run_loads_as_estimator_and_predict_mode_agrees(tmp_path):
     # the CLI's own predictions.csv (the restart it chose) and predict mode agree with the estimator
     csv = np.loadtxt(run / "predictions.csv", delimiter=",", skiprows=1)
     np.testing.assert_allclose(csv[:, 3:], proba, atol=2e-6)
+    np.testing.assert_array_equal(est.labels_, csv[:, 1].astype(int))  # the run's clusters, from predictions.csv
     assert chosen in (0, 1)
     npz = tmp_path / "pred.npz"
     p = run_cli(*SPIRAL, f"--workdir={run}", "--mode=predict", f"--data=file:{tmp_path / 'points.npy'}",

@@ -8,31 +8,53 @@ from gmvc.run import export
 
 
 class Progress:
-    """One line per chunk: step, steps/s, each term, ETA; also appended to metrics.jsonl."""
+    """One line per chunk of steps, at most WIDTH columns: the phase, the step, a smoothed ETA,
+    the loss and the ELBO (training, validation) where they are known. Every value of the chunk,
+    every term included, goes to metrics.jsonl (and TensorBoard)."""
 
-    def __init__(self, log_path, start_step, total_steps, echo=print, write=True):
-        self.log_path, self.total, self.echo, self.write = log_path, total_steps, echo, write
-        self.t0 = self.t_last = time.time()
+    WIDTH = 100
+    KEY_TERMS = ("loss", "elbo", "val_elbo")
+
+    def __init__(self, log_path, start_step, total_steps, echo=print, write=True, clock=time.time):
+        self.log_path, self.total, self.echo, self.write, self.clock = log_path, total_steps, echo, write, clock
+        self.t0 = self.t_last = clock()
         self.step_last = start_step
+        self.since = None              # (time, step) at the end of the first chunk, which includes compiling
         if write:
             truncate_log(log_path, start_step)
 
     def __call__(self, step, values, phase="main"):
-        now = time.time()
-        first = self.t_last == self.t0    # the first chunk's time includes compilation
+        """Log the chunk that ended at `step`; returns its steps per second."""
+        now = self.clock()
         rate = (step - self.step_last) / max(now - self.t_last, 1e-9)
         self.t_last, self.step_last = now, step
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
         record = {"step": step, "phase": phase, "steps_per_sec": round(rate, 2), "elapsed_s": round(now - self.t0, 2),
                   **values}
         if self.write:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        terms = " ".join(f"{k}={v:.4g}" for k, v in values.items() if isinstance(v, float))
-        note = " (incl. compile)" if first else ""
-        self.echo(f"[{phase}] step {step}/{self.total} | {rate:.1f} steps/s{note} | ETA {format_time(eta)} | {terms}",
-                  flush=True)
+        self.echo(self.line(step, values, phase, now, rate), flush=True)
         return rate
+
+    def eta(self, step, now):
+        """(seconds left, steps per second) at the average rate since the first chunk, whose time
+        is mostly compiling: steadier than the last chunk's rate, which jumps at phase changes.
+        (nan, nan) at the first chunk."""
+        if self.since is None:
+            self.since = (now, step)
+        t, s = self.since
+        if step <= s:
+            return float("nan"), float("nan")
+        average = (step - s) / max(now - t, 1e-9)
+        return (self.total - step) / average, average
+
+    def line(self, step, values, phase, now, chunk_rate):
+        left, average = self.eta(step, now)
+        speed = f"{chunk_rate:.1f} steps/s incl. compile" if math.isnan(average) else f"{average:.1f} steps/s"
+        terms = " ".join(f"{k}={values[k]:.4g}" for k in self.KEY_TERMS if isinstance(values.get(k), float))
+        text = (f"[{phase}] {step}/{self.total} {100.0 * step / max(self.total, 1):3.0f}% | ETA {format_time(left)} | "
+                f"{speed} | {terms}")
+        return text if len(text) <= self.WIDTH else text[: self.WIDTH - 1] + "…"
 
 
 def format_time(seconds):

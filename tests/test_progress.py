@@ -1,0 +1,54 @@
+"""gmvc.run.progress: the progress line fits 100 columns, its ETA settles, and metrics.jsonl
+keeps every value."""
+import json
+
+import numpy as np
+
+from gmvc.run.progress import Progress
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_line_fits_100_columns_and_the_log_keeps_every_term(tmp_path):
+    lines, clock = [], Clock()
+    progress = Progress(tmp_path / "metrics.jsonl", 0, 123456, echo=lambda m, **k: lines.append(m), clock=clock)
+    values = {f"term_number_{i}": float(i) * 1.2345 for i in range(30)}
+    values.update({"loss": 12345.678, "elbo": -12345.678, "val_elbo": -12346.5})
+    for step in (250, 500, 750):
+        clock.now += 3.0
+        progress(step, values, phase="a_phase_with_a_rather_long_name_indeed")
+    assert all(len(line) <= 100 for line in lines), [len(line) for line in lines]
+    assert lines[0].startswith("[a_phase_with_a_rather_long_name_indeed] 250/123456   0% | ETA ? | 83.3 steps/s incl")
+    assert lines[1].startswith("[a_phase_with_a_rather_long_name_indeed] 500/123456   0% | ETA ")
+    assert lines[2].endswith("…") and len(lines[2]) == 100            # cut, not wrapped
+    short = Progress(tmp_path / "other.jsonl", 0, 2500, echo=lambda m, **k: None, write=False, clock=clock)
+    typical = {**values, "loss": 23.28, "elbo": -23.1, "val_elbo": -24.05}
+    assert short.line(250, typical, "main", clock.now, 83.3) == (
+        "[main] 250/2500  10% | ETA ? | 83.3 steps/s incl. compile | loss=23.28 elbo=-23.1 val_elbo=-24.05")
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [250, 500, 750]
+    assert all(r["term_number_29"] == values["term_number_29"] for r in logged)
+
+
+def test_the_eta_settles_within_30_percent_after_a_fifth_of_the_run(tmp_path):
+    """A run of 40 chunks: the first takes 60 s (compiling), the others 2 s +- 40% at random,
+    with a phase twice as slow in the middle. From 20% of the run on, the ETA is within 30% of the
+    time that really remains."""
+    rng = np.random.default_rng(0)
+    durations = [60.0] + [2.0 * (2.0 if 15 <= i < 25 else 1.0) * rng.uniform(0.6, 1.4) for i in range(1, 40)]
+    clock, etas = Clock(), []
+    progress = Progress(tmp_path / "metrics.jsonl", 0, 40 * 250, echo=lambda m, **k: None, write=False, clock=clock)
+    for i, d in enumerate(durations):
+        clock.now += d
+        step = (i + 1) * 250
+        progress(step, {"loss": 1.0})
+        etas.append(progress.eta(step, clock.now)[0])
+    for i in range(8, 39):                          # from 20% of the run on
+        true_left = sum(durations[i + 1:])
+        assert abs(etas[i] - true_left) <= 0.3 * true_left, (i, etas[i], true_left)
