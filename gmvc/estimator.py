@@ -30,6 +30,7 @@ from gmvc.data import Dataset
 from gmvc.config import apply_overrides, from_dict
 from gmvc.errors import CheckpointError, ConfigError, RunError
 from gmvc.predict import check_finite_outputs
+from gmvc.run.progress import attended
 from gmvc.run.restore import load_trained, read_json
 from gmvc.objectives import make_batch, make_elbo
 
@@ -51,15 +52,17 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     overrides: {"dotted.key": value}, applied after `config`, e.g. {"train.steps": 500}.
     random_state: int seed (None = 0: gmvc runs are reproducible by default).
     workdir: where the run's checkpoints go (None = a fresh temporary folder per fit).
-    verbose: print the training progress lines.
+    verbose: print the run's messages (and its progress lines where nobody watches).
+    progress: a progress bar where a person watches (a terminal, a notebook); False: none.
     """
 
-    def __init__(self, config=None, overrides=None, random_state=None, workdir=None, verbose=False):
+    def __init__(self, config=None, overrides=None, random_state=None, workdir=None, verbose=False, progress=True):
         self.config = config
         self.overrides = overrides
         self.random_state = random_state
         self.workdir = workdir
         self.verbose = verbose
+        self.progress = progress
 
     # ------------------------------------------------------------------ configuration
 
@@ -92,7 +95,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         workdir = pathlib.Path(self.workdir) if self.workdir else pathlib.Path(tempfile.mkdtemp(prefix="gmvc_"))
         try:
             summary = train_and_evaluate(config, workdir, echo=print if self.verbose else _silent, data=data,
-                                         write_outputs=False)
+                                         write_outputs=False, bar=bool(self.progress) and attended())
         except BaseException:
             if not self.workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -249,7 +252,7 @@ class VaDE(GMVCEstimator):
 
     def __init__(self, n_clusters=10, latent_dim=10, hidden_sizes=(256, 256, 512), likelihood="auto",
                  steps=2500, pretrain_steps=1000, batch_size=100, learning_rate=2e-3, c_marginal=1.0,
-                 restarts=3, random_state=None, workdir=None, verbose=False):
+                 restarts=3, random_state=None, workdir=None, verbose=False, progress=True):
         self.n_clusters = n_clusters
         self.latent_dim = latent_dim
         self.hidden_sizes = hidden_sizes
@@ -263,6 +266,7 @@ class VaDE(GMVCEstimator):
         self.random_state = random_state
         self.workdir = workdir
         self.verbose = verbose
+        self.progress = progress
         self.config, self.overrides = None, None
 
     def _base_config(self):
@@ -278,7 +282,7 @@ class GMVAE(GMVCEstimator):
 
     def __init__(self, n_clusters=10, latent_dim=2, w_dim=2, hidden_sizes=(100,), sigma=0.1, cv_weight=2.0,
                  steps=5000, batch_size=200, learning_rate=1e-3, c_marginal=1.0, restarts=1, random_state=None,
-                 workdir=None, verbose=False):
+                 workdir=None, verbose=False, progress=True):
         self.n_clusters = n_clusters
         self.latent_dim = latent_dim
         self.w_dim = w_dim
@@ -293,6 +297,7 @@ class GMVAE(GMVCEstimator):
         self.random_state = random_state
         self.workdir = workdir
         self.verbose = verbose
+        self.progress = progress
         self.config, self.overrides = None, None
 
     def _base_config(self):

@@ -7,6 +7,7 @@ saves checkpoints together; only process 0 writes logs, events, predictions, plo
 """
 import contextlib
 import pathlib
+import sys
 import time
 from typing import NamedTuple
 
@@ -21,7 +22,7 @@ from gmvc.eval.restarts import choose_restart, describe_choice
 from gmvc.run import export
 from gmvc.run import workdir as workdir_lib
 from gmvc.run.checkpoint import Checkpointer
-from gmvc.run.progress import Progress
+from gmvc.run.progress import Progress, attended
 from gmvc.run.restore import check_run_exists, load_trained, restore_state
 from gmvc.training import context, interrupt, parallel
 from gmvc.training.phases import fit_reads_table, neighbour_k, resume_index, uses_neighbours
@@ -40,12 +41,14 @@ class Position(NamedTuple):
     resume_at: int          # index of the phase a checkpoint resumes, or -1 for a new run
 
 
-def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=True):
+def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=True, bar=None):
     """Train (or resume) the run in `workdir` through its phases, then evaluate; returns the
     summary written to results.json. `data`: a Dataset to train on instead of config.data's
     source (the estimators' arrays); `write_outputs=False` skips predictions.csv, the plots and
     the TensorBoard images. With train.validation_fraction > 0 that share of the data does not
-    train (gmvc/eval/monitor.py); every output still covers all the samples."""
+    train (gmvc/eval/monitor.py); every output still covers all the samples. `bar`: draw a
+    progress bar in place of the progress lines (None: where a person watches and `echo` is
+    print; the estimators decide for themselves)."""
     config.lock()
     workdir = pathlib.Path(workdir)
     main_process = jax.process_index() == 0
@@ -56,13 +59,15 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
         if main_process:
             workdir_lib.check_same_config(workdir, config_lib.to_dict(config))
         with interrupt.graceful(jax.process_count() == 1):
-            return _train(config, workdir, data, echo if main_process else _silent, write_outputs)
+            bar = (echo is print and attended()) if bar is None else bar
+            return _train(config, workdir, data, echo if main_process else _silent, (write_outputs, bar and main_process))
     finally:
         if held is not None:
             held.release()
 
 
-def _train(config, workdir, data, echo, write_outputs):
+def _train(config, workdir, data, echo, outputs):
+    write_outputs, bar = outputs
     main_process = jax.process_index() == 0
     ctx = context.build(config, data)
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
@@ -76,7 +81,10 @@ def _train(config, workdir, data, echo, write_outputs):
         warm = start_warmup(ctx, params_like, max(resume_at, 0))
         cleanup.callback(warm.close)
         position = start(ctx, ckpt, step, resume_at, workdir, echo)
-        progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo, write=main_process)
+        progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo, write=main_process,
+                            bar=sys.stdout if bar else None)
+        cleanup.callback(progress.close)
+        echo = progress.say                                              # above the bar, if any
         events = cleanup.enter_context(contextlib.closing(open_events(ctx, workdir, step, main_process,
                                                                       images=write_outputs)))
         watch = cleanup.enter_context(contextlib.closing(monitor.Monitor(ctx, events, workdir, main_process, echo)))

@@ -52,3 +52,32 @@ def test_the_eta_settles_within_30_percent_after_a_fifth_of_the_run(tmp_path):
     for i in range(8, 39):                          # from 20% of the run on
         true_left = sum(durations[i + 1:])
         assert abs(etas[i] - true_left) <= 0.3 * true_left, (i, etas[i], true_left)
+
+
+def test_the_bar_fits_100_columns_and_messages_go_above_it(tmp_path):
+    import io
+    out, clock = io.StringIO(), Clock()
+    progress = Progress(tmp_path / "metrics.jsonl", 0, 1000, echo=None, clock=clock, bar=out)
+    for step in range(100, 1001, 100):
+        clock.now += 1.0
+        progress(step, {"loss": 23.28, "elbo": -23.1, "val_elbo": -24.05, "recon": 19.1}, phase="pretrain")
+        if step == 500:
+            progress.say("phase 'gmm_init': mixture prior initialised from the embeddings (em)")
+    progress.close()
+    frames = [f for f in out.getvalue().replace("\r", "\n").split("\n") if f.strip()]
+    assert frames and max(len(f) for f in frames) <= 100, max(frames, key=len)
+    assert any(f.startswith("[pretrain] 100%|") and "1000/1000" in f and "loss=23.28 elbo=-23.1" in f
+               for f in frames)
+    assert "phase 'gmm_init': mixture prior initialised from the embeddings (em)" in frames
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 10
+
+
+def test_a_run_with_a_bar(spiral_config, tmp_path, capsys):
+    from gmvc.trainer import train_and_evaluate
+    spiral_config.tensorboard.enabled = False
+    train_and_evaluate(spiral_config, tmp_path, write_outputs=False, bar=True)
+    printed = capsys.readouterr().out.replace("\r", "\n").splitlines()
+    assert any(line.startswith("[main] 100%|") for line in printed)
+    assert not any(line.startswith("[main] 200/200") for line in printed)        # the bar, not the lines
+    assert printed[-1] == f"results: {tmp_path / 'results.json'}"
+    assert max(len(line) for line in printed if line.startswith("[main]")) <= 100

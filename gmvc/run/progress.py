@@ -2,6 +2,7 @@
 <workdir>/metrics.jsonl."""
 import json
 import math
+import sys
 import time
 
 from gmvc.run import export
@@ -15,13 +16,32 @@ class Progress:
     WIDTH = 100
     KEY_TERMS = ("loss", "elbo", "val_elbo")
 
-    def __init__(self, log_path, start_step, total_steps, echo=print, write=True, clock=time.time):
+    def __init__(self, log_path, start_step, total_steps, echo=print, write=True, clock=time.time, bar=None):
+        """`bar`: None, or a file (sys.stdout where a person watches, see attended()) to draw a
+        tqdm bar on in place of the lines; the run's other messages then go above it (self.say)."""
         self.log_path, self.total, self.echo, self.write, self.clock = log_path, total_steps, echo, write, clock
         self.t0 = self.t_last = clock()
         self.step_last = start_step
         self.since = None              # (time, step) at the end of the first chunk, which includes compiling
+        self.bar = None
+        if bar is not None:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", ncols=self.WIDTH, file=bar,
+                            mininterval=0.2, bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                                                        "[{elapsed}<{remaining}] {postfix}")
         if write:
             truncate_log(log_path, start_step)
+
+    def say(self, *args, **kwargs):
+        """The run's other messages: above the bar when there is one."""
+        if self.bar is not None:
+            self.bar.write(" ".join(map(str, args)), file=self.bar.fp)
+        else:
+            self.echo(*args, **kwargs)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
     def __call__(self, step, values, phase="main"):
         """Log the chunk that ended at `step`; returns its steps per second."""
@@ -33,7 +53,13 @@ class Progress:
         if self.write:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        self.echo(self.line(step, values, phase, now, rate), flush=True)
+        if self.bar is None:
+            self.echo(self.line(step, values, phase, now, rate), flush=True)
+        else:
+            self.bar.set_description_str(f"[{phase}]", refresh=False)
+            self.bar.set_postfix_str(" ".join(f"{k}={values[k]:.4g}" for k in self.KEY_TERMS
+                                              if isinstance(values.get(k), float)), refresh=False)
+            self.bar.update(step - self.bar.n)
         return rate
 
     def eta(self, step, now):
@@ -55,6 +81,14 @@ class Progress:
         text = (f"[{phase}] {step}/{self.total} {100.0 * step / max(self.total, 1):3.0f}% | ETA {format_time(left)} | "
                 f"{speed} | {terms}")
         return text if len(text) <= self.WIDTH else text[: self.WIDTH - 1] + "…"
+
+
+def attended():
+    """Whether a person watches the output: a terminal, or a Jupyter notebook's cell."""
+    shell = sys.modules.get("IPython") and getattr(sys.modules["IPython"], "get_ipython", lambda: None)()
+    if shell is not None and "IPKernelApp" in getattr(shell, "config", {}):
+        return True
+    return hasattr(sys.stdout, "isatty") and sys.stdout.isatty()
 
 
 def format_time(seconds):
