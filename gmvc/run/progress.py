@@ -28,7 +28,7 @@ class Progress:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", ncols=self.WIDTH, file=bar,
                             mininterval=0.2, bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                                                        "[{elapsed}<{remaining}] {postfix}")
+                                                        "[{elapsed}{postfix}]")
         if write:
             truncate_log(log_path, start_step)
 
@@ -57,8 +57,8 @@ class Progress:
             self.echo(self.line(step, values, phase, now, rate), flush=True)
         else:
             self.bar.set_description_str(f"[{phase}]", refresh=False)
-            self.bar.set_postfix_str(" ".join(f"{k}={values[k]:.4g}" for k in self.KEY_TERMS
-                                              if isinstance(values.get(k), float)), refresh=False)
+            terms = " ".join(f"{k}={values[k]:.4g}" for k in self.KEY_TERMS if isinstance(values.get(k), float))
+            self.bar.set_postfix_str(f"ETA {format_time(self.eta(step, now)[0])} {terms}", refresh=False)
             self.bar.update(step - self.bar.n)
         return rate
 
