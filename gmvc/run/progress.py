@@ -25,7 +25,7 @@ class Progress:
         self.since = None              # (time, step) at the end of the first chunk, which includes compiling
         self.bar = None
         if bar is not None:
-            from tqdm.auto import tqdm
+            tqdm = _tqdm_class()
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", ncols=self.WIDTH, file=bar,
                             mininterval=0.2, bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                                         "[{elapsed}{postfix}]")
@@ -81,6 +81,16 @@ class Progress:
         text = (f"[{phase}] {step}/{self.total} {100.0 * step / max(self.total, 1):3.0f}% | ETA {format_time(left)} | "
                 f"{speed} | {terms}")
         return text if len(text) <= self.WIDTH else text[: self.WIDTH - 1] + "…"
+
+
+def _tqdm_class():
+    """tqdm's notebook widget where Jupyter can draw it (ipywidgets), else its text bar."""
+    try:
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm import tqdm
+    return tqdm
 
 
 def attended():
