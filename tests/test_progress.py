@@ -57,7 +57,7 @@ def test_the_eta_settles_within_30_percent_after_a_fifth_of_the_run(tmp_path):
 def test_the_bar_fits_100_columns_and_messages_go_above_it(tmp_path):
     import io
     out, clock = io.StringIO(), Clock()
-    progress = Progress(tmp_path / "metrics.jsonl", 0, 1000, echo=None, clock=clock, bar=out)
+    progress = Progress(tmp_path / "metrics.jsonl", 0, 1000, echo=print, clock=clock, bar=out)
     for step in range(100, 1001, 100):
         clock.now += 1.0
         progress(step, {"loss": 23.28, "elbo": -23.1, "val_elbo": -24.05, "recon": 19.1}, phase="pretrain")

@@ -33,8 +33,8 @@ class Progress:
             truncate_log(log_path, start_step)
 
     def say(self, *args, **kwargs):
-        """The run's other messages: above the bar when there is one."""
-        if self.bar is not None:
+        """The run's other messages, as `echo` would print them: above the bar when there is one."""
+        if self.bar is not None and self.echo is print:
             self.bar.write(" ".join(map(str, args)), file=self.bar.fp)
         else:
             self.echo(*args, **kwargs)
