@@ -81,3 +81,12 @@ def test_a_run_with_a_bar(spiral_config, tmp_path, capsys):
     assert not any(line.startswith("[main] 200/200") for line in printed)        # the bar, not the lines
     assert printed[-1] == f"results: {tmp_path / 'results.json'}"
     assert max(len(line) for line in printed if line.startswith("[main]")) <= 100
+
+
+def test_a_silent_run_with_a_bar_prints_the_bar_only(spiral_config, tmp_path, capsys):
+    """What an estimator's default fit shows where a person watches: the bar, no messages."""
+    from gmvc.trainer import train_and_evaluate
+    spiral_config.tensorboard.enabled = False
+    train_and_evaluate(spiral_config, tmp_path, echo=lambda *a, **k: None, write_outputs=False, bar=True)
+    printed = [line for line in capsys.readouterr().out.replace("\r", "\n").splitlines() if line.strip()]
+    assert printed and all(line.startswith(("[main]", "  0%")) for line in printed), printed
