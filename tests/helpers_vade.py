@@ -6,6 +6,7 @@ import numpy as np
 from scipy import optimize
 
 from gmvc.config import base_config
+from test_train import assert_trees_equal as _assert_trees_equal  # noqa: F401 (re-exported)
 
 K, DZ, DX = 3, 2, 16
 
@@ -24,13 +25,6 @@ def _vade_config(gamma_transform="none"):
 
 def _uniform_data(n=200, seed=0):
     return np.random.default_rng(seed).uniform(0.0, 1.0, (n, DX)).astype(np.float32)
-
-
-def _assert_trees_equal(a, b):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(la) == len(lb) > 0
-    for x, y in zip(la, lb):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _max_abs_diff(a, b):
