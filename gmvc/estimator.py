@@ -85,10 +85,8 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Train on X ([N, D], or [N, H, W(, C)] images); y is ignored (labels never train)."""
         from gmvc.trainer import train_and_evaluate
-        from gmvc.validate import validate
         x = self._check(X, reset=True)
         config, data = self._make_config(x), Dataset(x=x, y=None, name="array")
-        validate(config, data)                    # before a folder is made for the run
         if self.workdir and (pathlib.Path(self.workdir) / "checkpoints").is_dir():
             raise RunError(f"{self.workdir} holds a run already; fit trains a new model: give it a new workdir "
                            f"(nothing was changed)")

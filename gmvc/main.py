@@ -87,7 +87,7 @@ def predict(config, workdir):
 def parse_flags(argv):
     """absl's parser, with config errors (unknown key, bad value, missing file) as one clear line."""
     argv, terms = split_term_overrides(argv)
-    sys.argv = split_term_overrides(sys.argv)[0]      # the config flag reads its overrides from sys.argv
+    sys.argv = argv                              # the config flag reads its overrides from sys.argv
     try:
         argv = flags.FLAGS(argv)
         _CONFIG.value.name                       # a config file that failed to load says so only when read

@@ -60,14 +60,13 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
             workdir_lib.check_same_config(workdir, config_lib.to_dict(config))
         with interrupt.graceful(jax.process_count() == 1):
             bar = (echo is print and attended()) if bar is None else bar
-            return _train(config, workdir, data, echo if main_process else _silent, (write_outputs, bar and main_process))
+            return _train(config, workdir, data, echo if main_process else _silent, write_outputs, bar and main_process)
     finally:
         if held is not None:
             held.release()
 
 
-def _train(config, workdir, data, echo, outputs):
-    write_outputs, bar = outputs
+def _train(config, workdir, data, echo, write_outputs, bar):
     main_process = jax.process_index() == 0
     ctx = context.build(config, data)
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)

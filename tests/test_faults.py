@@ -90,6 +90,9 @@ def test_uint8_files_are_scaled_like_image_folders(tmp_path):
     x = load_dataset(c.data, 0).x
     assert x.dtype == np.float32 and x.shape == (20, 6, 6, 1) and 0.0 <= x.min() and x.max() <= 1.0
     np.testing.assert_allclose(x[..., 0], images / 255.0, rtol=1e-6)
+    from gmvc.predict import open_source                        # --mode=predict reads the same numbers
+    n, rows = open_source(c.data, 0, (6, 6, 1))
+    np.testing.assert_array_equal(rows(0, n)[0], x)
 
 
 def test_a_second_fit_into_a_workdir_that_holds_a_run_is_refused(tmp_path):

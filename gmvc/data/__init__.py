@@ -55,7 +55,8 @@ def validate(x, y, name):
                         f"(rank 3 [N, H, W] is read as greyscale); got shape {x.shape}")
     if x.shape[0] == 0 or min(x.shape[1:]) == 0:
         raise DataError(f"dataset {name!r}: data is empty (shape {x.shape})")
-    x = x.astype(np.float32)
+    # 8-bit images into [0, 1], whatever source they come from (file:, tfds:, a batch to predict)
+    x = x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32)
     bad = ~np.isfinite(x)
     if bad.any():
         rows = np.unique(np.nonzero(bad.reshape(len(x), -1))[0])

@@ -91,13 +91,8 @@ def file(path, cfg):
                             f"loaded") from None
         raise DataError(f"data file {str(p)!r} could not be read as .npy/.npz: {e}") from None
     if isinstance(loaded, np.ndarray):
-        return _unit_range(loaded), None
+        return loaded, None
     with loaded:
         if "x" not in loaded.files:
             raise DataError(f"data file {str(p)!r}: an .npz needs an array named 'x' (found {loaded.files})")
-        return _unit_range(loaded["x"]), (loaded["y"] if "y" in loaded.files else None)
-
-
-def _unit_range(x):
-    """uint8 arrays (8-bit images) scaled into [0, 1], as folder: and tfds: images are."""
-    return x / np.float32(255.0) if x.dtype == np.uint8 else x
+        return loaded["x"], (loaded["y"] if "y" in loaded.files else None)

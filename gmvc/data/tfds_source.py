@@ -50,9 +50,7 @@ def load(name, split="train", data_dir=None):
         images.append(row[image_key])
         if label_key:
             labels.append(row[label_key])
-    x = np.stack(images)
-    scale = 255.0 if x.dtype == np.uint8 else 1.0
-    return x.astype(np.float32) / scale, (np.asarray(labels) if label_key else None)
+    return np.stack(images), (np.asarray(labels) if label_key else None)       # uint8: scaled by load_dataset
 
 
 def _first_line(e):

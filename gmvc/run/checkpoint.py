@@ -15,6 +15,7 @@ from gmvc.errors import CheckpointError
 class Checkpointer:
     def __init__(self, directory, max_to_keep=3):
         self.directory = pathlib.Path(directory).absolute()
+        self._intact = set()           # steps verified (or written) by this checkpointer
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False,
                                                create=True)
         try:
@@ -40,12 +41,16 @@ class Checkpointer:
             if jax.process_index() == 0:
                 sums = {str(f.relative_to(self.path(step))): _sha256(f) for f in _files(self.path(step))}
                 (self.path(step) / CHECKSUMS).write_text(json.dumps(sums, indent=0, sort_keys=True))
+            self._intact.add(int(step))
         except Exception as e:
             raise CheckpointError(f"could not write checkpoint {self.path(step)}: {_cause(e)}; the earlier "
                                   f"checkpoints are kept") from None
 
     def verify(self, step):
-        """None if checkpoint `step` is as it was written (or predates checksums), else what changed."""
+        """None if checkpoint `step` is as it was written (or predates checksums), else what changed.
+        A checkpoint is read through once: found intact (or just written), it is not hashed again."""
+        if step in self._intact:
+            return None
         listed = self.path(step) / CHECKSUMS
         if not listed.is_file():
             return None
@@ -59,6 +64,7 @@ class Checkpointer:
                 return f"{name} is missing"
             if _sha256(f) != digest:
                 return f"{name} changed since it was written"
+        self._intact.add(step)
         return None
 
     def latest_valid_step(self, echo=None):

@@ -57,8 +57,8 @@ class Progress:
             self.echo(self.line(step, values, phase, now, rate), flush=True)
         else:
             self.bar.set_description_str(f"[{phase}]", refresh=False)
-            terms = " ".join(f"{k}={values[k]:.4g}" for k in self.KEY_TERMS if isinstance(values.get(k), float))
-            self.bar.set_postfix_str(f"ETA {format_time(self.eta(step, now)[0])} {terms}", refresh=False)
+            self.bar.set_postfix_str(f"ETA {format_time(self.eta(step, now)[0])} {self.key_terms(values)}",
+                                     refresh=False)
             self.bar.update(step - self.bar.n)
         return rate
 
@@ -74,12 +74,14 @@ class Progress:
         average = (step - s) / max(now - t, 1e-9)
         return (self.total - step) / average, average
 
+    def key_terms(self, values):
+        return " ".join(f"{k}={values[k]:.4g}" for k in self.KEY_TERMS if isinstance(values.get(k), float))
+
     def line(self, step, values, phase, now, chunk_rate):
         left, average = self.eta(step, now)
         speed = f"{chunk_rate:.1f} steps/s incl. compile" if math.isnan(average) else f"{average:.1f} steps/s"
-        terms = " ".join(f"{k}={values[k]:.4g}" for k in self.KEY_TERMS if isinstance(values.get(k), float))
         text = (f"[{phase}] {step}/{self.total} {100.0 * step / max(self.total, 1):3.0f}% | ETA {format_time(left)} | "
-                f"{speed} | {terms}")
+                f"{speed} | {self.key_terms(values)}")
         return text if len(text) <= self.WIDTH else text[: self.WIDTH - 1] + "…"
 
 

@@ -7,6 +7,7 @@ import pathlib
 import filelock
 
 from gmvc.errors import RunError
+from gmvc.run.restore import read_json
 
 LOCK_FILE = ".gmvc.lock"
 # Keys a resumed run may change: how it is watched, placed and logged, and how long it trains.
@@ -37,10 +38,7 @@ def check_same_config(workdir, config_dict):
     path = workdir / "config.json"
     if not path.is_file() or not (workdir / "checkpoints").is_dir():
         return
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunError(f"{path} is not valid JSON ({e}); it was left in place: use another --workdir") from None
+    saved = read_json(path, required=True)
     old, new = _flat(saved), _flat(_plain(config_dict))
     # a key only one side has (a setting added to gmvc since) is not a difference of the run
     differ = sorted(k for k in old.keys() & new.keys() if old[k] != new[k] and not _free(k))
