@@ -18,6 +18,7 @@ def base_config():
     c.data.noise = 0.05            # spiral: std of the noise across an arm
     c.data.split = "train"         # tfds: split to read
     c.data.data_dir = ""           # tfds: data directory ("" = tfds default)
+    c.data.scaling = "none"        # none | auto | max | standardize (gmvc/data/prepare.py)
     c.data.limit = 0               # use only the first `limit` samples (0 = all)
 
     c.model = ml_collections.ConfigDict()

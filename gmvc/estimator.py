@@ -45,7 +45,7 @@ def _silent(*args, **kwargs):
 class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     """Any gmvc config as an estimator.
 
-    config: None (the default: the VaDE recipe gmvc.VaDE() uses, gmvc.recipes.vade()), a recipe
+    config: None (the default: the recipe gmvc.VaDE() uses, gmvc.recipes.cluster()), a recipe
         name of gmvc.recipes (e.g. "vade_digits"), a dict, a ConfigDict, or the path of a config
         file (a .py with get_config(), or a run's config.json); its data section is ignored (the
         data is what `fit` receives).
@@ -76,8 +76,6 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         c.data.source = "array"
         c.seed = _seed(self.random_state)
         c.train.batch_size = min(c.train.batch_size, len(x))
-        if c.model.name == "vade" and c.model.likelihood == "auto":
-            c.model.likelihood = "bernoulli" if x.min() >= 0 and x.max() <= 1 else "gaussian"
         return c
 
     # ------------------------------------------------------------------ training
@@ -100,7 +98,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
             raise
         if not self.workdir:           # the run's folder goes with the estimator (save() keeps a copy)
             weakref.finalize(self, shutil.rmtree, str(workdir), True)
-        self._set_trained(load_trained(workdir, config))
+        self._set_trained(load_trained(workdir))          # its config.json: data.scaling and "auto" as chosen
         self.n_iter_ = int(summary["steps"])
         self.labels_ = self.predict(X) if self.model_.num_clusters else None
         return self
@@ -108,6 +106,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     def _set_trained(self, trained):
         self.config_, self.model_, self.params_, self.workdir_ = (trained.config, trained.model, trained.params,
                                                                   trained.workdir)
+        self.scaling_ = trained.scaling
         self.sample_shape_ = tuple(trained.data_shape)
         self.n_clusters_ = trained.model.num_clusters
 
@@ -123,11 +122,15 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
                              f"{list(self.sample_shape_)}")
         return np.ascontiguousarray(x, np.float32)
 
+    def _inputs(self, X):
+        """X checked and read as the fit read its data (data.scaling)."""
+        return self.scaling_.apply(self._check(X))
+
     # ------------------------------------------------------------------ inference
 
     def _outputs(self, X):
         check_is_fitted(self, "params_")
-        x = self._check(X)
+        x = self._inputs(X)
         out = batching.make_predict(self.model_, self.config_.eval.batch_size)(self.params_, x)
         return check_finite_outputs(out, x, "X")
 
@@ -164,7 +167,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     def score(self, X, y=None):
         """The mean ELBO per sample (one Monte-Carlo draw of z per sample; higher is better)."""
         check_is_fitted(self, "params_")
-        x = self._check(X)
+        x = self._inputs(X)
         loss = make_elbo(self.model_)
         batch_loss = jax.jit(lambda params, rows: loss(params, make_batch(rows), jax.random.key(0), 0)[0])
         bs = self.config_.eval.batch_size
@@ -189,7 +192,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         key = jax.random.key(int(rng.randint(2**31)))
         out = np.asarray(jax.jit(self.model_.sample, static_argnums=2)(self.params_, key, max(n_samples, 1)))
         x = out[clusters, np.arange(n_samples)]                       # [n, *sample_shape]
-        return x, clusters
+        return self.scaling_.invert(x), clusters                      # in the units of the data fitted
 
     # ------------------------------------------------------------------ persistence
 
@@ -241,16 +244,17 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
 
 
 class VaDE(GMVCEstimator):
-    """VaDE with the recipe of configs/vade_digits.py: autoencoder pretraining, a diagonal GMM
-    fitted to the embeddings, then VaDE (+ the cluster-usage term c_marginal), `restarts` runs
-    side by side. c_marginal > 0 assumes roughly balanced clusters, and then the GMM fit and the
-    restart kept are the ones using their clusters most evenly; c_marginal = 0 (clusters of very
-    different sizes) keeps the most likely fit and the restart with the lowest objective.
-    likelihood "auto": Bernoulli for data in [0, 1], else Gaussian with unit variance."""
+    """VaDE with gmvc's default recipe for data it has not seen (gmvc/recipes/cluster.py):
+    autoencoder pretraining (images augmented by small shifts), then three rounds of nearest
+    neighbours in the embedding, a mixture fit over-clustered and merged along the neighbour
+    graph, and VaDE with the `neighbours` and `c_marginal` terms. The data's scaling and the
+    likelihood are chosen from its values (gmvc/data/prepare.py); the step counts, batch sizes
+    and network are the arguments. c_marginal (20) assumes roughly balanced clusters: lower it,
+    or set 0, for clusters of very different sizes."""
 
-    def __init__(self, n_clusters=10, latent_dim=10, hidden_sizes=(256, 256, 512), likelihood="auto",
-                 steps=2500, pretrain_steps=1000, batch_size=100, learning_rate=2e-3, c_marginal=1.0,
-                 restarts=3, random_state=None, workdir=None, verbose=False, progress=True):
+    def __init__(self, n_clusters=10, latent_dim=10, hidden_sizes=(500, 500, 1000), likelihood="auto",
+                 steps=4000, pretrain_steps=1500, batch_size=100, learning_rate=2e-3, c_marginal=20.0,
+                 restarts=1, random_state=None, workdir=None, verbose=False, progress=True):
         self.n_clusters = n_clusters
         self.latent_dim = latent_dim
         self.hidden_sizes = hidden_sizes
@@ -268,10 +272,10 @@ class VaDE(GMVCEstimator):
         self.config, self.overrides = None, None
 
     def _base_config(self):
-        return recipes.vade(n_clusters=self.n_clusters, latent_dim=self.latent_dim, hidden_sizes=self.hidden_sizes,
-                            likelihood=self.likelihood, steps=self.steps, pretrain_steps=self.pretrain_steps,
-                            batch_size=self.batch_size, learning_rate=self.learning_rate,
-                            c_marginal=self.c_marginal, restarts=self.restarts)
+        return recipes.cluster(n_clusters=self.n_clusters, latent_dim=self.latent_dim, hidden_sizes=self.hidden_sizes,
+                               likelihood=self.likelihood, steps=self.steps, pretrain_steps=self.pretrain_steps,
+                               batch_size=self.batch_size, learning_rate=self.learning_rate,
+                               c_marginal=self.c_marginal, restarts=self.restarts)
 
 
 class GMVAE(GMVCEstimator):
@@ -349,11 +353,11 @@ def _saved_labels(path):
 
 
 def resolve_config(config):
-    """A ConfigDict from None (the default VaDE recipe, gmvc.recipes.vade()), a recipe name of
+    """A ConfigDict from None (the default recipe, gmvc.recipes.cluster()), a recipe name of
     gmvc.recipes (e.g. "vade_digits"), a dict, a ConfigDict, or a config file path (a .py with
     get_config(), or a run's config.json); a dict's keys are checked against gmvc's full set."""
     if config is None:
-        return recipes.vade()
+        return recipes.cluster()
     if isinstance(config, ml_collections.ConfigDict):
         return config.copy_and_resolve_references()
     if isinstance(config, dict):

@@ -129,6 +129,7 @@ def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, ech
     try:
         for start in range(0, total, batch_size):
             x, y = rows(start, min(total, start + batch_size))
+            x = trained.scaling.apply(x)                        # as the run read its data
             out = check_finite_outputs(predict(trained.params, x), x, f"data {data_cfg.source!r}", start)
             writer.add(out.get("log_gamma"), out["z_mean"])
             if y is not None and "log_gamma" in out:

@@ -15,10 +15,11 @@ import jax
 import numpy as np
 
 from gmvc import config as config_lib
-from gmvc.data import load_dataset
+from gmvc.data import load_dataset, prepare
 from gmvc.eval import clustering, monitor
 from gmvc.eval.events import open_events
 from gmvc.eval.restarts import choose_restart, describe_choice
+from gmvc.recipes import rules
 from gmvc.run import export
 from gmvc.run import workdir as workdir_lib
 from gmvc.run.checkpoint import Checkpointer
@@ -53,6 +54,10 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
     workdir = pathlib.Path(workdir)
     main_process = jax.process_index() == 0
     data = load_dataset(config.data, config.seed) if data is None else data
+    auto_likelihood = config.model.likelihood == "auto"
+    announce = auto_likelihood or config.data.scaling != "none"
+    config, data, scaling = prepare.resolve(config, data)      # data.scaling and "auto" chosen from the data
+    config, notes = rules.fit_to_data(config, len(data.x), data.x.shape[1:])
     validate(config, data)
     held = workdir_lib.lock(workdir) if main_process else None      # one run at a time in a workdir
     try:
@@ -60,20 +65,28 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
             workdir_lib.check_same_config(workdir, config_lib.to_dict(config))
         with interrupt.graceful(jax.process_count() == 1):
             bar = (echo is print and attended()) if bar is None else bar
-            return _train(config, workdir, data, echo if main_process else _silent, write_outputs, bar and main_process)
+            inputs = (data, scaling, auto_likelihood, announce, notes)
+            return _train(config, workdir, inputs, echo if main_process else _silent, write_outputs, bar and main_process)
     finally:
         if held is not None:
             held.release()
 
 
-def _train(config, workdir, data, echo, write_outputs, bar):
+def _train(config, workdir, inputs, echo, write_outputs, bar):
     main_process = jax.process_index() == 0
+    data, scaling, auto_likelihood, announce, notes = inputs
     ctx = context.build(config, data)
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
     step = ckpt.latest_valid_step(echo)
     resume_at = resume_index(ctx.phases, step) if step else -1          # a checkpoint past the phases: an error
     if main_process:
         export.write_json(workdir / "config.json", config_lib.to_dict(config))
+        if scaling.kind != "none":
+            prepare.save(scaling, workdir)
+    if announce:
+        echo(prepare.describe(config, scaling, auto_likelihood), flush=True)
+    for note in notes:
+        echo(f"rule: {note}", flush=True)
     params_like = jax.eval_shape(lambda r: init_params(ctx.model.init, r, config.train.restarts), ctx.rngs["init"])
     with contextlib.ExitStack() as cleanup:
         # The phases compile in a background thread from here on, while the parameters initialise.
@@ -103,6 +116,7 @@ def _train(config, workdir, data, echo, write_outputs, bar):
         summary = finish(ctx, params, position.step, (workdir, main_process and write_outputs),
                          (events, watch), echo)
     summary.update({"steps": position.step, "data_shape": list(data.x.shape[1:]),
+                    "input": {"scaling": scaling.kind, "why": scaling.reason, "likelihood": config.model.likelihood},
                     "train_seconds": round(train_seconds, 2),
                     "compiles": sum(r.trace_count for r in ctx.runners.values() if r.owner is r),
                     "parallel": {"mode": ctx.layout.mode, "devices": ctx.layout.n,
@@ -227,6 +241,8 @@ def load_run(config, workdir, echo=print):
     config.lock()
     check_run_exists(workdir)
     data = load_dataset(config.data, config.seed)
+    config, data, _ = prepare.resolve(config, data)               # as the run read it
+    config, _ = rules.fit_to_data(config, len(data.x), data.x.shape[1:])
     validate(config, data)
     trained = load_trained(workdir, config, echo, data_shape=data.x.shape[1:])
     return Run(config, data, trained.model, context.model_inputs(trained.model, data), trained.params, trained.step)

@@ -6,19 +6,21 @@ command line), the estimators (gmvc.VaDE, gmvc.GMVAE, gmvc.GMVCEstimator) and th
     c = recipes.get("vade_digits")()        # or recipes.vade_digits()
     c = recipes.vade(n_clusters=5, steps=1000, pretrain_steps=400)
 
-`vade` and `gmvae` are the parametrised recipes of their family (the estimators' settings);
+`cluster` is the default method for new data (gmvc.VaDE(), configs/cluster.py); `vade` and
+`gmvae` are the parametrised recipes of their family (gmvc.GMVAE()'s settings);
 every other function is one experiment of configs/, its data source included. Nothing here
 imports JAX: loading a config stays cheap.
 """
 from gmvc.errors import ConfigError
+from gmvc.recipes.cluster import cluster
 from gmvc.recipes.gmvae_family import gmvae, gmvae_conv_mnist5k, gmvae_mnist5k, gmvae_spiral, gmvae_spiral_k8
 from gmvc.recipes.vade_family import s3vdc_mnist, s3vdc_mnist5k, vade, vade_digits, vade_mnist, vade_mnist5k
 from gmvc.recipes.vae_family import cvae_mnist5k, infovae_mnist5k, mmdvae_mnist5k, vae_mnist5k
 
-# Name -> recipe. The experiments (one per file in configs/) need no argument; "vade" and
-# "gmvae" are the parametrised ones at their defaults (those of gmvc.VaDE() and gmvc.GMVAE()).
+# Name -> recipe. The experiments (one per file in configs/) need no argument; "cluster", "vade"
+# and "gmvae" are the parametrised ones at their defaults.
 RECIPES = {f.__name__: f for f in (
-    vade, vade_digits, vade_mnist5k, vade_mnist, s3vdc_mnist, s3vdc_mnist5k,
+    cluster, vade, vade_digits, vade_mnist5k, vade_mnist, s3vdc_mnist, s3vdc_mnist5k,
     gmvae, gmvae_spiral, gmvae_spiral_k8, gmvae_mnist5k, gmvae_conv_mnist5k,
     vae_mnist5k, cvae_mnist5k, infovae_mnist5k, mmdvae_mnist5k)}
 

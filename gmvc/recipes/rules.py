@@ -1,0 +1,52 @@
+"""The rules by which a recipe meets its data, applied when a run starts (and recorded in its
+config.json, so a resumed run and its predictions read the same values):
+
+- a phase's `"augment": "auto"`: images ([H, W, C] samples) are shifted by up to max(1, H / 14)
+  pixels (2 for 28 x 28), points are not augmented;
+- a batch size above the number of samples N is cut to N;
+- an over-clustered fit (`overcluster`) has at most max(K + 1, N / 20) components, so that every
+  component has about 20 samples or more.
+
+No rule reads a data set's name or its labels.
+"""
+
+
+def shift_for(sample_shape):
+    """The augmentation "auto" gives samples of this shape: {} for points."""
+    if len(sample_shape) != 3:
+        return {}
+    return {"shift": float(max(1, round(sample_shape[0] / 14)))}
+
+
+def fit_to_data(config, n, sample_shape):
+    """(config, notes): config with the rules applied for n samples of `sample_shape`, and one
+    short line per rule that changed a value. `config` is not modified."""
+    c = config.copy_and_resolve_references()
+    c.unlock()
+    changed = {}                                  # rule -> phase names
+    if c.train.batch_size > n:
+        c.train.batch_size = n
+        changed.setdefault(f"batch size cut to N = {n}", []).append("train")
+    k = int(c.model.num_clusters)
+    phases = c.phases.to_dict()
+    for name, spec in phases.items():
+        if spec.get("augment") == "auto":
+            spec["augment"] = shift_for(sample_shape)
+            what = f"shifts of up to {spec['augment']['shift']:g} px (images)" if spec["augment"] else "none (points)"
+            changed.setdefault(f"augment: {what}", []).append(name)
+        if _whole(spec.get("batch_size")) and spec["batch_size"] > n:
+            spec["batch_size"] = n
+            changed.setdefault(f"batch size cut to N = {n}", []).append(name)
+        cap = max(k + 1, n // 20)
+        if _whole(spec.get("overcluster")) and spec["overcluster"] > cap:
+            spec["overcluster"] = cap
+            changed.setdefault(f"overcluster cut to max(K + 1, N / 20) = {cap}", []).append(name)
+    if not changed:
+        return config, []
+    c.phases = phases
+    c.lock()
+    return c, [f"{rule} ({', '.join(names)})" for rule, names in changed.items()]
+
+
+def _whole(v):
+    return isinstance(v, int) and not isinstance(v, bool)
