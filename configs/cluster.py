@@ -10,8 +10,4 @@ from gmvc import recipes
 
 
 def get_config():
-    c = recipes.cluster()
-    c.unlock()
-    c.data.source = "mnist5k"
-    c.lock()
-    return c
+    return recipes.cluster()

@@ -165,3 +165,70 @@ def test_init_prior_phases_with_one_fit_share_its_program():
     c.phases.gmm_init2.n_init = 5
     fits = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))
     assert fits["gmm_init3"] is not fits["gmm_init2"]
+
+
+def test_pull_draws_members_of_each_samples_merged_group():
+    """An init_prior phase with overcluster and pull: two moons in their own coordinates (an
+    identity embedding). Their merged partition follows the neighbour graph; the pull table
+    holds `pull` members of each sample's group, so every entry shares the sample's moon, while
+    the 2-Gaussian prior alone cuts the moons across (it cannot follow their shape)."""
+    from sklearn.datasets import make_moons
+    from gmvc.core import mixture
+    from gmvc.core.neighbours import knn_table
+    from gmvc.training.embedding_phases import EmbeddingPhases, co_members
+    x, y = make_moons(1000, noise=0.05, random_state=0)
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    model = types.SimpleNamespace(embed=lambda params, v: v, num_clusters=2)
+    spec = {**INIT_DEFAULTS, "kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 4,
+            "overcluster": 8, "pull": 3}
+    params = {"net": {"w": jnp.ones((1, 2))},
+              "prior": {"logits": jnp.zeros((1, 2)), "means": jnp.zeros((1, 2, 2)), "log_vars": jnp.zeros((1, 2, 2))}}
+    table = np.asarray(knn_table(jnp.asarray(x), 10))[None]
+    phases = EmbeddingPhases(model, 1, 128, [Phase("fit", "init_prior", 0, 0, spec)])
+    phase = Phase("fit", "init_prior", 0, 0, spec)
+    new = phases.init_prior(phase, params, x, jax.random.key(0), table)
+    said = []
+    pulled = phases.pull_table(phase, jax.random.key(1), y, echo=lambda m, **k: said.append(m))
+    assert pulled.shape == (1, 1000, 3) and pulled.dtype == np.int32
+    assert np.all(y[pulled[0]] == y[:, None])                          # every member shares the moon
+    assert "group sizes [500, 500]" in said[0] and "100.0% share its label" in said[0]
+    np.testing.assert_array_equal(pulled, phases.pull_table(phase, jax.random.key(1)))    # the same draw
+    prior = jax.tree.map(lambda a: a[0], new["prior"])
+    gaussian = np.asarray(jnp.argmax(mixture.log_responsibilities(jnp.asarray(x), prior["logits"], prior["means"],
+                                                                  prior["log_vars"]), 1))
+    assert np.mean(gaussian == y) not in (0.0, 1.0)                   # the prior alone does not follow the moons
+    groups = np.array([0, 0, 1, 1, 1, 2])
+    drawn = co_members(groups, 5, np.random.default_rng(0))
+    assert np.all(groups[drawn] == groups[:, None]) and set(drawn[0]) <= {0, 1}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"pull": 3, "overcluster": 0}, "needs overcluster"),
+    ({"pull": -1, "overcluster": 8}, "pull must be 0"),
+    ({"pull": 3, "overcluster": 8, "keep_current": True}, "cannot be combined with keep_current"),
+])
+def test_pull_settings_are_checked(spec, message):
+    from gmvc import recipes
+    from gmvc.errors import ConfigError
+    from gmvc.recipes.rules import fit_to_data
+    c, _ = fit_to_data(recipes.cluster(2), 1000, (2,))
+    c.unlock()
+    c.phases.gmm_init2 = {**c.phases.gmm_init2.to_dict(), "keep_current": False, **spec}
+    with pytest.raises(ConfigError, match=message):
+        build_phases(c)
+
+
+def test_pull_leaves_a_table_for_the_train_phase_after_it():
+    from gmvc import recipes
+    from gmvc.recipes.rules import fit_to_data
+    from gmvc.training.phases import neighbour_k
+    c, _ = fit_to_data(recipes.cluster(3), 1000, (2,))
+    phases = build_phases(c)
+    names = [p.name for p in phases]
+    assert neighbour_k(phases, names.index("main")) == 3            # gmm_init's pull: 3 members
+    c.unlock()
+    c.phases.gmm_init = {**c.phases.gmm_init.to_dict(), "pull": 5}
+    assert neighbour_k(build_phases(c), names.index("main")) == 5
+    c.phases.gmm_init = {**c.phases.gmm_init.to_dict(), "pull": 0}
+    c.phases.knn = {"kind": "neighbours", "k": 4}
+    assert neighbour_k(build_phases(c), names.index("main")) == 4

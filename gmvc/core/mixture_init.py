@@ -146,7 +146,7 @@ def moments(z, resp_fn, k, chunk_size=None):
     return {"logits": jnp.log(counts / counts.sum()), "means": means, "log_vars": jnp.log(m2 / counts[:, None] + MIN_VAR)}
 
 
-SELECTIONS = ("likelihood", "balance")
+SELECTIONS = ("likelihood", "balance", "cut")     # "cut": over-clustered fits only (fit_diag_gmm_merged)
 
 
 def check_selection(select):
@@ -198,6 +198,8 @@ def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1, chunk_size=No
     component's mean responsibility equal (balanced_logits), so the fit's partition stays even;
     the prior returned has the weights of its last M-step (close to uniform)."""
     check_selection(select)
+    if select == "cut":
+        raise ValueError("select 'cut' scores merged partitions: fit_diag_gmm_merged only")
     if n_init > 1:
         fits = jax.vmap(lambda r: fit_diag_gmm(r, z, k, kmeans_iters, em_iters, 1, chunk_size, balanced=balanced))(
             jax.random.split(rng, n_init))
@@ -216,11 +218,14 @@ def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1, chunk_size=No
 def select_fit(fits, z, select, chunk_size=None):
     """The one of the stacked priors `fits` (leaves [n, ...]) kept by `select` on z: "balance" the
     lowest imbalance, "likelihood" the highest mean log-likelihood (the first on a tie)."""
+    return jax.tree.map(lambda a: a[select_index(fits, z, select, chunk_size)], fits)
+
+
+def select_index(fits, z, select, chunk_size=None):
+    """The index of the fit select_fit keeps."""
     if select == "balance":
-        best = jnp.argmin(jax.vmap(lambda p: imbalance(p, z, chunk_size))(fits))
-    else:
-        best = jnp.argmax(jax.vmap(lambda p: mean_log_likelihood(p, z, chunk_size))(fits))
-    return jax.tree.map(lambda a: a[best], fits)
+        return jnp.argmin(jax.vmap(lambda p: imbalance(p, z, chunk_size))(fits))
+    return jnp.argmax(jax.vmap(lambda p: mean_log_likelihood(p, z, chunk_size))(fits))
 
 
 def mean_log_likelihood(prior, z, chunk_size=None):
@@ -315,14 +320,28 @@ def merge_by_neighbours(assign, table, k_from, k):
     return (jnp.cumsum(alive) - 1)[group]
 
 
+def normalized_cut(groups, table, k):
+    """The normalized cut of a partition `groups` [N] (labels in [0, k)) of the neighbour graph
+    `table` [N, n]: the sum over groups of the share of their members' neighbour links that leave
+    the group (0 when no link crosses; an empty group counts 1, as if all its links left)."""
+    out = (groups[table] != groups[:, None]).sum(axis=1).astype(jnp.float32)            # [N]
+    cut = jnp.zeros(k, jnp.float32).at[groups].add(out)
+    links = jnp.zeros(k, jnp.float32).at[groups].add(float(table.shape[1]))
+    return jnp.sum(jnp.where(links > 0, cut / jnp.maximum(links, 1.0), 1.0))
+
+
 def fit_diag_gmm_merged(rng, z, table, k, over, smooth=0, n_init=1, select="likelihood", chunk_size=None,
-                        **fit_kwargs):
+                        with_groups=False, **fit_kwargs):
     """A k-component prior from an over-clustered fit: a diagonal GMM of `over` > k components on
     the embeddings (smoothed `smooth` times along the neighbour graph, as fit_diag_gmm_smoothed),
     its components merged into k groups along the neighbour graph (merge_by_neighbours, each
     embedding counted in its most likely component), then one M-step on the embeddings
     themselves with each group's responsibility the sum of its components'. With n_init > 1,
-    that many such fits run together and one is kept by `select` on z, as in fit_diag_gmm.
+    that many such fits run together and one is kept by `select` on z, as in fit_diag_gmm, or
+    with select="cut" the one whose merged partition cuts the neighbour graph least
+    (normalized_cut).
+    `with_groups`: also return the kept fit's merged partition [N] (each embedding's group), which
+    follows the neighbour graph where the k Gaussians of the prior cannot (two moons).
     Memory: beside the passes bounded by the chunk, the hard assignment reads the [N, over]
     responsibilities at once, as the neighbour table [N, k] is held whole anyway."""
     check_selection(select)
@@ -332,7 +351,14 @@ def fit_diag_gmm_merged(rng, z, table, k, over, smooth=0, n_init=1, select="like
         fit = fit_diag_gmm(key, zs, over, n_init=1, chunk_size=chunk_size, **fit_kwargs)
         log_resp = lambda rows: mixture.log_responsibilities(rows, fit["logits"], fit["means"], fit["log_vars"])
         best = jnp.argmax(log_resp(zs), axis=1)
-        to_group = jax.nn.one_hot(merge_by_neighbours(best, table, over, k), k, dtype=z.dtype)     # [over, k]
-        return moments_of_raw(zs, z, lambda rows: jnp.exp(log_resp(rows)) @ to_group, k, chunk_size)
+        group = merge_by_neighbours(best, table, over, k)
+        to_group = jax.nn.one_hot(group, k, dtype=z.dtype)     # [over, k]
+        return moments_of_raw(zs, z, lambda rows: jnp.exp(log_resp(rows)) @ to_group, k, chunk_size), group[best]
 
-    return select_fit(jax.vmap(one)(jax.random.split(rng, n_init)), z, select, chunk_size)
+    fits, groups = jax.vmap(one)(jax.random.split(rng, n_init))
+    if select == "cut":
+        i = jnp.argmin(jax.vmap(lambda g: normalized_cut(g, table, k))(groups))
+    else:
+        i = select_index(fits, z, select, chunk_size)
+    prior = jax.tree.map(lambda a: a[i], fits)
+    return (prior, groups[i]) if with_groups else prior

@@ -15,13 +15,15 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, late
     1. an autoencoder alone for `pretrain_steps` (batch 256; images augmented by small shifts);
     2. each sample's 3 nearest neighbours in the embedding;
     3. a diagonal GMM of 8 K components (30 fits, the most even partition kept) on the embeddings
-       smoothed once along the neighbour graph, its components merged into K along the graph;
-    4. VaDE with the `neighbours` term (a sample and its neighbour share a component) and the
+       smoothed once along the neighbour graph, its components merged into K groups along the
+       graph; the prior is fitted to the groups, and each sample gets 3 random members of its group;
+    4. VaDE with the `neighbours` term (a sample and a member of its group share a component),
+       which pulls each group, whatever its shape, into one Gaussian component, and the
        cluster-usage term `c_marginal`, both at weight 20, for half the remaining steps (c_marginal
        assumes roughly balanced clusters; with c_marginal = 0 the fits are chosen by likelihood);
-    5. twice more: neighbours found again in the shaped embedding, a fit of 3 K components merged
-       into K that replaces the prior only if it partitions the data more evenly, and VaDE (a
-       quarter of the remaining steps each).
+    5. twice more: 3 nearest neighbours found in the shaped embedding, a fit of 3 K components
+       merged into K that replaces the prior only if it partitions the data more evenly, and VaDE
+       with the neighbours term on those neighbours (a quarter of the remaining steps each).
 
     The data are scaled and the likelihood chosen from their values (data.scaling and
     model.likelihood "auto"; `sigma` is the Gaussian likelihood's std on standardized data).
@@ -29,10 +31,12 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, late
     """
     k, steps, pretrain_steps = int(n_clusters), int(steps), int(pretrain_steps)
     rest = steps - pretrain_steps
+    share = lambda n: n / steps           # phase lengths as shares of train.steps: they follow it
     c = vade(n_clusters=k, latent_dim=latent_dim, hidden_sizes=hidden_sizes, likelihood=likelihood, steps=steps,
              pretrain_steps=pretrain_steps, batch_size=batch_size, learning_rate=learning_rate, restarts=restarts,
              checkpoint_every=checkpoint_every, name=name)
     c.unlock()
+    c.data.source = "mnist5k"            # the command line's default; set data.source to your data
     c.data.scaling = "auto"
     c.model.sigma = float(sigma)
     balanced = float(c_marginal) > 0
@@ -41,18 +45,18 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, late
     c.terms = {"c_prior": {"free_bits": 0.5}, "neighbours": {"stop_gradient": True}}
     fit = {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 30,
            "select": "balance" if balanced else "likelihood", "smooth": 1}
-    main = {"kind": "train", "steps": rest // 2, "augment": "auto", "objective": main_objective}
+    main = {"kind": "train", "steps": share(rest / 2), "augment": "auto", "objective": main_objective}
     c.train.phases = ("pretrain", "knn", "gmm_init", "main", "knn2", "gmm_init2", "main2", "knn3", "gmm_init3",
                       "main3")
     c.phases = {
-        "pretrain": {"kind": "train", "steps": pretrain_steps, "batch_size": 256, "objective": {"recon": 1.0},
+        "pretrain": {"kind": "train", "steps": share(pretrain_steps), "batch_size": 256, "objective": {"recon": 1.0},
                      "trainable": ("net",), "augment": "auto"},
         "knn": dict(_KNN),
-        "gmm_init": {**fit, "overcluster": 8 * k},
+        "gmm_init": {**fit, "overcluster": 8 * k, "pull": 3, "select": "cut"},
         "main": dict(main),
         "knn2": dict(_KNN),
         "gmm_init2": {**fit, "overcluster": 3 * k, "keep_current": True},
-        "main2": {**main, "steps": rest // 4},
+        "main2": {**main, "steps": share(rest / 4)},
         "knn3": dict(_KNN),
         "gmm_init3": {**fit, "overcluster": 3 * k, "keep_current": True},
         "main3": {**main, "steps": -1},

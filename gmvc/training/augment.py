@@ -20,6 +20,9 @@ _SALT = 0x6175   # folded into each sample's key so augmentation noise is not th
 
 def parse_augment(spec, where):
     """The augment spec as floats, or {} for none; a ConfigError for unknown keys or bad values."""
+    if spec is not None and not hasattr(spec, "keys"):
+        raise ConfigError(f"{where}: augment must be a dict such as {{'shift': 2}}, got {spec!r} (\"auto\" is "
+                          f"set from the data when a run reads it: gmvc/recipes/rules.py)")
     spec = dict(spec or {})
     unknown = sorted(set(spec) - set(AUGMENT_KEYS))
     if unknown:

@@ -38,7 +38,7 @@ class EmbeddingPhases:
         if spec["method"] == "minibatch":
             n = prior_fit_rows(spec, len(x))
             x = x[np.asarray(jax.random.permutation(jax.random.fold_in(rng, 0), len(x)))[:n]]
-        priors = []
+        priors, self.groups = [], []
         for r in range(self.restarts):
             params_r = jax.tree.map(lambda a: a[r], params)
             z = self.embed(params_r, x)
@@ -46,6 +46,9 @@ class EmbeddingPhases:
             current = jax.device_get(prior_report(params_r["prior"], z)) if uses_current(spec) else None
             fit = self._fit(phase, current, note, echo)
             new = fit(rng, r, z, None if table is None else np.asarray(table[r]))
+            if spec["pull"]:
+                new, groups = new
+                self.groups.append(np.asarray(groups))
             if spec["keep_current"]:
                 new = keep_or_replace(phase, params_r["prior"], new, z, note, echo, current)
             priors.append(jax.device_get(new))
@@ -70,6 +73,21 @@ class EmbeddingPhases:
             self.balanced_fits[phase.name] = prior_fit({**spec, "balanced": True}, self.model)
         return self.balanced_fits[phase.name]
 
+    def pull_table(self, phase, rng, labels=None, echo=None):
+        """After an init_prior phase with "pull": m, the table [R, N, m] of m members of each
+        sample's group in that fit's merged partition (drawn at random, the same for a given rng),
+        which the `neighbours` term of the next train phases reads in place of nearest neighbours:
+        the encoder is pulled to give each group one component. `labels` only report."""
+        m = phase.spec["pull"]
+        tables = np.stack([co_members(groups, m, np.random.default_rng(np.asarray(jax.random.key_data(
+            jax.random.fold_in(rng, r))))) for r, groups in enumerate(self.groups)])
+        if echo:
+            sizes = sorted(np.bincount(self.groups[0]).tolist(), reverse=True)
+            shared = "" if labels is None else f"; {agreement(tables[0], labels):.1%} share its label (reported only)"
+            echo(f"phase {phase.name!r}: the merged partition's group sizes {sizes}; {m} members of its group "
+                 f"for each sample{shared}", flush=True)
+        return tables
+
     def neighbours(self, phase, params, x, labels=None, echo=None):
         """The neighbour table [R, N, k]: each restart's k nearest neighbours of every row of x in its
         embedding. `labels` only report how many neighbours share a sample's label."""
@@ -80,6 +98,16 @@ class EmbeddingPhases:
             echo(f"phase {phase.name!r}: {phase.spec['k']} nearest neighbours of each sample in the "
                  f"embedding{shared}", flush=True)
         return tables
+
+
+def co_members(groups, m, gen):
+    """[N, m] row indices: for each row, m rows of its own group (groups [N]), drawn uniformly
+    with replacement by the numpy Generator `gen`."""
+    order = np.argsort(groups, kind="stable")
+    sizes = np.bincount(groups)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    g = groups[:, None]
+    return order[starts[g] + np.floor(gen.random((len(groups), m)) * sizes[g]).astype(np.int64)].astype(np.int32)
 
 
 def make_fits(phases, model, balanced=False):
@@ -110,7 +138,7 @@ def prior_fit(spec, model):
     key = lambda rng, restart: jax.random.fold_in(rng, restart + 1)
     if over:
         return jax.jit(lambda rng, restart, z, table: fit_diag_gmm_merged(key(rng, restart), z, table, k, over, smooth,
-                                                                          **fit_args))
+                                                                          with_groups=bool(spec["pull"]), **fit_args))
     if smooth:
         return jax.jit(lambda rng, restart, z, table: fit_diag_gmm_smoothed(key(rng, restart), z, table, k, smooth,
                                                                            **fit_args))

@@ -3,7 +3,8 @@ parameter groups, or re-initialises the mixture prior from the embeddings. The t
 (gmvc/trainer.py, run_phases) runs them all the same way; nothing here is specific to one method.
 
 config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.phases:
-  {"kind": "train", "steps": n (-1 = the rest of train.steps), "objective": {...} (default
+  {"kind": "train", "steps": n (-1 = the rest of train.steps; a fraction 0 < f < 1 = that share
+   of train.steps, rounded), "objective": {...} (default
    config.objective), "trainable": ("net", "prior"), "lr": schedule (default optim.lr),
    "augment": {"shift": pixels, "rotate": degrees} (images only; gmvc/training/augment.py; default none),
    "batch_size": n (default train.batch_size)}
@@ -22,7 +23,9 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
    way only where the current prior's partition of the embeddings is uneven, its cluster sizes'
    KL from the uniform above t, and as usual otherwise: EmbeddingPhases.init_prior; "overcluster": m
    > K fits m components and merges them into K along the neighbour graph, which needs a
-   neighbours phase right before it as smooth does: mixture_init.fit_diag_gmm_merged)
+   neighbours phase right before it as smooth does: mixture_init.fit_diag_gmm_merged; with it,
+   "pull": m replaces the neighbour table by m random members of each sample's merged group, for
+   the `neighbours` term of the train phases after it: EmbeddingPhases.pull_table)
   {"kind": "neighbours", "k": 10}   (each sample's k nearest neighbours in the embedding, for
    the `neighbours` term of the train phases after it; gmvc/core/neighbours.py)
 An empty train.phases is one train phase of train.steps with config.objective.
@@ -36,10 +39,10 @@ from gmvc.core.mixture_init import SELECTIONS
 
 TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr", "augment", "batch_size"}
 INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select", "smooth",
-             "keep_current", "balanced", "balanced_above", "overcluster"}
+             "keep_current", "balanced", "balanced_above", "overcluster", "pull"}
 INIT_DEFAULTS = {"method": "em", "select": "likelihood", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
                  "batch_size": 128, "smooth": 0, "keep_current": False, "balanced": False,
-                 "balanced_above": None, "overcluster": 0}
+                 "balanced_above": None, "overcluster": 0, "pull": 0}
 NEIGHBOUR_KEYS = {"kind", "k"}
 GROUPS = ("net", "prior")
 
@@ -90,6 +93,8 @@ def build_phases(config):
                               f"partition it measures")
         if spec["kind"] == "init_prior":
             prior_trained = True        # a fitted prior is a current prior worth keeping
+            if spec["pull"]:
+                have_table, fresh_table = True, False      # a table of group members, not of nearest neighbours
         elif spec["kind"] == "train":
             prior_trained = prior_trained or trains_prior(spec, config)
             fresh_table = False
@@ -128,6 +133,9 @@ def _check_spec(name, spec, config):
             raise ConfigError(f"phase {name!r}: unknown method {spec['method']!r}; known: ['em', 'minibatch']")
         if spec["select"] not in SELECTIONS:
             raise ConfigError(f"phase {name!r}: unknown select {spec['select']!r}; known: {list(SELECTIONS)}")
+        if spec["select"] == "cut" and (not spec["overcluster"] or spec["keep_current"]):
+            raise ConfigError(f"phase {name!r}: select 'cut' scores a merged partition of the neighbour graph: it "
+                              f"needs overcluster, without keep_current")
         smooth = spec["smooth"]
         if not isinstance(smooth, int) or isinstance(smooth, bool) or smooth < 0:
             raise ConfigError(f"phase {name!r}: smooth must be a whole number >= 0, got {smooth!r}")
@@ -145,6 +153,13 @@ def _check_spec(name, spec, config):
         if not isinstance(over, int) or isinstance(over, bool) or over < 0 or 0 < over <= k:
             raise ConfigError(f"phase {name!r}: overcluster must be 0 (off) or a whole number of components above "
                               f"model.num_clusters={k}, got {over!r}")
+        pull = spec["pull"]
+        if not isinstance(pull, int) or isinstance(pull, bool) or pull < 0 or (pull and not over):
+            raise ConfigError(f"phase {name!r}: pull must be 0 (off) or a whole number of group members, and needs "
+                              f"overcluster (the merged partition it draws from); got pull={pull!r}")
+        if pull and (spec["keep_current"] or spec["balanced_above"] is not None):
+            raise ConfigError(f"phase {name!r}: pull draws from this phase's own fit: it cannot be combined with "
+                              f"keep_current or balanced_above")
         for what, value in (("smooth", smooth), ("overcluster", over)):
             if value and spec["method"] != "em":
                 raise ConfigError(f"phase {name!r}: {what} needs method 'em' (all the embeddings, as the "
@@ -158,6 +173,14 @@ def _check_spec(name, spec, config):
         raise ConfigError(f"phase {name!r}: unknown parameter group(s) {bad}; groups are {list(GROUPS)}")
     if "steps" not in spec:
         raise ConfigError(f"phase {name!r}: a train phase needs 'steps' (-1 for the rest of train.steps)")
+    steps = spec["steps"]
+    if isinstance(steps, float) and 0 < steps < 1:
+        spec["steps"] = steps = int(round(steps * config.train.steps))      # a share of train.steps
+    elif isinstance(steps, float) and steps == round(steps):
+        spec["steps"] = steps = int(steps)                                  # 60.0 (a typed override of a share)
+    elif isinstance(steps, bool) or not isinstance(steps, int) or steps < -1:
+        raise ConfigError(f"phase {name!r}: steps must be a whole number >= 0, -1 (the rest of train.steps) or a "
+                          f"fraction of train.steps in (0, 1); got {steps!r}")
     size = spec.setdefault("batch_size", config.train.batch_size)
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ConfigError(f"phase {name!r}: batch_size must be a whole number >= 1, got {size!r}")
@@ -186,8 +209,10 @@ def uses_neighbours(spec):
 
 
 def neighbour_k(phases, index):
-    """k of the last neighbours phase before phases[index] (the width of its table), or 0."""
-    ks = [p.spec["k"] for p in phases[:index] if p.kind == "neighbours"]
+    """The width of the table the phases before phases[index] leave: k of the last neighbours
+    phase, or m of a later init_prior phase with "pull": m; 0 for none."""
+    ks = [p.spec["k"] if p.kind == "neighbours" else p.spec["pull"] for p in phases[:index]
+          if p.kind == "neighbours" or (p.kind == "init_prior" and p.spec["pull"])]
     return ks[-1] if ks else 0
 
 

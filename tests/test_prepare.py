@@ -1,0 +1,124 @@
+"""How a run reads the data it is given: the scaling and likelihood chosen from the values
+(gmvc/data/prepare.py), the recipe rules that fit sizes to the data (gmvc/recipes/rules.py), and
+that predictions and samples read and give data in the user's own units."""
+import json
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli
+
+import gmvc
+from gmvc import recipes
+from gmvc.data import Dataset, prepare
+from gmvc.errors import CheckpointError, ConfigError
+from gmvc.recipes.rules import fit_to_data
+
+RNG = np.random.RandomState(0)
+
+
+@pytest.mark.parametrize("x, kind, likelihood", [
+    (RNG.rand(50, 6), "none", "bernoulli"),                          # values in [0, 1]
+    (RNG.randint(0, 17, (50, 64)).astype(float), "max", "bernoulli"),  # digits as loaded: 0-16
+    (RNG.randint(0, 256, (50, 8, 8, 1)).astype(float), "max", "bernoulli"),   # 0-255 stored as floats
+    (RNG.randn(50, 5) * 3 + 100, "standardize", "gaussian"),          # arbitrary real features
+    (RNG.rand(50, 4) * 2 - 0.5, "standardize", "gaussian"),           # outside [0, 1]
+])
+def test_auto_chooses_scaling_and_likelihood_from_the_values(x, kind, likelihood):
+    x = x.astype(np.float32)
+    config = recipes.cluster(3)
+    resolved, data, scaling = prepare.resolve(config, Dataset(x=x, y=None, name="a"))
+    assert (scaling.kind, resolved.data.scaling, resolved.model.likelihood) == (kind, kind, likelihood)
+    assert (config.data.scaling, config.model.likelihood) == ("auto", "auto")     # the recipe is not changed
+    assert np.all(np.isfinite(data.x))
+    if likelihood == "bernoulli":
+        assert data.x.min() >= 0 and data.x.max() <= 1
+    if kind == "standardize":
+        np.testing.assert_allclose(data.x.mean(0), 0, atol=1e-4)
+        np.testing.assert_allclose(data.x.std(0), 1, atol=1e-3)
+    np.testing.assert_allclose(scaling.invert(data.x), x, rtol=1e-5, atol=1e-3)
+
+
+def test_constant_columns_become_zero_not_nan():
+    x = np.concatenate([RNG.randn(40, 3), np.full((40, 1), 7.0), np.zeros((40, 1))], 1).astype(np.float32)
+    s = prepare.fit(x, "auto")
+    out = s.apply(x)
+    assert s.kind == "standardize" and np.all(np.isfinite(out))
+    assert np.all(out[:, 3:] == 0.0)
+    assert prepare.fit(np.full((10, 2), 3.0, np.float32), "max").apply(np.full((1, 2), 3.0, np.float32)).max() == 1.0
+
+
+def test_explicit_scaling_is_kept_and_unknown_is_one_line():
+    x = (RNG.rand(30, 3) * 5).astype(np.float32)
+    c = recipes.cluster(2)
+    c.unlock()
+    c.data.scaling, c.model.likelihood = "standardize", "gaussian"
+    resolved, data, scaling = prepare.resolve(c, Dataset(x=x, y=None, name="a"))
+    assert scaling.kind == "standardize" and abs(float(data.x.mean())) < 1e-5
+    c.data.scaling = "minmax"
+    with pytest.raises(ConfigError, match="unknown data.scaling 'minmax'"):
+        prepare.resolve(c, Dataset(x=x, y=None, name="a"))
+
+
+def test_rules_fit_sizes_to_the_data():
+    c = recipes.cluster(3)
+    small, notes = fit_to_data(c, 150, (4,))
+    assert small.phases.gmm_init.overcluster == 7 and small.phases.gmm_init2.overcluster == 7     # N / 20
+    assert small.phases.pretrain.batch_size == 150 and small.train.batch_size == 100
+    assert small.phases.pretrain.augment.to_dict() == {} and small.phases.main3.augment.to_dict() == {}
+    assert len(notes) == 3 and all(len(n) <= 100 for n in notes)
+    images, _ = fit_to_data(recipes.cluster(10), 5000, (28, 28, 1))
+    assert images.phases.pretrain.augment.to_dict() == {"shift": 2.0}
+    assert images.phases.gmm_init.overcluster == 80 and images.phases.gmm_init2.overcluster == 30
+    assert fit_to_data(recipes.cluster(10), 1797, (8, 8, 1))[0].phases.main.augment.to_dict() == {"shift": 1.0}
+    plain = recipes.vade_mnist5k()                  # a recipe its data fits: nothing changes
+    assert fit_to_data(plain, 5000, (28, 28, 1)) == (plain, [])
+
+
+def test_estimator_reads_new_data_as_it_read_the_fit(tmp_path):
+    # Digits as loaded (0-16): "max" scaling and a Bernoulli likelihood, then predict, score and
+    # sample in the user's units; a saved and loaded model reads data the same way.
+    from sklearn.datasets import load_digits
+    x = load_digits().data[:400]
+    est = gmvc.VaDE(n_clusters=4, steps=60, pretrain_steps=30, hidden_sizes=(32,), batch_size=50,
+                    progress=False).fit(x)
+    assert est.scaling_.kind == "max" and est.config_.model.likelihood == "bernoulli"
+    assert est.config_.data.scaling == "max"
+    np.testing.assert_array_equal(est.predict(x), est.labels_)
+    np.testing.assert_array_equal(est.predict(x * 1.0), est.predict(x / 16.0 * 16.0))
+    assert not np.array_equal(est.predict(x), est.predict(x / 16.0)) or len(set(est.labels_)) == 1
+    samples, _ = est.sample(5)
+    assert samples.max() > 1.5                                       # in pixel values 0-16, not [0, 1]
+    est.save(tmp_path / "saved")
+    loaded = gmvc.load(tmp_path / "saved")
+    np.testing.assert_array_equal(loaded.predict(x), est.labels_)
+    (tmp_path / "saved" / "scaling.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="scaling.json is not a valid scaling record"):
+        gmvc.load(tmp_path / "saved")
+
+
+def test_cli_on_standardized_features_says_how_it_reads_them(tmp_path):
+    # Real-valued features with a constant column, through file: with only the source and K set
+    # (and short phases): a Gaussian likelihood, no NaN, and --mode=predict reads the same scaling.
+    x = np.concatenate([RNG.randn(300, 3) + np.repeat([[0, 0, 0], [6, 6, 6]], 150, 0) * 1.0,
+                        np.full((300, 1), 5.0)], 1).astype(np.float32) * 40 - 100
+    y = np.repeat([0, 1], 150)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    run = tmp_path / "run"
+    flags = ("--config=configs/cluster.py", f"--config.data.source=file:{tmp_path / 'data.npz'}",
+             "--config.model.num_clusters=2", "--config.train.steps=120", "--config.train.checkpoint_every=120",
+             "--config.model.hidden_sizes=(32,)")
+    proc = run_cli(*flags, f"--workdir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "input: each feature to mean 0 and std 1 (real values in" in proc.stdout
+    assert "gaussian likelihood (chosen from the scaled values)" in proc.stdout
+    results = json.loads((run / "results.json").read_text())
+    assert results["input"]["scaling"] == "standardize" and results["input"]["likelihood"] == "gaussian"
+    assert results["acc"] == 1.0, results
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["data"]["scaling"] == "standardize" and stored["phases"]["pretrain"]["batch_size"] == 256
+    assert stored["phases"]["gmm_init"]["overcluster"] == 15          # N / 20
+    pred = run_cli(*flags, f"--workdir={run}", "--mode=predict", f"--output={tmp_path / 'p.csv'}")
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    assert "clustering: acc=1.0000" in pred.stdout
+    again = run_cli(*flags, f"--workdir={run}")                        # same data, same choices: resumes
+    assert again.returncode == 0 and "Resuming" in again.stdout, again.stderr[-2000:]
