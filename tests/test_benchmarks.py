@@ -41,6 +41,26 @@ def test_quality_reports_seeds_and_keeps_each_runs_log(quality, tmp_path, capsys
                       f"--workdir={tmp_path / 'bad'}"])
 
 
+def test_quality_runs_the_default_recipe_on_a_development_set(quality, tmp_path, monkeypatch):
+    # iris through file: as a user would (only the source and K set, plus a short run), beside
+    # the baselines on the same array; UMAP is left out here (an optional extra).
+    real = quality.baseline_methods
+    monkeypatch.setattr(quality, "baseline_methods", lambda k: {m: f for m, f in real(k).items() if m != "umap_gmm"})
+    (result,) = quality.main(["--dev=iris", "--seeds=1", "--set=train.steps=200", "--set=model.hidden_sizes=(32,)",
+                              f"--workdir={tmp_path / 'runs'}"])
+    assert result["set"] == "iris" and result["num_samples"] == 150 and result["num_clusters"] == 3
+    assert result["dataset"].startswith("file:") and result["dataset"].endswith("iris.npz")
+    assert result["config"].endswith("configs/cluster.py")
+    run = result["gmvc"]["per_seed"][0]
+    assert run["acc"] > 0.6 and sum(run["cluster_sizes"]) == 150 and run["seconds"] > 0
+    assert result["kmeans"]["acc_mean"] == pytest.approx(0.8333, abs=0.01)        # k-means on standardized iris
+    assert result["full_gmm"]["acc_mean"] > 0.8
+    log = (tmp_path / "runs" / "iris" / "seed0" / "log.txt").read_text()
+    assert "input: each feature to mean 0 and std 1" in log and "merged partition's group sizes" in log
+    with pytest.raises(SystemExit):
+        quality.main(["--dev=irises"])
+
+
 @pytest.fixture
 def time_to_accuracy(quality):
     import time_to_accuracy

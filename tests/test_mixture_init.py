@@ -309,3 +309,14 @@ def test_cluster_counts_do_not_depend_on_the_chunking():
     whole = np.asarray(cluster_counts(prior, jnp.asarray(z)))
     np.testing.assert_array_equal(np.asarray(cluster_counts(prior, jnp.asarray(z), chunk_size=300)), whole)
     assert whole.sum() == 1000 and whole.min() > 150
+
+
+def test_normalized_cut_counts_the_links_that_leave_each_group():
+    from gmvc.core.mixture_init import normalized_cut
+    # rows 0-2 link among themselves, rows 3-5 too, except row 2's second link and row 5's, which cross
+    table = jnp.array([[1, 2], [0, 2], [0, 3], [4, 5], [3, 5], [3, 0]])
+    groups = jnp.array([0, 0, 0, 1, 1, 1])
+    assert float(normalized_cut(groups, table, 2)) == pytest.approx(1 / 6 + 1 / 6)
+    assert float(normalized_cut(groups, table, 3)) == pytest.approx(1 / 3 + 1.0)     # an empty group counts 1
+    mixed = jnp.array([0, 1, 0, 1, 0, 1])
+    assert float(normalized_cut(mixed, table, 2)) > float(normalized_cut(groups, table, 2))

@@ -52,7 +52,7 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, late
         "pretrain": {"kind": "train", "steps": share(pretrain_steps), "batch_size": 256, "objective": {"recon": 1.0},
                      "trainable": ("net",), "augment": "auto"},
         "knn": dict(_KNN),
-        "gmm_init": {**fit, "overcluster": 8 * k, "pull": 3, "select": "cut"},
+        "gmm_init": {**fit, "overcluster": 8 * k, "pull": 3},
         "main": dict(main),
         "knn2": dict(_KNN),
         "gmm_init2": {**fit, "overcluster": 3 * k, "keep_current": True},

@@ -38,7 +38,7 @@ class EmbeddingPhases:
         if spec["method"] == "minibatch":
             n = prior_fit_rows(spec, len(x))
             x = x[np.asarray(jax.random.permutation(jax.random.fold_in(rng, 0), len(x)))[:n]]
-        priors, self.groups = [], []
+        priors, self.groups, self.within = [], [], []
         for r in range(self.restarts):
             params_r = jax.tree.map(lambda a: a[r], params)
             z = self.embed(params_r, x)
@@ -48,7 +48,9 @@ class EmbeddingPhases:
             new = fit(rng, r, z, None if table is None else np.asarray(table[r]))
             if spec["pull"]:
                 new, groups = new
-                self.groups.append(np.asarray(groups))
+                groups = np.asarray(groups)
+                self.groups.append(groups)
+                self.within.append(float(np.mean(groups[np.asarray(table[r])] == groups[:, None])))
             if spec["keep_current"]:
                 new = keep_or_replace(phase, params_r["prior"], new, z, note, echo, current)
             priors.append(jax.device_get(new))
@@ -84,8 +86,8 @@ class EmbeddingPhases:
         if echo:
             sizes = sorted(np.bincount(self.groups[0]).tolist(), reverse=True)
             shared = "" if labels is None else f"; {agreement(tables[0], labels):.1%} share its label (reported only)"
-            echo(f"phase {phase.name!r}: the merged partition's group sizes {sizes}; {m} members of its group "
-                 f"for each sample{shared}", flush=True)
+            echo(f"phase {phase.name!r}: the merged partition's group sizes {sizes}, {self.within[0]:.1%} of the "
+                 f"neighbour links within a group; {m} members of its group for each sample{shared}", flush=True)
         return tables
 
     def neighbours(self, phase, params, x, labels=None, echo=None):
