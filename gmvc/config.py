@@ -64,7 +64,7 @@ def base_config():
     c.train.compile_ahead = "auto"     # on | off | auto: compile later phases in a background thread
                                        # (gmvc/training/warmup.py); auto = off on a CPU, on elsewhere
     c.train.restarts = 1               # independent inits trained together; one is kept, chosen by:
-    c.train.restart_choice = "objective"   # objective (lowest on the data) | balance (most even cluster usage)
+    c.train.restart_choice = "objective"   # objective (lowest on the data) | balance (most even partition)
     c.train.restart_batches = "shared"   # shared (one data order for all restarts) | own (each its own order)
     c.train.validation_fraction = 0.0  # share of the samples held out of training; its ELBO is logged (gmvc/eval/monitor.py)
     c.train.patience = 0               # > 0: stop when the validation ELBO has not improved for this many log

@@ -170,7 +170,7 @@ def run_phases(ctx, position, logs, warm, echo):
                      f"({phase.spec['method']})", flush=True)
             position = position._replace(params=params)
             if phase.spec["pull"]:
-                table = ctx.embedding.pull_table(phase, jax.random.fold_in(rng, 1), ctx.y_train, echo)
+                table = ctx.embedding.pull_table(ctx.y_train, echo, phase.name)
                 position = position._replace(table=table)
         elif phase.kind == "neighbours":
             table = ctx.embedding.neighbours(phase, position.params, ctx.x_train, ctx.y_train, echo)

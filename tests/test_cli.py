@@ -120,6 +120,10 @@ def test_more_clusters_than_samples(tmp_path, data_file):
     assert "num_clusters=5 is larger than the number of samples (4)" in err
 
 
-def test_batch_larger_than_data(tmp_path, data_file):
-    err = bad_run(tmp_path, data_file(np.zeros((100, 2), np.float32)))
-    assert "batch_size=200" in err and "(100)" in err
+def test_batch_larger_than_data_is_cut_to_the_data_and_said(tmp_path, data_file):
+    # gmvae_spiral's batch of 200 on 100 points: cut to 100 (gmvc/recipes/rules.py), in one line.
+    x = np.random.RandomState(0).randn(100, 2).astype(np.float32)
+    proc = run_cli(SPIRAL, f"--workdir={tmp_path / 'run'}", "--config.train.steps=10", data_file(x))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rule: batch size cut to N = 100 (train)" in proc.stdout
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["batch_size"] == 100

@@ -167,15 +167,15 @@ def test_init_prior_phases_with_one_fit_share_its_program():
     assert fits["gmm_init3"] is not fits["gmm_init2"]
 
 
-def test_pull_draws_members_of_each_samples_merged_group():
+def test_pull_gives_each_sample_the_anchors_of_its_merged_group():
     """An init_prior phase with overcluster and pull: two moons in their own coordinates (an
     identity embedding). Their merged partition follows the neighbour graph; the pull table
-    holds `pull` members of each sample's group, so every entry shares the sample's moon, while
-    the 2-Gaussian prior alone cuts the moons across (it cannot follow their shape)."""
+    gives every sample its group's `pull` anchors, members of the same moon, while the
+    2-Gaussian prior alone cuts the moons across (it cannot follow their shape)."""
     from sklearn.datasets import make_moons
     from gmvc.core import mixture
     from gmvc.core.neighbours import knn_table
-    from gmvc.training.embedding_phases import EmbeddingPhases, co_members
+    from gmvc.training.embedding_phases import EmbeddingPhases, anchors
     x, y = make_moons(1000, noise=0.05, random_state=0)
     x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
     model = types.SimpleNamespace(embed=lambda params, v: v, num_clusters=2)
@@ -188,18 +188,21 @@ def test_pull_draws_members_of_each_samples_merged_group():
     phase = Phase("fit", "init_prior", 0, 0, spec)
     new = phases.init_prior(phase, params, x, jax.random.key(0), table)
     said = []
-    pulled = phases.pull_table(phase, jax.random.key(1), y, echo=lambda m, **k: said.append(m))
+    pulled = phases.pull_table(y, echo=lambda m, **k: said.append(m), name="fit")
     assert pulled.shape == (1, 1000, 3) and pulled.dtype == np.int32
-    assert np.all(y[pulled[0]] == y[:, None])                          # every member shares the moon
+    assert np.all(y[pulled[0]] == y[:, None])                          # every anchor shares the moon
+    assert len(np.unique(pulled[0])) == 6                              # 3 anchors for each of 2 groups
     assert "group sizes [500, 500]" in said[0] and "100.0% share its label" in said[0]
-    np.testing.assert_array_equal(pulled, phases.pull_table(phase, jax.random.key(1)))    # the same draw
+    assert "100.0% of the neighbour links within a group" in said[0]
     prior = jax.tree.map(lambda a: a[0], new["prior"])
     gaussian = np.asarray(jnp.argmax(mixture.log_responsibilities(jnp.asarray(x), prior["logits"], prior["means"],
                                                                   prior["log_vars"]), 1))
     assert np.mean(gaussian == y) not in (0.0, 1.0)                   # the prior alone does not follow the moons
+    z = np.array([[0.0], [1.0], [10.0], [11.0], [12.0], [5.0]])
     groups = np.array([0, 0, 1, 1, 1, 2])
-    drawn = co_members(groups, 5, np.random.default_rng(0))
-    assert np.all(groups[drawn] == groups[:, None]) and set(drawn[0]) <= {0, 1}
+    a = anchors(z, groups, 4, 2)
+    assert a[1].tolist() == [3, 2] and sorted(a[0].tolist()) == [0, 1] and a[2].tolist() == [5, 5]
+    assert a[3].tolist() == [0, 0]                                    # an empty group: read by no row
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -92,3 +92,17 @@ def test_no_run_is_one_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"name": "x"}))
     with pytest.raises(CheckpointError, match="does not exist .train it first"):
         load_trained(tmp_path, load_config("gmvae_spiral.py", RUN))
+
+
+def test_balance_restart_choice_reads_the_partition_not_the_soft_usage():
+    # A restart whose q(c | x) is uniform for every sample uses its clusters evenly on average and
+    # puts every sample in one cluster: the balance choice must see the second.
+    from gmvc.eval.restarts import partition_imbalance
+    k, n = 10, 5000
+    uniform = np.full((n, k), -np.log(k))
+    even = np.log(np.eye(k)[np.arange(n) % k] * 0.9 + 0.01)
+    assert partition_imbalance(uniform) == pytest.approx(np.log(k))
+    assert partition_imbalance(even) == pytest.approx(0.0, abs=1e-12)
+    skewed = np.log(np.eye(k)[np.minimum(np.arange(n) % 12, k - 1)] * 0.9 + 0.01)     # cluster 9 takes 3 shares
+    assert 0 < partition_imbalance(skewed) < np.log(k)
+    assert np.isnan(partition_imbalance(np.full((3, k), np.nan)))

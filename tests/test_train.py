@@ -317,8 +317,8 @@ def test_phases_differing_only_in_steps_share_one_program(tmp_path, monkeypatch)
 
 def test_a_phase_trains_at_its_own_batch_size(spiral_config, tmp_path):
     """A phase's batch_size replaces train.batch_size for that phase: the run is bit-identical to
-    one whose train.batch_size is that size, and differs from the default's; bad sizes are named."""
-    from gmvc.errors import DataError
+    one whose train.batch_size is that size, and differs from the default's; bad sizes are named,
+    and a size above the data is cut to it (gmvc/recipes/rules.py)."""
 
     def one_phase(global_batch, phase_batch=None):
         c = spiral_config.copy_and_resolve_references()
@@ -338,8 +338,11 @@ def test_a_phase_trains_at_its_own_batch_size(spiral_config, tmp_path):
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))) > 1e-3
     with pytest.raises(ConfigError, match="phase 'only': batch_size must be a whole number"):
         train_and_evaluate(one_phase(64, 0), tmp_path / "zero", **quiet)
-    with pytest.raises(DataError, match="phase 'only': batch_size=5000 is larger than the 1000 training"):
-        train_and_evaluate(one_phase(64, 5000), tmp_path / "big", **quiet)
+    said = []
+    train_and_evaluate(one_phase(64, 5000), tmp_path / "big", echo=lambda m, **k: said.append(m))   # cut to N
+    assert "rule: batch size cut to N = 1000 (only)" in said
+    train_and_evaluate(one_phase(64, 1000), tmp_path / "whole", **quiet)
+    assert_trees_equal(final_params(tmp_path / "big", 100), final_params(tmp_path / "whole", 100))
 
 
 def test_importing_train_leaves_the_reporting_libraries_for_later():

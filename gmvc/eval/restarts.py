@@ -10,8 +10,10 @@ RESTART_CHOICES = ("objective", "balance")
 def choose_restart(config, runner, model, stacked_params, x):
     """(one restart's params, {"chosen_restart", "restart_objective", ...}): the lowest objective
     of the last train phase (`runner`, a training.runner.PhaseRunner) on the whole data, or with
-    train.restart_choice="balance" (data with roughly balanced classes) the most even cluster
-    usage, KL(mean_n q(c | x_n) || Uniform(K)) over the whole data."""
+    train.restart_choice="balance" (data with roughly balanced classes) the most even partition:
+    each sample in its most likely cluster, the KL of the cluster sizes from the uniform
+    (partition_imbalance). The partition, not the mean of q(c | x): a restart whose q(c | x) is
+    uniform for every sample has a perfectly even soft usage and all its samples in one cluster."""
     restarts = config.train.restarts
     unstack = lambda r: jax.tree.map(lambda a: a[r], stacked_params)
     losses = [runner.full_loss(unstack(r), x, runner.score_step) for r in range(restarts)]
@@ -19,19 +21,24 @@ def choose_restart(config, runner, model, stacked_params, x):
     scores = losses
     if config.train.restart_choice == "balance" and model.num_clusters:
         predict = make_predict(model, config.eval.batch_size)
-        scores = []
-        for r in range(restarts):
-            usage = np.exp(predict(unstack(r), x)["log_gamma"].astype(np.float64)).mean(0)
-            scores.append(float(np.log(len(usage)) + np.sum(usage * np.log(np.maximum(usage, 1e-30)))))
+        scores = [partition_imbalance(predict(unstack(r), x)["log_gamma"]) for r in range(restarts)]
         info["restart_imbalance"] = [round(v, 5) for v in scores]
     best = int(np.nanargmin(scores)) if np.isfinite(scores).any() else 0
     return unstack(best), {"chosen_restart": best, **info}
 
 
+def partition_imbalance(log_gamma):
+    """KL of the hard partition's cluster sizes from the uniform; NaN responsibilities give NaN."""
+    if not np.all(np.isfinite(log_gamma)):
+        return float("nan")
+    sizes = np.bincount(np.argmax(log_gamma, axis=1), minlength=log_gamma.shape[1]) / len(log_gamma)
+    return float(np.log(len(sizes)) + np.sum(sizes * np.log(np.maximum(sizes, 1e-30))))
+
+
 def describe_choice(choice, restarts):
     """One line saying which restart was kept and why."""
     r = choice["chosen_restart"]
-    why = (f"the most even cluster usage (KL to uniform {choice['restart_imbalance'][r]:.4f})"
+    why = (f"the most even partition (cluster sizes' KL to uniform {choice['restart_imbalance'][r]:.4f})"
            if "restart_imbalance" in choice else
            f"the lowest objective on the data ({choice['restart_objective'][r]:.4f})")
     return f"restart {r} of {restarts} has {why}; its parameters are used"

@@ -38,7 +38,7 @@ class EmbeddingPhases:
         if spec["method"] == "minibatch":
             n = prior_fit_rows(spec, len(x))
             x = x[np.asarray(jax.random.permutation(jax.random.fold_in(rng, 0), len(x)))[:n]]
-        priors, self.groups, self.within = [], [], []
+        priors, self.groups, self.anchors, self.within = [], [], [], []
         for r in range(self.restarts):
             params_r = jax.tree.map(lambda a: a[r], params)
             z = self.embed(params_r, x)
@@ -50,6 +50,7 @@ class EmbeddingPhases:
                 new, groups = new
                 groups = np.asarray(groups)
                 self.groups.append(groups)
+                self.anchors.append(anchors(np.asarray(z), groups, self.model.num_clusters, spec["pull"]))
                 self.within.append(float(np.mean(groups[np.asarray(table[r])] == groups[:, None])))
             if spec["keep_current"]:
                 new = keep_or_replace(phase, params_r["prior"], new, z, note, echo, current)
@@ -75,19 +76,19 @@ class EmbeddingPhases:
             self.balanced_fits[phase.name] = prior_fit({**spec, "balanced": True}, self.model)
         return self.balanced_fits[phase.name]
 
-    def pull_table(self, phase, rng, labels=None, echo=None):
-        """After an init_prior phase with "pull": m, the table [R, N, m] of m members of each
-        sample's group in that fit's merged partition (drawn at random, the same for a given rng),
-        which the `neighbours` term of the next train phases reads in place of nearest neighbours:
-        the encoder is pulled to give each group one component. `labels` only report."""
-        m = phase.spec["pull"]
-        tables = np.stack([co_members(groups, m, np.random.default_rng(np.asarray(jax.random.key_data(
-            jax.random.fold_in(rng, r))))) for r, groups in enumerate(self.groups)])
+    def pull_table(self, labels=None, echo=None, name=""):
+        """After an init_prior phase with "pull": m, the table [R, N, m] that gives each sample the
+        m anchors of its group in that fit's merged partition (the members nearest the group's
+        mean embedding), which the `neighbours` term of the next train phases reads in place of
+        nearest neighbours: each group is pulled into the component its anchors hold (group g
+        is the prior's component g), so groups of any shape keep apart. `labels` only report."""
+        tables = np.stack([a[groups] for a, groups in zip(self.anchors, self.groups)])
         if echo:
             sizes = sorted(np.bincount(self.groups[0]).tolist(), reverse=True)
             shared = "" if labels is None else f"; {agreement(tables[0], labels):.1%} share its label (reported only)"
-            echo(f"phase {phase.name!r}: the merged partition's group sizes {sizes}, {self.within[0]:.1%} of the "
-                 f"neighbour links within a group; {m} members of its group for each sample{shared}", flush=True)
+            echo(f"phase {name!r}: the merged partition's group sizes {sizes}, {self.within[0]:.1%} of the neighbour "
+                 f"links within a group; each sample pulled to its group's {tables.shape[2]} anchors{shared}",
+                 flush=True)
         return tables
 
     def neighbours(self, phase, params, x, labels=None, echo=None):
@@ -102,14 +103,18 @@ class EmbeddingPhases:
         return tables
 
 
-def co_members(groups, m, gen):
-    """[N, m] row indices: for each row, m rows of its own group (groups [N]), drawn uniformly
-    with replacement by the numpy Generator `gen`."""
-    order = np.argsort(groups, kind="stable")
-    sizes = np.bincount(groups)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    g = groups[:, None]
-    return order[starts[g] + np.floor(gen.random((len(groups), m)) * sizes[g]).astype(np.int64)].astype(np.int32)
+def anchors(z, groups, k, m):
+    """[k, m] row indices: for each group of the partition `groups` [N] (labels in [0, k)) of the
+    embeddings z [N, D], its m members nearest the group's mean (repeated in a group of fewer
+    than m; an empty group, which no row reads, gets row 0)."""
+    out = np.zeros((k, m), np.int32)
+    for g in range(k):
+        members = np.flatnonzero(groups == g)
+        if len(members):
+            d = np.sum((z[members] - z[members].mean(0)) ** 2, axis=1)
+            nearest = members[np.argsort(d, kind="stable")[:m]]
+            out[g] = np.resize(nearest, m)
+    return out
 
 
 def make_fits(phases, model, balanced=False):

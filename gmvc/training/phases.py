@@ -24,8 +24,9 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
    KL from the uniform above t, and as usual otherwise: EmbeddingPhases.init_prior; "overcluster": m
    > K fits m components and merges them into K along the neighbour graph, which needs a
    neighbours phase right before it as smooth does: mixture_init.fit_diag_gmm_merged; with it,
-   "pull": m replaces the neighbour table by m random members of each sample's merged group, for
-   the `neighbours` term of the train phases after it: EmbeddingPhases.pull_table)
+   "pull": m replaces the neighbour table by the m anchors of each sample's merged group (its
+   members nearest the group's mean), for the `neighbours` term of the train phases after it:
+   EmbeddingPhases.pull_table)
   {"kind": "neighbours", "k": 10}   (each sample's k nearest neighbours in the embedding, for
    the `neighbours` term of the train phases after it; gmvc/core/neighbours.py)
 An empty train.phases is one train phase of train.steps with config.objective.
