@@ -124,7 +124,7 @@ def _reconstruction_inputs(run, inputs_path, label, n):
     shape = data.x.shape[1:]
     if inputs_path:
         from gmvc.data import images
-        x = images.load_inputs(inputs_path, shape)
+        x = run.scaling.apply(images.load_inputs(inputs_path, shape))      # as the run read its data
         if len(x) > 5 * n:
             x = x[: 5 * n]                                      # a picture of at most five pairs of rows
         source = f"{inputs_path} (first {len(x)})"

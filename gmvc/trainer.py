@@ -236,6 +236,7 @@ class Run(NamedTuple):
     inputs: object
     params: dict       # one restart's parameters: the one training chose
     step: int
+    scaling: object    # gmvc.data.prepare.Scaling: how the run read its data (data is already read so)
 
 
 def load_run(config, workdir, echo=print):
@@ -248,7 +249,8 @@ def load_run(config, workdir, echo=print):
     config, _ = rules.fit_to_data(config, len(data.x), data.x.shape[1:])
     validate(config, data)
     trained = load_trained(workdir, config, echo, data_shape=data.x.shape[1:])
-    return Run(config, data, trained.model, context.model_inputs(trained.model, data), trained.params, trained.step)
+    return Run(config, data, trained.model, context.model_inputs(trained.model, data), trained.params, trained.step,
+               trained.scaling)
 
 
 def _silent(*args, **kwargs):

@@ -121,5 +121,8 @@ def test_cli_on_standardized_features_says_how_it_reads_them(tmp_path):
     pred = run_cli(*flags, f"--workdir={run}", "--mode=predict", f"--output={tmp_path / 'p.csv'}")
     assert pred.returncode == 0, pred.stderr[-3000:]
     assert "clustering: acc=1.0000" in pred.stdout
+    gen = run_cli(*flags, f"--workdir={run}", "--mode=generate", f"--inputs={tmp_path / 'data.npz'}")
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    assert (run / "generated_reconstructions.png").stat().st_size > 0
     again = run_cli(*flags, f"--workdir={run}")                        # same data, same choices: resumes
     assert again.returncode == 0 and "Resuming" in again.stdout, again.stderr[-2000:]

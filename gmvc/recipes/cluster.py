@@ -16,11 +16,13 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, late
     2. each sample's 3 nearest neighbours in the embedding;
     3. a diagonal GMM of 8 K components (30 fits, the most even partition kept) on the embeddings
        smoothed once along the neighbour graph, its components merged into K groups along the
-       graph; the prior is fitted to the groups, and each sample gets 3 random members of its group;
-    4. VaDE with the `neighbours` term (a sample and a member of its group share a component),
-       which pulls each group, whatever its shape, into one Gaussian component, and the
-       cluster-usage term `c_marginal`, both at weight 20, for half the remaining steps (c_marginal
-       assumes roughly balanced clusters; with c_marginal = 0 the fits are chosen by likelihood);
+       graph; the prior is fitted to the groups (component g to group g), and each group's 3
+       anchors are its members nearest the group's mean;
+    4. VaDE with the `neighbours` term reading each sample's anchors (a sample and its group's
+       anchors share a component), which pulls each group, whatever its shape, into one
+       Gaussian component, and the cluster-usage term `c_marginal`, both at weight 20, for half
+       the remaining steps (c_marginal assumes roughly balanced clusters; with c_marginal = 0
+       the fits are chosen by likelihood);
     5. twice more: 3 nearest neighbours found in the shaped embedding, a fit of 3 K components
        merged into K that replaces the prior only if it partitions the data more evenly, and VaDE
        with the neighbours term on those neighbours (a quarter of the remaining steps each).
