@@ -1,5 +1,5 @@
-"""The default recipe for data gmvc has not seen (`gmvc.VaDE(n_clusters=K)`, configs/cluster.py):
-VaDE with neighbours, written once for points and images of any size. What it adapts to the data
+"""A recipe written once for data gmvc has not seen (configs/cluster.py,
+`gmvc.GMVCEstimator(config="cluster")`): VaDE with neighbours, for points and images of any size. What it adapts to the data
 is stated in gmvc/data/prepare.py (scaling, likelihood) and gmvc/recipes/rules.py (augmentation,
 batch sizes, over-clustering); nothing reads a data set's name or labels."""
 from gmvc.recipes.vade_family import vade
@@ -36,10 +36,9 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, late
     share = lambda n: n / steps           # phase lengths as shares of train.steps: they follow it
     c = vade(n_clusters=k, latent_dim=latent_dim, hidden_sizes=hidden_sizes, likelihood=likelihood, steps=steps,
              pretrain_steps=pretrain_steps, batch_size=batch_size, learning_rate=learning_rate, restarts=restarts,
-             checkpoint_every=checkpoint_every, name=name)
+             checkpoint_every=checkpoint_every, scaling="auto", name=name)
     c.unlock()
     c.data.source = "mnist5k"            # the command line's default; set data.source to your data
-    c.data.scaling = "auto"
     c.model.sigma = float(sigma)
     balanced = float(c_marginal) > 0
     main_objective = {"recon": 1.0, "vade_kl": 1.0, "c_marginal": float(c_marginal), "neighbours": 20.0}

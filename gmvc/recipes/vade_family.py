@@ -6,7 +6,7 @@ from gmvc.config import base_config
 
 def vade(n_clusters=10, latent_dim=10, hidden_sizes=(256, 256, 512), likelihood="auto", steps=2500,
          pretrain_steps=1000, batch_size=100, learning_rate=2e-3, c_marginal=1.0, restarts=3, gmm_options=None,
-         checkpoint_every=None, name="vade"):
+         checkpoint_every=None, scaling="auto", name="vade"):
     """VaDE in three phases: the autoencoder alone (`pretrain_steps`, prior frozen), a diagonal
     GMM fitted to the embeddings of all the data (10 fits), then the VaDE objective
     (reconstruction + mixture KL) plus `c_marginal`, the KL of the batch's mean cluster usage
@@ -18,7 +18,8 @@ def vade(n_clusters=10, latent_dim=10, hidden_sizes=(256, 256, 512), likelihood=
     most likely fit and the restart with the lowest objective.
 
     likelihood: "bernoulli" | "gaussian" | "auto" (the estimators choose from the data:
-        Bernoulli for data in [0, 1], else Gaussian); gmm_options: more init_prior settings of the
+        Bernoulli for data in [0, 1], else Gaussian); scaling: data.scaling ("auto": chosen from the
+        values, gmvc/data/prepare.py; "none": as given); gmm_options: more init_prior settings of the
         gmm_init phase (gmvc/training/phases.py); checkpoint_every: None = once, at the end.
     The defaults are gmvc.VaDE()'s; no data source is set (the estimators' data is an array).
     """
@@ -30,6 +31,7 @@ def vade(n_clusters=10, latent_dim=10, hidden_sizes=(256, 256, 512), likelihood=
     c.model.z_dim = int(latent_dim)
     c.model.hidden_sizes = tuple(int(h) for h in hidden_sizes)
     c.model.likelihood = likelihood
+    c.data.scaling = scaling
     c.objective = {"recon": 1.0, "vade_kl": 1.0, "c_marginal": float(c_marginal)}
     c.train.phases = ("pretrain", "gmm_init", "main")
     c.phases = {"pretrain": {"kind": "train", "steps": int(pretrain_steps), "objective": {"recon": 1.0},
@@ -50,7 +52,7 @@ def vade_digits():
     """VaDE on scikit-learn's 8x8 digits (1,797 x 64): the `vade` recipe with a Bernoulli
     likelihood, a network sized for this small data (64-256-256-512-10) and 3 restarts."""
     c = vade(name="vade_digits", likelihood="bernoulli", gmm_options={"kmeans_iters": 50, "em_iters": 20},
-             checkpoint_every=1250)
+             checkpoint_every=1250, scaling="none")
     c.data.source = "digits"
     return c
 
@@ -77,7 +79,7 @@ def vade_mnist5k():
     9s across the middle; the neighbour graph keeps them apart.
     """
     c = vade(name="vade_mnist5k", hidden_sizes=(500, 500, 1000), likelihood="bernoulli", steps=4000,
-             pretrain_steps=1500, restarts=1, checkpoint_every=1250)
+             pretrain_steps=1500, restarts=1, checkpoint_every=1250, scaling="none")
     c.unlock()
     c.data.source = "mnist5k"
     c.objective = dict(_MAIN["objective"])
