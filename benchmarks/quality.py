@@ -1,12 +1,12 @@
 """Clustering quality over seeds, beside k-means, a full-covariance GMM and UMAP + GMM.
 
-    python benchmarks/quality.py --dev --seeds=10 --out=quality.json    # the default recipe, 6 sets
+    python benchmarks/quality.py --dev --seeds=10 --out=quality.json    # the cluster recipe, 6 sets
     python benchmarks/quality.py --dev=moons,iris --seeds=3
     python benchmarks/quality.py --config=configs/vade_digits.py --seeds=5
     python benchmarks/quality.py --config=configs/vade_digits.py --config=configs/vade_mnist5k.py \
         --seeds=10 --set=train.restarts=1 --out=quality.json --workdir=runs/quality
 
---dev runs configs/cluster.py, the default recipe, as a user would on their own data: each
+--dev runs configs/cluster.py, the recipe for unseen data, as a user would on their own data: each
 development set is written to an .npz file and read through `data.source=file:...` with only
 the source and model.num_clusters set. The sets: spiral (5 arms), moons
 (make_moons(2000, noise=0.05, random_state=0)), iris and breast_cancer (scikit-learn,
@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", action="append", default=[], help="config file (repeatable)")
     p.add_argument("--dev", nargs="?", const=",".join(DEV_SETS), default="",
-                   help=f"development sets for the default recipe (comma-separated; alone: all of {list(DEV_SETS)})")
+                   help=f"development sets for configs/cluster.py (comma-separated; alone: all of {list(DEV_SETS)})")
     p.add_argument("--seeds", type=int, default=5, help="seeds first..first+N-1")
     p.add_argument("--first-seed", type=int, default=0,
                    help="the first seed (to add seeds to an earlier measurement; merge the per_seed lists)")
