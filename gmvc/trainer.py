@@ -58,6 +58,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
     announce = auto_likelihood or config.data.scaling != "none"
     config, data, scaling = prepare.resolve(config, data)      # data.scaling and "auto" chosen from the data
     config, notes = rules.fit_to_data(config, len(data.x), data.x.shape[1:])
+    notes = [prepare.describe(config, scaling, auto_likelihood)] * announce + [f"rule: {n}" for n in notes]
     validate(config, data)
     held = workdir_lib.lock(workdir) if main_process else None      # one run at a time in a workdir
     try:
@@ -65,7 +66,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
             workdir_lib.check_same_config(workdir, config_lib.to_dict(config))
         with interrupt.graceful(jax.process_count() == 1):
             bar = (echo is print and attended()) if bar is None else bar
-            inputs = (data, scaling, auto_likelihood, announce, notes)
+            inputs = (data, scaling, notes)
             return _train(config, workdir, inputs, echo if main_process else _silent, write_outputs, bar and main_process)
     finally:
         if held is not None:
@@ -74,7 +75,7 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
 
 def _train(config, workdir, inputs, echo, write_outputs, bar):
     main_process = jax.process_index() == 0
-    data, scaling, auto_likelihood, announce, notes = inputs
+    data, scaling, notes = inputs          # notes: how the run reads its data, one line each
     ctx = context.build(config, data)
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
     step = ckpt.latest_valid_step(echo)
@@ -83,10 +84,8 @@ def _train(config, workdir, inputs, echo, write_outputs, bar):
         export.write_json(workdir / "config.json", config_lib.to_dict(config))
         if scaling.kind != "none":
             prepare.save(scaling, workdir)
-    if announce:
-        echo(prepare.describe(config, scaling, auto_likelihood), flush=True)
     for note in notes:
-        echo(f"rule: {note}", flush=True)
+        echo(note, flush=True)
     params_like = jax.eval_shape(lambda r: init_params(ctx.model.init, r, config.train.restarts), ctx.rngs["init"])
     with contextlib.ExitStack() as cleanup:
         # The phases compile in a background thread from here on, while the parameters initialise.

@@ -3,6 +3,7 @@ import jax
 import numpy as np
 
 from gmvc.core.batching import make_predict
+from gmvc.training.embedding_phases import partition_imbalance as sizes_imbalance
 
 RESTART_CHOICES = ("objective", "balance")
 
@@ -28,11 +29,11 @@ def choose_restart(config, runner, model, stacked_params, x):
 
 
 def partition_imbalance(log_gamma):
-    """KL of the hard partition's cluster sizes from the uniform; NaN responsibilities give NaN."""
+    """KL of the hard partition's cluster sizes from the uniform (embedding_phases'
+    partition_imbalance of the argmax counts); NaN responsibilities give NaN."""
     if not np.all(np.isfinite(log_gamma)):
         return float("nan")
-    sizes = np.bincount(np.argmax(log_gamma, axis=1), minlength=log_gamma.shape[1]) / len(log_gamma)
-    return float(np.log(len(sizes)) + np.sum(sizes * np.log(np.maximum(sizes, 1e-30))))
+    return sizes_imbalance(np.bincount(np.argmax(log_gamma, axis=1), minlength=log_gamma.shape[1]))
 
 
 def describe_choice(choice, restarts):

@@ -9,7 +9,7 @@ import numpy as np
 
 from gmvc.core.batching import make_embed
 from gmvc.core.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_merged, fit_diag_gmm_smoothed,
-                                    kl_to_uniform, mean_log_likelihood)
+                                    mean_log_likelihood)
 from gmvc.core.neighbours import agreement, knn_table
 from gmvc.training.phases import program_key
 
@@ -38,7 +38,7 @@ class EmbeddingPhases:
         if spec["method"] == "minibatch":
             n = prior_fit_rows(spec, len(x))
             x = x[np.asarray(jax.random.permutation(jax.random.fold_in(rng, 0), len(x)))[:n]]
-        priors, self.groups, self.anchors, self.within = [], [], [], []
+        priors, self.pulled = [], []      # pull: per restart (table [N, m], groups [N], share of links within)
         for r in range(self.restarts):
             params_r = jax.tree.map(lambda a: a[r], params)
             z = self.embed(params_r, x)
@@ -49,9 +49,9 @@ class EmbeddingPhases:
             if spec["pull"]:
                 new, groups = new
                 groups = np.asarray(groups)
-                self.groups.append(groups)
-                self.anchors.append(anchors(np.asarray(z), groups, self.model.num_clusters, spec["pull"]))
-                self.within.append(float(np.mean(groups[np.asarray(table[r])] == groups[:, None])))
+                group_anchors = anchors(np.asarray(z), groups, self.model.num_clusters, spec["pull"])
+                self.pulled.append((group_anchors[groups], groups,
+                                    float(np.mean(groups[np.asarray(table[r])] == groups[:, None]))))
             if spec["keep_current"]:
                 new = keep_or_replace(phase, params_r["prior"], new, z, note, echo, current)
             priors.append(jax.device_get(new))
@@ -82,11 +82,12 @@ class EmbeddingPhases:
         mean embedding), which the `neighbours` term of the next train phases reads in place of
         nearest neighbours: each group is pulled into the component its anchors hold (group g
         is the prior's component g), so groups of any shape keep apart. `labels` only report."""
-        tables = np.stack([a[groups] for a, groups in zip(self.anchors, self.groups)])
+        tables = np.stack([table for table, _, _ in self.pulled])
         if echo:
-            sizes = sorted(np.bincount(self.groups[0]).tolist(), reverse=True)
+            _, groups, within = self.pulled[0]
+            sizes = sorted(np.bincount(groups).tolist(), reverse=True)
             shared = "" if labels is None else f"; {agreement(tables[0], labels):.1%} share its label (reported only)"
-            echo(f"phase {name!r}: the merged partition's group sizes {sizes}, {self.within[0]:.1%} of the neighbour "
+            echo(f"phase {name!r}: the merged partition's group sizes {sizes}, {within:.1%} of the neighbour "
                  f"links within a group; each sample pulled to its group's {tables.shape[2]} anchors{shared}",
                  flush=True)
         return tables
@@ -163,8 +164,10 @@ def uses_current(spec):
 
 
 def partition_imbalance(sizes):
-    """KL of a partition's cluster sizes [K] from the uniform: 0 when every component is used equally."""
-    return float(kl_to_uniform(np.asarray(sizes) / np.sum(sizes)))
+    """KL of a partition's cluster sizes [K] from the uniform: 0 when every component is used
+    equally (on the host, in float64)."""
+    p = np.asarray(sizes, np.float64) / np.sum(sizes)
+    return float(np.log(len(p)) + np.sum(p * np.log(np.maximum(p, 1e-30))))
 
 
 def keep_or_replace(phase, current, new, z, note="", echo=None, current_report=None):
