@@ -26,7 +26,7 @@ from gmvc.run.checkpoint import Checkpointer
 from gmvc.run.progress import Progress, attended
 from gmvc.run.restore import check_run_exists, load_trained, restore_state
 from gmvc.training import context, interrupt, parallel
-from gmvc.training.phases import fit_reads_table, neighbour_k, resume_index, uses_neighbours
+from gmvc.training.phases import fit_reads_table, neighbour_k, resume_index, uses_groups, uses_neighbours
 from gmvc.training.state import create_state, init_params
 from gmvc.training.warmup import start_warmup
 from gmvc.errors import Interrupted, TrainingError
@@ -40,6 +40,7 @@ class Position(NamedTuple):
     opt_state: object       # the resumed phase's optimizer state, else None
     table: object           # the neighbour table [R, N, k], or None
     resume_at: int          # index of the phase a checkpoint resumes, or -1 for a new run
+    groups: object = None   # each sample's group [R, N] for the `pin` term, or None
 
 
 def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=True, bar=None):
@@ -138,11 +139,13 @@ def start(ctx, ckpt, step, resume_at, workdir, echo):
     phase = ctx.phases[resume_at]
     like_table = (np.zeros((config.train.restarts, len(ctx.x_train), neighbour_k(ctx.phases, resume_at)), np.int32)
                   if uses_neighbours(phase.spec) else None)
-    like = create_state(params, ctx.runners[phase.name].tx, neighbours=like_table)
+    like_groups = np.zeros((config.train.restarts, len(ctx.x_train)), np.int32) if uses_groups(phase.spec) else None
+    like = create_state(params, ctx.runners[phase.name].tx, neighbours=like_table, groups=like_groups)
     restored = restore_state(ckpt, step, ctx.layout, like)
     echo(f"Resuming from checkpoint {ckpt.path(step)} (step {step} of {config.train.steps}, "
          f"phase {phase.name!r})", flush=True)
-    return Position(step, restored["params"], restored["opt_state"], restored.get("neighbours"), resume_at)
+    return Position(step, restored["params"], restored["opt_state"], restored.get("neighbours"), resume_at,
+                    restored.get("groups"))
 
 
 def run_phases(ctx, position, logs, warm, echo):
@@ -167,7 +170,7 @@ def run_phases(ctx, position, logs, warm, echo):
             if not phase.spec["keep_current"]:     # otherwise init_prior said which prior it kept
                 echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings "
                      f"({phase.spec['method']})", flush=True)
-            position = position._replace(params=params)
+            position = position._replace(params=params, groups=ctx.embedding.groups)
             if phase.spec["pull"]:
                 table = ctx.embedding.pull_table(ctx.y_train, echo, phase.name)
                 position = position._replace(table=table)
@@ -187,11 +190,13 @@ def train_phase(ctx, index, position, logs):
     phase = ctx.phases[index]
     runner = ctx.runners[phase.name]
     table = position.table if uses_neighbours(phase.spec) else None
+    groups = position.groups if uses_groups(phase.spec) else None
     if index == position.resume_at:
         state = create_state(position.params, runner.tx, position.step, opt_state=position.opt_state,
-                             neighbours=table)
+                             neighbours=table, groups=groups)
     else:
-        state = create_state(position.params, runner.tx, position.step, neighbours=table, init_opt=runner.init_opt)
+        state = create_state(position.params, runner.tx, position.step, neighbours=table, init_opt=runner.init_opt,
+                             groups=groups)
     state = runner.run(parallel.put_state(ctx.layout, state), ctx.x_device, ctx.rngs["train"], *logs)
     state = parallel.get_state(ctx.layout, state)              # one host copy between phases
     return position._replace(step=int(state["step"]), params=state["params"], opt_state=state["opt_state"])

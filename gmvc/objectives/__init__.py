@@ -4,15 +4,16 @@ import jax
 import jax.numpy as jnp
 
 from gmvc.errors import ConfigError
-from gmvc.objectives.terms import BATCH_TERMS, NEIGHBOUR_TERMS, TERMS, neighbour_options
+from gmvc.objectives.terms import BATCH_TERMS, GROUP_TERMS, NEIGHBOUR_TERMS, TERMS, neighbour_options
 from gmvc.core.schedules import make_schedule
 
 
-def make_batch(data, neighbours=None):
+def make_batch(data, neighbours=None, groups=None):
     """The one shape of batch an objective reads: {"data": the model's inputs of the batch (an
     array [B, ...], or {"x", "y"} for a model conditioned on labels), "neighbours": the inputs of
-    one nearest neighbour of each sample (the same shape), or None}."""
-    return {"data": data, "neighbours": neighbours}
+    one nearest neighbour of each sample (the same shape), or None, "groups": each sample's group
+    [B] in the last init_prior phase's partition (the `pin` term), or None}."""
+    return {"data": data, "neighbours": neighbours, "groups": groups}
 
 
 def make_objective(model, weights, term_options, axis_name=None):
@@ -22,7 +23,7 @@ def make_objective(model, weights, term_options, axis_name=None):
     data axis when the loss runs per device on a slice of the batch; whole-batch statistics
     (BATCH_TERMS) then gather the batch over it. `batch` is make_batch's; with neighbours, their
     responsibilities join `out` as "nbr_log_gamma"; without (a score on the whole data, the
-    validation ELBO) the NEIGHBOUR_TERMS are left out.
+    validation ELBO) the NEIGHBOUR_TERMS are left out, and without groups the GROUP_TERMS.
     """
     weights, term_options = dict(weights), {k: dict(v) for k, v in dict(term_options).items()}
     unknown = sorted(set(weights) - set(TERMS))
@@ -44,9 +45,11 @@ def make_objective(model, weights, term_options, axis_name=None):
         if nbr is not None and wants_neighbours:
             nbr_params = jax.lax.stop_gradient(params) if fixed_neighbours else params
             out["nbr_log_gamma"] = model.predict(nbr_params, nbr)["log_gamma"]
+        if batch.get("groups") is not None:
+            out["groups"] = batch["groups"]
         loss, aux = jnp.float32(0.0), {}
         for name, term in terms.items():
-            if name in NEIGHBOUR_TERMS and "nbr_log_gamma" not in out:
+            if (name in NEIGHBOUR_TERMS and "nbr_log_gamma" not in out) or (name in GROUP_TERMS and "groups" not in out):
                 continue
             value, term_aux = term(params, batch, out, rng)
             loss = loss + schedules[name](step) * value

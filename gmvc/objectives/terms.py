@@ -193,9 +193,23 @@ def make_neighbours(opts):
     return neighbours
 
 
+def make_pin(opts):
+    """-log q(c = g | x): the cross-entropy of a sample's responsibilities to its group g in the
+    partition the last init_prior phase found (its merged groups where it over-clustered, else
+    each embedding's most likely component; EmbeddingPhases.groups). Group g is the prior's
+    component g, so the term holds each group in its own component while VaDE trains, where the
+    `neighbours` term alone lets two groups drift into one component."""
+    def pin(params, batch, out, rng):
+        log_gamma = out["log_gamma"]
+        picked = jnp.take_along_axis(log_gamma, out["groups"][:, None].astype(jnp.int32), axis=-1)[:, 0]
+        return -jnp.mean(picked), {}
+    return pin
+
+
 NEIGHBOUR_TERMS = {"neighbours"}   # need a batch with neighbours; left out of whole-data scores
+GROUP_TERMS = {"pin"}              # need a batch with groups; left out of whole-data scores
 BATCH_TERMS = ("c_marginal", "mmd", "c_prior")   # statistics of the whole batch, not per-sample means
 
 TERMS = {"recon": make_recon, "kl_z": make_kl_z, "cond_prior": make_cond_prior, "w_prior": make_w_prior,
          "c_prior": make_c_prior, "cv": make_cv, "c_marginal": make_c_marginal,
-         "vade_kl": make_vade_kl, "mmd": make_mmd, "neighbours": make_neighbours}
+         "vade_kl": make_vade_kl, "mmd": make_mmd, "neighbours": make_neighbours, "pin": make_pin}

@@ -9,7 +9,7 @@ _KNN = {"kind": "neighbours", "k": 3}
 
 def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, latent_dim=10,
             hidden_sizes=(500, 500, 1000), learning_rate=2e-3, c_marginal=20.0, likelihood="auto", sigma=0.1,
-            restarts=1, checkpoint_every=None, name="cluster"):
+            pin=0.0, restarts=1, checkpoint_every=None, name="cluster"):
     """Pretraining, then three rounds of (neighbours, mixture fit, VaDE):
 
     1. an autoencoder alone for `pretrain_steps` (batch 256; images augmented by small shifts);
@@ -42,6 +42,8 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, late
     c.model.sigma = float(sigma)
     balanced = float(c_marginal) > 0
     main_objective = {"recon": 1.0, "vade_kl": 1.0, "c_marginal": float(c_marginal), "neighbours": 20.0}
+    if pin:
+        main_objective["pin"] = float(pin)
     c.objective = dict(main_objective)
     c.terms = {"c_prior": {"free_bits": 0.5}, "neighbours": {"stop_gradient": True}}
     fit = {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 30,

@@ -15,7 +15,7 @@ from gmvc.errors import CheckpointError
 from gmvc.models import make_model
 from gmvc.run.checkpoint import Checkpointer
 from gmvc.training import parallel
-from gmvc.training.phases import build_phases, resume_index, uses_neighbours
+from gmvc.training.phases import build_phases, resume_index, uses_groups, uses_neighbours
 from gmvc.training.state import create_state, init_params, make_optimizer
 
 EARLY_STOPPING_FILE = "early_stopping.json"
@@ -109,7 +109,9 @@ def _restore(config, workdir, model):
         phase = phases[resume_index(phases, step)]
         tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
         table_shape = ckpt.saved_shape(step, "neighbours") if uses_neighbours(phase.spec) else None
-        like = create_state(like_params, tx, neighbours=None if table_shape is None else np.zeros(table_shape, np.int32))
+        groups_shape = ckpt.saved_shape(step, "groups") if uses_groups(phase.spec) else None
+        like = create_state(like_params, tx, neighbours=None if table_shape is None else np.zeros(table_shape, np.int32),
+                            groups=None if groups_shape is None else np.zeros(groups_shape, np.int32))
         stacked = jax.tree.map(parallel.to_host, ckpt.restore(step, like)["params"])
     finally:
         ckpt.close()

@@ -5,13 +5,15 @@ along the neighbour graph), neighbours finds each sample's nearest neighbours fo
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from gmvc.core import mixture
 from gmvc.core.batching import make_embed
 from gmvc.core.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_merged, fit_diag_gmm_smoothed,
                                     mean_log_likelihood)
 from gmvc.core.neighbours import agreement, knn_table
-from gmvc.training.phases import program_key
+from gmvc.training.phases import program_key, uses_groups
 
 
 class EmbeddingPhases:
@@ -22,8 +24,10 @@ class EmbeddingPhases:
     def __init__(self, model, restarts, batch_size, phases=()):
         self.model, self.restarts = model, restarts
         self.embed = make_embed(model, batch_size)
-        self.fits = make_fits(phases, model)
-        self.balanced_fits = make_fits(phases, model, balanced=True)
+        self.pins = any(uses_groups(p.spec) for p in phases)     # some train phase reads the fits' groups
+        self.fits = make_fits(phases, model, pins=self.pins)
+        self.balanced_fits = make_fits(phases, model, balanced=True, pins=self.pins)
+        self.groups = None
 
     def init_prior(self, phase, params, x, rng, table=None, echo=None):
         """params with each restart's prior refitted to its embeddings of x (all of it for "em", at
@@ -33,12 +37,14 @@ class EmbeddingPhases:
         the cluster sizes from the uniform) gets a balanced fit, the others a plain one. With
         spec["keep_current"], a restart keeps its prior unless the new fit scores better on the
         same embeddings (keep_or_replace); `echo` reports each choice. The restarts' priors are
-        stacked on the host (numpy)."""
+        stacked on the host (numpy). When a train phase has the `pin` term, self.groups [R, N] holds
+        each restart's partition of x by the prior it keeps: the merged groups of an over-clustered
+        fit, else each embedding's most likely component."""
         spec = phase.spec
         if spec["method"] == "minibatch":
             n = prior_fit_rows(spec, len(x))
             x = x[np.asarray(jax.random.permutation(jax.random.fold_in(rng, 0), len(x)))[:n]]
-        priors, self.pulled = [], []      # pull: per restart (table [N, m], groups [N], share of links within)
+        priors, self.pulled, groups = [], [], []   # pull: per restart (table [N, m], groups [N], share of links within)
         for r in range(self.restarts):
             params_r = jax.tree.map(lambda a: a[r], params)
             z = self.embed(params_r, x)
@@ -46,22 +52,29 @@ class EmbeddingPhases:
             current = jax.device_get(prior_report(params_r["prior"], z)) if uses_current(spec) else None
             fit = self._fit(phase, current, note, echo)
             new = fit(rng, r, z, None if table is None else np.asarray(table[r]))
+            merged = None
+            if spec["overcluster"] and (spec["pull"] or self.pins):
+                new, merged = new
+                merged = np.asarray(merged)
             if spec["pull"]:
-                new, groups = new
-                groups = np.asarray(groups)
-                group_anchors = anchors(np.asarray(z), groups, self.model.num_clusters, spec["pull"])
-                self.pulled.append((group_anchors[groups], groups,
-                                    float(np.mean(groups[np.asarray(table[r])] == groups[:, None]))))
+                group_anchors = anchors(np.asarray(z), merged, self.model.num_clusters, spec["pull"])
+                self.pulled.append((group_anchors[merged], merged,
+                                    float(np.mean(merged[np.asarray(table[r])] == merged[:, None]))))
+            kept = new
             if spec["keep_current"]:
-                new = keep_or_replace(phase, params_r["prior"], new, z, note, echo, current)
-            priors.append(jax.device_get(new))
+                kept = keep_or_replace(phase, params_r["prior"], new, z, note, echo, current)
+            if self.pins:
+                groups.append(merged if kept is new and merged is not None else np.asarray(hard_partition(kept, z)))
+            priors.append(jax.device_get(kept))
+        if self.pins:
+            self.groups = np.stack(groups).astype(np.int32)
         return {**params, "prior": jax.tree.map(lambda *a: np.stack(a), *priors)}
 
     def _fit(self, phase, current, note, echo):
         """The plain fit, or the balanced one where balanced_above finds the current partition uneven."""
         spec = phase.spec
         if phase.name not in self.fits:
-            self.fits[phase.name] = prior_fit(spec, self.model)
+            self.fits[phase.name] = prior_fit(spec, self.model, self.pins)
         if spec["balanced_above"] is None:
             return self.fits[phase.name]
         uneven = partition_imbalance(current[0])
@@ -73,7 +86,7 @@ class EmbeddingPhases:
         if not balanced:
             return self.fits[phase.name]
         if phase.name not in self.balanced_fits:
-            self.balanced_fits[phase.name] = prior_fit({**spec, "balanced": True}, self.model)
+            self.balanced_fits[phase.name] = prior_fit({**spec, "balanced": True}, self.model, self.pins)
         return self.balanced_fits[phase.name]
 
     def pull_table(self, labels=None, echo=None, name=""):
@@ -118,15 +131,16 @@ def anchors(z, groups, k, m):
     return out
 
 
-def make_fits(phases, model, balanced=False):
+def make_fits(phases, model, balanced=False, pins=False):
     """{phase name: compiled fit} of the init_prior phases; phases with the same fit_key
     (vade_mnist5k's gmm_init2 and gmm_init3) share one program. `balanced`: the
     balanced fits (spec with balanced=True) of the phases with balanced_above, shared the same
-    way; each compiles at its first call, so a run whose partitions stay even never compiles one."""
+    way; each compiles at its first call, so a run whose partitions stay even never compiles one.
+    `pins`: the over-clustered fits also return their merged groups (prior_fit)."""
     specs = {p.name: {**p.spec, "balanced": True} if balanced else p.spec for p in phases
              if p.kind == "init_prior" and (not balanced or p.spec["balanced_above"] is not None)}
     by_key = {}
-    return {name: by_key.setdefault(fit_key(spec), prior_fit(spec, model)) for name, spec in specs.items()}
+    return {name: by_key.setdefault(fit_key(spec), prior_fit(spec, model, pins)) for name, spec in specs.items()}
 
 
 def fit_key(spec):
@@ -135,18 +149,19 @@ def fit_key(spec):
     return program_key({k: v for k, v in spec.items() if k not in ("keep_current", "balanced_above")})
 
 
-def prior_fit(spec, model):
+def prior_fit(spec, model, pins=False):
     """The compiled fit(rng, restart, z, table) -> prior of an init_prior phase for restart
     `restart`, whose fit draws from fold_in(rng, restart + 1) (folded inside the program: an
     eager fold_in would compile a program of its own); `table`, the neighbour table of z's rows,
-    is read only with spec["smooth"] > 0 or spec["overcluster"] > 0."""
+    is read only with spec["smooth"] > 0 or spec["overcluster"] > 0. An over-clustered fit returns
+    (prior, merged groups [N]) with spec["pull"] or `pins`."""
     fit_args = dict(kmeans_iters=spec["kmeans_iters"], em_iters=spec["em_iters"] if spec["method"] == "em" else 0,
                     n_init=spec["n_init"], select=spec["select"], balanced=spec["balanced"])
     smooth, k, over = spec["smooth"], model.num_clusters, spec["overcluster"]
     key = lambda rng, restart: jax.random.fold_in(rng, restart + 1)
     if over:
         return jax.jit(lambda rng, restart, z, table: fit_diag_gmm_merged(key(rng, restart), z, table, k, over, smooth,
-                                                                          with_groups=bool(spec["pull"]), **fit_args))
+                                                                          with_groups=bool(spec["pull"]) or pins, **fit_args))
     if smooth:
         return jax.jit(lambda rng, restart, z, table: fit_diag_gmm_smoothed(key(rng, restart), z, table, k, smooth,
                                                                            **fit_args))
@@ -194,6 +209,12 @@ def keep_or_replace(phase, current, new, z, note="", echo=None, current_report=N
              f"{'kept the current prior' if keep else 'the new fit replaces the prior'} ({what}; cluster sizes of "
              f"the {len(z)} embeddings fitted: current {sizes[0]}, new fit {sizes[1]})", flush=True)
     return current if keep else new
+
+
+@jax.jit
+def hard_partition(prior, z):
+    """Each embedding's most likely component under the prior: [N]."""
+    return jnp.argmax(mixture.log_responsibilities(z, prior["logits"], prior["means"], prior["log_vars"]), axis=1)
 
 
 @jax.jit

@@ -63,6 +63,8 @@ def build_phases(config):
                 "batch_size": config.train.batch_size}
         if uses_neighbours(spec):
             raise _no_table_error("main")
+        if uses_groups(spec):
+            raise ConfigError("the 'pin' term needs an init_prior phase before the phase that uses it (train.phases)")
         return [Phase("main", "train", 0, total, spec)]
     specs = []
     for name in config.train.phases:
@@ -76,7 +78,7 @@ def build_phases(config):
     if fixed > total or (rest and fixed == total):
         raise ConfigError(f"train.steps={total} leaves no steps for the phases {rest or ''}: the phases with "
                           f"fixed steps take {fixed}")
-    phases, step, have_table, fresh_table, prior_trained = [], 0, False, False, False
+    phases, step, have_table, fresh_table, prior_trained, prior_fitted = [], 0, False, False, False, False
     for name, spec in specs:
         if spec["kind"] == "neighbours":
             have_table = fresh_table = True
@@ -93,7 +95,7 @@ def build_phases(config):
             raise ConfigError(f"phase {name!r}: balanced_above needs a prior fitted or trained before it, whose "
                               f"partition it measures")
         if spec["kind"] == "init_prior":
-            prior_trained = True        # a fitted prior is a current prior worth keeping
+            prior_trained = prior_fitted = True        # a fitted prior is a current prior worth keeping
             if spec["pull"]:
                 have_table, fresh_table = True, False      # a table of group members, not of nearest neighbours
         elif spec["kind"] == "train":
@@ -101,6 +103,9 @@ def build_phases(config):
             fresh_table = False
             if uses_neighbours(spec) and not have_table:
                 raise _no_table_error(name)
+            if uses_groups(spec) and not prior_fitted:
+                raise ConfigError(f"phase {name!r}: the 'pin' term needs an init_prior phase before it in "
+                                  f"train.phases (it pins each sample to its group in that fit's partition)")
             # a train phase without the term does not carry the table (nor checkpoint it)
             have_table = have_table and uses_neighbours(spec)
         steps = (total - fixed if spec["steps"] < 0 else spec["steps"]) if spec["kind"] == "train" else 0
@@ -207,6 +212,12 @@ def fit_reads_table(spec):
 def uses_neighbours(spec):
     """Whether a train phase's objective reads the neighbour table (its state then carries it)."""
     return spec["kind"] == "train" and "neighbours" in spec["objective"]
+
+
+def uses_groups(spec):
+    """Whether a phase is a train phase with the `pin` term (it reads the groups of the last
+    init_prior phase's partition)."""
+    return spec["kind"] == "train" and "pin" in spec["objective"]
 
 
 def neighbour_k(phases, index):

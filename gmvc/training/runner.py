@@ -103,12 +103,13 @@ class PhaseRunner:
                                            chunk_len=t.log_every, select=select, restarts=own)
             self.run_chunk = parallel.wrap_chunk(layout, counted(chunk))
 
-    def precompile(self, params_like, x, rng, table_like=None):
+    def precompile(self, params_like, x, rng, table_like=None, groups_like=None):
         """Compile this phase's chunk ahead, from the shapes of its state (`Warmup` runs this in
         a thread while earlier phases train); the later call finds the program in JAX's cache."""
         if not self.warmable:
             return
-        state_like = jax.eval_shape(lambda p, t: create_state(p, self.tx, neighbours=t), params_like, table_like)
+        state_like = jax.eval_shape(lambda p, t, g: create_state(p, self.tx, neighbours=t, groups=g), params_like,
+                                    table_like, groups_like)
         sharding = (jax.sharding.SingleDeviceSharding(self.layout.devices[0]) if self.layout.mode == "single"
                     else jax.sharding.NamedSharding(self.layout.mesh, jax.sharding.PartitionSpec()))
         state_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), state_like)

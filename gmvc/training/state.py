@@ -59,15 +59,18 @@ def opt_init(tx):
     return jax.jit(jax.vmap(tx.init))
 
 
-def create_state(params, tx, step=0, opt_state=None, neighbours=None, init_opt=None):
+def create_state(params, tx, step=0, opt_state=None, neighbours=None, init_opt=None, groups=None):
     """{"step": scalar, "params": [R, ...], "opt_state": [R, ...]} (a fresh opt_state unless given,
     from `init_opt`, opt_init(tx), when it was compiled ahead), and "neighbours": [R, N, k] for a
-    phase that uses the neighbour table (gmvc/core/neighbours.py)."""
+    phase that uses the neighbour table (gmvc/core/neighbours.py), "groups": [R, N] for a phase
+    with the `pin` term (each sample's group in the last init_prior phase's partition)."""
     fresh = lambda: (init_opt or opt_init(tx))(params)
     state = {"step": _int32(step), "params": params,
              "opt_state": fresh() if opt_state is None else opt_state}
     if neighbours is not None:
         state["neighbours"] = _int32(neighbours)
+    if groups is not None:
+        state["groups"] = _int32(groups)
     return state
 
 

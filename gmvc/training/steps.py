@@ -55,7 +55,7 @@ def make_restarts_step(train_step, restarts, own_batches=False):
 
         ids = state.get("noise_ids", jnp.arange(restarts))
         rngs = jax.vmap(lambda r: mixture.fold_in(rng, r))(ids)     # [R] keys, or [R, B] per sample
-        batch_axes = 0 if own_batches else {"data": None, "neighbours": 0}
+        batch_axes = 0 if own_batches else {"data": None, "neighbours": 0, "groups": 0}
         params, opt_state, aux = jax.vmap(one, in_axes=(0, 0, 0, 0, batch_axes))(
             state["params"], state["opt_state"], state.get("hyper"), rngs, batch)
         return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, aux   # aux leaves [R]
@@ -82,7 +82,7 @@ def make_lifted_step(loss_fn, tx, restarts, axis_name=None, own_batches=False):
     one = make_train_step(first, tx, axis_name=axis_name)
 
     def single_step(state, batch, rng, start=0, measure=True):
-        batch = {**batch, "neighbours": jax.tree.map(lambda a: a[0], batch["neighbours"])}
+        batch = {**batch, **{key: jax.tree.map(lambda a: a[0], batch[key]) for key in ("neighbours", "groups")}}
         new_state, aux = one(state, batch, mixture.fold_in(rng, 0), start, measure)
         return new_state, jax.tree.map(lambda a: a[None], aux)      # aux leaves [1], as the vmapped step's
 
@@ -121,19 +121,23 @@ def assemble_batch(state, x, idx, keys, select):
     """(batch, this device's keys) for the global batch `idx` [B] and its per-sample keys; the
     batch is objectives.make_batch's: its rows, and when the state carries a neighbour table
     [R, N, k] (gmvc/core/neighbours.py) one drawn neighbour of each row per restart [R, B, ...]
-    (else None). `idx` [R, B], one batch per restart, gives rows [R, B, ...] as well
+    (else None), and when it carries groups [R, N] (the `pin` term) each row's group [R, B]. `idx` [R, B], one batch per restart, gives rows [R, B, ...] as well
     (make_restarts_step's `own_batches`)."""
     own = idx.ndim == 2
     if own:
         batch, local_keys = jax.vmap(lambda i: select(x, i, keys), out_axes=(0, None))(idx)
     else:
         batch, local_keys = select(x, idx, keys)
-    if "neighbours" not in state:
-        return make_batch(batch), local_keys
-    rows = idx if own else jnp.broadcast_to(idx, (state["neighbours"].shape[0],) + idx.shape)
-    nbr_idx = jax.vmap(lambda table, i: neighbours.draw(table, i, keys))(state["neighbours"], rows)   # [R, B]
-    nbr = jax.vmap(lambda i: select(x, i, keys)[0])(nbr_idx)
-    return make_batch(batch, nbr), local_keys
+    nbr = groups = None
+    if "neighbours" in state:
+        rows = idx if own else jnp.broadcast_to(idx, (state["neighbours"].shape[0],) + idx.shape)
+        nbr_idx = jax.vmap(lambda table, i: neighbours.draw(table, i, keys))(state["neighbours"], rows)   # [R, B]
+        nbr = jax.vmap(lambda i: select(x, i, keys)[0])(nbr_idx)
+    if "groups" in state:
+        rows = idx if own else jnp.broadcast_to(idx, (state["groups"].shape[0],) + idx.shape)
+        # select slices per-sample arrays given in place of the keys to this device's share of the batch
+        groups = jax.vmap(lambda g, i: select(x, i, g[i])[1])(state["groups"], rows)                       # [R, b]
+    return make_batch(batch, nbr, groups), local_keys
 
 
 def step_keys(step_rng, step, batch_size):

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from gmvc.training.embedding_phases import prior_fit_rows
-from gmvc.training.phases import fit_reads_table, neighbour_k, uses_neighbours
+from gmvc.training.phases import fit_reads_table, neighbour_k, uses_groups, uses_neighbours
 
 COMPILE_AHEAD = {"on": True, "true": True, "off": False, "false": False}
 
@@ -71,7 +71,10 @@ def start_warmup(ctx, params_like, start_at):
                 continue            # its program is an earlier phase's, compiled (or queued) already
             table_like = (jax.ShapeDtypeStruct((config.train.restarts, len(x_rows), neighbour_k(ctx.phases, i)),
                                                np.int32) if uses_neighbours(phase.spec) else None)
-            warm.submit(phase.name, runner.precompile, params_like, ctx.x_device, ctx.rngs["train"], table_like)
+            groups_like = (jax.ShapeDtypeStruct((config.train.restarts, len(x_rows)), np.int32)
+                           if uses_groups(phase.spec) else None)
+            warm.submit(phase.name, runner.precompile, params_like, ctx.x_device, ctx.rngs["train"], table_like,
+                        groups_like)
         elif phase.kind == "init_prior":
             x_like = jax.ShapeDtypeStruct((prior_fit_rows(phase.spec, len(x_rows)), *x_rows.shape[1:]), x_rows.dtype)
             z_like = jax.eval_shape(ctx.model.embed, one_like, x_like)
