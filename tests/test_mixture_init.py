@@ -311,12 +311,31 @@ def test_cluster_counts_do_not_depend_on_the_chunking():
     assert whole.sum() == 1000 and whole.min() > 150
 
 
-def test_normalized_cut_counts_the_links_that_leave_each_group():
-    from gmvc.core.mixture_init import normalized_cut
+def test_partition_modularity_counts_the_links_kept_within_against_the_sizes():
+    from gmvc.core.mixture_init import partition_modularity
     # rows 0-2 link among themselves, rows 3-5 too, except row 2's second link and row 5's, which cross
     table = jnp.array([[1, 2], [0, 2], [0, 3], [4, 5], [3, 5], [3, 0]])
     groups = jnp.array([0, 0, 0, 1, 1, 1])
-    assert float(normalized_cut(groups, table, 2)) == pytest.approx(1 / 6 + 1 / 6)
-    assert float(normalized_cut(groups, table, 3)) == pytest.approx(1 / 3 + 1.0)     # an empty group counts 1
-    mixed = jnp.array([0, 1, 0, 1, 0, 1])
-    assert float(normalized_cut(mixed, table, 2)) > float(normalized_cut(groups, table, 2))
+    assert float(partition_modularity(groups, table, 2)) == pytest.approx(10 / 12 - 0.5)
+    assert float(partition_modularity(groups, table, 3)) == pytest.approx(10 / 12 - 0.5)   # an empty group adds 0
+    assert float(partition_modularity(jnp.array([0, 1, 0, 1, 0, 1]), table, 2)) == pytest.approx(4 / 12 - 0.5)
+    assert float(partition_modularity(jnp.zeros(6, jnp.int32), table, 2)) == pytest.approx(0.0)   # one group
+
+
+def test_modularity_linkage_holds_back_what_average_linkage_merges_first():
+    """Four components: A and B one row each, linked to each other (2 links per pair of members:
+    average linkage 2); C and D ten rows each, each row linking once inside its own component and
+    once to the other (20 links, 0.2 per pair). Average linkage joins A and B; modularity, which
+    weighs the links against the components' degrees (3, 3, 21, 21 of 48), joins C and D."""
+    from gmvc.core.mixture_init import merge_by_neighbours
+    c, d = np.arange(2, 12), np.arange(12, 22)
+    table = np.zeros((22, 2), np.int32)
+    table[0], table[1] = [1, 2], [0, 12]
+    table[c] = np.stack([np.roll(c, 1), d], 1)
+    table[d] = np.stack([np.roll(d, 1), c], 1)
+    assign = jnp.asarray(np.r_[0, 1, np.full(10, 2), np.full(10, 3)])
+    average = np.asarray(merge_by_neighbours(assign, jnp.asarray(table), 4, 3, "average"))
+    modular = np.asarray(merge_by_neighbours(assign, jnp.asarray(table), 4, 3, "modularity"))
+    assert average.tolist() == [0, 0, 1, 2] and modular.tolist() == [0, 1, 2, 2]
+    with pytest.raises(ValueError, match="unknown linkage 'single'"):
+        merge_by_neighbours(assign, jnp.asarray(table), 4, 3, "single")

@@ -146,7 +146,8 @@ def moments(z, resp_fn, k, chunk_size=None):
     return {"logits": jnp.log(counts / counts.sum()), "means": means, "log_vars": jnp.log(m2 / counts[:, None] + MIN_VAR)}
 
 
-SELECTIONS = ("likelihood", "balance", "cut")     # "cut": over-clustered fits only (fit_diag_gmm_merged)
+SELECTIONS = ("likelihood", "balance", "modularity")   # "modularity": over-clustered fits only (fit_diag_gmm_merged)
+LINKAGES = ("average", "modularity", "both")            # fit_diag_gmm_merged's merges (merge_by_neighbours)
 
 
 def check_selection(select):
@@ -289,75 +290,97 @@ def moments_of_raw(zs, z, resp_fn, k, chunk_size=None):
     return {"logits": both["logits"], "means": both["means"][:, d:], "log_vars": both["log_vars"][:, d:]}
 
 
-def merge_by_neighbours(assign, table, k_from, k):
+def merge_by_neighbours(assign, table, k_from, k, linkage="average"):
     """Agglomerate a partition into k groups along the neighbour graph: `assign` [N] labels in
     [0, k_from), `table` [N, n] the rows' nearest neighbours. Each of k_from - k steps merges the
-    two groups with the most neighbour links per pair of their members (average linkage; an empty
-    group merges first). Returns [k_from] -> group in [0, k), numbered in order of the groups'
-    lowest label. The neighbour graph tells apart classes that a Gaussian fit of the embedding
-    splits across the middle: on 5,000 MNIST codes 4s and 9s are 97% linearly separable and 93%
-    of their neighbours share their digit, while every 2-component fit of the pair cuts it into
-    two halves of mixed digits (docs/results.md)."""
-    links = jnp.zeros((k_from, k_from), jnp.float32).at[assign[:, None], assign[table]].add(1.0)
-    links = links + links.T
-    sizes = jnp.zeros(k_from, jnp.float32).at[assign].add(1.0)
+    two groups with the highest score (an empty group merges first). linkage "average": the
+    neighbour links per pair of their members, L_ij / (n_i n_j); "modularity": the links beyond
+    what the groups' degrees predict, L_ij / M - d_i d_j / M^2 (greedy modularity on the graph of
+    the k_from components: L_ij the links between groups i and j, d_i the links of group i's
+    components to other components, M their sum). Average linkage is slow to merge a small group
+    that few links reach; modularity merges it early and holds back the merge of two large
+    groups. Returns [k_from] -> group in [0, k), numbered in order of the groups' lowest label.
+    The neighbour graph tells apart classes that a Gaussian fit of the embedding splits across
+    the middle: on 5,000 MNIST codes 4s and 9s are 97% linearly separable and 93% of their
+    neighbours share their digit, while every 2-component fit of the pair cuts it into two
+    halves of mixed digits (docs/results.md)."""
+    if linkage not in ("average", "modularity"):
+        raise ValueError(f"unknown linkage {linkage!r}; known: ['average', 'modularity']")
     eye = jnp.eye(k_from, dtype=bool)
+    links = jnp.zeros((k_from, k_from), jnp.float32).at[assign[:, None], assign[table]].add(1.0)
+    links = jnp.where(eye, 0.0, links + links.T)
+    sizes = jnp.zeros(k_from, jnp.float32).at[assign].add(1.0)
+    degrees = links.sum(axis=1)                   # a merged group's is the sum of its parts'
+    total = jnp.maximum(degrees.sum(), 1.0)
 
     def merge(_, carry):
-        links, sizes, alive, group = carry
+        links, sizes, degrees, alive, group = carry
         pair = alive[:, None] & alive[None, :] & ~eye
         empty = (sizes[:, None] == 0) | (sizes[None, :] == 0)
-        score = jnp.where(empty, jnp.inf, links / jnp.maximum(sizes[:, None] * sizes[None, :], 1.0))
-        flat = jnp.argmax(jnp.where(pair, score, -1.0))
+        if linkage == "modularity":
+            score = links / total - degrees[:, None] * degrees[None, :] / total ** 2
+        else:
+            score = links / jnp.maximum(sizes[:, None] * sizes[None, :], 1.0)
+        score = jnp.where(empty, jnp.inf, score)
+        flat = jnp.argmax(jnp.where(pair, score, -jnp.inf))
         i, j = jnp.minimum(flat // k_from, flat % k_from), jnp.maximum(flat // k_from, flat % k_from)
         links = links.at[i].add(links[j]).at[:, i].add(links[:, j])
-        links = links.at[j].set(0.0).at[:, j].set(0.0)
+        links = jnp.where(eye, 0.0, links.at[j].set(0.0).at[:, j].set(0.0))
         sizes = sizes.at[i].add(sizes[j]).at[j].set(0.0)
-        return links, sizes, alive.at[j].set(False), jnp.where(group == j, i, group)
+        degrees = degrees.at[i].add(degrees[j]).at[j].set(0.0)
+        return links, sizes, degrees, alive.at[j].set(False), jnp.where(group == j, i, group)
 
-    carry = (links, sizes, jnp.ones(k_from, bool), jnp.arange(k_from))
-    _, _, alive, group = jax.lax.fori_loop(0, k_from - k, merge, carry)
+    carry = (links, sizes, degrees, jnp.ones(k_from, bool), jnp.arange(k_from))
+    _, _, _, alive, group = jax.lax.fori_loop(0, k_from - k, merge, carry)
     return (jnp.cumsum(alive) - 1)[group]
 
 
-def normalized_cut(groups, table, k):
-    """The normalized cut of a partition `groups` [N] (labels in [0, k)) of the neighbour graph
-    `table` [N, n]: the sum over groups of the share of their members' neighbour links that leave
-    the group (0 when no link crosses; an empty group counts 1, as if all its links left)."""
-    out = (groups[table] != groups[:, None]).sum(axis=1).astype(jnp.float32)            # [N]
-    cut = jnp.zeros(k, jnp.float32).at[groups].add(out)
-    links = jnp.zeros(k, jnp.float32).at[groups].add(float(table.shape[1]))
-    return jnp.sum(jnp.where(links > 0, cut / jnp.maximum(links, 1.0), 1.0))
+def partition_modularity(groups, table, k):
+    """The modularity of a partition `groups` [N] (labels in [0, k)) of the neighbour graph
+    `table` [N, n]: the share of links that stay within a group, less the share the group sizes
+    predict, sum_g (n_g / N)^2. High when the groups keep their links inside without being one
+    big group; it assumes no group sizes."""
+    inside = (groups[table] == groups[:, None]).astype(jnp.float32)
+    share = jnp.zeros(k, jnp.float32).at[groups].add(1.0) / groups.shape[0]
+    return jnp.mean(inside) - jnp.sum(share ** 2)
 
 
 def fit_diag_gmm_merged(rng, z, table, k, over, smooth=0, n_init=1, select="likelihood", chunk_size=None,
-                        with_groups=False, **fit_kwargs):
+                        with_groups=False, linkage="average", **fit_kwargs):
     """A k-component prior from an over-clustered fit: a diagonal GMM of `over` > k components on
     the embeddings (smoothed `smooth` times along the neighbour graph, as fit_diag_gmm_smoothed),
-    its components merged into k groups along the neighbour graph (merge_by_neighbours, each
-    embedding counted in its most likely component), then one M-step on the embeddings
-    themselves with each group's responsibility the sum of its components'. With n_init > 1,
-    that many such fits run together and one is kept by `select` on z, as in fit_diag_gmm, or
-    with select="cut" the one whose merged partition cuts the neighbour graph least
-    (normalized_cut).
+    its components merged into k groups along the neighbour graph (merge_by_neighbours with
+    `linkage`, each embedding counted in its most likely component), then one M-step on the
+    embeddings themselves with each group's responsibility the sum of its components'. With
+    n_init > 1, that many such fits run together and one is kept by `select` on z, as in
+    fit_diag_gmm, or with select="modularity" the one whose merged partition has the highest
+    partition_modularity on the neighbour graph. linkage="both" merges each fit both ways, which
+    makes 2 n_init candidates.
     `with_groups`: also return the kept fit's merged partition [N] (each embedding's group), which
     follows the neighbour graph where the k Gaussians of the prior cannot (two moons).
     Memory: beside the passes bounded by the chunk, the hard assignment reads the [N, over]
     responsibilities at once, as the neighbour table [N, k] is held whole anyway."""
     check_selection(select)
+    if linkage not in LINKAGES:
+        raise ValueError(f"unknown linkage {linkage!r}; known: {list(LINKAGES)}")
     zs = smooth_embeddings(z, table, smooth) if smooth else z
+    ways = ("average", "modularity") if linkage == "both" else (linkage,)
 
     def one(key):
         fit = fit_diag_gmm(key, zs, over, n_init=1, chunk_size=chunk_size, **fit_kwargs)
         log_resp = lambda rows: mixture.log_responsibilities(rows, fit["logits"], fit["means"], fit["log_vars"])
         best = jnp.argmax(log_resp(zs), axis=1)
-        group = merge_by_neighbours(best, table, over, k)
-        to_group = jax.nn.one_hot(group, k, dtype=z.dtype)     # [over, k]
-        return moments_of_raw(zs, z, lambda rows: jnp.exp(log_resp(rows)) @ to_group, k, chunk_size), group[best]
+        out = []
+        for way in ways:
+            to_group = jax.nn.one_hot(merge_by_neighbours(best, table, over, k, way), k, dtype=z.dtype)   # [over, k]
+            out.append((moments_of_raw(zs, z, lambda rows: jnp.exp(log_resp(rows)) @ to_group, k, chunk_size),
+                        jnp.argmax(to_group, axis=1)[best]))
+        return jax.tree.map(lambda *a: jnp.stack(a), *out)
 
-    fits, groups = jax.vmap(one)(jax.random.split(rng, n_init))
-    if select == "cut":
-        i = jnp.argmin(jax.vmap(lambda g: normalized_cut(g, table, k))(groups))
+    fits, groups = jax.vmap(one)(jax.random.split(rng, n_init))      # [n_init, ways, ...]
+    fits, groups = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), (fits, groups))
+    if select == "modularity":
+        i = jnp.argmax(jax.vmap(lambda g: partition_modularity(g, table, k))(groups))
     else:
         i = select_index(fits, z, select, chunk_size)
     prior = jax.tree.map(lambda a: a[i], fits)

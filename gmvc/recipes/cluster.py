@@ -9,7 +9,7 @@ _KNN = {"kind": "neighbours", "k": 3}
 
 def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, latent_dim=10,
             hidden_sizes=(500, 500, 1000), learning_rate=2e-3, c_marginal=20.0, likelihood="auto", sigma=0.1,
-            pin=0.0, restarts=1, checkpoint_every=None, name="cluster"):
+            pin=0.0, linkage="average", select=None, restarts=1, checkpoint_every=None, name="cluster"):
     """Pretraining, then three rounds of (neighbours, mixture fit, VaDE):
 
     1. an autoencoder alone for `pretrain_steps` (batch 256; images augmented by small shifts);
@@ -47,7 +47,7 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, late
     c.objective = dict(main_objective)
     c.terms = {"c_prior": {"free_bits": 0.5}, "neighbours": {"stop_gradient": True}}
     fit = {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 30,
-           "select": "balance" if balanced else "likelihood", "smooth": 1}
+           "select": select or ("balance" if balanced else "likelihood"), "smooth": 1, "linkage": linkage}
     main = {"kind": "train", "steps": share(rest / 2), "augment": "auto", "objective": main_objective}
     c.train.phases = ("pretrain", "knn", "gmm_init", "main", "knn2", "gmm_init2", "main2", "knn3", "gmm_init3",
                       "main3")

@@ -11,7 +11,7 @@ import numpy as np
 from gmvc.core import mixture
 from gmvc.core.batching import make_embed
 from gmvc.core.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_merged, fit_diag_gmm_smoothed,
-                                    mean_log_likelihood)
+                                    mean_log_likelihood, partition_modularity)
 from gmvc.core.neighbours import agreement, knn_table
 from gmvc.training.phases import program_key, uses_groups
 
@@ -25,8 +25,8 @@ class EmbeddingPhases:
         self.model, self.restarts = model, restarts
         self.embed = make_embed(model, batch_size)
         self.pins = any(uses_groups(p.spec) for p in phases)     # some train phase reads the fits' groups
-        self.fits = make_fits(phases, model, pins=self.pins)
-        self.balanced_fits = make_fits(phases, model, balanced=True, pins=self.pins)
+        self.fits = make_fits(phases, model)
+        self.balanced_fits = make_fits(phases, model, balanced=True)
         self.groups = None
 
     def init_prior(self, phase, params, x, rng, table=None, echo=None):
@@ -53,7 +53,7 @@ class EmbeddingPhases:
             fit = self._fit(phase, current, note, echo)
             new = fit(rng, r, z, None if table is None else np.asarray(table[r]))
             merged = None
-            if spec["overcluster"] and (spec["pull"] or self.pins):
+            if spec["overcluster"]:
                 new, merged = new
                 merged = np.asarray(merged)
             if spec["pull"]:
@@ -62,7 +62,8 @@ class EmbeddingPhases:
                                     float(np.mean(merged[np.asarray(table[r])] == merged[:, None]))))
             kept = new
             if spec["keep_current"]:
-                kept = keep_or_replace(phase, params_r["prior"], new, z, note, echo, current)
+                kept = keep_or_replace(phase, params_r["prior"], new, z, note, echo, current,
+                                       None if table is None else (np.asarray(table[r]), merged))
             if self.pins:
                 groups.append(merged if kept is new and merged is not None else np.asarray(hard_partition(kept, z)))
             priors.append(jax.device_get(kept))
@@ -74,7 +75,7 @@ class EmbeddingPhases:
         """The plain fit, or the balanced one where balanced_above finds the current partition uneven."""
         spec = phase.spec
         if phase.name not in self.fits:
-            self.fits[phase.name] = prior_fit(spec, self.model, self.pins)
+            self.fits[phase.name] = prior_fit(spec, self.model)
         if spec["balanced_above"] is None:
             return self.fits[phase.name]
         uneven = partition_imbalance(current[0])
@@ -86,7 +87,7 @@ class EmbeddingPhases:
         if not balanced:
             return self.fits[phase.name]
         if phase.name not in self.balanced_fits:
-            self.balanced_fits[phase.name] = prior_fit({**spec, "balanced": True}, self.model, self.pins)
+            self.balanced_fits[phase.name] = prior_fit({**spec, "balanced": True}, self.model)
         return self.balanced_fits[phase.name]
 
     def pull_table(self, labels=None, echo=None, name=""):
@@ -131,16 +132,15 @@ def anchors(z, groups, k, m):
     return out
 
 
-def make_fits(phases, model, balanced=False, pins=False):
+def make_fits(phases, model, balanced=False):
     """{phase name: compiled fit} of the init_prior phases; phases with the same fit_key
     (vade_mnist5k's gmm_init2 and gmm_init3) share one program. `balanced`: the
     balanced fits (spec with balanced=True) of the phases with balanced_above, shared the same
-    way; each compiles at its first call, so a run whose partitions stay even never compiles one.
-    `pins`: the over-clustered fits also return their merged groups (prior_fit)."""
+    way; each compiles at its first call, so a run whose partitions stay even never compiles one."""
     specs = {p.name: {**p.spec, "balanced": True} if balanced else p.spec for p in phases
              if p.kind == "init_prior" and (not balanced or p.spec["balanced_above"] is not None)}
     by_key = {}
-    return {name: by_key.setdefault(fit_key(spec), prior_fit(spec, model, pins)) for name, spec in specs.items()}
+    return {name: by_key.setdefault(fit_key(spec), prior_fit(spec, model)) for name, spec in specs.items()}
 
 
 def fit_key(spec):
@@ -149,19 +149,20 @@ def fit_key(spec):
     return program_key({k: v for k, v in spec.items() if k not in ("keep_current", "balanced_above")})
 
 
-def prior_fit(spec, model, pins=False):
+def prior_fit(spec, model):
     """The compiled fit(rng, restart, z, table) -> prior of an init_prior phase for restart
     `restart`, whose fit draws from fold_in(rng, restart + 1) (folded inside the program: an
     eager fold_in would compile a program of its own); `table`, the neighbour table of z's rows,
     is read only with spec["smooth"] > 0 or spec["overcluster"] > 0. An over-clustered fit returns
-    (prior, merged groups [N]) with spec["pull"] or `pins`."""
+    (prior, its merged groups [N])."""
     fit_args = dict(kmeans_iters=spec["kmeans_iters"], em_iters=spec["em_iters"] if spec["method"] == "em" else 0,
                     n_init=spec["n_init"], select=spec["select"], balanced=spec["balanced"])
     smooth, k, over = spec["smooth"], model.num_clusters, spec["overcluster"]
     key = lambda rng, restart: jax.random.fold_in(rng, restart + 1)
     if over:
         return jax.jit(lambda rng, restart, z, table: fit_diag_gmm_merged(key(rng, restart), z, table, k, over, smooth,
-                                                                          with_groups=bool(spec["pull"]) or pins, **fit_args))
+                                                                          with_groups=True, linkage=spec["linkage"],
+                                                                          **fit_args))
     if smooth:
         return jax.jit(lambda rng, restart, z, table: fit_diag_gmm_smoothed(key(rng, restart), z, table, k, smooth,
                                                                            **fit_args))
@@ -185,20 +186,29 @@ def partition_imbalance(sizes):
     return float(np.log(len(p)) + np.sum(p * np.log(np.maximum(p, 1e-30))))
 
 
-def keep_or_replace(phase, current, new, z, note="", echo=None, current_report=None):
+def keep_or_replace(phase, current, new, z, note="", echo=None, current_report=None, graph=None):
     """init_prior with keep_current: `new` replaces `current` only if it scores better on the
     embeddings z by phase.spec["select"]: "balance" scores the partition (each embedding to its
     most likely component; KL of its cluster sizes from the uniform, lower is better), as
     accuracy sees it, so a prior trained toward even soft usage cannot win by components that
-    overlap; "likelihood" the mean log-likelihood of z. A tie keeps `current`; a current prior
-    that scores NaN gives way to a fit that does not. `note` names the restart in the message;
-    `current_report`: prior_report(current, z) where the caller has it."""
+    overlap; "likelihood" the mean log-likelihood of z; "modularity" the partitions' modularity on
+    the neighbour graph, `graph` = (table [N, n], the new fit's merged groups [N]), the current
+    prior's partition being its hard one. A tie keeps `current`; a current prior that scores NaN
+    gives way to a fit that does not. `note` names the restart in the message; `current_report`:
+    prior_report(current, z) where the caller has it."""
     select = phase.spec["select"]
     sizes_old, ll_old = jax.device_get(prior_report(current, z)) if current_report is None else current_report
     sizes_new, ll_new = jax.device_get(prior_report(new, z))
     if select == "balance":
         s_old, s_new = (-partition_imbalance(n) for n in (sizes_old, sizes_new))
         what = f"partition's imbalance: current {-s_old:.4f}, new fit {-s_new:.4f}"
+    elif select == "modularity":
+        table, merged = graph
+        k = len(sizes_old)
+        s_old, s_new = (float(partition_modularity(jnp.asarray(g), jnp.asarray(table), k))
+                        for g in (hard_partition(current, z), merged))
+        sizes_new = np.bincount(merged, minlength=k)
+        what = f"modularity on the neighbour graph: current {s_old:.4f}, new fit {s_new:.4f}"
     else:
         s_old, s_new = float(ll_old), float(ll_new)
         what = f"mean log-likelihood: current {s_old:.4f}, new fit {s_new:.4f}"

@@ -23,7 +23,9 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
    way only where the current prior's partition of the embeddings is uneven, its cluster sizes'
    KL from the uniform above t, and as usual otherwise: EmbeddingPhases.init_prior; "overcluster": m
    > K fits m components and merges them into K along the neighbour graph, which needs a
-   neighbours phase right before it as smooth does: mixture_init.fit_diag_gmm_merged; with it,
+   neighbours phase right before it as smooth does: mixture_init.fit_diag_gmm_merged ("linkage":
+   "average" | "modularity" | "both", how components merge; select="modularity" keeps the fit
+   whose merged partition has the highest modularity on the graph); with it,
    "pull": m replaces the neighbour table by the m anchors of each sample's merged group (its
    members nearest the group's mean), for the `neighbours` term of the train phases after it:
    EmbeddingPhases.pull_table)
@@ -36,14 +38,14 @@ from typing import NamedTuple
 
 from gmvc.training.augment import parse_augment
 from gmvc.errors import ConfigError
-from gmvc.core.mixture_init import SELECTIONS
+from gmvc.core.mixture_init import LINKAGES, SELECTIONS
 
 TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr", "augment", "batch_size"}
 INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select", "smooth",
-             "keep_current", "balanced", "balanced_above", "overcluster", "pull"}
+             "keep_current", "balanced", "balanced_above", "overcluster", "pull", "linkage"}
 INIT_DEFAULTS = {"method": "em", "select": "likelihood", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
                  "batch_size": 128, "smooth": 0, "keep_current": False, "balanced": False,
-                 "balanced_above": None, "overcluster": 0, "pull": 0}
+                 "balanced_above": None, "overcluster": 0, "pull": 0, "linkage": "average"}
 NEIGHBOUR_KEYS = {"kind", "k"}
 GROUPS = ("net", "prior")
 
@@ -139,9 +141,11 @@ def _check_spec(name, spec, config):
             raise ConfigError(f"phase {name!r}: unknown method {spec['method']!r}; known: ['em', 'minibatch']")
         if spec["select"] not in SELECTIONS:
             raise ConfigError(f"phase {name!r}: unknown select {spec['select']!r}; known: {list(SELECTIONS)}")
-        if spec["select"] == "cut" and (not spec["overcluster"] or spec["keep_current"]):
-            raise ConfigError(f"phase {name!r}: select 'cut' scores a merged partition of the neighbour graph: it "
-                              f"needs overcluster, without keep_current")
+        if spec["select"] == "modularity" and not spec["overcluster"]:
+            raise ConfigError(f"phase {name!r}: select 'modularity' scores a merged partition of the neighbour "
+                              f"graph: it needs overcluster")
+        if spec["linkage"] not in LINKAGES:
+            raise ConfigError(f"phase {name!r}: unknown linkage {spec['linkage']!r}; known: {list(LINKAGES)}")
         smooth = spec["smooth"]
         if not isinstance(smooth, int) or isinstance(smooth, bool) or smooth < 0:
             raise ConfigError(f"phase {name!r}: smooth must be a whole number >= 0, got {smooth!r}")
