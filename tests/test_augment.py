@@ -80,6 +80,14 @@ def test_neighbours_get_their_own_draws():
     assert make_augment(parse_augment({"shift": 2}, "t"))(make_batch(x), keys)["neighbours"] is None
 
 
+def test_groups_pass_through_unchanged():
+    x, groups = _images(4), jnp.array([3, 0, 2, 2])
+    keys = jax.random.split(jax.random.key(0), 4)
+    out = make_augment(parse_augment({"shift": 2}, "t"))(make_batch(x, x, groups), keys)
+    np.testing.assert_array_equal(out["groups"], groups)
+    assert make_augment(parse_augment({"shift": 2}, "t"))(make_batch(x), keys)["groups"] is None
+
+
 def _augment(spec):
     """The augmentation of `spec` on a batch without neighbours, given and returning its inputs."""
     augment = make_augment(parse_augment(spec, "t"))

@@ -2,6 +2,7 @@
 partition. Its closed form, the groups an init_prior phase leaves (merged groups of an
 over-clustered fit, else the prior's hard partition), config errors, and runs that carry the
 groups in their state (resume, shard_map) on a small VaDE digits config."""
+import json
 import types
 
 import jax
@@ -126,6 +127,10 @@ def test_run_carries_the_groups_of_its_fit(straight):
         trained = np.asarray(model.predict(jax.tree.map(lambda a: a[r], final["params"]), data.x)["log_gamma"])
         assert np.mean(trained.argmax(1) == final["groups"][r]) > 0.8
     assert np.isfinite(summary["restart_objective"]).all()
+    logs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [("pin" in r) for r in logs] == [False, False, True, True]           # pretrain, pretrain, main, main
+    # It starts high (the encoder's variance, untrained by pretraining, scatters the codes it samples) and falls.
+    assert 0 < logs[3]["pin"] < 0.6 * logs[2]["pin"]
 
 
 def test_resume_in_the_pinned_phase_restores_the_groups(straight, tmp_path):
@@ -146,9 +151,12 @@ def test_shard_map_matches_one_device_with_groups(tmp_path):
     states = {}
     for mode in ("single", "shard_map"):
         c = _pinned(phases=("gmm_init", "main"))
+        c.phases.main.augment = {"shift": 1.0}          # the groups pass through the augmentation
         c.train.steps = 20
         c.parallel.mode, c.parallel.devices = mode, 2
         train_and_evaluate(c, tmp_path / mode, **quiet)
         states[mode] = _checkpoint(tmp_path / mode, 20)
+        logs = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        assert all(np.isfinite(r["pin"]) and r["pin"] > 0 for r in logs)
     np.testing.assert_array_equal(states["single"]["groups"], states["shard_map"]["groups"])
     _assert_close(states["single"]["params"], states["shard_map"]["params"], 1e-4)

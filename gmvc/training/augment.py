@@ -103,7 +103,7 @@ def make_augment(spec):
 
     def augment(batch, rng):
         nbr = batch["neighbours"]                      # the neighbours get their own draws
-        return {"data": augment_inputs(batch["data"], rng),
+        return {**batch, "data": augment_inputs(batch["data"], rng),
                 "neighbours": None if nbr is None else augment_inputs(nbr, mixture.fold_in(rng, 1))}
 
     return augment
