@@ -45,7 +45,7 @@ def _silent(*args, **kwargs):
 class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     """Any gmvc config as an estimator.
 
-    config: None (the default: the VaDE recipe gmvc.VaDE() uses, gmvc.recipes.vade()), a recipe
+    config: None (the default: the `cluster` recipe gmvc.VaDE() uses, gmvc.recipes.cluster()), a recipe
         name of gmvc.recipes (e.g. "vade_digits"), a dict, a ConfigDict, or the path of a config
         file (a .py with get_config(), or a run's config.json); its data section is ignored (the
         data is what `fit` receives).
@@ -244,19 +244,19 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
 
 
 class VaDE(GMVCEstimator):
-    """VaDE with the recipe of configs/vade_digits.py: autoencoder pretraining, a diagonal GMM
-    fitted to the embeddings, then VaDE (+ the cluster-usage term c_marginal), `restarts` runs
-    side by side. c_marginal > 0 assumes roughly balanced clusters, and then the GMM fit and the
-    restart kept are the ones using their clusters most evenly; c_marginal = 0 (clusters of very
-    different sizes) keeps the most likely fit and the restart with the lowest objective.
-    The data's scaling and the likelihood ("auto") are chosen from its values
-    (gmvc/data/prepare.py): pixel values 0-16 or 0-255 are divided by their largest and read as
-    Bernoulli, real features standardized and read as Gaussian with unit variance. The default
-    recipe of configs/cluster.py is GMVCEstimator(config="cluster")."""
+    """VaDE with gmvc's recipe for data it was not written for (gmvc/recipes/cluster.py,
+    configs/cluster.py): autoencoder pretraining, neighbours in the embedding, over-clustered
+    mixture fits merged along the neighbour graph, then three rounds of VaDE that hold each
+    merged group in its own component (the `pin` and `neighbours` terms). The data's scaling and
+    the likelihood ("auto") are chosen from its values (gmvc/data/prepare.py): values in [0, 1]
+    as they are, whole numbers (pixel values 0-16, 0-255) divided by their largest, both read as
+    Bernoulli; real features standardized and read as Gaussian. c_marginal (the batch's cluster
+    usage against the uniform) assumes clusters of similar size; 0 turns it off. `steps` scales
+    every phase. The recipe of earlier versions (one GMM fit, 3 restarts) is gmvc.recipes.vade()."""
 
-    def __init__(self, n_clusters=10, latent_dim=10, hidden_sizes=(256, 256, 512), likelihood="auto",
-                 steps=2500, pretrain_steps=1000, batch_size=100, learning_rate=2e-3, c_marginal=1.0,
-                 restarts=3, random_state=None, workdir=None, verbose=False, progress=True):
+    def __init__(self, n_clusters=10, latent_dim=10, hidden_sizes=(500, 500, 1000), likelihood="auto",
+                 steps=4000, pretrain_steps=1500, batch_size=100, learning_rate=2e-3, c_marginal=20.0,
+                 restarts=1, random_state=None, workdir=None, verbose=False, progress=True):
         self.n_clusters = n_clusters
         self.latent_dim = latent_dim
         self.hidden_sizes = hidden_sizes
@@ -274,10 +274,10 @@ class VaDE(GMVCEstimator):
         self.config, self.overrides = None, None
 
     def _base_config(self):
-        return recipes.vade(n_clusters=self.n_clusters, latent_dim=self.latent_dim, hidden_sizes=self.hidden_sizes,
-                            likelihood=self.likelihood, steps=self.steps, pretrain_steps=self.pretrain_steps,
-                            batch_size=self.batch_size, learning_rate=self.learning_rate,
-                            c_marginal=self.c_marginal, restarts=self.restarts)
+        return recipes.cluster(n_clusters=self.n_clusters, latent_dim=self.latent_dim, hidden_sizes=self.hidden_sizes,
+                               likelihood=self.likelihood, steps=self.steps, pretrain_steps=self.pretrain_steps,
+                               batch_size=self.batch_size, learning_rate=self.learning_rate,
+                               c_marginal=self.c_marginal, restarts=self.restarts)
 
 
 class GMVAE(GMVCEstimator):
@@ -355,11 +355,11 @@ def _saved_labels(path):
 
 
 def resolve_config(config):
-    """A ConfigDict from None (the default VaDE recipe, gmvc.recipes.vade()), a recipe name of
+    """A ConfigDict from None (the default recipe, gmvc.recipes.cluster()), a recipe name of
     gmvc.recipes (e.g. "vade_digits"), a dict, a ConfigDict, or a config file path (a .py with
     get_config(), or a run's config.json); a dict's keys are checked against gmvc's full set."""
     if config is None:
-        return recipes.vade()
+        return recipes.cluster()
     if isinstance(config, ml_collections.ConfigDict):
         return config.copy_and_resolve_references()
     if isinstance(config, dict):

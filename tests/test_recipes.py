@@ -95,10 +95,10 @@ def test_estimator_builds_the_config_it_built_before(case):
 
 
 def test_estimator_defaults_are_the_recipes():
-    assert_same(gmvc.VaDE()._base_config(), json.loads(json.dumps(recipes.vade().to_dict())))
+    assert_same(gmvc.VaDE()._base_config(), json.loads(json.dumps(recipes.cluster().to_dict())))
     assert_same(gmvc.GMVAE()._base_config(), json.loads(json.dumps(recipes.gmvae().to_dict())))
     assert gmvc.GMVCEstimator().config is None
-    assert_same(gmvc.GMVCEstimator()._base_config(), json.loads(json.dumps(recipes.vade().to_dict())))
+    assert_same(gmvc.GMVCEstimator()._base_config(), json.loads(json.dumps(recipes.cluster().to_dict())))
     assert_same(gmvc.GMVCEstimator()._make_config(X01), ESTIMATOR_VALUES["VaDE():x01"])
 
 

@@ -19,11 +19,11 @@ from gmvc.config import base_config
 from gmvc.errors import ConfigError
 from gmvc.models import make_model
 from gmvc.objectives import make_batch, make_objective
-from gmvc.objectives.terms import NEIGHBOUR_TERMS, TERMS
+from gmvc.objectives.terms import GROUP_TERMS, NEIGHBOUR_TERMS, TERMS
 
 B, K = 8, 3
 SETTINGS = ("gaussian_fixed", "gaussian_learned", "bernoulli")
-NAMES = sorted(set(TERMS) - NEIGHBOUR_TERMS)   # the neighbours term needs a neighbour pass: tests/test_neighbours.py
+NAMES = sorted(set(TERMS) - NEIGHBOUR_TERMS - GROUP_TERMS)   # need a neighbour pass or groups: test_neighbours, test_pin
 _O0 = {"xla_backend_optimization_level": 0}
 
 

@@ -9,23 +9,25 @@ _KNN = {"kind": "neighbours", "k": 3}
 
 def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, latent_dim=10,
             hidden_sizes=(500, 500, 1000), learning_rate=2e-3, c_marginal=20.0, likelihood="auto", sigma=0.1,
-            pin=0.0, linkage="average", select=None, restarts=1, checkpoint_every=None, name="cluster"):
+            pin=5.0, restarts=1, checkpoint_every=None, name="cluster"):
     """Pretraining, then three rounds of (neighbours, mixture fit, VaDE):
 
     1. an autoencoder alone for `pretrain_steps` (batch 256; images augmented by small shifts);
     2. each sample's 3 nearest neighbours in the embedding;
-    3. a diagonal GMM of 8 K components (30 fits, the most even partition kept) on the embeddings
-       smoothed once along the neighbour graph, its components merged into K groups along the
-       graph; the prior is fitted to the groups (component g to group g), and each group's 3
-       anchors are its members nearest the group's mean;
-    4. VaDE with the `neighbours` term reading each sample's anchors (a sample and its group's
-       anchors share a component), which pulls each group, whatever its shape, into one
-       Gaussian component, and the cluster-usage term `c_marginal`, both at weight 20, for half
-       the remaining steps (c_marginal assumes roughly balanced clusters; with c_marginal = 0
-       the fits are chosen by likelihood);
-    5. twice more: 3 nearest neighbours found in the shaped embedding, a fit of 3 K components
-       merged into K that replaces the prior only if it partitions the data more evenly, and VaDE
-       with the neighbours term on those neighbours (a quarter of the remaining steps each).
+    3. a diagonal GMM of 8 K components (at most N / 20) on the embeddings smoothed once along
+       the neighbour graph, its components merged into K groups along the graph two ways
+       (average linkage and modularity); of the 30 fits x 2 merges, the partition with the
+       highest modularity on the neighbour graph is kept (it assumes no cluster sizes). The prior
+       is fitted to the groups (component g to group g), and each group's 3 anchors are its
+       members nearest the group's mean;
+    4. VaDE for half the remaining steps with three more terms: `pin` (weight `pin`), each
+       sample's cross-entropy to its group's component, which holds the groups apart whatever
+       their shape; `neighbours` (20) on each sample's anchors; `c_marginal` (20), the batch's
+       cluster usage against the uniform (it assumes clusters of similar size; 0 turns it off);
+    5. twice more: 3 nearest neighbours found in the shaped embedding, a refit of 3 K components
+       merged into K the same way, which replaces the prior only if its partition has the higher
+       modularity, and VaDE pinned to the partition kept, with the neighbours term on those
+       neighbours (a quarter of the remaining steps each).
 
     The data are scaled and the likelihood chosen from their values (data.scaling and
     model.likelihood "auto"; `sigma` is the Gaussian likelihood's std on standardized data).
@@ -40,14 +42,12 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, late
     c.unlock()
     c.data.source = "mnist5k"            # the command line's default; set data.source to your data
     c.model.sigma = float(sigma)
-    balanced = float(c_marginal) > 0
-    main_objective = {"recon": 1.0, "vade_kl": 1.0, "c_marginal": float(c_marginal), "neighbours": 20.0}
-    if pin:
-        main_objective["pin"] = float(pin)
+    main_objective = {"recon": 1.0, "vade_kl": 1.0, "c_marginal": float(c_marginal), "neighbours": 20.0,
+                      "pin": float(pin)}
     c.objective = dict(main_objective)
     c.terms = {"c_prior": {"free_bits": 0.5}, "neighbours": {"stop_gradient": True}}
     fit = {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 30,
-           "select": select or ("balance" if balanced else "likelihood"), "smooth": 1, "linkage": linkage}
+           "select": "modularity", "smooth": 1, "linkage": "both"}
     main = {"kind": "train", "steps": share(rest / 2), "augment": "auto", "objective": main_objective}
     c.train.phases = ("pretrain", "knn", "gmm_init", "main", "knn2", "gmm_init2", "main2", "knn3", "gmm_init3",
                       "main3")

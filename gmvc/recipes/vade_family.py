@@ -21,7 +21,7 @@ def vade(n_clusters=10, latent_dim=10, hidden_sizes=(256, 256, 512), likelihood=
         Bernoulli for data in [0, 1], else Gaussian); scaling: data.scaling ("auto": chosen from the
         values, gmvc/data/prepare.py; "none": as given); gmm_options: more init_prior settings of the
         gmm_init phase (gmvc/training/phases.py); checkpoint_every: None = once, at the end.
-    The defaults are gmvc.VaDE()'s; no data source is set (the estimators' data is an array).
+    gmvc.VaDE() used these defaults before the `cluster` recipe; no data source is set.
     """
     balanced = float(c_marginal) > 0
     c = base_config()
