@@ -209,6 +209,8 @@ def test_pull_gives_each_sample_the_anchors_of_its_merged_group():
     ({"pull": 3, "overcluster": 0}, "needs overcluster"),
     ({"pull": -1, "overcluster": 8}, "pull must be 0"),
     ({"pull": 3, "overcluster": 8, "keep_current": True}, "cannot be combined with keep_current"),
+    ({"select": "modularity", "overcluster": 0}, "select 'modularity' scores a merged partition"),
+    ({"linkage": "single", "overcluster": 8}, r"unknown linkage 'single'; known: \['average', 'modularity', 'both'\]"),
 ])
 def test_pull_settings_are_checked(spec, message):
     from gmvc import recipes

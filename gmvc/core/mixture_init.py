@@ -199,8 +199,8 @@ def fit_diag_gmm(rng, z, k, kmeans_iters=50, em_iters=0, n_init=1, chunk_size=No
     component's mean responsibility equal (balanced_logits), so the fit's partition stays even;
     the prior returned has the weights of its last M-step (close to uniform)."""
     check_selection(select)
-    if select == "cut":
-        raise ValueError("select 'cut' scores merged partitions: fit_diag_gmm_merged only")
+    if select == "modularity":
+        raise ValueError("select 'modularity' scores merged partitions: fit_diag_gmm_merged only")
     if n_init > 1:
         fits = jax.vmap(lambda r: fit_diag_gmm(r, z, k, kmeans_iters, em_iters, 1, chunk_size, balanced=balanced))(
             jax.random.split(rng, n_init))
