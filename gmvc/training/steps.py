@@ -121,8 +121,9 @@ def assemble_batch(state, x, idx, keys, select):
     """(batch, this device's keys) for the global batch `idx` [B] and its per-sample keys; the
     batch is objectives.make_batch's: its rows, and when the state carries a neighbour table
     [R, N, k] (gmvc/core/neighbours.py) one drawn neighbour of each row per restart [R, B, ...]
-    (else None), and when it carries groups [R, N] (the `pin` term) each row's group [R, B]. `idx` [R, B], one batch per restart, gives rows [R, B, ...] as well
-    (make_restarts_step's `own_batches`)."""
+    (else None), and when it carries groups [R, N] (the `pin` term) each row's group [R, B].
+    `idx` [R, B], one batch per restart, gives rows [R, B, ...] as well (make_restarts_step's
+    `own_batches`)."""
     own = idx.ndim == 2
     if own:
         batch, local_keys = jax.vmap(lambda i: select(x, i, keys), out_axes=(0, None))(idx)
