@@ -6,8 +6,8 @@ command line), the estimators (gmvc.VaDE, gmvc.GMVAE, gmvc.GMVCEstimator) and th
     c = recipes.get("vade_digits")()        # or recipes.vade_digits()
     c = recipes.vade(n_clusters=5, steps=1000, pretrain_steps=400)
 
-`cluster` is the recipe for data no recipe was written for (configs/cluster.py); `vade` and
-`gmvae` are the parametrised recipes of their family (gmvc.VaDE()'s and gmvc.GMVAE()'s settings);
+`cluster` is the default method for new data (gmvc.VaDE(), configs/cluster.py); `vade` and
+`gmvae` are the parametrised recipes of their family (gmvc.GMVAE()'s settings);
 every other function is one experiment of configs/, its data source included. Nothing here
 imports JAX: loading a config stays cheap.
 """

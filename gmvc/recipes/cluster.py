@@ -1,5 +1,5 @@
-"""A recipe written once for data gmvc has not seen (configs/cluster.py,
-`gmvc.GMVCEstimator(config="cluster")`): VaDE with neighbours, for points and images of any size. What it adapts to the data
+"""The default recipe for data gmvc has not seen (`gmvc.VaDE(n_clusters=K)`, `GMVCEstimator()`,
+configs/cluster.py): VaDE with neighbours, for points and images of any size. What it adapts to the data
 is stated in gmvc/data/prepare.py (scaling, likelihood) and gmvc/recipes/rules.py (augmentation,
 batch sizes, over-clustering); nothing reads a data set's name or labels."""
 from gmvc.recipes.vade_family import vade
