@@ -252,10 +252,10 @@ class VaDE(GMVCEstimator):
     as they are, whole numbers (pixel values 0-16, 0-255) divided by their largest, both read as
     Bernoulli; real features standardized and read as Gaussian. c_marginal (the batch's cluster
     usage against the uniform) assumes clusters of similar size; 0 turns it off. `steps` scales
-    every phase. The recipe of earlier versions (one GMM fit, 3 restarts) is gmvc.recipes.vade()."""
+    every phase; pretrain_steps None is 3/8 of them. The recipe of earlier versions (one GMM fit, 3 restarts) is gmvc.recipes.vade()."""
 
     def __init__(self, n_clusters=10, latent_dim=10, hidden_sizes=(500, 500, 1000), likelihood="auto",
-                 steps=4000, pretrain_steps=1500, batch_size=100, learning_rate=2e-3, c_marginal=20.0,
+                 steps=4000, pretrain_steps=None, batch_size=100, learning_rate=2e-3, c_marginal=20.0,
                  restarts=1, random_state=None, workdir=None, verbose=False, progress=True):
         self.n_clusters = n_clusters
         self.latent_dim = latent_dim
@@ -281,19 +281,24 @@ class VaDE(GMVCEstimator):
 
 
 class GMVAE(GMVCEstimator):
-    """GMVAE with the consistency-violation term, with the settings of configs/gmvae_spiral.py
-    (Gaussian likelihood with fixed sigma, CV warm-up, c_marginal) scaled by the arguments."""
+    """GMVAE with gmvc's recipe for new data (gmvc.recipes.cluster_gmvae): the pretraining,
+    neighbours and merged over-clustered fits of gmvc.VaDE(), then three rounds of the GMVAE
+    objective that hold each merged group in its own component (`pin`, `neighbours`,
+    `c_marginal`). The data's scaling and the likelihood ("auto") are chosen as gmvc.VaDE()
+    chooses them. cv_weight > 0 adds the consistency-violation term. The settings of earlier
+    versions (configs/gmvae_spiral.py's) are gmvc.recipes.gmvae(): GMVCEstimator(config="gmvae")."""
 
-    def __init__(self, n_clusters=10, latent_dim=2, w_dim=2, hidden_sizes=(100,), sigma=0.1, cv_weight=2.0,
-                 steps=5000, batch_size=200, learning_rate=1e-3, c_marginal=1.0, restarts=1, random_state=None,
-                 workdir=None, verbose=False, progress=True):
+    def __init__(self, n_clusters=10, latent_dim=10, w_dim=10, hidden_sizes=(500, 500, 1000), likelihood="auto",
+                 cv_weight=0.0, steps=4000, pretrain_steps=None, batch_size=100, learning_rate=2e-3,
+                 c_marginal=20.0, restarts=1, random_state=None, workdir=None, verbose=False, progress=True):
         self.n_clusters = n_clusters
         self.latent_dim = latent_dim
         self.w_dim = w_dim
         self.hidden_sizes = hidden_sizes
-        self.sigma = sigma
+        self.likelihood = likelihood
         self.cv_weight = cv_weight
         self.steps = steps
+        self.pretrain_steps = pretrain_steps
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.c_marginal = c_marginal
@@ -305,10 +310,11 @@ class GMVAE(GMVCEstimator):
         self.config, self.overrides = None, None
 
     def _base_config(self):
-        return recipes.gmvae(n_clusters=self.n_clusters, latent_dim=self.latent_dim, w_dim=self.w_dim,
-                             hidden_sizes=self.hidden_sizes, sigma=self.sigma, cv_weight=self.cv_weight,
-                             steps=self.steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                             c_marginal=self.c_marginal, restarts=self.restarts)
+        return recipes.cluster_gmvae(n_clusters=self.n_clusters, latent_dim=self.latent_dim, w_dim=self.w_dim,
+                                     hidden_sizes=self.hidden_sizes, likelihood=self.likelihood,
+                                     cv_weight=self.cv_weight, steps=self.steps, pretrain_steps=self.pretrain_steps,
+                                     batch_size=self.batch_size, learning_rate=self.learning_rate,
+                                     c_marginal=self.c_marginal, restarts=self.restarts)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -51,11 +51,27 @@ def validate(config, data):
                         f"scale it into [0, 1], or use --config.model.likelihood=gaussian")
     model_inputs(model, data)                                    # labels a conditioned model needs
     phases = build_phases(config)                                # phase keys and their order
-    if any(p.kind == "init_prior" for p in phases) and not model.stored_prior:
-        raise ConfigError(f"model {config.model.name!r} has no stored mixture prior to initialise "
-                          f"(an init_prior phase needs one)")
+    if not model.stored_prior:
+        _check_prior_network(config, model, phases)
     for phase in phases:
         _check_phase(config, model, phase, data, num_train, devices)
+
+
+def _check_prior_network(config, model, phases):
+    """A model without a stored mixture prior takes init_prior phases only through its prior
+    network (model.load_prior: GMVAE); keep_current then compares the fit's partition with the
+    model's own (EmbeddingPhases._partition)."""
+    fits = [p for p in phases if p.kind == "init_prior"]
+    name = config.model.name
+    if fits and model.load_prior is None:
+        raise ConfigError(f"model {name!r} has no mixture prior to initialise (an init_prior phase needs one)")
+    for p in fits:
+        if p.spec["balanced_above"] is not None:
+            raise ConfigError(f"phase {p.name!r}: model {name!r} keeps its mixture in a prior network; "
+                              f"balanced_above needs a stored prior to measure")
+        if p.spec["keep_current"] and p.spec["select"] == "likelihood":
+            raise ConfigError(f"phase {p.name!r}: model {name!r} keeps its mixture in a prior network, so "
+                              f"keep_current compares partitions: select 'modularity' or 'balance', not 'likelihood'")
 
 
 def _check_train(t):

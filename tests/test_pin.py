@@ -16,7 +16,9 @@ from gmvc.errors import ConfigError
 from gmvc.models import make_model
 from gmvc.objectives import make_batch, make_objective
 from gmvc.objectives.terms import make_pin
+from gmvc.run.restore import load_trained
 from gmvc.trainer import train_and_evaluate
+from gmvc import recipes
 from gmvc.training.embedding_phases import EmbeddingPhases
 from gmvc.training.phases import INIT_DEFAULTS, Phase, build_phases
 from test_neighbours import N, _checkpoint, _vade
@@ -160,3 +162,66 @@ def test_shard_map_matches_one_device_with_groups(tmp_path):
         assert all(np.isfinite(r["pin"]) and r["pin"] > 0 for r in logs)
     np.testing.assert_array_equal(states["single"]["groups"], states["shard_map"]["groups"])
     _assert_close(states["single"]["params"], states["shard_map"]["params"], 1e-4)
+
+
+# -- a model whose mixture is a prior network (GMVAE): init_prior sets the network to the fit ----
+
+def test_gmvae_load_prior_gives_the_fitted_components_at_every_w():
+    c = recipes.cluster_gmvae(n_clusters=3, latent_dim=2, w_dim=4, hidden_sizes=(8,), prior_hidden=6)
+    c.model.likelihood = "bernoulli"
+    model = make_model(c.model, (5,))
+    params = model.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    fitted = {"logits": jnp.asarray(rng.normal(size=3)), "means": jnp.asarray(rng.normal(size=(3, 2))),
+              "log_vars": jnp.asarray(rng.normal(size=(3, 2)))}
+    loaded = model.load_prior(params, fitted)
+    prior = model.prior_distribution(loaded)
+    np.testing.assert_allclose(prior.components_distribution.mean(), fitted["means"], rtol=1e-6)
+    x = rng.uniform(size=(4, 5)).astype(np.float32)
+    out = model.apply(loaded, x, jax.random.key(1))           # w drawn from q(w | x): any w gives the fit
+    np.testing.assert_allclose(out["prior_means"], np.broadcast_to(fitted["means"], (4, 3, 2)), rtol=1e-6)
+    np.testing.assert_allclose(out["prior_log_vars"], np.broadcast_to(fitted["log_vars"], (4, 3, 2)), rtol=1e-6)
+    assert_trees_equal({k: v for k, v in loaded["net"].items() if k != "prior_head"},
+                       {k: v for k, v in params["net"].items() if k != "prior_head"})
+
+
+def _gmvae_cluster(steps=400):
+    """recipes.cluster_gmvae on 300 digits, small: 2 restarts, 60 pretraining steps of `steps`."""
+    c = recipes.cluster_gmvae(n_clusters=10, steps=steps, pretrain_steps=60, hidden_sizes=(64,), prior_hidden=32,
+                              batch_size=50, restarts=2)
+    c.data.source, c.data.limit = "digits", N
+    for name in ("gmm_init", "gmm_init2", "gmm_init3"):
+        c.phases[name].n_init = 3
+    c.train.log_every, c.train.checkpoint_every = 20, 100
+    return c
+
+
+def test_gmvae_is_pinned_to_its_fits(tmp_path):
+    """GMVAE's init_prior phases set its prior network to the fit (params["prior"] stays empty)
+    and give it groups; the refits compare their partition with the model's own by modularity;
+    the trained model follows its groups and uses every cluster."""
+    messages = []
+    summary = train_and_evaluate(_gmvae_cluster(), tmp_path, **{**quiet, "echo": lambda m, **k: messages.append(m)})
+    trained = load_trained(tmp_path)              # its likelihood and scaling as the run chose them
+    x = trained.scaling.apply(load_dataset(trained.config.data, trained.config.seed).x)
+    state = _checkpoint(tmp_path, 400)
+    assert state["params"]["prior"] == {} and state["groups"].shape == (2, N)
+    choices = [m for m in messages if m.startswith("phase 'gmm_init2'") or m.startswith("phase 'gmm_init3'")]
+    assert len(choices) == 4 and all("modularity on the neighbour graph: the model's" in m for m in choices)
+    for r in range(2):
+        own = np.asarray(trained.model.predict(jax.tree.map(lambda a: a[r], state["params"]), x)["log_gamma"]).argmax(1)
+        assert np.mean(own == state["groups"][r]) > 0.7
+        assert np.bincount(own, minlength=10).max() < 0.3 * N
+    assert summary["acc"] > 0.5
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.phases.gmm_init2.update(balanced_above=0.1), "keeps its mixture in a prior network; balanced_above"),
+    (lambda c: c.phases.gmm_init2.update(select="likelihood"), "select 'modularity' or 'balance'"),
+])
+def test_gmvae_partition_settings_are_checked(tmp_path, change, message):
+    c = _gmvae_cluster()
+    change(c)
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(c, tmp_path / "run", **quiet)
+    assert not (tmp_path / "run").exists()

@@ -80,9 +80,9 @@ ESTIMATORS = {
                                       steps=300, pretrain_steps=100, batch_size=16, learning_rate=1e-2, restarts=2,
                                       random_state=5),
     "GMVAE()": lambda: gmvc.GMVAE(),
-    "GMVAE(custom)": lambda: gmvc.GMVAE(n_clusters=4, latent_dim=3, w_dim=5, hidden_sizes=(64, 32), sigma=0.5,
-                                        cv_weight=1.0, steps=1000, batch_size=8, learning_rate=1e-2, c_marginal=0.3,
-                                        restarts=2),
+    "GMVAE(custom)": lambda: gmvc.GMVAE(n_clusters=4, latent_dim=3, w_dim=5, hidden_sizes=(64, 32),
+                                        likelihood="gaussian", cv_weight=1.0, steps=1000, pretrain_steps=300,
+                                        batch_size=8, learning_rate=1e-2, c_marginal=0.3, restarts=2),
     "GMVAE(hidden=())": lambda: gmvc.GMVAE(hidden_sizes=()),
 }
 
@@ -96,7 +96,7 @@ def test_estimator_builds_the_config_it_built_before(case):
 
 def test_estimator_defaults_are_the_recipes():
     assert_same(gmvc.VaDE()._base_config(), json.loads(json.dumps(recipes.cluster().to_dict())))
-    assert_same(gmvc.GMVAE()._base_config(), json.loads(json.dumps(recipes.gmvae().to_dict())))
+    assert_same(gmvc.GMVAE()._base_config(), json.loads(json.dumps(recipes.cluster_gmvae().to_dict())))
     assert gmvc.GMVCEstimator().config is None
     assert_same(gmvc.GMVCEstimator()._base_config(), json.loads(json.dumps(recipes.cluster().to_dict())))
     assert_same(gmvc.GMVCEstimator()._make_config(X01), ESTIMATOR_VALUES["VaDE():x01"])

@@ -74,8 +74,11 @@ def test_phases_are_checked_against_the_training_samples():
         validate(c, Dataset(x=x, y=None, name="arr"))
 
 
-def test_an_init_prior_phase_needs_a_model_with_a_stored_prior():
-    c = load_config("vade_digits.py", {"train.restarts": 1, "model.name": "gmvae"})
+def test_an_init_prior_phase_needs_a_model_with_a_mixture_prior():
     x = np.random.default_rng(0).uniform(size=(200, 64)).astype(np.float32)
-    with pytest.raises(ConfigError, match="model 'gmvae' has no stored mixture prior"):
+    c = load_config("vade_digits.py", {"train.restarts": 1, "model.name": "vae"})
+    with pytest.raises(ConfigError, match="model 'vae' has no mixture prior to initialise"):
         validate(c, Dataset(x=x, y=None, name="arr"))
+    c = load_config("vade_digits.py", {"train.restarts": 1, "model.name": "gmvae"})    # its prior network
+    c.objective = {"recon": 1.0, "cond_prior": 1.0, "w_prior": 1.0, "c_prior": 1.0}
+    validate(c, Dataset(x=x, y=None, name="arr"))

@@ -33,6 +33,8 @@ class Model(NamedTuple):
     num_labels: int = 0          # > 0: inputs carry labels (conditioning)
     elbo_terms: tuple = ()       # the objective terms whose sum is the negative ELBO (free bits off)
     prior_distribution: Callable = None   # params -> p(z) as a distrax distribution (sample, log_prob)
+    load_prior: Callable = None  # (params, fitted {"logits", "means", "log_vars"}) -> params whose mixture
+                                 # is the fitted one (a model without a stored prior: its prior network)
 
 
 class GaussianEncoderDecoder(nn.Module):

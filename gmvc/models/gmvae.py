@@ -96,6 +96,16 @@ def make_gmvae(model_cfg, data_shape):
         means, log_vars = call(params, GMVAENet.prior, jnp.zeros((1, model_cfg.w_dim)))
         return distributions.diag_mixture(distributions.uniform_logits(k), means[0], log_vars[0])
 
+    def load_prior(params, fitted):
+        """params whose prior network gives the fitted components at every w: the output layer's
+        bias holds their means and log-variances, its kernel is zeroed (training learns w's part
+        from there). p(c) stays uniform: the fit's weights are not read."""
+        head = params["net"]["prior_head"]
+        bias = jnp.stack([fitted["means"], fitted["log_vars"]], axis=1).reshape(head["bias"].shape)
+        net = {**params["net"], "prior_head": {"kernel": jnp.zeros_like(head["kernel"]),
+                                               "bias": bias.astype(head["bias"].dtype)}}
+        return {**params, "net": net}
+
     def sample(params, rng, n):
         rng_w, rng_z = jax.random.split(rng)
         w = jax.random.normal(rng_w, (n, model_cfg.w_dim))
@@ -106,4 +116,4 @@ def make_gmvae(model_cfg, data_shape):
 
     return base.Model(init=init, apply=apply, predict=predict, sample=sample, num_clusters=k, embed=embed,
                       decode=decode, centres=centres, elbo_terms=("recon", "cond_prior", "w_prior", "c_prior"),
-                      prior_distribution=prior_at_w0)
+                      prior_distribution=prior_at_w0, load_prior=load_prior)

@@ -2,17 +2,19 @@
 configs/cluster.py): VaDE with neighbours, for points and images of any size. What it adapts to the data
 is stated in gmvc/data/prepare.py (scaling, likelihood) and gmvc/recipes/rules.py (augmentation,
 batch sizes, over-clustering); nothing reads a data set's name or labels."""
+from gmvc.errors import ConfigError
 from gmvc.recipes.vade_family import vade
 
 _KNN = {"kind": "neighbours", "k": 3}
 
 
-def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, latent_dim=10,
+def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, latent_dim=10,
             hidden_sizes=(500, 500, 1000), learning_rate=2e-3, c_marginal=20.0, likelihood="auto", sigma=0.1,
             pin=5.0, restarts=1, checkpoint_every=None, name="cluster"):
     """Pretraining, then three rounds of (neighbours, mixture fit, VaDE):
 
-    1. an autoencoder alone for `pretrain_steps` (batch 256; images augmented by small shifts);
+    1. an autoencoder alone for `pretrain_steps` (None: 3/8 of `steps`; batch 256; images
+       augmented by small shifts);
     2. each sample's 3 nearest neighbours in the embedding;
     3. a diagonal GMM of 8 K components (at most N / 20) on the embeddings smoothed once along
        the neighbour graph, its components merged into K groups along the graph two ways
@@ -33,7 +35,11 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, late
     model.likelihood "auto"; `sigma` is the Gaussian likelihood's std on standardized data).
     The restart kept is the one with the lowest objective on the data.
     """
-    k, steps, pretrain_steps = int(n_clusters), int(steps), int(pretrain_steps)
+    k, steps = int(n_clusters), int(steps)
+    pretrain_steps = steps * 3 // 8 if pretrain_steps is None else int(pretrain_steps)
+    if not 0 < pretrain_steps < steps:
+        raise ConfigError(f"pretrain_steps={pretrain_steps} leaves no steps to cluster in: it must lie between 0 "
+                          f"and steps={steps}")
     rest = steps - pretrain_steps
     share = lambda n: n / steps           # phase lengths as shares of train.steps: they follow it
     c = vade(n_clusters=k, latent_dim=latent_dim, hidden_sizes=hidden_sizes, likelihood=likelihood, steps=steps,
@@ -66,5 +72,37 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=1500, batch_size=100, late
     }
     c.train.restart_choice = "objective"
     c.train.log_every = max(1, min(250, pretrain_steps, rest // 4))
+    c.lock()
+    return c
+
+
+def cluster_gmvae(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, latent_dim=10, w_dim=10,
+                  hidden_sizes=(500, 500, 1000), prior_hidden=500, learning_rate=2e-3, c_marginal=20.0,
+                  cv_weight=0.0, likelihood="auto", sigma=0.1, pin=1.0, restarts=1, checkpoint_every=None,
+                  name="cluster_gmvae"):
+    """The `cluster` recipe with GMVAE as the model (gmvc.GMVAE(), configs/cluster_gmvae.py): the
+    same pretraining, neighbours and merged over-clustered fits, then three rounds of the GMVAE
+    objective (reconstruction, conditional prior, w prior, c prior with 0.5 free bits;
+    `cv_weight` > 0 adds the consistency-violation term) with `pin`, `neighbours` (20) and
+    `c_marginal`. GMVAE's mixture is a network of w: each fit sets it (model.load_prior: the
+    output layer's bias to the fitted components, its kernel to 0), so group g starts in
+    component g at every w, and a refit replaces the network and the groups only where its
+    partition has a higher modularity on the neighbour graph than the model's own partition.
+    The pin is weaker than VaDE's (1, not 5): the network's w-dependence is learned afresh after
+    each fit, and a strong pin holds the first partition's mistakes."""
+    c = cluster(n_clusters=n_clusters, steps=steps, pretrain_steps=pretrain_steps, batch_size=batch_size,
+                latent_dim=latent_dim, hidden_sizes=hidden_sizes, learning_rate=learning_rate, c_marginal=c_marginal,
+                likelihood=likelihood, sigma=sigma, pin=pin, restarts=restarts, checkpoint_every=checkpoint_every,
+                name=name)
+    c.unlock()
+    c.model.name = "gmvae"
+    c.model.w_dim, c.model.prior_hidden = int(w_dim), int(prior_hidden)
+    main_objective = {"recon": 1.0, "cond_prior": 1.0, "w_prior": 1.0, "c_prior": 1.0,
+                      "c_marginal": float(c_marginal), "neighbours": 20.0, "pin": float(pin)}
+    if cv_weight:
+        main_objective["cv"] = float(cv_weight)
+    c.objective = dict(main_objective)
+    for phase in ("main", "main2", "main3"):
+        c.phases[phase].objective = dict(main_objective)
     c.lock()
     return c

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmvc.core import mixture
-from gmvc.core.batching import make_embed
+from gmvc.core.batching import make_embed, make_predict
 from gmvc.core.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_merged, fit_diag_gmm_smoothed,
                                     mean_log_likelihood, partition_modularity)
 from gmvc.core.neighbours import agreement, knn_table
@@ -24,6 +24,7 @@ class EmbeddingPhases:
     def __init__(self, model, restarts, batch_size, phases=()):
         self.model, self.restarts = model, restarts
         self.embed = make_embed(model, batch_size)
+        self.predict = make_predict(model, batch_size)
         self.pins = any(uses_groups(p.spec) for p in phases)     # some train phase reads the fits' groups
         self.fits = make_fits(phases, model)
         self.balanced_fits = make_fits(phases, model, balanced=True)
@@ -39,7 +40,8 @@ class EmbeddingPhases:
         same embeddings (keep_or_replace); `echo` reports each choice. The restarts' priors are
         stacked on the host (numpy). When a train phase has the `pin` term, self.groups [R, N] holds
         each restart's partition of x by the prior it keeps: the merged groups of an over-clustered
-        fit, else each embedding's most likely component."""
+        fit, else each embedding's most likely component. A model without a stored prior (GMVAE)
+        keeps its params: the fit only gives the groups and the pull."""
         spec = phase.spec
         if spec["method"] == "minibatch":
             n = prior_fit_rows(spec, len(x))
@@ -49,7 +51,8 @@ class EmbeddingPhases:
             params_r = jax.tree.map(lambda a: a[r], params)
             z = self.embed(params_r, x)
             note = f" restart {r}" if self.restarts > 1 else ""
-            current = jax.device_get(prior_report(params_r["prior"], z)) if uses_current(spec) else None
+            current = (jax.device_get(prior_report(params_r["prior"], z))
+                       if uses_current(spec) and self.model.stored_prior else None)
             fit = self._fit(phase, current, note, echo)
             new = fit(rng, r, z, None if table is None else np.asarray(table[r]))
             merged = None
@@ -60,6 +63,11 @@ class EmbeddingPhases:
                 group_anchors = anchors(np.asarray(z), merged, self.model.num_clusters, spec["pull"])
                 self.pulled.append((group_anchors[merged], merged,
                                     float(np.mean(merged[np.asarray(table[r])] == merged[:, None]))))
+            if not self.model.stored_prior:
+                params_r, group = self._partition(phase, params_r, x, z, new, merged, table, r, note, echo)
+                priors.append(params_r)
+                groups.append(group)
+                continue
             kept = new
             if spec["keep_current"]:
                 kept = keep_or_replace(phase, params_r["prior"], new, z, note, echo, current,
@@ -67,9 +75,37 @@ class EmbeddingPhases:
             if self.pins:
                 groups.append(merged if kept is new and merged is not None else np.asarray(hard_partition(kept, z)))
             priors.append(jax.device_get(kept))
-        if self.pins:
+        if self.pins or not self.model.stored_prior:
             self.groups = np.stack(groups).astype(np.int32)
+        if not self.model.stored_prior:        # GMVAE: its whole params, the prior network's set to the fit
+            return jax.tree.map(lambda *a: np.stack(a), *jax.device_get(priors))
         return {**params, "prior": jax.tree.map(lambda *a: np.stack(a), *priors)}
+
+    def _partition(self, phase, params_r, x, z, new, merged, table, r, note, echo):
+        """(params, groups [N]) of one restart of a model without a stored prior (GMVAE), whose
+        prior network model.load_prior sets to the fit: group g (the fit's merged group g, else
+        its hard partition) is then the model's component g. With keep_current the model keeps
+        its network and its own partition (each sample's most likely cluster) unless the fit's
+        partition scores better by phase.spec["select"] ("modularity" on the neighbour graph, or
+        "balance")."""
+        fitted = merged if merged is not None else np.asarray(hard_partition(new, z))
+        if not phase.spec["keep_current"]:
+            return self.model.load_prior(params_r, new), fitted
+        k = self.model.num_clusters
+        own = np.asarray(self.predict(params_r, x)["log_gamma"]).argmax(1)
+        if phase.spec["select"] == "modularity":
+            graph = jnp.asarray(np.asarray(table[r]))
+            s_old, s_new = (float(partition_modularity(jnp.asarray(g), graph, k)) for g in (own, fitted))
+            what = f"modularity on the neighbour graph: the model's {s_old:.4f}, new fit {s_new:.4f}"
+        else:
+            s_old, s_new = (-partition_imbalance(np.bincount(g, minlength=k)) for g in (own, fitted))
+            what = f"imbalance: the model's {-s_old:.4f}, new fit {-s_new:.4f}"
+        keep = not s_new > s_old
+        if echo:
+            sizes = [sorted(np.bincount(g, minlength=k).tolist(), reverse=True) for g in (own, fitted)]
+            echo(f"phase {phase.name!r}{note}: {'kept the model and its' if keep else 'the new fit replaces the prior network and the'} "
+                 f"partition ({what}; cluster sizes: the model's {sizes[0]}, new fit {sizes[1]})", flush=True)
+        return (params_r, own) if keep else (self.model.load_prior(params_r, new), fitted)
 
     def _fit(self, phase, current, note, echo):
         """The plain fit, or the balanced one where balanced_above finds the current partition uneven."""
