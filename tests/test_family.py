@@ -183,7 +183,7 @@ def test_vae_objective_is_the_negative_elbo():
 
 # ---------------------------------------------------------------- the configs
 
-CONFIGS = ["vae_mnist5k.py", "cvae_mnist5k.py", "infovae_mnist5k.py", "mmdvae_mnist5k.py", "gmvae_mnist5k.py",
+CONFIGS = ["vae_mnist5k.py", "cvae_mnist5k.py", "infovae_mnist5k.py", "mmdvae_mnist5k.py", "gmvae_paper_mnist5k.py",
            "gmvae_conv_mnist5k.py"]
 
 
@@ -194,9 +194,12 @@ def test_config_settings():
     assert load_config("cvae_mnist5k.py").model.name == "cvae"
     conv = load_config("gmvae_conv_mnist5k.py")
     assert conv.model.net == "conv" and conv.model.conv_filters == (32, 64, 128)
-    g = load_config("gmvae_mnist5k.py")
+    g = load_config("gmvae_paper_mnist5k.py")
     assert g.model.num_clusters == 14 and g.model.hidden_sizes == (1000,) and g.objective.cv == 0.4
-    for name in CONFIGS:
+    g = load_config("gmvae_mnist5k.py")
+    assert g.model.num_clusters == 10 and g.model.name == "gmvae" and g.phases.main.objective.cv == 0.4
+    assert g.phases.main.objective.pin > 0 and g.phases.gmm_init.overcluster == 80
+    for name in CONFIGS + ["gmvae_mnist5k.py"]:
         assert load_config(name).data.source == "mnist5k"
 
 

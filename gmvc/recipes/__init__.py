@@ -14,7 +14,8 @@ imports JAX: loading a config stays cheap.
 """
 from gmvc.errors import ConfigError
 from gmvc.recipes.cluster import cluster, cluster_gmvae
-from gmvc.recipes.gmvae_family import gmvae, gmvae_conv_mnist5k, gmvae_mnist5k, gmvae_spiral, gmvae_spiral_k8
+from gmvc.recipes.gmvae_family import (gmvae, gmvae_conv_mnist5k, gmvae_mnist5k, gmvae_paper_mnist5k, gmvae_spiral,
+                                       gmvae_spiral_k8)
 from gmvc.recipes.vade_family import s3vdc_mnist, s3vdc_mnist5k, vade, vade_digits, vade_mnist, vade_mnist5k
 from gmvc.recipes.vae_family import cvae_mnist5k, infovae_mnist5k, mmdvae_mnist5k, vae_mnist5k
 
@@ -22,7 +23,7 @@ from gmvc.recipes.vae_family import cvae_mnist5k, infovae_mnist5k, mmdvae_mnist5
 # "cluster_gmvae", "vade" and "gmvae" are the parametrised ones at their defaults.
 RECIPES = {f.__name__: f for f in (
     cluster, cluster_gmvae, vade, vade_digits, vade_mnist5k, vade_mnist, s3vdc_mnist, s3vdc_mnist5k,
-    gmvae, gmvae_spiral, gmvae_spiral_k8, gmvae_mnist5k, gmvae_conv_mnist5k,
+    gmvae, gmvae_spiral, gmvae_spiral_k8, gmvae_mnist5k, gmvae_paper_mnist5k, gmvae_conv_mnist5k,
     vae_mnist5k, cvae_mnist5k, infovae_mnist5k, mmdvae_mnist5k)}
 
 
