@@ -284,12 +284,12 @@ class GMVAE(GMVCEstimator):
     """GMVAE with gmvc's recipe for new data (gmvc.recipes.cluster_gmvae): the pretraining,
     neighbours and merged over-clustered fits of gmvc.VaDE(), then three rounds of the GMVAE
     objective that hold each merged group in its own component (`pin`, `neighbours`,
-    `c_marginal`). The data's scaling and the likelihood ("auto") are chosen as gmvc.VaDE()
-    chooses them. cv_weight > 0 adds the consistency-violation term. The settings of earlier
+    `c_marginal`), with the consistency-violation term (`cv_weight`). The data's scaling and the
+    likelihood ("auto") are chosen as gmvc.VaDE() chooses them. The settings of earlier
     versions (configs/gmvae_spiral.py's) are gmvc.recipes.gmvae(): GMVCEstimator(config="gmvae")."""
 
     def __init__(self, n_clusters=10, latent_dim=10, w_dim=10, hidden_sizes=(500, 500, 1000), likelihood="auto",
-                 cv_weight=0.0, steps=4000, pretrain_steps=None, batch_size=100, learning_rate=2e-3,
+                 cv_weight=0.4, steps=4000, pretrain_steps=None, batch_size=100, learning_rate=2e-3,
                  c_marginal=20.0, restarts=1, random_state=None, workdir=None, verbose=False, progress=True):
         self.n_clusters = n_clusters
         self.latent_dim = latent_dim

@@ -10,7 +10,7 @@ _KNN = {"kind": "neighbours", "k": 3}
 
 def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, latent_dim=10,
             hidden_sizes=(500, 500, 1000), learning_rate=2e-3, c_marginal=20.0, likelihood="auto", sigma=0.1,
-            pin=5.0, restarts=1, checkpoint_every=None, name="cluster"):
+            pin=1.0, restarts=1, checkpoint_every=None, name="cluster"):
     """Pretraining, then three rounds of (neighbours, mixture fit, VaDE):
 
     1. an autoencoder alone for `pretrain_steps` (None: 3/8 of `steps`; batch 256; images
@@ -78,18 +78,17 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, late
 
 def cluster_gmvae(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, latent_dim=10, w_dim=10,
                   hidden_sizes=(500, 500, 1000), prior_hidden=500, learning_rate=2e-3, c_marginal=20.0,
-                  cv_weight=0.0, likelihood="auto", sigma=0.1, pin=1.0, restarts=1, checkpoint_every=None,
+                  cv_weight=0.4, likelihood="auto", sigma=0.1, pin=1.0, restarts=1, checkpoint_every=None,
                   name="cluster_gmvae"):
     """The `cluster` recipe with GMVAE as the model (gmvc.GMVAE(), configs/cluster_gmvae.py): the
     same pretraining, neighbours and merged over-clustered fits, then three rounds of the GMVAE
     objective (reconstruction, conditional prior, w prior, c prior with 0.5 free bits;
-    `cv_weight` > 0 adds the consistency-violation term) with `pin`, `neighbours` (20) and
-    `c_marginal`. GMVAE's mixture is a network of w: each fit sets it (model.load_prior: the
-    output layer's bias to the fitted components, its kernel to 0), so group g starts in
-    component g at every w, and a refit replaces the network and the groups only where its
-    partition has a higher modularity on the neighbour graph than the model's own partition.
-    The pin is weaker than VaDE's (1, not 5): the network's w-dependence is learned afresh after
-    each fit, and a strong pin holds the first partition's mistakes."""
+    `cv_weight`, the consistency-violation term at the paper's MNIST weight) with `pin`,
+    `neighbours` (20) and `c_marginal`. GMVAE's mixture is a network of w: each fit sets it
+    (model.load_prior: the output layer's bias to the fitted components, its kernel to 0), so
+    group g starts in component g at every w, and a refit replaces the network and the groups
+    only where its partition has a higher modularity on the neighbour graph than the model's own
+    partition."""
     c = cluster(n_clusters=n_clusters, steps=steps, pretrain_steps=pretrain_steps, batch_size=batch_size,
                 latent_dim=latent_dim, hidden_sizes=hidden_sizes, learning_rate=learning_rate, c_marginal=c_marginal,
                 likelihood=likelihood, sigma=sigma, pin=pin, restarts=restarts, checkpoint_every=checkpoint_every,

@@ -80,7 +80,7 @@ def gmvae_mnist5k():
     gmvc.GMVAE()'s): pretraining, neighbours and merged over-clustered fits that set the prior
     network, then the GMVAE objective with the consistency-violation term at the paper's weight
     (0.4), the pin and the neighbours term; K 10, one per digit."""
-    c = cluster_gmvae(n_clusters=10, cv_weight=0.4, name="gmvae_mnist5k")
+    c = cluster_gmvae(n_clusters=10, name="gmvae_mnist5k")
     c.data.source = "mnist5k"
     return c
 
