@@ -19,7 +19,7 @@ def test_minibatch_init_prior_uses_a_subsample():
     then moments, em_iters ignored) through EmbeddingPhases.init_prior, with an identity embedding."""
     from gmvc.training.embedding_phases import EmbeddingPhases
     z, y = _blobs(2000, seed=1)
-    model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
+    model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4, stored_prior=True)
     spec = {**INIT_DEFAULTS, "kind": "init_prior", "method": "minibatch", "kmeans_iters": 50, "em_iters": 20,
             "n_init": N_INIT, "select": "likelihood", "batches": 5, "batch_size": 100}
     params = {"net": {"w": jnp.ones((1, 2))},
@@ -57,7 +57,7 @@ def test_keep_current_keeps_the_better_partition():
     same = {"logits": jnp.zeros(4), "means": jnp.tile(jnp.asarray(z.mean(0)), (4, 1)), "log_vars": jnp.zeros((4, 3))}
     merged = {**truth, "means": truth["means"].at[1].set(truth["means"][0])}     # blob 1's points go to 0 or 3
     permuted = jax.tree.map(lambda a: a[jnp.array([2, 0, 3, 1])], truth)        # the same partition, relabelled
-    model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
+    model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4, stored_prior=True)
     spec = {**INIT_DEFAULTS, "kind": "init_prior", "select": "balance", "keep_current": True}
     params = {"net": {}, "prior": jax.tree.map(lambda a, b: jnp.stack([a, b]), truth, same)}
     said = []
@@ -97,7 +97,7 @@ def test_balanced_above_fits_balanced_only_where_the_partition_is_uneven():
     z = (centres[np.repeat(np.arange(4), 250)] + 0.8 * rng.standard_normal((1000, 2))).astype(np.float32)
     truth = {"logits": jnp.full(4, -np.log(4.0)), "means": jnp.asarray(centres), "log_vars": jnp.full((4, 2), np.log(0.64))}
     merged = {**truth, "means": truth["means"].at[1].set(truth["means"][0])}
-    model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4)
+    model = types.SimpleNamespace(embed=lambda params, x: x, num_clusters=4, stored_prior=True)
     spec = {**INIT_DEFAULTS, "kind": "init_prior", "select": "balance", "balanced_above": 0.02}
     params = {"net": {}, "prior": jax.tree.map(lambda a, b: jnp.stack([a, b]), truth, merged)}
     plain_calls, said = [], []
@@ -178,7 +178,7 @@ def test_pull_gives_each_sample_the_anchors_of_its_merged_group():
     from gmvc.training.embedding_phases import EmbeddingPhases, anchors
     x, y = make_moons(1000, noise=0.05, random_state=0)
     x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
-    model = types.SimpleNamespace(embed=lambda params, v: v, num_clusters=2)
+    model = types.SimpleNamespace(embed=lambda params, v: v, num_clusters=2, stored_prior=True)
     spec = {**INIT_DEFAULTS, "kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 4,
             "overcluster": 8, "pull": 3}
     params = {"net": {"w": jnp.ones((1, 2))},

@@ -81,7 +81,7 @@ def test_the_groups_are_the_merged_partition_or_the_priors_own():
     from gmvc.core.neighbours import knn_table
     x, y = make_moons(1000, noise=0.05, random_state=0)
     x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
-    model = types.SimpleNamespace(embed=lambda params, v: v, num_clusters=2)
+    model = types.SimpleNamespace(embed=lambda params, v: v, num_clusters=2, stored_prior=True)
     params = {"net": {"w": jnp.ones((1, 2))},
               "prior": {"logits": jnp.zeros((1, 2)), "means": jnp.zeros((1, 2, 2)), "log_vars": jnp.zeros((1, 2, 2))}}
     table = np.asarray(knn_table(jnp.asarray(x), 10))[None]

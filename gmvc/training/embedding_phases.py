@@ -24,7 +24,7 @@ class EmbeddingPhases:
     def __init__(self, model, restarts, batch_size, phases=()):
         self.model, self.restarts = model, restarts
         self.embed = make_embed(model, batch_size)
-        self.predict = make_predict(model, batch_size)
+        self.predict = None if model.stored_prior else make_predict(model, batch_size)   # the model's own partition
         self.pins = any(uses_groups(p.spec) for p in phases)     # some train phase reads the fits' groups
         self.fits = make_fits(phases, model)
         self.balanced_fits = make_fits(phases, model, balanced=True)
