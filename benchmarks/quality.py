@@ -22,7 +22,8 @@ its stopping point are chosen without them.
 
 Per method: mean and std of accuracy (Hungarian), NMI and ARI; mean wall time per run;
 `nan_runs` (training stopped on a non-finite value); `collapsed_runs` (one cluster holds more
-than half of the data although no class does). The runs use the command line's compilation
+than half of the data although no class does); `largest_share_max`, the largest share of the
+data one cluster holds in any run. The runs use the command line's compilation
 cache (gmvc/run/cache.py; `compilation_cache` in the output): a run whose programs were compiled
 before, by an earlier seed or run, loads them. GMVC_COMPILATION_CACHE=off times every run with
 its compilation.
@@ -132,7 +133,8 @@ def collapsed(pred, labels, k):
 def summarise(runs):
     ok = [r for r in runs if not r.get("nan")]
     out = {"runs": len(runs), "nan_runs": sum(bool(r.get("nan")) for r in runs),
-           "collapsed_runs": sum(bool(r.get("collapsed")) for r in runs)}
+           "collapsed_runs": sum(bool(r.get("collapsed")) for r in runs),
+           "largest_share_max": max((r["largest_share"] for r in runs if "largest_share" in r), default=None)}
     for m in ("acc", "nmi", "ari", "seconds"):
         values = [r[m] for r in ok if m in r]
         if values:
@@ -157,6 +159,7 @@ def run_gmvc(config, workdir, labels):
         run.update({m: round(s[m], 4) for m in ("acc", "nmi", "ari")})
     pred = np.repeat(np.arange(len(s["cluster_sizes"])), s["cluster_sizes"])   # only the sizes matter
     run["collapsed"] = collapsed(pred, labels, config.model.num_clusters)
+    run["largest_share"] = round(max(s["cluster_sizes"]) / len(pred), 4)
     return run
 
 
@@ -195,7 +198,7 @@ def baselines(data, k, seeds):          # seeds: the seeds to run (a range)
             t0 = time.time()
             pred = make(seed).fit_predict(x)
             run = {"seed": seed, "seconds": round(time.time() - t0, 2),
-                   "collapsed": collapsed(pred, data.y, k)}
+                   "collapsed": collapsed(pred, data.y, k), "largest_share": round(np.bincount(pred).max() / len(pred), 4)}
             if data.y is not None:
                 run.update({m: round(v, 4) for m, v in metrics.clustering_report(pred, data.y).items()
                             if m in ("acc", "nmi", "ari")})

@@ -32,6 +32,7 @@ def test_quality_reports_seeds_and_keeps_each_runs_log(quality, tmp_path, capsys
     assert 0.3 < min(accs) <= max(accs) <= 1.0                               # 60 steps cluster, roughly
     assert g["acc_mean"] == pytest.approx(sum(accs) / 2, abs=1e-4)
     assert all(sum(r["cluster_sizes"]) == 1797 for r in g["per_seed"])
+    assert g["largest_share_max"] == pytest.approx(max(max(r["cluster_sizes"]) / 1797 for r in g["per_seed"]), abs=1e-4)
     for seed in (0, 1):
         log = (tmp_path / "runs" / "vade_digits" / f"seed{seed}" / "log.txt").read_text()
         assert "phase 'gmm_init': mixture prior initialised from the embeddings (em)" in log
