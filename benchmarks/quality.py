@@ -197,8 +197,8 @@ def baselines(data, k, seeds):          # seeds: the seeds to run (a range)
         for seed in seeds:
             t0 = time.time()
             pred = make(seed).fit_predict(x)
-            run = {"seed": seed, "seconds": round(time.time() - t0, 2),
-                   "collapsed": collapsed(pred, data.y, k), "largest_share": round(np.bincount(pred).max() / len(pred), 4)}
+            run = {"seed": seed, "seconds": round(time.time() - t0, 2), "collapsed": collapsed(pred, data.y, k),
+                   "largest_share": round(np.bincount(pred).max() / len(pred), 4)}
             if data.y is not None:
                 run.update({m: round(v, 4) for m, v in metrics.clustering_report(pred, data.y).items()
                             if m in ("acc", "nmi", "ari")})

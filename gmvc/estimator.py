@@ -252,7 +252,8 @@ class VaDE(GMVCEstimator):
     as they are, whole numbers (pixel values 0-16, 0-255) divided by their largest, both read as
     Bernoulli; real features standardized and read as Gaussian. c_marginal (the batch's cluster
     usage against the uniform) assumes clusters of similar size; 0 turns it off. `steps` scales
-    every phase; pretrain_steps None is 3/8 of them. The recipe of earlier versions (one GMM fit, 3 restarts) is gmvc.recipes.vade()."""
+    every phase; pretrain_steps None is 3/8 of them. The recipe of earlier versions (one GMM
+    fit, 3 restarts) is gmvc.recipes.vade()."""
 
     def __init__(self, n_clusters=10, latent_dim=10, hidden_sizes=(500, 500, 1000), likelihood="auto",
                  steps=4000, pretrain_steps=None, batch_size=100, learning_rate=2e-3, c_marginal=20.0,

@@ -40,8 +40,8 @@ class EmbeddingPhases:
         same embeddings (keep_or_replace); `echo` reports each choice. The restarts' priors are
         stacked on the host (numpy). When a train phase has the `pin` term, self.groups [R, N] holds
         each restart's partition of x by the prior it keeps: the merged groups of an over-clustered
-        fit, else each embedding's most likely component. A model without a stored prior (GMVAE)
-        keeps its params: the fit only gives the groups and the pull."""
+        fit, else each embedding's most likely component. A model whose mixture is a prior network
+        (GMVAE) gets the fit written into that network instead (_partition)."""
         spec = phase.spec
         if spec["method"] == "minibatch":
             n = prior_fit_rows(spec, len(x))
@@ -75,7 +75,7 @@ class EmbeddingPhases:
             if self.pins:
                 groups.append(merged if kept is new and merged is not None else np.asarray(hard_partition(kept, z)))
             priors.append(jax.device_get(kept))
-        if self.pins or not self.model.stored_prior:
+        if self.pins:
             self.groups = np.stack(groups).astype(np.int32)
         if not self.model.stored_prior:        # GMVAE: its whole params, the prior network's set to the fit
             return jax.tree.map(lambda *a: np.stack(a), *jax.device_get(priors))
@@ -103,8 +103,9 @@ class EmbeddingPhases:
         keep = not s_new > s_old
         if echo:
             sizes = [sorted(np.bincount(g, minlength=k).tolist(), reverse=True) for g in (own, fitted)]
-            echo(f"phase {phase.name!r}{note}: {'kept the model and its' if keep else 'the new fit replaces the prior network and the'} "
-                 f"partition ({what}; cluster sizes: the model's {sizes[0]}, new fit {sizes[1]})", flush=True)
+            choice = "kept the model and its" if keep else "the new fit replaces the prior network and the"
+            echo(f"phase {phase.name!r}{note}: {choice} partition ({what}; cluster sizes: the model's {sizes[0]}, "
+                 f"new fit {sizes[1]})", flush=True)
         return (params_r, own) if keep else (self.model.load_prior(params_r, new), fitted)
 
     def _fit(self, phase, current, note, echo):
