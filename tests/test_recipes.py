@@ -102,6 +102,16 @@ def test_estimator_defaults_are_the_recipes():
     assert_same(gmvc.GMVCEstimator()._make_config(X01), ESTIMATOR_VALUES["VaDE():x01"])
 
 
+def test_pretraining_is_a_share_of_the_steps():
+    """pretrain_steps None is 3/8 of the steps (a short run keeps its shape); one that leaves no
+    steps to cluster in is named."""
+    for make in (gmvc.VaDE, gmvc.GMVAE):
+        c = make(steps=200)._base_config()
+        assert c.phases.pretrain.steps == 75 / 200 and c.phases.main.steps == 62.5 / 200
+    with pytest.raises(ConfigError, match="pretrain_steps=1500 leaves no steps to cluster in"):
+        gmvc.VaDE(steps=1000, pretrain_steps=1500)._base_config()
+
+
 def test_general_estimator_takes_a_recipe_name_or_a_config_file():
     # Before recipes, GMVCEstimator() defaulted to the file configs/vade_digits.py: its config then
     # is the one of the recipe named so, and of that file.
