@@ -48,8 +48,7 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, late
     c.unlock()
     c.data.source = "mnist5k"            # the command line's default; set data.source to your data
     c.model.sigma = float(sigma)
-    main_objective = {"recon": 1.0, "vade_kl": 1.0, "c_marginal": float(c_marginal), "neighbours": 20.0,
-                      "pin": float(pin)}
+    main_objective = _main_objective({"vade_kl": 1.0}, c_marginal, pin)
     c.objective = dict(main_objective)
     c.terms = {"c_prior": {"free_bits": 0.5}, "neighbours": {"stop_gradient": True}}
     fit = {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 30,
@@ -96,12 +95,16 @@ def cluster_gmvae(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100
     c.unlock()
     c.model.name = "gmvae"
     c.model.w_dim, c.model.prior_hidden = int(w_dim), int(prior_hidden)
-    main_objective = {"recon": 1.0, "cond_prior": 1.0, "w_prior": 1.0, "c_prior": 1.0,
-                      "c_marginal": float(c_marginal), "neighbours": 20.0, "pin": float(pin)}
-    if cv_weight:
-        main_objective["cv"] = float(cv_weight)
+    elbo = {"cond_prior": 1.0, "w_prior": 1.0, "c_prior": 1.0, **({"cv": float(cv_weight)} if cv_weight else {})}
+    main_objective = _main_objective(elbo, c_marginal, pin)
     c.objective = dict(main_objective)
     for phase in ("main", "main2", "main3"):
         c.phases[phase].objective = dict(main_objective)
     c.lock()
     return c
+
+
+def _main_objective(elbo, c_marginal, pin):
+    """The objective of the recipes' clustering phases: reconstruction, the model's ELBO terms
+    `elbo`, and the terms that hold the groups (c_marginal, neighbours 20, pin)."""
+    return {"recon": 1.0, **elbo, "c_marginal": float(c_marginal), "neighbours": 20.0, "pin": float(pin)}

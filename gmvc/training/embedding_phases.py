@@ -93,13 +93,10 @@ class EmbeddingPhases:
             return self.model.load_prior(params_r, new), fitted
         k = self.model.num_clusters
         own = np.asarray(self.predict(params_r, x)["log_gamma"]).argmax(1)
-        if phase.spec["select"] == "modularity":
-            graph = jnp.asarray(np.asarray(table[r]))
-            s_old, s_new = (float(partition_modularity(jnp.asarray(g), graph, k)) for g in (own, fitted))
-            what = f"modularity on the neighbour graph: the model's {s_old:.4f}, new fit {s_new:.4f}"
-        else:
-            s_old, s_new = (-partition_imbalance(np.bincount(g, minlength=k)) for g in (own, fitted))
-            what = f"imbalance: the model's {-s_old:.4f}, new fit {-s_new:.4f}"
+        s_old, s_new = partition_scores(phase.spec["select"], (own, fitted), table[r], k)
+        what = (f"modularity on the neighbour graph: the model's {s_old:.4f}, new fit {s_new:.4f}"
+                if phase.spec["select"] == "modularity"
+                else f"imbalance: the model's {-s_old:.4f}, new fit {-s_new:.4f}")
         keep = not s_new > s_old
         if echo:
             sizes = [sorted(np.bincount(g, minlength=k).tolist(), reverse=True) for g in (own, fitted)]
@@ -223,6 +220,16 @@ def partition_imbalance(sizes):
     return float(np.log(len(p)) + np.sum(p * np.log(np.maximum(p, 1e-30))))
 
 
+def partition_scores(select, partitions, table, k):
+    """The score of each hard partition [N] (labels in [0, k); higher is better): "modularity" on
+    the neighbour graph `table` [N, n], else ("balance") minus the KL of its cluster sizes from
+    the uniform."""
+    if select == "modularity":
+        graph = jnp.asarray(np.asarray(table))
+        return [float(partition_modularity(jnp.asarray(g), graph, k)) for g in partitions]
+    return [-partition_imbalance(np.bincount(np.asarray(g), minlength=k)) for g in partitions]
+
+
 def keep_or_replace(phase, current, new, z, note="", echo=None, current_report=None, graph=None):
     """init_prior with keep_current: `new` replaces `current` only if it scores better on the
     embeddings z by phase.spec["select"]: "balance" scores the partition (each embedding to its
@@ -242,8 +249,7 @@ def keep_or_replace(phase, current, new, z, note="", echo=None, current_report=N
     elif select == "modularity":
         table, merged = graph
         k = len(sizes_old)
-        s_old, s_new = (float(partition_modularity(jnp.asarray(g), jnp.asarray(table), k))
-                        for g in (hard_partition(current, z), merged))
+        s_old, s_new = partition_scores("modularity", (hard_partition(current, z), merged), table, k)
         sizes_new = np.bincount(merged, minlength=k)
         what = f"modularity on the neighbour graph: current {s_old:.4f}, new fit {s_new:.4f}"
     else:
