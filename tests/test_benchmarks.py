@@ -55,7 +55,7 @@ def test_quality_runs_the_default_recipe_on_a_development_set(quality, tmp_path,
     run = result["gmvc"]["per_seed"][0]
     assert run["acc"] > 0.6 and sum(run["cluster_sizes"]) == 150 and run["seconds"] > 0
     assert result["kmeans"]["acc_mean"] == pytest.approx(0.8333, abs=0.01)        # k-means on standardized iris
-    assert result["full_gmm"]["acc_mean"] > 0.8
+    assert result["full_gmm"]["acc_mean"] == pytest.approx(0.9667, abs=0.01)    # the best of 10 inits
     log = (tmp_path / "runs" / "iris" / "seed0" / "log.txt").read_text()
     assert "input: each feature to mean 0 and std 1" in log and "merged partition's group sizes" in log
     with pytest.raises(SystemExit):
@@ -108,3 +108,15 @@ def test_throughput_reference_keeps_each_shapes_faster_pass(quality):
     assert rate == pytest.approx(12.0)
     per_shape, rate = throughput.matmul_reference(matmuls, [slow_first])
     assert [p["gflops"] for p in per_shape] == [6.0, 12.0, 6.0] and rate == pytest.approx(3 * 1.2e7 / 5e-3 / 1e9)
+
+
+def test_quality_runs_the_baselines_alone(quality, tmp_path, monkeypatch):
+    real = quality.baseline_methods
+    monkeypatch.setattr(quality, "baseline_methods", lambda k: {m: f for m, f in real(k).items() if m != "umap_gmm"})
+    (result,) = quality.main(["--dev=breast_cancer", "--seeds=2", "--baselines-only", f"--workdir={tmp_path}"])
+    assert "gmvc" not in result and result["num_samples"] == 569
+    assert [r["seed"] for r in result["full_gmm"]["per_seed"]] == [0, 1]
+    assert result["full_gmm"]["acc_mean"] == pytest.approx(0.940, abs=0.01)      # standardized, 10 inits
+    assert not (tmp_path / "breast_cancer").exists()                          # no gmvc run
+    with pytest.raises(SystemExit):
+        quality.main(["--dev=iris", "--baselines-only", "--no-baselines"])
