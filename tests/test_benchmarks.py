@@ -120,3 +120,17 @@ def test_quality_runs_the_baselines_alone(quality, tmp_path, monkeypatch):
     assert not (tmp_path / "breast_cancer").exists()                          # no gmvc run
     with pytest.raises(SystemExit):
         quality.main(["--dev=iris", "--baselines-only", "--no-baselines"])
+
+
+def test_graph_criteria_normalized_cut():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import graph_criteria
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import numpy as np
+    table = np.array([[1, 2], [0, 0], [0, 3], [2, 2]])          # 4 points, 2 neighbours each
+    # groups {0, 1} and {2, 3}: each sends 1 of its 4 links out; {0} alone sends both its links out
+    assert graph_criteria.normalized_cut(np.array([0, 0, 1, 1]), table, 2) == pytest.approx(0.25 + 0.25)
+    assert graph_criteria.normalized_cut(np.array([0, 1, 1, 1]), table, 2) == pytest.approx(1.0 + 3 / 6)
+    assert graph_criteria.normalized_cut(np.array([0, 0, 0, 0]), table, 2) == 0.0
