@@ -87,6 +87,8 @@ def _train(config, workdir, inputs, echo, write_outputs, bar):
             prepare.save(scaling, workdir)
     for note in notes:
         echo(note, flush=True)
+    if ctx.stream_note:
+        echo(f"input: {ctx.stream_note}", flush=True)
     params_like = jax.eval_shape(lambda r: init_params(ctx.model.init, r, config.train.restarts), ctx.rngs["init"])
     with contextlib.ExitStack() as cleanup:
         # The phases compile in a background thread from here on, while the parameters initialise.

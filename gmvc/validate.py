@@ -129,6 +129,10 @@ def _check_parallel(p):
     """The number of devices a run's batches split over."""
     if p.mode not in parallel.MODES:
         raise ConfigError(f"unknown parallel.mode {p.mode!r}; known: {list(parallel.MODES)}")
+    if p.stream not in ("auto", "on", "off"):
+        raise ConfigError(f"unknown parallel.stream {p.stream!r}; known: ['auto', 'on', 'off']")
+    if not p.device_budget_mb > 0:
+        raise ConfigError(f"parallel.device_budget_mb must be positive, got {p.device_budget_mb}")
     available = len(jax.devices())
     if p.devices > available:
         raise ConfigError(f"parallel.devices={p.devices} but only {available} devices are available")

@@ -7,10 +7,10 @@ import numpy as np
 
 from gmvc.errors import DataError
 from gmvc.models import make_model
-from gmvc.training import parallel
+from gmvc.training import parallel, stream
 from gmvc.training.embedding_phases import EmbeddingPhases
 from gmvc.training.phases import build_phases
-from gmvc.training.runner import make_runners
+from gmvc.training.runner import make_runners, uses_host_loop
 
 
 class RunContext(NamedTuple):
@@ -23,8 +23,9 @@ class RunContext(NamedTuple):
     embedding: EmbeddingPhases   # the init_prior and neighbours phases
     inputs: object               # what the model reads, every sample (an array or {"x", "y"})
     split: Optional[tuple]       # (train rows, validation rows), or None
-    x_device: object             # the training inputs placed for the layout
+    x_device: object             # the training inputs placed for the layout (streamed: on the host)
     rngs: dict                   # "init", "train", "sample", "prior"
+    stream_note: Optional[str] = None   # why the inputs are streamed (or why not, above the budget)
 
     @property
     def x_train(self):
@@ -52,11 +53,16 @@ def build(config, data):
     model = make_model(config.model, data.x.shape[1:])
     phases = build_phases(config)
     inputs = model_inputs(model, data)
+    train_inputs = inputs if split is None else rows(inputs, split[0])
+    nbytes = sum(np.asarray(a).nbytes for a in jax.tree.leaves(train_inputs))
+    streamed, note = stream.decide(config.parallel, nbytes, layout, uses_host_loop(config))
     init, train, sample, prior = jax.random.split(jax.random.key(config.seed), 4)
-    return RunContext(config, data, model, phases, layout, make_runners(config, model, phases, num_train, layout),
+    return RunContext(config, data, model, phases, layout,
+                      make_runners(config, model, phases, num_train, layout, streamed=streamed),
                       EmbeddingPhases(model, config.train.restarts, config.eval.batch_size, phases), inputs, split,
-                      parallel.put_data(layout, inputs if split is None else rows(inputs, split[0])),
-                      {"init": init, "train": train, "sample": sample, "prior": prior})
+                      train_inputs if streamed else parallel.put_data(layout, train_inputs),
+                      {"init": init, "train": train, "sample": sample, "prior": prior},
+                      ("streamed from the host: " if streamed else "") + note if note else None)
 
 
 def rows(inputs, index):

@@ -8,7 +8,7 @@ import numpy as np
 
 from gmvc.errors import Interrupted, TrainingError
 from gmvc.objectives import make_objective
-from gmvc.training import augment, interrupt, parallel, steps
+from gmvc.training import augment, interrupt, parallel, steps, stream
 from gmvc.training.phases import program_key
 from gmvc.training.state import create_state, make_optimizer, opt_init
 
@@ -38,14 +38,16 @@ def uses_host_loop(config):
     return loop == "host" or (loop == "auto" and config.model.net == "conv")
 
 
-def make_runners(config, model, phases, num_examples, layout):
+def make_runners(config, model, phases, num_examples, layout, streamed=False):
     """A PhaseRunner per train phase; phases with the same program_key share one compiled chunk
-    (e.g. vade_mnist5k's main and main2: one compile in place of two)."""
+    (e.g. vade_mnist5k's main and main2: one compile in place of two). `streamed`: the batches come
+    from the host (gmvc/training/stream.py)."""
     runners, by_key = {}, {}
     for p in phases:
         if p.kind == "train":
             key = program_key(p.spec)
-            runners[p.name] = PhaseRunner(config, model, p, num_examples, layout, program=by_key.get(key))
+            runners[p.name] = PhaseRunner(config, model, p, num_examples, layout, program=by_key.get(key),
+                                          streamed=streamed)
             by_key.setdefault(key, runners[p.name])
     return runners
 
@@ -55,17 +57,18 @@ class PhaseRunner:
     an earlier phase's runner with the same program_key, lends its compiled chunk, objective and
     optimizer (the phase's bounds are arguments of the chunk, not constants in it)."""
 
-    def __init__(self, config, model, phase, num_examples, layout=None, program=None):
-        self.config, self.phase = config, phase
+    def __init__(self, config, model, phase, num_examples, layout=None, program=None, streamed=False):
+        self.config, self.phase, self.streamed = config, phase, streamed
         self.bounds = np.asarray([phase.start, phase.end], np.int32)
         self.score_step = phase.end - phase.start       # the phase's own step count at its end (choose_restart)
         self.layout = layout = layout or parallel.make_layout(config.parallel)
-        self.warmable = not uses_host_loop(config) and (layout.mode == "single" or (
+        self.warmable = not streamed and not uses_host_loop(config) and (layout.mode == "single" or (
             layout.mode == "shard_map" and jax.process_count() == 1))
         if program is not None:
             self.owner = program.owner
-            self.loss, self.full_loss, self.tx, self.run_chunk, self.init_opt = (
-                program.loss, program.full_loss, program.tx, program.run_chunk, program.init_opt)
+            self.loss, self.full_loss, self.tx, self.run_chunk, self.init_opt, self.plan, self.own = (
+                program.loss, program.full_loss, program.tx, program.run_chunk, program.init_opt, program.plan,
+                program.own)
             return
         self.owner = self                       # the runner that owns (and counts) the compiled program
         axis = layout.axis_name
@@ -86,6 +89,7 @@ class PhaseRunner:
         step_fn = steps.make_lifted_step(phase_loss, self.tx, t.restarts, axis_name=axis, own_batches=own is not None)
         select = steps.select_batch if axis is None else parallel.select_local_batch(layout.n)
         self.trace_count = 0
+        self.plan, self.own = None, own is not None
 
         def counted(fn):
             def traced(state, x, rng, bounds):
@@ -93,7 +97,13 @@ class PhaseRunner:
                 return fn(state, x, rng, bounds)
             return traced
 
-        if uses_host_loop(config):
+        if streamed:
+            self.plan = stream.make_plan(num_examples=num_examples, batch_size=batch_size, chunk_len=t.log_every,
+                                         restarts=own)
+            chunk = stream.make_streamed_chunk(step_fn, batch_size=batch_size, chunk_len=t.log_every,
+                                               devices=1 if axis is None else layout.n)
+            self.run_chunk = stream.wrap(layout, counted(chunk), own=own is not None)
+        elif uses_host_loop(config):
             one = steps.make_indexed_step(step_fn, num_examples=num_examples, batch_size=batch_size, select=select,
                                           restarts=own)
             self.run_chunk = steps.make_host_chunk(parallel.wrap_chunk(layout, counted(one)), chunk_len=t.log_every,
@@ -130,9 +140,23 @@ class PhaseRunner:
         """Train to the phase's end (or until `watch`, the gmvc/eval/monitor.py Monitor, stops early),
         logging every log_every steps and checkpointing every checkpoint_every."""
         t = self.config.train
+        start, run_chunk, feeder = self._step_of(state), self.run_chunk, None
+        if self.streamed:
+            table = state.get("neighbours")
+            feeder = stream.Feeder(x, self.plan, table, rng, self.layout, step=start, end=self.phase.end,
+                                   chunk_len=t.log_every, own=self.own)
+            run_chunk = feeder(self.run_chunk)
+        try:
+            return self._run(state, x, rng, ckpt, progress, watch, start, run_chunk)
+        finally:
+            if feeder is not None:
+                feeder.close()
+
+    def _run(self, state, x, rng, ckpt, progress, watch, start, run_chunk):
+        t = self.config.train
         ckpt_every = math.ceil(t.checkpoint_every / t.log_every) * t.log_every
-        for state, chunk_metrics, step in chunks(self.run_chunk, state, (x, rng, self.bounds), self._step_of(state),
-                                                 self.phase.end, t.log_every):
+        for state, chunk_metrics, step in chunks(run_chunk, state, (x, rng, self.bounds), start, self.phase.end,
+                                                 t.log_every):
             per_restart = parallel.metrics_to_host(self.layout, chunk_metrics)   # each [R]
             check_finite(step, per_restart)
             values = {k: float(np.mean(v)) for k, v in per_restart.items()}

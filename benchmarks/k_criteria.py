@@ -1,0 +1,100 @@
+"""Label-free criteria for the number of clusters, on the `cluster` recipe's pretrained embedding
+of each development set (as benchmarks/graph_criteria.py pretrains it), for K = 2..max:
+
+- `modularity`: the modularity of the recipe's merged partition into K groups on the 3-neighbour
+  graph (30 over-clustered fits, as the recipe's first fit); the K where it peaks;
+- `eigengap`: the largest gap among the first eigenvalues of the normalized Laplacian of the
+  symmetrized 10-neighbour graph;
+- `hdbscan`: the number of clusters scikit-learn's HDBSCAN finds with min_cluster_size = N / 100
+  (and the share it calls noise);
+- scikit-learn's GaussianMixture (full covariance, 3 inits) chosen by BIC over K = 1..max on the
+  input features.
+
+    python benchmarks/k_criteria.py --dev --seeds=100,101 --max-k=15
+
+Prints one JSON object per set and seed (one line each), with each criterion's K and its curve.
+"""
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from graph_criteria import embed_after_pretraining  # noqa: E402
+from quality import DEV_SETS, dev_jobs  # noqa: E402
+
+
+def eigengap(z, neighbours, max_k):
+    """(K, eigenvalues): the K after which the normalized Laplacian's spectrum jumps most."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import eigsh
+    from sklearn.neighbors import NearestNeighbors
+    n = len(z)
+    idx = NearestNeighbors(n_neighbors=neighbours + 1).fit(z).kneighbors(z, return_distance=False)[:, 1:]
+    a = sp.csr_matrix((np.ones(n * neighbours), (np.repeat(np.arange(n), neighbours), idx.ravel())), shape=(n, n))
+    a = ((a + a.T) > 0).astype(float)
+    d = sp.diags(1 / np.sqrt(np.asarray(a.sum(1)).ravel()))
+    lam = np.sort(1 - eigsh(d @ a @ d, k=min(max_k + 1, n - 2), which="LA", return_eigenvectors=False))
+    return 2 + int(np.argmax(np.diff(lam)[1:max_k])), lam.round(4).tolist()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dev", nargs="?", const=",".join(DEV_SETS), default=",".join(DEV_SETS))
+    p.add_argument("--seeds", default="100,101")
+    p.add_argument("--max-k", type=int, default=15)
+    args = p.parse_args(argv)
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    import jax
+    import jax.numpy as jnp
+    from sklearn.cluster import HDBSCAN
+    from sklearn.mixture import GaussianMixture
+    from gmvc.core.mixture_init import fit_diag_gmm_merged, partition_modularity
+    from gmvc.core.neighbours import knn_table
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path, overrides in dev_jobs(args.dev.split(","), pathlib.Path(tmp) / "data"):
+            for seed in map(int, args.seeds.split(",")):
+                z, data = embed_after_pretraining(path, overrides, seed, pathlib.Path(tmp) / f"{name}{seed}")
+                n, zj = len(z), jnp.asarray(z)
+                table = jnp.asarray(knn_table(zj, 3))
+                modularity = {}
+                for k in range(2, args.max_k + 1):
+                    over = min(8 * k, max(k + 1, n // 20))
+                    if over <= k:
+                        break
+                    _, groups = fit_diag_gmm_merged(jax.random.PRNGKey(seed), zj, table, k, over, smooth=1, n_init=30,
+                                                    select="modularity", with_groups=True, linkage="both",
+                                                    kmeans_iters=50, em_iters=20)
+                    modularity[k] = round(float(partition_modularity(groups, table, k)), 4)
+                gap_k, spectrum = eigengap(z, 10, args.max_k)
+                hdb = HDBSCAN(min_cluster_size=max(5, n // 100), copy=True).fit_predict(z)
+                x = data.x.reshape(n, -1)
+                bic = {}
+                for k in range(1, args.max_k + 1):
+                    try:
+                        bic[k] = round(float(GaussianMixture(k, covariance_type="full", n_init=3, random_state=seed)
+                                             .fit(x).bic(x)), 1)
+                    except ValueError:
+                        bic[k] = round(float(GaussianMixture(k, covariance_type="full", n_init=3, reg_covar=1e-3,
+                                                             random_state=seed).fit(x).bic(x)), 1)
+                result = {"set": name, "seed": seed, "true_k": DEV_SETS[name],
+                          "modularity_k": max(modularity, key=modularity.get), "eigengap_k": gap_k,
+                          "hdbscan_k": int(hdb.max() + 1), "hdbscan_noise": round(float((hdb < 0).mean()), 3),
+                          "gmm_bic_k": min(bic, key=bic.get),
+                          "modularity": modularity, "spectrum": spectrum, "bic": bic}
+                print(json.dumps(result), flush=True)
+                out.append(result)
+    return out
+
+
+if __name__ == "__main__":
+    main()

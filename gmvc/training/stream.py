@@ -1,0 +1,199 @@
+"""Streamed training input: the batches assembled on the host and sent to the device ahead of the
+step, for data larger than the device should hold (`parallel.stream`, `parallel.device_budget_mb`).
+
+The in-memory path puts every training sample on the device once and each step selects its batch
+there (steps.make_train_chunk). The streamed path keeps the samples on the host. For each chunk of
+`train.log_every` steps, a small compiled program (make_plan) computes the rows every step of the
+chunk reads: the batch (steps.make_epoch_order, the same permutation per epoch) and, where the
+phase reads neighbours, each sample's drawn neighbour (neighbours.draw with the same per-sample
+keys). The host gathers those rows and transfers them while the previous chunk trains (a
+background thread: double buffering), and make_streamed_chunk trains on them. Each step then
+sees the same rows and the same noise as the in-memory path, so the two give the same parameters
+(tests/test_stream.py checks them bit for bit).
+
+Data placement: one device, or shard_map over the devices of one process (each device receives
+its share of every batch). Host memory holds the training samples as loaded; the device holds
+two chunks of batches.
+"""
+import concurrent.futures
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gmvc.core import neighbours as nbrs
+from gmvc.errors import ConfigError
+from gmvc.objectives import make_batch
+from gmvc.training import steps
+from gmvc.training.parallel import AXIS
+
+STREAM_CHOICES = ("auto", "on", "off")
+
+
+def decide(parallel_cfg, nbytes, layout, host_loop):
+    """(stream?, reason): whether the training inputs (`nbytes` as they would sit on the device)
+    are streamed. "auto" streams above parallel.device_budget_mb; "on" always (an error where
+    the streamed path does not run); "off" never."""
+    mode, budget = parallel_cfg.stream, parallel_cfg.device_budget_mb
+    size = f"{nbytes / 2 ** 20:,.1f} MB of training inputs"
+    unsupported = _unsupported(layout, host_loop)
+    if mode == "off":
+        return False, None
+    if mode == "on":
+        if unsupported:
+            raise ConfigError(f"parallel.stream='on' {unsupported}")
+        return True, f"{size}, parallel.stream='on'"
+    if nbytes <= budget * 2 ** 20:
+        return False, None
+    if unsupported:
+        return False, f"{size} exceed parallel.device_budget_mb={budget:g}, but the streamed path {unsupported}: " \
+                      f"the data goes on the device"
+    return True, f"{size} exceed parallel.device_budget_mb={budget:g}"
+
+
+def _unsupported(layout, host_loop):
+    if host_loop:
+        return "does not run with the host loop of convolutional networks (train.loop='host' or a conv net)"
+    if layout.mode == "pmap":
+        return "does not run with parallel.mode='pmap' (use shard_map)"
+    if jax.process_count() > 1:
+        return "runs on one process (several hosts: not yet)"
+    return None
+
+
+def make_plan(*, num_examples, batch_size, chunk_len, restarts=None):
+    """plan(step0, table, rng) -> {"idx": [L, B] (or [L, R, B] with `restarts`, each restart's own
+    order), "nbr": [L, R, B] (only with a neighbour table [R, N, k])}: the rows of the L steps from
+    step0, as make_train_chunk selects them (its epoch order, its per-sample keys)."""
+
+    def plan(step0, table, rng):
+        data_rng, step_rng = jax.random.split(rng)
+        steps_per_epoch, order = steps.make_epoch_order(data_rng, num_examples, batch_size, restarts)
+
+        def body(perm, step):
+            perm = jax.lax.cond(step % steps_per_epoch == 0, lambda: order(step // steps_per_epoch), lambda: perm)
+            idx = jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size, axis=-1)
+            out = {"idx": idx}
+            if table is not None:
+                keys = steps.step_keys(step_rng, step, batch_size)
+                rows = idx if idx.ndim == 2 else jnp.broadcast_to(idx, (table.shape[0],) + idx.shape)
+                out["nbr"] = jax.vmap(lambda t, i: nbrs.draw(t, i, keys))(table, rows)
+            return perm, out
+
+        _, out = jax.lax.scan(body, order(step0 // steps_per_epoch), step0 + jnp.arange(chunk_len))
+        return out
+
+    return jax.jit(plan)
+
+
+def make_streamed_chunk(train_step, *, batch_size, chunk_len, devices=1):
+    """chunk(state, feed, rng, bounds) -> (state, metrics), make_train_chunk's contract with the
+    rows given: feed {"idx": [L, B] (or [L, R, B]), "rows": the inputs of those rows [L, B, ...]
+    (or [L, R, B, ...]), "nbr_rows": the drawn neighbours' inputs [L, R, B, ...] (with a neighbour
+    table)}. Under shard_map (`devices` n > 1) it is the per-device body and receives its 1/n of
+    each batch."""
+
+    def chunk(state, feed, rng, bounds):
+        start, end = bounds[0], bounds[1]
+        _, step_rng = jax.random.split(rng)
+        last = jnp.minimum(end, state["step"] + chunk_len) - 1
+
+        def local_keys(keys):
+            if devices == 1:
+                return keys
+            b = batch_size // devices
+            return jax.lax.dynamic_slice_in_dim(keys, jax.lax.axis_index(AXIS) * b, b)
+
+        @jax.jit
+        def one_step(s, item, step_rng, start, last):
+            step = s["step"]
+            keys = local_keys(steps.step_keys(step_rng, step, batch_size))
+            groups = None
+            if "groups" in s:
+                idx = item["idx"]
+                rows = idx if idx.ndim == 2 else jnp.broadcast_to(idx, (s["groups"].shape[0],) + idx.shape)
+                groups = jax.vmap(lambda g, i: g[i])(s["groups"], rows)
+            batch = make_batch(item["rows"], item.get("nbr_rows"), groups)
+            return train_step(s, batch, keys, start, step == last)
+
+        first = jax.tree.map(lambda a: a[0], feed)
+        aux_shape = jax.eval_shape(lambda s: one_step(s, first, step_rng, start, last)[1], state)
+
+        def body(s, item):
+            skip = lambda s, item: (s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape))
+            active = s["step"] < end
+            s, aux = jax.lax.cond(active, lambda s, item: one_step(s, item, step_rng, start, last), skip, s, item)
+            return s, (aux, active)
+
+        state, (aux, active) = jax.lax.scan(body, state, feed)
+        return state, steps.chunk_metrics(aux, active)
+
+    return chunk
+
+
+def wrap(layout, chunk, own=False):
+    """Compile the streamed chunk for the layout: jit on one device; under shard_map the feed's
+    leaves are split over their batch axis (one program per set of feed keys), the state, key
+    and bounds replicated."""
+    if layout.mode == "single":
+        return jax.jit(chunk, donate_argnums=(0,))
+    programs = {}
+
+    def run(state, feed, rng, bounds):
+        keys = tuple(sorted(feed))
+        if keys not in programs:
+            specs = {k: P(*([None] * _batch_axis(k, own)), AXIS) for k in keys}
+            body = jax.shard_map(chunk, mesh=layout.mesh, in_specs=(P(), specs, P(), P()), out_specs=(P(), P()),
+                                 check_vma=False)
+            programs[keys] = jax.jit(body, donate_argnums=(0,))
+        return programs[keys](state, feed, rng, bounds)
+
+    return run
+
+
+def _batch_axis(key, own):
+    return 2 if key == "nbr_rows" or own else 1
+
+
+class Feeder:
+    """The host side of a streamed phase: gathers each chunk's rows from the host inputs `x` (an
+    array, or {"x", "y"}) and places them for the layout, the next chunk in a background thread
+    while the current one trains. Call it as the chunk's runner: feeder(run_chunk)(state, x, rng,
+    bounds) runs one chunk from the feeder's own step count (which starts at `step`)."""
+
+    def __init__(self, x, plan, table, rng, layout, *, step, end, chunk_len, own=False):
+        self.x, self.plan, self.rng, self.layout = x, plan, rng, layout
+        self.table = None if table is None else jnp.array(table, copy=True)   # the state's own is donated
+        self.step, self.end, self.chunk_len, self.own = step, end, chunk_len, own
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmvc-stream")
+        self.pending = None
+
+    def fetch(self, step0):
+        """The feed of the chunk from step0, on the device(s)."""
+        plan = jax.device_get(self.plan(np.int32(step0), self.table, self.rng))
+        take = lambda index: jax.tree.map(lambda a: np.take(a, index, axis=0), self.x)
+        feed = {"idx": plan["idx"], "rows": take(plan["idx"])}
+        if "nbr" in plan:
+            feed["nbr_rows"] = take(plan["nbr"])
+        if self.layout.mode == "single":
+            return jax.device_put(feed, self.layout.devices[0])
+        sharding = {k: NamedSharding(self.layout.mesh, P(*([None] * _batch_axis(k, self.own)), AXIS))
+                    for k in feed}
+        return {k: jax.device_put(v, sharding[k]) for k, v in feed.items()}
+
+    def __call__(self, run_chunk):
+        def run(state, _x, rng, bounds):
+            step0 = self.step
+            feed = self.pending.result() if self.pending is not None and self.pending_step == step0 \
+                else self.fetch(step0)
+            out = run_chunk(state, feed, rng, bounds)          # dispatched; the next chunk's rows load meanwhile
+            self.step = min(step0 + self.chunk_len, self.end)
+            self.pending, self.pending_step = None, None
+            if self.step < self.end:
+                self.pending, self.pending_step = self.pool.submit(self.fetch, self.step), self.step
+            return out
+        return run
+
+    def close(self):
+        self.pool.shutdown(wait=True)
