@@ -134,3 +134,16 @@ def test_graph_criteria_normalized_cut():
     assert graph_criteria.normalized_cut(np.array([0, 0, 1, 1]), table, 2) == pytest.approx(0.25 + 0.25)
     assert graph_criteria.normalized_cut(np.array([0, 1, 1, 1]), table, 2) == pytest.approx(1.0 + 3 / 6)
     assert graph_criteria.normalized_cut(np.array([0, 0, 0, 0]), table, 2) == 0.0
+
+
+def test_scale_compares_streamed_and_in_memory_training():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import scale
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out = scale.main(["--n=600", "--steps=16"])
+    assert out["n"] == 600 and out["steps_per_sec_on"] > 0 and out["steps_per_sec_off"] > 0
+    assert out["streamed_over_in_memory"] == pytest.approx(out["steps_per_sec_on"] / out["steps_per_sec_off"],
+                                                           abs=1e-3)
+    assert out["peak_rss_mb_after_on"] >= out["peak_rss_mb_after_off"] > out["rss_mb_before"] > 0
