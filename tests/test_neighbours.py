@@ -13,7 +13,7 @@ from gmvc.run.checkpoint import Checkpointer
 from gmvc.data import load_dataset
 from gmvc.errors import ConfigError, DataError
 from gmvc.models import make_model
-from gmvc.core.neighbours import agreement, draw, knn_table
+from gmvc.core.neighbours import agreement, draw, knn_descent, knn_table
 from gmvc.objectives import make_batch, make_objective
 from gmvc.objectives.terms import make_neighbours
 from gmvc.training.steps import assemble_batch, make_restarts_step, select_batch
@@ -49,7 +49,7 @@ def _vade(k=K_NBR, phases=("pretrain", "knn", "gmm_init", "main")):
     c.train.batch_size, c.train.restarts = 50, 2
     c.phases.pretrain.steps = 40
     c.phases.gmm_init.update(n_init=1, kmeans_iters=10, em_iters=5)
-    c.phases.knn = {"kind": "neighbours", "k": k}
+    c.phases.knn = {"kind": "neighbours", **(k if isinstance(k, dict) else {"k": k})}
     c.objective = {"recon": 1.0, "vade_kl": 1.0, "c_marginal": 1.0, "neighbours": 1.0}     # "main"'s
     c.train.phases = phases
     c.train.steps, c.train.log_every, c.train.checkpoint_every = 80, 20, 20
@@ -73,6 +73,23 @@ def test_knn_table_is_the_brute_force_knn(chunk_size):
     assert table.dtype == np.int32 and table.shape == (50, 4)
     np.testing.assert_array_equal(table, _brute_knn(z, 4))           # nearest first
     assert not (table == np.arange(50)[:, None]).any()
+
+
+def test_knn_descent_finds_most_exact_neighbours():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 6)) * 4
+    z = (centres[rng.integers(0, 8, 3000)] + rng.normal(size=(3000, 6))).astype(np.float32)
+    exact = knn_table(z, 5)
+    approx = knn_descent(z, 5, jax.random.key(1), chunk_size=700)         # a slid-back last chunk
+    assert approx.dtype == np.int32 and approx.shape == (3000, 5)
+    assert not (approx == np.arange(3000)[:, None]).any()
+    assert all(len(set(row)) == 5 for row in approx)                    # distinct
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, approx)])
+    assert recall > 0.97
+    d = lambda t: np.linalg.norm(z[t] - z[:, None], axis=-1)
+    assert (np.diff(d(approx), axis=1) >= 0).all()                      # nearest first
+    start = knn_descent(z, 5, jax.random.key(1), iters=0)              # the random projections alone
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, start)]) < recall - 0.2
 
 
 def test_agreement_counts_neighbours_with_the_same_label():
@@ -208,6 +225,7 @@ def test_bad_neighbour_options_are_named(opts, message):
     (2.5, None, ConfigError, "k must be a whole number >= 1, got 2.5"),
     ("5", None, ConfigError, "k must be a whole number >= 1, got '5'"),
     (N, None, DataError, f"k={N} neighbours need more than k training samples; 'digits' has {N}"),
+    ({"k": 3, "method": "ann"}, None, ConfigError, "unknown method 'ann'; known: \\['auto', 'exact', 'descent'\\]"),
 ])
 def test_bad_neighbour_configs_fail_before_anything_is_written(tmp_path, k, phases, error, message):
     c = _vade(k) if phases is None else _vade(k, phases)

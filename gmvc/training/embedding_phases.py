@@ -12,7 +12,7 @@ from gmvc.core import mixture
 from gmvc.core.batching import make_embed, make_predict
 from gmvc.core.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_merged, fit_diag_gmm_smoothed,
                                     mean_log_likelihood, partition_modularity)
-from gmvc.core.neighbours import agreement, knn_table
+from gmvc.core.neighbours import DESCENT_ABOVE, agreement, knn_descent, knn_table
 from gmvc.training.phases import program_key, uses_groups
 
 
@@ -143,12 +143,19 @@ class EmbeddingPhases:
     def neighbours(self, phase, params, x, labels=None, echo=None):
         """The neighbour table [R, N, k]: each restart's k nearest neighbours of every row of x in its
         embedding. `labels` only report how many neighbours share a sample's label."""
-        tables = np.stack([knn_table(self.embed(jax.tree.map(lambda a: a[r], params), x), phase.spec["k"])
-                           for r in range(self.restarts)])
+        k, method = phase.spec["k"], phase.spec["method"]
+        if method == "auto":
+            method = "descent" if len(x) > DESCENT_ABOVE else "exact"
+        if method == "exact":
+            find = lambda z, r: knn_table(z, k)
+        else:
+            find = lambda z, r: knn_descent(z, k, jax.random.fold_in(jax.random.key(0), r))
+        tables = np.stack([find(self.embed(jax.tree.map(lambda a: a[r], params), x), r) for r in range(self.restarts)])
         if echo:
             shared = "" if labels is None else f" ({agreement(tables[0], labels):.1%} share its label; reported only)"
-            echo(f"phase {phase.name!r}: {phase.spec['k']} nearest neighbours of each sample in the "
-                 f"embedding{shared}", flush=True)
+            how = "" if method == "exact" else " (approximate: NN-descent)"
+            echo(f"phase {phase.name!r}: {k} nearest neighbours of each sample in the embedding{how}{shared}",
+                 flush=True)
         return tables
 
 

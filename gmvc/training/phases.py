@@ -30,7 +30,9 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
    members nearest the group's mean), for the `neighbours` term of the train phases after it:
    EmbeddingPhases.pull_table)
   {"kind": "neighbours", "k": 10}   (each sample's k nearest neighbours in the embedding, for
-   the `neighbours` term of the train phases after it; gmvc/core/neighbours.py)
+   the `neighbours` term of the train phases after it; gmvc/core/neighbours.py). "method":
+   "exact" (every pair), "descent" (approximate, time and memory linear in N) or "auto" (the
+   default: exact up to 200,000 samples, descent above)
 An empty train.phases is one train phase of train.steps with config.objective.
 """
 import json
@@ -46,7 +48,8 @@ INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", 
 INIT_DEFAULTS = {"method": "em", "select": "likelihood", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
                  "batch_size": 128, "smooth": 0, "keep_current": False, "balanced": False,
                  "balanced_above": None, "overcluster": 0, "pull": 0, "linkage": "average"}
-NEIGHBOUR_KEYS = {"kind", "k"}
+NEIGHBOUR_KEYS = {"kind", "k", "method"}
+NEIGHBOUR_METHODS = ("auto", "exact", "descent")
 GROUPS = ("net", "prior")
 
 
@@ -131,9 +134,11 @@ def _check_spec(name, spec, config):
     if unknown:
         raise ConfigError(f"phase {name!r}: unknown key(s) {unknown}; a {kind} phase takes {sorted(allowed)}")
     if kind == "neighbours":
-        spec = {"k": 10, **spec}
+        spec = {"k": 10, "method": "auto", **spec}
         if not isinstance(spec["k"], int) or isinstance(spec["k"], bool) or spec["k"] < 1:
             raise ConfigError(f"phase {name!r}: k must be a whole number >= 1, got {spec['k']!r}")
+        if spec["method"] not in NEIGHBOUR_METHODS:
+            raise ConfigError(f"phase {name!r}: unknown method {spec['method']!r}; known: {list(NEIGHBOUR_METHODS)}")
         return spec
     if kind == "init_prior":
         spec = {**INIT_DEFAULTS, **spec}
