@@ -3,8 +3,6 @@ of each development set (as benchmarks/graph_criteria.py pretrains it), for K = 
 
 - `modularity`: the modularity of the recipe's merged partition into K groups on the 3-neighbour
   graph (30 over-clustered fits, as the recipe's first fit); the K where it peaks;
-- `eigengap`: the largest gap among the first eigenvalues of the normalized Laplacian of the
-  symmetrized 10-neighbour graph;
 - `hdbscan`: the number of clusters scikit-learn's HDBSCAN finds with min_cluster_size = N / 100
   (and the share it calls noise);
 - scikit-learn's GaussianMixture (full covariance, 3 inits) chosen by BIC over K = 1..max on the
@@ -28,20 +26,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from graph_criteria import embed_after_pretraining  # noqa: E402
 from quality import DEV_SETS, dev_jobs  # noqa: E402
-
-
-def eigengap(z, neighbours, max_k):
-    """(K, eigenvalues): the K after which the normalized Laplacian's spectrum jumps most."""
-    import scipy.sparse as sp
-    from scipy.sparse.linalg import eigsh
-    from sklearn.neighbors import NearestNeighbors
-    n = len(z)
-    idx = NearestNeighbors(n_neighbors=neighbours + 1).fit(z).kneighbors(z, return_distance=False)[:, 1:]
-    a = sp.csr_matrix((np.ones(n * neighbours), (np.repeat(np.arange(n), neighbours), idx.ravel())), shape=(n, n))
-    a = ((a + a.T) > 0).astype(float)
-    d = sp.diags(1 / np.sqrt(np.asarray(a.sum(1)).ravel()))
-    lam = np.sort(1 - eigsh(d @ a @ d, k=min(max_k + 1, n - 2), which="LA", return_eigenvectors=False))
-    return 2 + int(np.argmax(np.diff(lam)[1:max_k])), lam.round(4).tolist()
 
 
 def main(argv=None):
@@ -75,7 +59,6 @@ def main(argv=None):
                                                     select="modularity", with_groups=True, linkage="both",
                                                     kmeans_iters=50, em_iters=20)
                     modularity[k] = round(float(partition_modularity(groups, table, k)), 4)
-                gap_k, spectrum = eigengap(z, 10, args.max_k)
                 hdb = HDBSCAN(min_cluster_size=max(5, n // 100), copy=True).fit_predict(z)
                 x = data.x.reshape(n, -1)
                 bic = {}
@@ -87,10 +70,10 @@ def main(argv=None):
                         bic[k] = round(float(GaussianMixture(k, covariance_type="full", n_init=3, reg_covar=1e-3,
                                                              random_state=seed).fit(x).bic(x)), 1)
                 result = {"set": name, "seed": seed, "true_k": DEV_SETS[name],
-                          "modularity_k": max(modularity, key=modularity.get), "eigengap_k": gap_k,
+                          "modularity_k": max(modularity, key=modularity.get),
                           "hdbscan_k": int(hdb.max() + 1), "hdbscan_noise": round(float((hdb < 0).mean()), 3),
                           "gmm_bic_k": min(bic, key=bic.get),
-                          "modularity": modularity, "spectrum": spectrum, "bic": bic}
+                          "modularity": modularity, "bic": bic}
                 print(json.dumps(result), flush=True)
                 out.append(result)
     return out

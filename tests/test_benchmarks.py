@@ -147,3 +147,4 @@ def test_scale_compares_streamed_and_in_memory_training():
     assert out["streamed_over_in_memory"] == pytest.approx(out["steps_per_sec_on"] / out["steps_per_sec_off"],
                                                            abs=1e-3)
     assert out["peak_rss_mb_after_on"] >= out["peak_rss_mb_after_off"] > out["rss_mb_before"] > 0
+
