@@ -70,3 +70,24 @@ def test_where_the_streamed_path_does_not_run(tmp_path):
     from gmvc.validate import _check_parallel
     with pytest.raises(ConfigError, match="unknown parallel.stream 'of'"):
         _check_parallel(cfg)
+
+
+def test_a_streamed_run_resumes_where_it_stopped(tmp_path):
+    from gmvc.errors import Interrupted
+    from gmvc.training import interrupt
+    straight, _ = cluster_run(tmp_path, "straight", stream="on")
+
+    class StopAt(list):
+        def append(self, line):               # the progress line of step 57 (in phase main) asks to stop
+            super().append(line)
+            if line.startswith("[main] 57/100 "):
+                interrupt._requested.set()
+
+    lines = StopAt()
+    try:
+        with pytest.raises(Interrupted, match="interrupted at step 57"):
+            cluster_run(tmp_path, "resumed", lines, stream="on")
+    finally:
+        interrupt._requested.clear()
+    resumed, _ = cluster_run(tmp_path, "resumed", stream="on")
+    assert same(straight, resumed)
