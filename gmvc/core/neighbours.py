@@ -71,12 +71,14 @@ def knn_descent(z, k, rng, iters=10, work=None, chunk_size=4096, settled=1e-3):
     order of several random projections, then each round adds the candidates' own candidates
     (the neighbours of neighbours, and a sample of the rows that list it: NN-descent, Dong et
     al. 2011) and keeps the nearest `work`, for at most `iters` rounds, fewer once a round
-    changes under a share `settled` of the table.
+    changes under a share `settled` of the table. Up to 8 `work` rows it is knn_table.
     A chunk of rows at a time: memory O(chunk_size * work^2 * D) beside the [N, work] table.
     benchmarks/scale.py measures its recall against knn_table."""
     z = jnp.asarray(z, jnp.float32)
     n, d = z.shape
-    work = min(max(2 * k, 16) if work is None else work, n - 1)
+    work = max(k, max(2 * k, 16) if work is None else work)
+    if n <= 8 * work:                     # too few rows to fill every row's candidates: the exact search
+        return knn_table(z, k)
     chunk_size = min(chunk_size, n)
     starts = list(range(0, n - chunk_size + 1, chunk_size))
     if starts[-1] + chunk_size < n:
@@ -108,11 +110,12 @@ def knn_descent(z, k, rng, iters=10, work=None, chunk_size=4096, settled=1e-3):
 
     @jax.jit
     def reverse(table, key):
-        """[N, back]: rows that list each row among their candidates (a random `back` of them;
-        a row listed by fewer keeps itself in the free places)."""
+        """[N, back]: rows that list each row among their candidates (a random `back` of them, the
+        highest row where two draw the same place; a row listed by fewer keeps itself in the
+        free places)."""
         slot = jax.random.randint(key, table.shape, 0, back)
         own = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], table.shape)
-        return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], (n, back)).at[table, slot].set(own)
+        return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], (n, back)).at[table, slot].max(own)
 
     @jax.jit
     def refine(table, rev, s):

@@ -163,15 +163,19 @@ class Feeder:
     bounds) runs one chunk from the feeder's own step count (which starts at `step`)."""
 
     def __init__(self, x, plan, table, rng, layout, *, step, end, chunk_len, own=False):
-        self.x, self.plan, self.rng, self.layout = x, plan, rng, layout
-        self.table = None if table is None else jnp.array(table, copy=True)   # the state's own is donated
+        # The plan runs on the host's CPU device, with its own copy of the neighbour table (the
+        # state's is donated to the chunk): on an accelerator it does not queue behind training.
+        cpu = jax.devices("cpu")[0]
+        self.x, self.plan, self.layout = x, plan, layout
+        self.rng = jax.device_put(rng, cpu)
+        self.table = None if table is None else jax.device_put(np.asarray(table), cpu)
         self.step, self.end, self.chunk_len, self.own = step, end, chunk_len, own
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmvc-stream")
-        self.pending = None
+        self.pending, self.pending_step = None, None
 
     def fetch(self, step0):
         """The feed of the chunk from step0, on the device(s)."""
-        plan = jax.device_get(self.plan(np.int32(step0), self.table, self.rng))
+        plan = jax.device_get(self.plan(np.int32(step0), self.table, self.rng))     # on the CPU device
         take = lambda index: jax.tree.map(lambda a: np.take(a, index, axis=0), self.x)
         feed = {"idx": plan["idx"], "rows": take(plan["idx"])}
         if "nbr" in plan:
@@ -196,4 +200,4 @@ class Feeder:
         return run
 
     def close(self):
-        self.pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
