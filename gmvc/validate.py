@@ -9,7 +9,7 @@ from gmvc.errors import ConfigError, DataError
 from gmvc.eval.restarts import RESTART_CHOICES
 from gmvc.models import make_model
 from gmvc.objectives import make_objective
-from gmvc.training import augment, parallel
+from gmvc.training import augment, parallel, stream
 from gmvc.training.context import model_inputs, validation_size
 from gmvc.training.phases import build_phases, uses_neighbours
 from gmvc.training.warmup import COMPILE_AHEAD
@@ -129,8 +129,8 @@ def _check_parallel(p):
     """The number of devices a run's batches split over."""
     if p.mode not in parallel.MODES:
         raise ConfigError(f"unknown parallel.mode {p.mode!r}; known: {list(parallel.MODES)}")
-    if p.stream not in ("auto", "on", "off"):
-        raise ConfigError(f"unknown parallel.stream {p.stream!r}; known: ['auto', 'on', 'off']")
+    if p.stream not in stream.STREAM_CHOICES:
+        raise ConfigError(f"unknown parallel.stream {p.stream!r}; known: {list(stream.STREAM_CHOICES)}")
     if not p.device_budget_mb > 0:
         raise ConfigError(f"parallel.device_budget_mb must be positive, got {p.device_budget_mb}")
     available = len(jax.devices())

@@ -61,8 +61,7 @@ def build(config, data):
                       make_runners(config, model, phases, num_train, layout, streamed=streamed),
                       EmbeddingPhases(model, config.train.restarts, config.eval.batch_size, phases), inputs, split,
                       train_inputs if streamed else parallel.put_data(layout, train_inputs),
-                      {"init": init, "train": train, "sample": sample, "prior": prior},
-                      ("streamed from the host: " if streamed else "") + note if note else None)
+                      {"init": init, "train": train, "sample": sample, "prior": prior}, note)
 
 
 def rows(inputs, index):

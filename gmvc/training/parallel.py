@@ -84,11 +84,16 @@ def select_local_batch(n):
             return jnp.where(mine.reshape((-1,) + (1,) * (a.ndim - 1)), a[safe], jnp.zeros((), a.dtype))
 
         full = jax.lax.psum(jax.tree.map(pick, x_local), AXIS)     # the global batch, on every device
-        b = idx.shape[0] // n
-        local = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, d * b, b), full)
-        return local, jax.lax.dynamic_slice_in_dim(keys, d * b, b)
+        return jax.tree.map(lambda a: local_share(a, n), full), local_share(keys, n)
 
     return select
+
+
+def local_share(a, n):
+    """This device's 1/n of `a` [B, ...] (a global batch's rows, keys or groups) inside the
+    per-device body: rows d B/n .. (d + 1) B/n - 1 of device d."""
+    b = a.shape[0] // n
+    return jax.lax.dynamic_slice_in_dim(a, jax.lax.axis_index(AXIS) * b, b)
 
 
 def put_data(layout, inputs):

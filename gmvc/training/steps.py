@@ -112,6 +112,28 @@ def make_epoch_order(rng, num_examples, batch_size, restarts=None):
     return steps_per_epoch, order
 
 
+def epoch_perm(order, perm, step, steps_per_epoch):
+    """The data order at `step`: drawn anew (make_epoch_order's order) at an epoch's first step,
+    else `perm`, the order the step before read."""
+    return jax.lax.cond(step % steps_per_epoch == 0, lambda: order(step // steps_per_epoch), lambda: perm)
+
+
+def batch_rows(perm, step, steps_per_epoch, batch_size):
+    """The rows [B] (or [R, B], one order per restart) that `step` reads from its epoch's order."""
+    return jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size, axis=-1)
+
+
+def per_restart(idx, restarts):
+    """Batch rows [R, B]: `idx` as it is when each restart has its own batch, else repeated."""
+    return idx if idx.ndim == 2 else jnp.broadcast_to(idx, (restarts,) + idx.shape)
+
+
+def draw_neighbours(table, idx, keys):
+    """[R, B]: one neighbour of each batch row per restart from its table [R, N, k]
+    (neighbours.draw, by the samples' keys)."""
+    return jax.vmap(lambda t, i: neighbours.draw(t, i, keys))(table, per_restart(idx, table.shape[0]))
+
+
 def select_batch(x, idx, keys):
     """One device: the batch's rows and the per-sample noise keys as they are."""
     return jax.tree.map(lambda a: a[idx], x), keys
@@ -131,11 +153,9 @@ def assemble_batch(state, x, idx, keys, select):
         batch, local_keys = select(x, idx, keys)
     nbr = groups = None
     if "neighbours" in state:
-        rows = idx if own else jnp.broadcast_to(idx, (state["neighbours"].shape[0],) + idx.shape)
-        nbr_idx = jax.vmap(lambda table, i: neighbours.draw(table, i, keys))(state["neighbours"], rows)   # [R, B]
-        nbr = jax.vmap(lambda i: select(x, i, keys)[0])(nbr_idx)
+        nbr = jax.vmap(lambda i: select(x, i, keys)[0])(draw_neighbours(state["neighbours"], idx, keys))
     if "groups" in state:
-        rows = idx if own else jnp.broadcast_to(idx, (state["groups"].shape[0],) + idx.shape)
+        rows = per_restart(idx, state["groups"].shape[0])
         # select slices per-sample arrays given in place of the keys to this device's share of the batch
         groups = jax.vmap(lambda g, i: select(x, i, g[i])[1])(state["groups"], rows)                       # [R, b]
     return make_batch(batch, nbr, groups), local_keys
@@ -167,7 +187,7 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
         @jax.jit
         def one_step(s, perm, x, step_rng, start, last):
             step = s["step"]
-            idx = jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size, axis=-1)
+            idx = batch_rows(perm, step, steps_per_epoch, batch_size)
             batch, keys = assemble_batch(s, x, idx, step_keys(step_rng, step, batch_size), select)
             return train_step(s, batch, keys, start, step == last)
 
@@ -182,7 +202,7 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
         def body(carry, _):
             s, perm = carry
             step = s["step"]
-            perm = jax.lax.cond(step % steps_per_epoch == 0, lambda: order(step // steps_per_epoch), lambda: perm)
+            perm = epoch_perm(order, perm, step, steps_per_epoch)
             skip = lambda s, perm: (s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape))
             active = step < end
             s, aux = jax.lax.cond(active, run, skip, s, perm)
@@ -212,8 +232,7 @@ def make_indexed_step(train_step, *, num_examples, batch_size, select=select_bat
         data_rng, step_rng = jax.random.split(rng)
         steps_per_epoch, order = make_epoch_order(data_rng, num_examples, batch_size, restarts)
         step = state["step"]
-        idx = jax.lax.dynamic_slice_in_dim(order(step // steps_per_epoch), (step % steps_per_epoch) * batch_size,
-                                           batch_size, axis=-1)
+        idx = batch_rows(order(step // steps_per_epoch), step, steps_per_epoch, batch_size)
         batch, keys = assemble_batch(state, x, idx, step_keys(step_rng, step, batch_size), select)
         return train_step(state, batch, keys, bounds[0])
 

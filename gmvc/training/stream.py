@@ -22,11 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gmvc.core import neighbours as nbrs
 from gmvc.errors import ConfigError
 from gmvc.objectives import make_batch
 from gmvc.training import steps
-from gmvc.training.parallel import AXIS
+from gmvc.training.parallel import AXIS, local_share
 
 STREAM_CHOICES = ("auto", "on", "off")
 
@@ -43,13 +42,13 @@ def decide(parallel_cfg, nbytes, layout, host_loop):
     if mode == "on":
         if unsupported:
             raise ConfigError(f"parallel.stream='on' {unsupported}")
-        return True, f"{size}, parallel.stream='on'"
+        return True, f"streamed from the host: {size}, parallel.stream='on'"
     if nbytes <= budget * 2 ** 20:
         return False, None
     if unsupported:
         return False, f"{size} exceed parallel.device_budget_mb={budget:g}, but the streamed path {unsupported}: " \
                       f"the data goes on the device"
-    return True, f"{size} exceed parallel.device_budget_mb={budget:g}"
+    return True, f"streamed from the host: {size} exceed parallel.device_budget_mb={budget:g}"
 
 
 def _unsupported(layout, host_loop):
@@ -72,13 +71,10 @@ def make_plan(*, num_examples, batch_size, chunk_len, restarts=None):
         steps_per_epoch, order = steps.make_epoch_order(data_rng, num_examples, batch_size, restarts)
 
         def body(perm, step):
-            perm = jax.lax.cond(step % steps_per_epoch == 0, lambda: order(step // steps_per_epoch), lambda: perm)
-            idx = jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size, axis=-1)
-            out = {"idx": idx}
+            perm = steps.epoch_perm(order, perm, step, steps_per_epoch)
+            out = {"idx": steps.batch_rows(perm, step, steps_per_epoch, batch_size)}
             if table is not None:
-                keys = steps.step_keys(step_rng, step, batch_size)
-                rows = idx if idx.ndim == 2 else jnp.broadcast_to(idx, (table.shape[0],) + idx.shape)
-                out["nbr"] = jax.vmap(lambda t, i: nbrs.draw(t, i, keys))(table, rows)
+                out["nbr"] = steps.draw_neighbours(table, out["idx"], steps.step_keys(step_rng, step, batch_size))
             return perm, out
 
         _, out = jax.lax.scan(body, order(step0 // steps_per_epoch), step0 + jnp.arange(chunk_len))
@@ -99,20 +95,14 @@ def make_streamed_chunk(train_step, *, batch_size, chunk_len, devices=1):
         _, step_rng = jax.random.split(rng)
         last = jnp.minimum(end, state["step"] + chunk_len) - 1
 
-        def local_keys(keys):
-            if devices == 1:
-                return keys
-            b = batch_size // devices
-            return jax.lax.dynamic_slice_in_dim(keys, jax.lax.axis_index(AXIS) * b, b)
-
         @jax.jit
         def one_step(s, item, step_rng, start, last):
             step = s["step"]
-            keys = local_keys(steps.step_keys(step_rng, step, batch_size))
+            keys = steps.step_keys(step_rng, step, batch_size)
+            keys = keys if devices == 1 else local_share(keys, devices)      # the feed is this device's share
             groups = None
             if "groups" in s:
-                idx = item["idx"]
-                rows = idx if idx.ndim == 2 else jnp.broadcast_to(idx, (s["groups"].shape[0],) + idx.shape)
+                rows = steps.per_restart(item["idx"], s["groups"].shape[0])
                 groups = jax.vmap(lambda g, i: g[i])(s["groups"], rows)
             batch = make_batch(item["rows"], item.get("nbr_rows"), groups)
             return train_step(s, batch, keys, start, step == last)
@@ -171,7 +161,7 @@ class Feeder:
         self.table = None if table is None else jax.device_put(np.asarray(table), cpu)
         self.step, self.end, self.chunk_len, self.own = step, end, chunk_len, own
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmvc-stream")
-        self.pending, self.pending_step = None, None
+        self.pending = None                     # the rows of the chunk from self.step, loading
 
     def fetch(self, step0):
         """The feed of the chunk from step0, on the device(s)."""
@@ -188,14 +178,10 @@ class Feeder:
 
     def __call__(self, run_chunk):
         def run(state, _x, rng, bounds):
-            step0 = self.step
-            feed = self.pending.result() if self.pending is not None and self.pending_step == step0 \
-                else self.fetch(step0)
+            feed = self.fetch(self.step) if self.pending is None else self.pending.result()
             out = run_chunk(state, feed, rng, bounds)          # dispatched; the next chunk's rows load meanwhile
-            self.step = min(step0 + self.chunk_len, self.end)
-            self.pending, self.pending_step = None, None
-            if self.step < self.end:
-                self.pending, self.pending_step = self.pool.submit(self.fetch, self.step), self.step
+            self.step = min(self.step + self.chunk_len, self.end)
+            self.pending = self.pool.submit(self.fetch, self.step) if self.step < self.end else None
             return out
         return run
 
