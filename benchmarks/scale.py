@@ -1,7 +1,24 @@
-"""Training throughput of the streamed input path against the in-memory path, on synthetic data.
+"""gmvc on data bigger than memory: synthetic uint8 data of N samples x 784 in an .npy, read by
+rows through `data.source=file:`.
 
-    python benchmarks/scale.py                       # N = 100,000 x 784, batch 256
-    python benchmarks/scale.py --n=20000 --steps=500
+    python benchmarks/scale.py --sizes=100000,1000000            # the whole table (about 25 min)
+    python benchmarks/scale.py --sizes=20000 --steps=200 --recipe-steps=400
+
+For each size, a synthetic data set (10 clusters: uint8 centres plus noise) is written to an
+uncompressed .npz (its x member written through a memory map), and each measurement runs in a fresh process that reports its own peak
+resident memory (VmHWM):
+- `train`: the VaDE reference network (784-500-500-2000, z 10, K 10) trains `--steps` steps at
+  batch 256 with `parallel.stream` on (and off, up to `--memory-max` samples): steps/s over the
+  log steps after the first, the run's seconds (with the evaluation of every sample at the end);
+- `passes`: the whole-data passes on the trained network's shape (random weights: the time does
+  not depend on them): embeddings and predictions of every sample, and a diagonal GMM of 10
+  components on the embeddings, gmvc (fit_diag_gmm, 50 k-means and 20 EM iterations) against
+  scikit-learn's GaussianMixture with the same EM iterations;
+- `recipe` (sizes up to `--recipe-max`): the default `cluster` recipe end to end, streamed, with
+  `--recipe-steps` steps; its seconds, ACC on the synthetic labels, and the time of each line
+  the run printed;
+- `resume` (the largest size): the `train` run killed with SIGKILL after its first checkpoint and
+  resumed, against the same run uninterrupted: whether the parameters are bit-identical.
 
 A synthetic data set of N samples x 784 values in [0, 1] (uint8 / 255, as images are read) is
 written to an .npy and read through `data.source=file:`. The VaDE reference network (784-500-500-
@@ -17,12 +34,17 @@ drawn at random, found by brute force). Prints one JSON object.
     python benchmarks/scale.py --steps=0 --knn=100000,1000000      # the neighbour search alone
 """
 import argparse
+import io
 import json
 import pathlib
+import os
 import resource
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 
 import numpy as np
 
@@ -32,28 +54,6 @@ sys.path.insert(0, str(ROOT))
 
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # Linux: KB
-
-
-def train_rate(path, stream, steps, workdir):
-    """(steps/s after the first log step, seconds of the whole run) of VaDE on the data at `path`."""
-    from gmvc import recipes
-    from gmvc.trainer import train_and_evaluate
-    c = recipes.vade(n_clusters=10, hidden_sizes=(500, 500, 2000), steps=steps, pretrain_steps=1, batch_size=256,
-                     restarts=1, scaling="none")
-    c.unlock()
-    c.data.source = f"file:{path}"
-    c.train.phases = ("main",)
-    c.phases = {"main": {"kind": "train", "steps": -1}}
-    c.train.log_every = max(1, steps // 8)
-    c.tensorboard.enabled = False
-    c.parallel.stream = stream
-    c.lock()
-    t0 = time.time()
-    train_and_evaluate(c, workdir, echo=lambda *a, **k: None, write_outputs=False)
-    seconds = time.time() - t0
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["steps_per_sec"] for r in rows if r.get("phase") == "main"][1:]
-    return float(np.median(rates)), round(seconds, 1)
 
 
 def time_knn(n, exact_max, k=3):
@@ -85,39 +85,199 @@ def time_knn(n, exact_max, k=3):
     return out
 
 
+def vmhwm_mb():
+    """This process's peak resident memory (VmHWM), in MB."""
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return round(peak_rss_mb(), 1)
+
+
+def write_data(path, n, dim=784, k=10, seed=0):
+    """An uncompressed .npz at `path`: x [n, dim] uint8 (10 centres plus noise, written through a
+    memory map) and y, the centres' labels. gmvc reads its x member by rows."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 256, (k, dim))
+    x_path = path.with_suffix(".x.npy")
+    x = np.lib.format.open_memmap(x_path, mode="w+", dtype=np.uint8, shape=(n, dim))
+    y = np.empty(n, np.int32)
+    for start in range(0, n, 20_000):
+        stop = min(start + 20_000, n)
+        y[start:stop] = rng.integers(0, k, stop - start)
+        x[start:stop] = np.clip(centres[y[start:stop]] + rng.normal(0, 40, (stop - start, dim)), 0, 255)
+    x.flush()
+    del x
+    buf = io.BytesIO()
+    np.save(buf, y)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        z.write(x_path, "x.npy")
+        z.writestr("y.npy", buf.getvalue())
+    x_path.unlink()
+
+
+def reference_config(path, stream, steps, checkpoint_every=0):
+    from gmvc import recipes
+    c = recipes.vade(n_clusters=10, hidden_sizes=(500, 500, 2000), steps=steps, pretrain_steps=1, batch_size=256,
+                     likelihood="bernoulli", restarts=1, scaling="none")
+    c.unlock()
+    c.data.source = f"file:{path}"
+    c.train.phases = ("main",)
+    c.phases = {"main": {"kind": "train", "steps": -1}}
+    c.train.log_every = max(1, steps // 8)
+    c.train.checkpoint_every = checkpoint_every or steps
+    c.tensorboard.enabled = False
+    c.parallel.stream = stream
+    c.lock()
+    return c
+
+
+def child_train(a):
+    from gmvc.trainer import train_and_evaluate
+    workdir = pathlib.Path(a["workdir"])
+    c = reference_config(a["path"], a["stream"], a["steps"], a.get("checkpoint_every", 0))
+    t0 = time.time()
+    train_and_evaluate(c, workdir, echo=lambda *a, **k: None, write_outputs=False)
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["steps_per_sec"] for r in rows if r.get("phase") == "main"][1:]
+    return {"steps_per_sec": round(float(np.median(rates)), 2), "run_seconds": round(time.time() - t0, 1)}
+
+
+def child_passes(a):
+    import jax
+    from sklearn.mixture import GaussianMixture
+    from gmvc.core.batching import make_embed, make_predict
+    from gmvc.core.mixture_init import fit_diag_gmm
+    from gmvc.data import load_dataset
+    from gmvc.models import make_model
+    c = reference_config(a["path"], "on", 8)
+    x = load_dataset(c.data, 0).x.stored()                 # uint8 rows, read from the file
+    model = make_model(c.model, x.shape[1:])
+    params = model.init(jax.random.key(0))
+    out = {}
+    t0 = time.time()
+    z = make_embed(model, 1024)(params, x)
+    out["embed_seconds"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    make_predict(model, 1024)(params, x)
+    out["predict_seconds"] = round(time.time() - t0, 1)
+    zj = jax.numpy.asarray(z)
+    fit_diag_gmm(jax.random.key(0), zj[:4096], 10, kmeans_iters=50, em_iters=20)      # compiles
+    t0 = time.time()
+    jax.block_until_ready(fit_diag_gmm(jax.random.key(1), zj, 10, kmeans_iters=50, em_iters=20))
+    out["gmm_gmvc_seconds"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    GaussianMixture(10, covariance_type="diag", max_iter=20, tol=0, reg_covar=1e-4, random_state=0).fit(z)
+    out["gmm_sklearn_seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def child_recipe(a):
+    from gmvc import recipes
+    from gmvc.trainer import train_and_evaluate
+    c = recipes.cluster(10, steps=a["steps"])
+    c.unlock()
+    c.data.source, c.parallel.stream, c.tensorboard.enabled = f"file:{a['path']}", "on", False
+    c.lock()
+    t0, lines = time.time(), []
+    echo = lambda *m, **k: lines.append([round(time.time() - t0, 1), " ".join(map(str, m))[:160]])
+    summary = train_and_evaluate(c, pathlib.Path(a["workdir"]), echo=echo, write_outputs=False)
+    return {"seconds": round(time.time() - t0, 1), "acc": summary.get("acc"), "log": lines}
+
+
+CHILDREN = {"train": child_train, "passes": child_passes, "recipe": child_recipe}
+
+
+def run_child(kind, **a):
+    """One measurement in a fresh process: its result and its peak resident memory."""
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps({"kind": kind, **a})],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{kind} {a}: exit {proc.returncode}: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def resume_check(path, steps, tmp):
+    """(bit-identical?, seconds): the train run at `path` killed with SIGKILL once it has a
+    checkpoint, resumed, against the same run uninterrupted."""
+    import jax
+    from gmvc.run.restore import load_trained
+    every = max(1, steps // 8) * 2
+    run_child("train", path=str(path), stream="on", steps=steps, workdir=str(tmp / "straight"), checkpoint_every=every)
+    workdir = tmp / "killed"
+    cmd = [sys.executable, __file__, "--child", json.dumps({"kind": "train", "path": str(path), "stream": "on",
+                                                             "steps": steps, "workdir": str(workdir),
+                                                             "checkpoint_every": every})]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    saved = lambda: any(d.name.isdigit() for d in (workdir / "checkpoints").glob("*"))
+    while proc.poll() is None and not ((workdir / "checkpoints").exists() and saved()):
+        time.sleep(0.2)
+    time.sleep(1.0)                                  # into the steps after the first checkpoint
+    killed_at = None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_at = round(time.time() - t0, 1)
+    run_child("train", path=str(path), stream="on", steps=steps, workdir=str(workdir), checkpoint_every=every)
+    a = jax.tree.leaves(load_trained(tmp / "straight").params)
+    b = jax.tree.leaves(load_trained(workdir).params)
+    same = len(a) == len(b) and all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(a, b))
+    return {"killed_after_seconds": killed_at, "bit_identical": bool(same)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=100_000)
-    p.add_argument("--steps", type=int, default=800, help="0: no training runs")
+    p.add_argument("--sizes", default="100000", help="data set sizes, e.g. 100000,1000000")
+    p.add_argument("--steps", type=int, default=800, help="training steps of the train runs")
+    p.add_argument("--memory-max", type=int, default=100_000, help="largest size also trained in memory")
+    p.add_argument("--recipe-steps", type=int, default=1600)
+    p.add_argument("--recipe-max", type=int, default=100_000, help="largest size the recipe runs on")
+    p.add_argument("--no-resume", action="store_true")
     p.add_argument("--knn", default="", help="sizes to time the neighbour search at, e.g. 100000,1000000")
     p.add_argument("--exact-max", type=int, default=100_000)
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     from absl import logging
     logging.set_verbosity(logging.WARNING)
-    out = {"n": args.n, "dim": 784, "batch_size": 256, "steps": args.steps}
+    if args.child:
+        a = json.loads(args.child)
+        out = CHILDREN[a.pop("kind")](a)
+        out["peak_rss_mb"] = vmhwm_mb()
+        print(json.dumps(out), flush=True)
+        return out
+    out = {"dim": 784, "batch_size": 256, "steps": args.steps}
     for n in [int(v) for v in args.knn.split(",") if v]:
         out[f"knn_{n}"] = time_knn(n, args.exact_max)
         print(json.dumps({f"knn_{n}": out[f"knn_{n}"]}), file=sys.stderr, flush=True)
-    if args.steps <= 0:
-        print(json.dumps(out), flush=True)
-        return out
-    with tempfile.TemporaryDirectory() as tmp:
+    sizes = [int(float(v)) for v in args.sizes.split(",") if v]
+    with tempfile.TemporaryDirectory(dir=os.environ.get("GMVC_SCALE_DIR")) as tmp:
         tmp = pathlib.Path(tmp)
-        path = tmp / "synthetic.npy"
-        x = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(args.n, 784))
-        rng = np.random.default_rng(0)
-        for start in range(0, args.n, 10_000):
-            stop = min(start + 10_000, args.n)
-            x[start:stop] = rng.integers(0, 256, (stop - start, 784), dtype=np.uint8)
-        x.flush()
-        del x
-        out["rss_mb_before"] = round(peak_rss_mb(), 1)
-        for stream in ("off", "on"):
-            rate, seconds = train_rate(path, stream, args.steps, tmp / f"run_{stream}")
-            out[f"steps_per_sec_{stream}"] = round(rate, 2)
-            out[f"run_seconds_{stream}"] = seconds
-            out[f"peak_rss_mb_after_{stream}"] = round(peak_rss_mb(), 1)
-    out["streamed_over_in_memory"] = round(out["steps_per_sec_on"] / out["steps_per_sec_off"], 3)
+        for n in sizes:
+            path = tmp / f"synthetic_{n}.npz"
+            t0 = time.time()
+            write_data(path, n)
+            res = {"data_mb": round(path.stat().st_size / 2 ** 20, 1), "write_seconds": round(time.time() - t0, 1)}
+            for stream in ("on", "off") if n <= args.memory_max else ("on",):
+                res[f"train_stream_{stream}"] = run_child("train", path=str(path), stream=stream, steps=args.steps,
+                                                          workdir=str(tmp / f"train_{n}_{stream}"))
+                print(json.dumps({n: res}), file=sys.stderr, flush=True)
+            if n <= args.memory_max:
+                res["streamed_over_in_memory"] = round(res["train_stream_on"]["steps_per_sec"]
+                                                       / res["train_stream_off"]["steps_per_sec"], 3)
+            res["passes"] = run_child("passes", path=str(path))
+            print(json.dumps({n: res}), file=sys.stderr, flush=True)
+            if n <= args.recipe_max:
+                res["recipe"] = run_child("recipe", path=str(path), steps=args.recipe_steps,
+                                          workdir=str(tmp / f"recipe_{n}"))
+                print(json.dumps({n: res}), file=sys.stderr, flush=True)
+            if n == max(sizes) and not args.no_resume:
+                res["resume"] = resume_check(path, args.steps, tmp / f"resume_{n}")
+            out[str(n)] = res
+            path.unlink()
+    if len(sizes) > 1:
+        lo, hi = str(min(sizes)), str(max(sizes))
+        out["streamed_peak_rss_growth_mb"] = round(out[hi]["train_stream_on"]["peak_rss_mb"]
+                                                   - out[lo]["train_stream_on"]["peak_rss_mb"], 1)
     print(json.dumps(out), flush=True)
     return out
 

@@ -1,15 +1,17 @@
 """Dataset registry. `load_dataset(data_cfg, seed)` returns a Dataset of float32 samples
-[N, D] (points) or [N, H, W, C] (images), with labels only for reporting metrics."""
+[N, D] (points) or [N, H, W, C] (images), with labels only for reporting metrics. 8-bit data and
+large files come as Rows (gmvc/data/rows.py), which read as the same float32 values."""
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 from gmvc.data import sources
+from gmvc.data.rows import Rows
 from gmvc.errors import DataError
 
 
 class Dataset(NamedTuple):
-    x: np.ndarray                 # [N, D] or [N, H, W, C], float32
+    x: np.ndarray                 # [N, D] or [N, H, W, C], float32 values (an array, or Rows)
     y: Optional[np.ndarray]       # [N] int labels, or None; never used for training
     name: str
 
@@ -39,32 +41,46 @@ def load_dataset(data_cfg, seed):
     if data_cfg.limit < 0:
         raise DataError(f"data.limit must be 0 (every sample) or a number of samples, got {data_cfg.limit}")
     if data_cfg.limit:
-        x, y = x[: data_cfg.limit], (None if y is None else y[: data_cfg.limit])
+        x = x.head(data_cfg.limit) if isinstance(x, Rows) else x[: data_cfg.limit]
+        y = None if y is None else y[: data_cfg.limit]
     return validate(x, y, name)
 
 
 def validate(x, y, name):
-    """Check shape, dtype and values; return a Dataset of float32 with images in NHWC."""
-    x = np.asarray(x)
-    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise DataError(f"dataset {name!r}: data must be numeric, got dtype {x.dtype}")
+    """Check shape, dtype and values; return a Dataset with images in NHWC: float32, or Rows
+    (gmvc/data/rows.py) for 8-bit data (kept as uint8, read as value / 255) and for arrays read
+    from a file by rows."""
+    if not isinstance(x, Rows):
+        x = np.asarray(x)
+    dtype = x.source.dtype if isinstance(x, Rows) else x.dtype
+    if dtype == object or not (np.issubdtype(dtype, np.number) or dtype == bool):
+        raise DataError(f"dataset {name!r}: data must be numeric, got dtype {dtype}")
     if x.ndim == 3:                      # [N, H, W] greyscale images
-        x = x[..., None]
+        x = x.reshape_samples(x.shape[1:] + (1,)) if isinstance(x, Rows) else x[..., None]
     if x.ndim not in (2, 4):
         raise DataError(f"dataset {name!r}: data must have rank 2 [N, D] or 4 [N, H, W, C] "
                         f"(rank 3 [N, H, W] is read as greyscale); got shape {x.shape}")
     if x.shape[0] == 0 or min(x.shape[1:]) == 0:
         raise DataError(f"dataset {name!r}: data is empty (shape {x.shape})")
-    # 8-bit images into [0, 1], whatever source they come from (file:, tfds:, a batch to predict)
-    x = x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        rows = np.unique(np.nonzero(bad.reshape(len(x), -1))[0])
-        raise DataError(f"dataset {name!r}: {bad.sum()} NaN/inf values in {len(rows)} samples "
-                        f"(first bad sample indices: {rows[:5].tolist()})")
+    if dtype == np.uint8:                # 8-bit data, whatever source: read as value / 255
+        x = x if isinstance(x, Rows) else Rows(np.ascontiguousarray(x))
+    elif isinstance(x, Rows):
+        for start, chunk in x.chunks():
+            _check_finite(chunk, name, start)
+    else:
+        x = x.astype(np.float32)
+        _check_finite(x, name, 0)
     if y is not None:
         y = np.asarray(y).reshape(-1)
         if len(y) != len(x):
             raise DataError(f"dataset {name!r}: {len(y)} labels for {len(x)} samples")
         y = np.unique(y, return_inverse=True)[1].astype(np.int32)
     return Dataset(x=x, y=y, name=name)
+
+
+def _check_finite(x, name, start):
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad.reshape(len(x), -1))[0]) + start
+        raise DataError(f"dataset {name!r}: {bad.sum()} NaN/inf values in {len(rows)} samples "
+                        f"(first bad sample indices: {rows[:5].tolist()})")

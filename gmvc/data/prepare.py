@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gmvc.data.rows import Rows
 from gmvc.errors import CheckpointError, ConfigError
 
 SCALINGS = ("none", "auto", "max", "standardize")
@@ -34,6 +35,8 @@ class Scaling(NamedTuple):
     def apply(self, x):
         if self.kind == "none":
             return x
+        if isinstance(x, Rows):
+            return x.with_transform(self.apply)
         return ((x - self.offset) / self.scale).astype(np.float32)
 
     def invert(self, x):
@@ -64,10 +67,12 @@ def check_scaling(kind):
 
 def choose(x):
     """(kind, reason): "auto"'s choice for the data x."""
+    if isinstance(x, Rows) and x.source.dtype == np.uint8 and x.transform is None:
+        return "none", "8-bit values read as value / 255"
     lo, hi = float(x.min()), float(x.max())
     if lo >= 0.0 and hi <= 1.0:
         return "none", f"values in [{lo:g}, {hi:g}]"
-    if lo >= 0.0 and np.all(x == np.round(x)):
+    if lo >= 0.0 and all(np.all(c == np.round(c)) for _, c in _chunks(x)):
         return "max", f"non-negative whole numbers up to {hi:g}"
     return "standardize", f"real values in [{lo:.4g}, {hi:.4g}]"
 
@@ -81,12 +86,24 @@ def fit(x, kind):
     if kind == "none":
         return NO_SCALING._replace(reason=reason)
     if kind == "max":
-        top = float(np.abs(x).max())
+        top = max(float(np.abs(c).max()) for _, c in _chunks(x))
         return Scaling("max", np.float32(0.0), np.float32(top if top > 0 else 1.0), reason)
-    mean = x.mean(axis=0, dtype=np.float64)
-    std = x.std(axis=0, dtype=np.float64)
+    if isinstance(x, Rows):          # by chunks: the sums of x and x^2 in float64
+        s1 = s2 = 0.0
+        for _, c in x.chunks():
+            c = c.astype(np.float64)
+            s1, s2 = s1 + c.sum(0), s2 + (c * c).sum(0)
+        mean = s1 / len(x)
+        std = np.sqrt(np.maximum(s2 / len(x) - mean * mean, 0.0))
+    else:
+        mean = x.mean(axis=0, dtype=np.float64)
+        std = x.std(axis=0, dtype=np.float64)
     std = np.where(std > 1e-8 * np.maximum(1.0, np.abs(mean)), std, 1.0)     # a constant feature becomes 0
     return Scaling("standardize", mean.astype(np.float32), std.astype(np.float32), reason)
+
+
+def _chunks(x):
+    return x.chunks() if isinstance(x, Rows) else [(0, x)]
 
 
 def likelihood_for(x):

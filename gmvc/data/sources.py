@@ -3,6 +3,7 @@ import pathlib
 
 import numpy as np
 
+from gmvc.data import rows
 from gmvc.errors import DataError
 
 
@@ -78,6 +79,12 @@ def file(path, cfg):
     p = pathlib.Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"data file {str(p)!r} does not exist")
+    lazy = rows.open_lazy(p, None if p.suffix == ".npy" else "x")      # large arrays: read by rows, not loaded
+    if lazy is not None:
+        if p.suffix == ".npy":
+            return lazy, None
+        with np.load(p, allow_pickle=False) as loaded:
+            return lazy, (loaded["y"] if "y" in loaded.files else None)
     try:
         loaded = np.load(p, allow_pickle=False)
     except Exception as e:

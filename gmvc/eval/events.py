@@ -140,7 +140,8 @@ class Events(NullEvents):
         originals = self.data.x[idx]
         recon = self._reconstruct(params, jax.tree.map(lambda a: a[idx], self.inputs))
         if self._frame is None:
-            self._frame = Frame(self.data.x)
+            n = len(self.data.x)                     # at most FRAME_ROWS rows, spread over the data
+            self._frame = Frame(self.data.x[np.linspace(0, n - 1, min(n, FRAME_ROWS)).astype(int)])
         frame = self._frame
         colours = np.repeat(np.arange(len(samples)), samples.shape[1])
         self._add_image("samples", frame.draw([(samples.reshape(-1, samples.shape[-1]), colours)]), step)
@@ -181,6 +182,9 @@ def _pad(images, n):
     out = np.ones((n, *images.shape[1:]), np.float32)
     out[: len(images)] = images
     return out
+
+
+FRAME_ROWS = 20_000
 
 
 class Frame:

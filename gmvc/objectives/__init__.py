@@ -3,6 +3,7 @@ Weights may be schedules of the step (gmvc/core/schedules.py)."""
 import jax
 import jax.numpy as jnp
 
+from gmvc.core.inputs import as_values
 from gmvc.errors import ConfigError
 from gmvc.objectives.terms import BATCH_TERMS, GROUP_TERMS, NEIGHBOUR_TERMS, TERMS, neighbour_options
 from gmvc.core.schedules import make_schedule
@@ -13,6 +14,7 @@ def make_batch(data, neighbours=None, groups=None):
     array [B, ...], or {"x", "y"} for a model conditioned on labels), "neighbours": the inputs of
     one nearest neighbour of each sample (the same shape), or None, "groups": each sample's group
     [B] in the last init_prior phase's partition (the `pin` term), or None}."""
+    data, neighbours = jax.tree.map(as_values, (data, neighbours))      # uint8 as value / 255
     return {"data": data, "neighbours": neighbours, "groups": groups}
 
 

@@ -77,7 +77,7 @@ def _scatter(ax, points, colors, k, title):
 def plot_scatter(path, points, clusters, k, title, max_points):
     idx = np.linspace(0, len(points) - 1, min(len(points), max_points)).astype(int)
     fig, ax = pyplot().subplots(figsize=(5.5, 5.5))
-    _scatter(ax, _to_2d(points)[idx], clusters[idx], k, title)
+    _scatter(ax, _to_2d(np.asarray(points[idx])), clusters[idx], k, title)
     _save(fig, path)
 
 
@@ -128,7 +128,7 @@ def examples_per_cluster(x, clusters, k, per_cluster):
     """[K, per_cluster, ...] members of each cluster (blank where a cluster has too few)."""
     out = np.ones((k, per_cluster) + x.shape[1:], np.float32)
     for c in range(k):
-        members = x[clusters == c][:per_cluster]
+        members = x[np.flatnonzero(clusters == c)[:per_cluster]]
         out[c, : len(members)] = members
     return out
 

@@ -5,6 +5,7 @@ from typing import NamedTuple, Optional
 import jax
 import numpy as np
 
+from gmvc.data.rows import Rows
 from gmvc.errors import DataError
 from gmvc.models import make_model
 from gmvc.training import parallel, stream
@@ -29,8 +30,9 @@ class RunContext(NamedTuple):
 
     @property
     def x_train(self):
-        """The training rows of the data (host), as the embedding phases read them."""
-        return self.data.x if self.split is None else self.data.x[self.split[0]]
+        """The training rows of the data (host, as stored), as the embedding phases read them."""
+        x = self.data.x.stored() if isinstance(self.data.x, Rows) else self.data.x
+        return x if self.split is None else rows(x, self.split[0])
 
     @property
     def y_train(self):
@@ -54,24 +56,27 @@ def build(config, data):
     phases = build_phases(config)
     inputs = model_inputs(model, data)
     train_inputs = inputs if split is None else rows(inputs, split[0])
-    nbytes = sum(np.asarray(a).nbytes for a in jax.tree.leaves(train_inputs))
+    nbytes = sum(a.nbytes for a in jax.tree.leaves(train_inputs))
     streamed, note = stream.decide(config.parallel, nbytes, layout, uses_host_loop(config))
     init, train, sample, prior = jax.random.split(jax.random.key(config.seed), 4)
     return RunContext(config, data, model, phases, layout,
                       make_runners(config, model, phases, num_train, layout, streamed=streamed),
                       EmbeddingPhases(model, config.train.restarts, config.eval.batch_size, phases), inputs, split,
-                      train_inputs if streamed else parallel.put_data(layout, train_inputs),
+                      train_inputs if streamed else parallel.put_data(layout, jax.tree.map(np.asarray, train_inputs)),
                       {"init": init, "train": train, "sample": sample, "prior": prior}, note)
 
 
 def rows(inputs, index):
-    return jax.tree.map(lambda a: a[index], inputs)
+    """The rows `index` of the inputs (of Rows: a view, nothing read)."""
+    return jax.tree.map(lambda a: a.subset(index) if isinstance(a, Rows) else a[index], inputs)
 
 
 def model_inputs(model, data):
-    """What the model reads: the data array, or {"x", "y"} for a model conditioned on labels."""
+    """What the model reads: the data array as stored (8-bit data stay uint8: the model reads
+    them as value / 255), or {"x", "y"} for a model conditioned on labels."""
+    x = data.x.stored() if isinstance(data.x, Rows) else data.x
     if not model.num_labels:
-        return data.x
+        return x
     if data.y is None:
         raise DataError(f"this model is conditioned on labels (num_labels={model.num_labels}) but dataset "
                         f"{data.name!r} has none")
@@ -79,7 +84,7 @@ def model_inputs(model, data):
         raise DataError(f"dataset {data.name!r} has labels {int(data.y.min())}..{int(data.y.max())}; the model "
                         f"is conditioned on {model.num_labels} (model.num_clusters): labels must be 0.."
                         f"{model.num_labels - 1}")
-    return {"x": data.x, "y": data.y.astype(np.int32)}
+    return {"x": x, "y": data.y.astype(np.int32)}
 
 
 def validation_size(n, fraction):
