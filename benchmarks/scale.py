@@ -1,7 +1,7 @@
 """gmvc on data bigger than memory: synthetic uint8 data of N samples x 784 in an .npy, read by
 rows through `data.source=file:`.
 
-    python benchmarks/scale.py --sizes=100000,1000000            # the whole table (about 25 min)
+    python benchmarks/scale.py --sizes=100000,1000000 --by-rows   # the whole table (about 35 min)
     python benchmarks/scale.py --sizes=20000 --steps=200 --recipe-steps=400
 
 For each size, a synthetic data set (10 clusters: uint8 centres plus noise) is written to an
@@ -10,7 +10,9 @@ resident memory (VmHWM):
 - `train`: the VaDE reference network (784-500-500-2000, z 10, K 10) trains `--steps` steps at
   batch 256 with `parallel.stream` on (and off, up to `--memory-max` samples): steps/s over the
   log steps after the first, the run's seconds (with the evaluation of every sample at the end);
-- `passes`: the whole-data passes on the trained network's shape (random weights: the time does
+- `passes`: the host's gathering rate (rows a second, in batches of 512 random rows, as the
+  streamed path gathers a step's batch and neighbours); the whole-data passes on the trained
+  network's shape (random weights: the time does
   not depend on them): embeddings and predictions of every sample, and a diagonal GMM of 10
   components on the embeddings, gmvc (fit_diag_gmm, 50 k-means and 20 EM iterations) against
   scikit-learn's GaussianMixture with the same EM iterations;
@@ -153,7 +155,12 @@ def child_passes(a):
     x = load_dataset(c.data, 0).x.stored()                 # uint8 rows, read from the file
     model = make_model(c.model, x.shape[1:])
     params = model.init(jax.random.key(0))
-    out = {}
+    rng = np.random.default_rng(0)
+    t0 = time.time()
+    for _ in range(200):                                  # what the streamed path gathers a step
+        np.take(x, rng.integers(0, len(x), 512), axis=0)
+    out = {"gather_rows_per_sec": round(200 * 512 / (time.time() - t0)),
+           "rows_read_from": "file" if hasattr(x.source, "path") else "memory"}
     t0 = time.time()
     z = make_embed(model, 1024)(params, x)
     out["embed_seconds"] = round(time.time() - t0, 1)
@@ -161,7 +168,7 @@ def child_passes(a):
     make_predict(model, 1024)(params, x)
     out["predict_seconds"] = round(time.time() - t0, 1)
     zj = jax.numpy.asarray(z)
-    fit_diag_gmm(jax.random.key(0), zj[:4096], 10, kmeans_iters=50, em_iters=20)      # compiles
+    jax.block_until_ready(fit_diag_gmm(jax.random.key(0), zj, 10, kmeans_iters=50, em_iters=20))  # compiles
     t0 = time.time()
     jax.block_until_ready(fit_diag_gmm(jax.random.key(1), zj, 10, kmeans_iters=50, em_iters=20))
     out["gmm_gmvc_seconds"] = round(time.time() - t0, 1)
@@ -184,12 +191,13 @@ def child_recipe(a):
     return {"seconds": round(time.time() - t0, 1), "acc": summary.get("acc"), "log": lines}
 
 
+BY_ROWS = False
 CHILDREN = {"train": child_train, "passes": child_passes, "recipe": child_recipe}
 
 
 def run_child(kind, **a):
     """One measurement in a fresh process: its result and its peak resident memory."""
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps({"kind": kind, **a})],
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps({"kind": kind, "by_rows": BY_ROWS, **a})],
                           capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{kind} {a}: exit {proc.returncode}: {proc.stderr[-2000:]}")
@@ -204,7 +212,8 @@ def resume_check(path, steps, tmp):
     every = max(1, steps // 8) * 2
     run_child("train", path=str(path), stream="on", steps=steps, workdir=str(tmp / "straight"), checkpoint_every=every)
     workdir = tmp / "killed"
-    cmd = [sys.executable, __file__, "--child", json.dumps({"kind": "train", "path": str(path), "stream": "on",
+    cmd = [sys.executable, __file__, "--child", json.dumps({"kind": "train", "by_rows": BY_ROWS, "path": str(path),
+                                                             "stream": "on",
                                                              "steps": steps, "workdir": str(workdir),
                                                              "checkpoint_every": every})]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -233,6 +242,8 @@ def main(argv=None):
     p.add_argument("--recipe-steps", type=int, default=1600)
     p.add_argument("--recipe-max", type=int, default=100_000, help="largest size the recipe runs on")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--by-rows", action="store_true",
+                   help="read every size from the file by rows (default: files up to 256 MB are loaded)")
     p.add_argument("--knn", default="", help="sizes to time the neighbour search at, e.g. 100000,1000000")
     p.add_argument("--exact-max", type=int, default=100_000)
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -241,11 +252,16 @@ def main(argv=None):
     logging.set_verbosity(logging.WARNING)
     if args.child:
         a = json.loads(args.child)
+        if a.pop("by_rows", False):
+            from gmvc.data import rows
+            rows.LAZY_ABOVE_BYTES = 0
         out = CHILDREN[a.pop("kind")](a)
         out["peak_rss_mb"] = vmhwm_mb()
         print(json.dumps(out), flush=True)
         return out
-    out = {"dim": 784, "batch_size": 256, "steps": args.steps}
+    global BY_ROWS
+    BY_ROWS = args.by_rows
+    out = {"dim": 784, "batch_size": 256, "steps": args.steps, "by_rows": args.by_rows}
     for n in [int(v) for v in args.knn.split(",") if v]:
         out[f"knn_{n}"] = time_knn(n, args.exact_max)
         print(json.dumps({f"knn_{n}": out[f"knn_{n}"]}), file=sys.stderr, flush=True)
