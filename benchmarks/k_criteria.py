@@ -9,6 +9,7 @@ of each development set (as benchmarks/graph_criteria.py pretrains it), for K = 
   input features.
 
     python benchmarks/k_criteria.py --dev --seeds=100,101 --max-k=15
+    python benchmarks/k_criteria.py --dev --seeds=100,101 --hdbscan-grid     # HDBSCAN's settings
 
 Prints one JSON object per set and seed (one line each), with each criterion's K and its curve.
 """
@@ -33,6 +34,9 @@ def main(argv=None):
     p.add_argument("--dev", nargs="?", const=",".join(DEV_SETS), default=",".join(DEV_SETS))
     p.add_argument("--seeds", default="100,101")
     p.add_argument("--max-k", type=int, default=15)
+    p.add_argument("--hdbscan-grid", action="store_true",
+                   help="HDBSCAN's count at 18 settings (min_cluster_size N/100, N/50, N/20; min_samples 5, 15, "
+                        "its default; eom and leaf selection) instead of the three criteria")
     args = p.parse_args(argv)
     from absl import logging
     logging.set_verbosity(logging.WARNING)
@@ -49,6 +53,18 @@ def main(argv=None):
             for seed in map(int, args.seeds.split(",")):
                 z, data = embed_after_pretraining(path, overrides, seed, pathlib.Path(tmp) / f"{name}{seed}")
                 n, zj = len(z), jnp.asarray(z)
+                if args.hdbscan_grid:
+                    grid = {}
+                    for ms in (5, 15, None):
+                        for frac in (0.01, 0.02, 0.05):
+                            for sel in ("eom", "leaf"):
+                                lab = HDBSCAN(min_cluster_size=max(5, int(frac * n)), min_samples=ms,
+                                              cluster_selection_method=sel, copy=True).fit_predict(z)
+                                grid[f"{ms}/{frac}/{sel}"] = [int(lab.max() + 1), round(float((lab < 0).mean()), 2)]
+                    result = {"set": name, "seed": seed, "true_k": DEV_SETS[name], "hdbscan_grid": grid}
+                    print(json.dumps(result), flush=True)
+                    out.append(result)
+                    continue
                 table = jnp.asarray(knn_table(zj, 3))
                 modularity = {}
                 for k in range(2, args.max_k + 1):

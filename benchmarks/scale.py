@@ -119,7 +119,7 @@ def write_data(path, n, dim=784, k=10, seed=0):
 
 def reference_config(path, stream, steps, checkpoint_every=0):
     from gmvc import recipes
-    c = recipes.vade(n_clusters=10, hidden_sizes=(500, 500, 2000), steps=steps, pretrain_steps=1, batch_size=256,
+    c = recipes.vade(n_clusters=10, hidden_sizes=HIDDEN, steps=steps, pretrain_steps=1, batch_size=256,
                      likelihood="bernoulli", restarts=1, scaling="none")
     c.unlock()
     c.data.source = f"file:{path}"
@@ -192,12 +192,14 @@ def child_recipe(a):
 
 
 BY_ROWS = False
+HIDDEN = (500, 500, 2000)         # the VaDE reference network's hidden layers
 CHILDREN = {"train": child_train, "passes": child_passes, "recipe": child_recipe}
 
 
 def run_child(kind, **a):
     """One measurement in a fresh process: its result and its peak resident memory."""
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps({"kind": kind, "by_rows": BY_ROWS, **a})],
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps({"kind": kind, "by_rows": BY_ROWS,
+                                                                            "hidden": HIDDEN, **a})],
                           capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{kind} {a}: exit {proc.returncode}: {proc.stderr[-2000:]}")
@@ -212,7 +214,8 @@ def resume_check(path, steps, tmp):
     every = max(1, steps // 8) * 2
     run_child("train", path=str(path), stream="on", steps=steps, workdir=str(tmp / "straight"), checkpoint_every=every)
     workdir = tmp / "killed"
-    cmd = [sys.executable, __file__, "--child", json.dumps({"kind": "train", "by_rows": BY_ROWS, "path": str(path),
+    cmd = [sys.executable, __file__, "--child", json.dumps({"kind": "train", "by_rows": BY_ROWS, "hidden": HIDDEN,
+                                                             "path": str(path),
                                                              "stream": "on",
                                                              "steps": steps, "workdir": str(workdir),
                                                              "checkpoint_every": every})]
@@ -235,6 +238,7 @@ def resume_check(path, steps, tmp):
 
 
 def main(argv=None):
+    global BY_ROWS, HIDDEN
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="100000", help="data set sizes, e.g. 100000,1000000")
     p.add_argument("--steps", type=int, default=800, help="training steps of the train runs")
@@ -246,6 +250,7 @@ def main(argv=None):
                    help="read every size from the file by rows (default: files up to 256 MB are loaded)")
     p.add_argument("--knn", default="", help="sizes to time the neighbour search at, e.g. 100000,1000000")
     p.add_argument("--exact-max", type=int, default=100_000)
+    p.add_argument("--hidden", default="500,500,2000", help="the network's hidden layers (a quick check: 32)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     from absl import logging
@@ -255,12 +260,12 @@ def main(argv=None):
         if a.pop("by_rows", False):
             from gmvc.data import rows
             rows.LAZY_ABOVE_BYTES = 0
+        HIDDEN = tuple(a.pop("hidden", HIDDEN))
         out = CHILDREN[a.pop("kind")](a)
         out["peak_rss_mb"] = vmhwm_mb()
         print(json.dumps(out), flush=True)
         return out
-    global BY_ROWS
-    BY_ROWS = args.by_rows
+    BY_ROWS, HIDDEN = args.by_rows, tuple(int(h) for h in args.hidden.split(","))
     out = {"dim": 784, "batch_size": 256, "steps": args.steps, "by_rows": args.by_rows}
     for n in [int(v) for v in args.knn.split(",") if v]:
         out[f"knn_{n}"] = time_knn(n, args.exact_max)

@@ -78,7 +78,7 @@ def base_config():
     c.parallel.devices = 0             # use the first n devices (0 = all)
     c.parallel.stream = "auto"         # auto | on | off: batches assembled on the host and sent ahead of the step
                                        # (gmvc/training/stream.py); auto: when the training inputs exceed
-    c.parallel.device_budget_mb = 4096.0   # this many MB as they sit on the device (float32)
+    c.parallel.device_budget_mb = 4096.0   # this many MB as they sit on the device (uint8 data: 1 byte a value)
 
     c.tensorboard = ml_collections.ConfigDict()   # event files in <workdir>/tensorboard (gmvc/eval/events.py)
     c.tensorboard.enabled = True       # scalars and prior histograms at every log step

@@ -137,14 +137,21 @@ def test_graph_criteria_normalized_cut():
 
 
 def test_scale_compares_streamed_and_in_memory_training():
+    """Two small sizes read by rows: the train runs (streamed and in memory), the passes, the
+    resume after SIGKILL, each in its own process, in one JSON object."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import scale
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    out = scale.main(["--n=600", "--steps=16"])
-    assert out["n"] == 600 and out["steps_per_sec_on"] > 0 and out["steps_per_sec_off"] > 0
-    assert out["streamed_over_in_memory"] == pytest.approx(out["steps_per_sec_on"] / out["steps_per_sec_off"],
-                                                           abs=1e-3)
-    assert out["peak_rss_mb_after_on"] >= out["peak_rss_mb_after_off"] > out["rss_mb_before"] > 0
-
+    out = scale.main(["--sizes=600,1200", "--steps=16", "--memory-max=600", "--recipe-max=0", "--by-rows",
+                      "--hidden=32"])
+    small, large = out["600"], out["1200"]
+    assert small["train_stream_on"]["steps_per_sec"] > 0 and small["train_stream_off"]["steps_per_sec"] > 0
+    assert small["streamed_over_in_memory"] == pytest.approx(
+        small["train_stream_on"]["steps_per_sec"] / small["train_stream_off"]["steps_per_sec"], abs=1e-3)
+    assert "train_stream_off" not in large and large["passes"]["rows_read_from"] == "file"
+    assert large["passes"]["embed_seconds"] >= 0 and large["passes"]["gather_rows_per_sec"] > 0
+    assert large["resume"]["bit_identical"] is True
+    assert out["streamed_peak_rss_growth_mb"] == pytest.approx(
+        large["train_stream_on"]["peak_rss_mb"] - small["train_stream_on"]["peak_rss_mb"], abs=0.2)

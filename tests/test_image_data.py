@@ -32,15 +32,24 @@ def _grey(value, h=4, w=5):
 
 # ---------------------------------------------------------------- folder:<root>
 
+def _values(root):
+    """load_folder's images as a run reads them: 8-bit images come as uint8 (kept so up to the
+    device) and read as value / 255."""
+    from gmvc.data import validate
+    x, y = images.load_folder(root)
+    return np.asarray(validate(x, y, "folder").x), y
+
+
 def test_labels_follow_sorted_class_names(tmp_path):
     # Created out of order; labels must follow the sorted names, samples ordered by class then file.
     for cls, values in [("zebra", [10, 20]), ("ant", [30]), ("mouse", [40, 50, 60])]:
         for i, v in enumerate(values):
             _png(tmp_path / cls / f"img{1 - i if cls == 'zebra' else i}.png", _grey(v))
-    x, y = images.load_folder(tmp_path)
+    x, y = _values(tmp_path)
     assert images.class_names(tmp_path) == ["ant", "mouse", "zebra"]
     assert y.dtype == np.int32 and y.tolist() == [0, 1, 1, 1, 2, 2]
     assert x.dtype == np.float32 and x.shape == (6, 4, 5, 1)
+    assert images.load_folder(tmp_path)[0].dtype == np.uint8
     # zebra/img0.png holds 20, zebra/img1.png holds 10: files sorted by name within a class.
     np.testing.assert_allclose(x[:, 0, 0, 0], np.array([30, 40, 50, 60, 20, 10]) / 255.0, rtol=1e-6)
 
@@ -50,7 +59,7 @@ def test_greyscale_values(tmp_path):
     a[0, 0], a[1, 2], a[2, 3] = 255, 128, 7
     _png(tmp_path / "c" / "a.png", a)
     _png(tmp_path / "c" / "b.bmp", 255 - a)
-    x, y = images.load_folder(tmp_path)
+    x, y = _values(tmp_path)
     assert x.shape == (2, 3, 4, 1) and y.tolist() == [0, 0]
     np.testing.assert_allclose(x[0, ..., 0], a / 255.0, rtol=1e-6)
     np.testing.assert_allclose(x[1, ..., 0], (255 - a) / 255.0, rtol=1e-6)
@@ -64,7 +73,7 @@ def test_rgb_values_and_rgba_drops_alpha(tmp_path):
     rgba = np.concatenate([rgb[::-1], np.full((2, 3, 1), 17, np.uint8)], axis=-1)
     _png(tmp_path / "a" / "rgb.png", rgb)
     _png(tmp_path / "b" / "rgba.png", rgba)
-    x, y = images.load_folder(tmp_path)
+    x, y = _values(tmp_path)
     assert x.shape == (2, 2, 3, 3) and x.dtype == np.float32 and y.tolist() == [0, 1]
     np.testing.assert_allclose(x[0], rgb / 255.0, rtol=1e-6)
     np.testing.assert_allclose(x[1], rgb[::-1] / 255.0, rtol=1e-6)
@@ -76,7 +85,7 @@ def test_mix_of_grey_and_colour_is_rgb(tmp_path):
     colour = np.zeros((4, 5, 3), np.uint8)
     colour[..., 2] = 255
     _png(tmp_path / "b" / "blue.jpg", colour)
-    x, _ = images.load_folder(tmp_path)
+    x, _ = _values(tmp_path)
     assert x.shape == (2, 4, 5, 3)
     np.testing.assert_allclose(x[0], 200 / 255.0, rtol=1e-6)            # grey repeated in R, G, B
     np.testing.assert_allclose(x[1, ..., 2], 1.0, atol=0.02)            # jpeg is lossy
@@ -104,7 +113,7 @@ def test_files_that_are_not_images_are_skipped(tmp_path):
     (tmp_path / ".cache").mkdir()                                           # hidden folder: no class
     _png(tmp_path / ".cache" / "x.png", _grey(9))
     (tmp_path / "empty_class").mkdir()                                      # no images: no class
-    x, y = images.load_folder(tmp_path)
+    x, y = _values(tmp_path)
     assert images.class_names(tmp_path) == ["a", "b"]
     assert y.tolist() == [0, 0, 1]
     np.testing.assert_allclose(x[:2, 0, 0, 0], [2 / 255, 1 / 255], rtol=1e-6)   # "TWO.PNG" < "one.png"

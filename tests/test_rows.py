@@ -39,6 +39,8 @@ def test_rows_read_from_the_file_as_the_loaded_array(tmp_path, lazy):
     idx = np.array([[499, 3, 3, 0], [-1, 250, 251, 7]])            # unsorted, repeated, negative
     assert np.array_equal(x[idx], want[idx]) and np.array_equal(np.take(x, idx, axis=0), want[idx])
     assert np.array_equal(x[10:400:7], want[10:400:7]) and np.array_equal(x[42], want[42])
+    assert np.array_equal(x[:, 2], want[:, 2]) and np.array_equal(x[..., 0], want[..., 0])
+    assert np.array_equal(x[[4, 1], 3:5, 0], want[[4, 1], 3:5, 0]) and np.array_equal(x[-2, 1], want[-2, 1])
     assert np.array_equal(x[want[:, 0, 0, 0] > 0.5], want[want[:, 0, 0, 0] > 0.5])
     # as stored: uint8, and a view of rows reads the same rows
     stored = x.stored()
@@ -129,3 +131,22 @@ def test_uint8_files_train_as_stored_streamed_or_in_memory(tmp_path, lazy):
     ctx = context.build(c, data)
     assert ctx.x_device.dtype == np.uint8 and ctx.x_device.shape == (600, 16)
     assert ctx.x_train.dtype == np.uint8 and isinstance(ctx.x_train.source, NpyFile)
+
+
+def test_a_large_image_folder_is_decoded_by_rows(tmp_path, monkeypatch):
+    from PIL import Image
+    from gmvc.data.images import FolderImages
+    rng = np.random.default_rng(3)
+    for label in range(3):
+        (tmp_path / "imgs" / f"c{label}").mkdir(parents=True)
+        for i in range(7):
+            Image.fromarray(rng.integers(0, 256, (6, 5), dtype=np.uint8)).save(tmp_path / "imgs" / f"c{label}" / f"{i}.png")
+    cfg = data_cfg("unused")
+    cfg.source = f"folder:{tmp_path / 'imgs'}"
+    loaded = load_dataset(cfg, 0)                    # small: decoded at once, kept as uint8
+    assert isinstance(loaded.x.source.a, np.ndarray) and loaded.x.source.dtype == np.uint8
+    monkeypatch.setattr(rows, "LAZY_ABOVE_BYTES", 0)
+    lazy = load_dataset(cfg, 0)
+    assert isinstance(lazy.x.source, FolderImages) and lazy.x.shape == (21, 6, 5, 1)
+    assert np.array_equal(np.asarray(lazy.x), np.asarray(loaded.x)) and np.array_equal(lazy.y, loaded.y)
+    assert np.array_equal(lazy.x.stored()[[20, 0, 20]], loaded.x.stored()[[20, 0, 20]])

@@ -170,3 +170,18 @@ def test_tfds_can_start_preparing_catalogue_datasets():
     for Python < 3.9, so gmvc's dependencies must bring it (pyproject.toml)."""
     urls = tfds.builder_cls("mnist").url_infos
     assert any("train-images" in url for url in urls), sorted(urls)
+
+
+def test_a_large_tfds_source_is_read_by_records(prepared, monkeypatch):
+    """Above rows.LAZY_ABOVE_BYTES the images stay in the ArrayRecord files and are decoded when
+    rows are read: the same values and labels as loading them."""
+    from gmvc.data import load_dataset, rows
+    from gmvc.data.tfds_source import TfdsImages
+    data_dir, images, _ = prepared
+    c = load_config("vade_digits.py", {"data.source": f"tfds:{NAME}", "data.data_dir": str(data_dir)})
+    loaded = load_dataset(c.data, 0)
+    monkeypatch.setattr(rows, "LAZY_ABOVE_BYTES", 0)
+    lazy = load_dataset(c.data, 0)
+    assert isinstance(lazy.x.source, TfdsImages) and lazy.x.stored().dtype == np.uint8
+    assert np.array_equal(np.asarray(lazy.x), np.asarray(loaded.x)) and np.array_equal(lazy.y, loaded.y)
+    assert np.array_equal(lazy.x[[5, 1, 5]], np.asarray(loaded.x)[[5, 1, 5]])

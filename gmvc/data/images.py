@@ -1,9 +1,12 @@
 """Image files: the `folder:<root>` data source (root/<class name>/<image files>) and `load_inputs`,
 which reads a user's images or arrays to reconstruct. Pillow is imported only when used."""
+import concurrent.futures
+import os
 import pathlib
 
 import numpy as np
 
+from gmvc.data import rows
 from gmvc.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -74,8 +77,9 @@ def _is_grey(img):
     return False
 
 
-def _decode(img, path, channels, size=None):
-    """Pixels of `img` as float32 [H, W, channels] in [0, 1], resized (bilinear) to size=(W, H) if given."""
+def _decode(img, path, channels, size=None, stored=False):
+    """Pixels of `img` as float32 [H, W, channels] in [0, 1], resized (bilinear) to size=(W, H) if
+    given; `stored`: 8-bit images as their uint8 values (16-bit ones stay float32)."""
     from PIL import Image
     try:
         img.load()
@@ -88,7 +92,7 @@ def _decode(img, path, channels, size=None):
         im = img.convert("L" if channels == 1 else "RGB")          # RGBA/LA/PA: alpha dropped
         if size is not None and im.size != tuple(size):
             im = im.resize(tuple(size), Image.BILINEAR)
-        a = np.asarray(im, dtype=np.float32) / 255.0
+        a = np.asarray(im, dtype=np.uint8) if stored else np.asarray(im, dtype=np.float32) / 255.0
     except DataError:
         raise
     except Exception as e:
@@ -96,27 +100,38 @@ def _decode(img, path, channels, size=None):
     return a[..., None] if channels == 1 else a
 
 
-def _read_images(paths, channels=None, size=None, where=""):
-    """Decode image files into float32 [N, H, W, C]. channels=None: 1 if every image is greyscale,
-    else 3. size=None: every image must have the first one's size; else all are resized to it."""
+def _scan(paths, channels=None, size=None, where=""):
+    """(width, height, channels, all 8-bit?) of the images, from their headers only.
+    channels=None: 1 if every image is greyscale, else 3. size=None: every image must have the
+    first one's size; else all are resized to it."""
     headers = []
     for p in paths:                  # headers only: size and mode, before decoding anything
         with _open(p) as img:
-            headers.append((img.size, _is_grey(img)))
+            headers.append((img.size, _is_grey(img), not (img.mode == "I" or img.mode.startswith("I;16"))))
     if size is None:
         (w, h), first = headers[0][0], paths[0]
-        for p, (s, _) in zip(paths, headers):
+        for p, (s, _, _) in zip(paths, headers):
             if s != (w, h):
                 raise DataError(f"images{where} differ in size: {str(first)!r} is {w}x{h} but {str(p)!r} is "
                                 f"{s[0]}x{s[1]} (width x height); all images must have the same size")
     else:
         w, h = size
     if channels is None:
-        channels = 1 if all(grey for _, grey in headers) else 3
-    out = np.empty((len(paths), h, w, channels), np.float32)
+        channels = 1 if all(grey for _, grey, _ in headers) else 3
+    return w, h, channels, all(eight for _, _, eight in headers)
+
+
+def _read_images(paths, channels=None, size=None, where=""):
+    """Decode image files into float32 [N, H, W, C] (channels, size: as _scan reads them)."""
+    w, h, channels, _ = _scan(paths, channels, size, where)
+    return _decode_all(paths, w, h, channels)
+
+
+def _decode_all(paths, w, h, channels, stored=False):
+    out = np.empty((len(paths), h, w, channels), np.uint8 if stored else np.float32)
     for i, p in enumerate(paths):
         with _open(p) as img:
-            out[i] = _decode(img, p, channels, size=(w, h))
+            out[i] = _decode(img, p, channels, size=(w, h), stored=stored)
     return out
 
 
@@ -124,13 +139,51 @@ def _read_images(paths, channels=None, size=None, where=""):
 
 def load_folder(root, cfg=None):
     """The `folder:<root>` source: images in root/<class name>/, classes sorted by name -> labels
-    0..C-1, samples ordered by class then file name. Returns (x [N, H, W, C] float32 in [0, 1],
-    y [N] int32). C is 1 if every image is greyscale, else 3 (colour; alpha dropped)."""
+    0..C-1, samples ordered by class then file name. Returns (x [N, H, W, C], y [N] int32): x is
+    uint8 where every image is 8-bit (read as value / 255: gmvc.data.validate), else float32 in
+    [0, 1]; above rows.LAZY_ABOVE_BYTES, Rows that decode the images when a batch asks for them.
+    C is 1 if every image is greyscale, else 3 (colour; alpha dropped)."""
     listing = _list_folder(root)
     paths = [p for _, files in listing for p in files]
     y = np.concatenate([np.full(len(files), k, np.int32) for k, (_, files) in enumerate(listing)])
-    x = _read_images(paths, where=f" in folder {str(pathlib.Path(root).expanduser())!r}")
-    return x, y
+    where = f" in folder {str(pathlib.Path(root).expanduser())!r}"
+    w, h, c, eight = _scan(paths, where=where)
+    if eight and len(paths) * h * w * c > rows.LAZY_ABOVE_BYTES:     # decoded when a batch asks for them
+        return rows.Rows(FolderImages(paths, (h, w, c))), y
+    return _decode_all(paths, w, h, c, stored=eight), y
+
+
+class FolderImages:
+    """The 8-bit images of a folder: source, decoded as uint8 when rows are read (gmvc.data.rows),
+    in worker threads; nothing is kept."""
+
+    def __init__(self, paths, shape, workers=None):
+        self.path = pathlib.Path(paths[0]).parent.parent
+        self.paths, self.shape, self.dtype = list(paths), (len(paths), *shape), np.dtype(np.uint8)
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64))
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        self._pool = None
+
+    def __len__(self):
+        return len(self.paths)
+
+    def read(self, index):
+        index = np.asarray(index, np.int64).reshape(-1)
+        h, w, c = self.shape[1:]
+        out = np.empty((len(index), h, w, c), np.uint8)
+
+        def one(i):
+            p = self.paths[index[i]]
+            with _open(p) as img:
+                out[i] = _decode(img, p, c, size=(w, h), stored=True)
+
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="gmvc-decode")
+        list(self._pool.map(one, range(len(index))))
+        return out
+
+    def read_range(self, start, stop):
+        return self.read(np.arange(start, max(start, stop)))
 
 
 # ---------------------------------------------------------------- inputs to reconstruct

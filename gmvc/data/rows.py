@@ -198,12 +198,12 @@ class Rows:
         return x if self.transform is None else self.transform(x)
 
     def __getitem__(self, key):
-        rest = ()
+        rest, lead = (), 1                  # lead: the axes the row index gives the result
         if isinstance(key, tuple):
             key, rest = key[0], key[1:]
         n = len(self)
         if key is Ellipsis:
-            key, rest = slice(None), (rest and (Ellipsis,) + rest)
+            key, rest = slice(None), (Ellipsis,) + rest
         if isinstance(key, slice):
             start, stop, step = key.indices(n)
             out = self._read_range(start, stop) if step == 1 else self._read(np.arange(start, stop, step))
@@ -212,6 +212,7 @@ class Rows:
             if not 0 <= i < n:
                 raise IndexError(f"row {key} out of range for {n} rows")
             out = self._read(np.asarray([i]))[0]
+            return out[rest] if rest else out
         else:
             key = np.asarray(key)
             if key.dtype == bool:
@@ -220,7 +221,8 @@ class Rows:
                 raise IndexError(f"rows out of range for {n} rows")
             key = np.where(key < 0, key + n, key)
             out = self._read(key.reshape(-1)).reshape(key.shape + self.sample_shape)
-        return out[rest] if rest else out
+            lead = key.ndim
+        return out[(slice(None),) * lead + rest] if rest else out
 
     def take(self, indices, axis=0, out=None, mode="raise"):
         if axis != 0 or out is not None:

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 
+from gmvc.data import rows
 from gmvc.errors import DataError
 
 _IMAGE_KEYS = ("image", "img")
@@ -44,6 +45,10 @@ def load(name, split="train", data_dir=None):
     if image_key is None:
         raise DataError(f"tfds dataset {name!r} has no image feature (features: {sorted(first)})")
     label_key = next((k for k in _LABEL_KEYS if k in first), None)
+    image = np.asarray(first[image_key])
+    if n * image.nbytes > rows.LAZY_ABOVE_BYTES:        # records decoded when a batch asks for them
+        labels = np.asarray([source[i][label_key] for i in range(n)]) if label_key else None
+        return rows.Rows(TfdsImages(source, image_key, n, image)), labels
     images, labels = [], []
     for i in range(n):  # decoding each image dominates the cost; one record at a time is fine
         row = source[i]
@@ -51,6 +56,29 @@ def load(name, split="train", data_dir=None):
         if label_key:
             labels.append(row[label_key])
     return np.stack(images), (np.asarray(labels) if label_key else None)       # uint8: scaled by load_dataset
+
+
+class TfdsImages:
+    """The images of a tfds data_source, as a source of gmvc.data.rows: read by record when rows
+    are asked for; nothing is kept."""
+
+    def __init__(self, source, key, n, first):
+        self.source, self.key, self.path = source, key, f"tfds:{key}"
+        self.shape, self.dtype = (n, *first.shape), first.dtype
+        self.nbytes = n * first.nbytes
+
+    def __len__(self):
+        return self.shape[0]
+
+    def read(self, index):
+        index = np.asarray(index, np.int64).reshape(-1)
+        out = np.empty((len(index), *self.shape[1:]), self.dtype)
+        for i, r in enumerate(index):
+            out[i] = self.source[int(r)][self.key]
+        return out
+
+    def read_range(self, start, stop):
+        return self.read(np.arange(start, max(start, stop)))
 
 
 def _first_line(e):

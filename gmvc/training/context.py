@@ -62,7 +62,7 @@ def build(config, data):
     return RunContext(config, data, model, phases, layout,
                       make_runners(config, model, phases, num_train, layout, streamed=streamed),
                       EmbeddingPhases(model, config.train.restarts, config.eval.batch_size, phases), inputs, split,
-                      train_inputs if streamed else parallel.put_data(layout, jax.tree.map(np.asarray, train_inputs)),
+                      train_inputs if streamed else parallel.put_data(layout, train_inputs),
                       {"init": init, "train": train, "sample": sample, "prior": prior}, note)
 
 

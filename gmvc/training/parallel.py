@@ -97,30 +97,32 @@ def local_share(a, n):
 
 
 def put_data(layout, inputs):
-    """The training inputs (an array or {"x", "y"}) placed for the layout: as they are on one
-    device; split by rows (padded to a multiple of n) over the mesh; [n, rows, ...] for pmap.
-    With several processes, each contributes only its own block of rows."""
+    """The training inputs (an array or {"x", "y"}; arrays or gmvc.data.rows.Rows, read here)
+    placed for the layout: as they are on one device; split by rows (padded to a multiple of n)
+    over the mesh; [n, rows, ...] for pmap. With several processes, each reads and contributes
+    only its own block of rows."""
     if layout.mode == "single":
-        return jax.device_put(inputs, layout.devices[0])
+        return jax.device_put(jax.tree.map(np.asarray, inputs), layout.devices[0])
     n = layout.n
     num = len(jax.tree.leaves(inputs)[0])
     total = padded_rows(num, n)
 
-    def pad(a):
-        a = np.asarray(a)
-        return np.concatenate([a, np.zeros((total - num, *a.shape[1:]), a.dtype)]) if total > num else a
+    def block(a, lo, hi):                    # rows lo..hi - 1 of the zero-padded inputs
+        a = np.asarray(a[lo:min(hi, num)])
+        return np.concatenate([a, np.zeros((hi - lo - len(a), *a.shape[1:]), a.dtype)]) if len(a) < hi - lo else a
 
-    padded = jax.tree.map(pad, inputs)
     if layout.mode == "pmap":
-        return _pmap_put(layout, jax.tree.map(lambda a: a.reshape(n, total // n, *a.shape[1:]), padded))
+        return _pmap_put(layout, jax.tree.map(lambda a: block(a, 0, total).reshape(n, total // n, *a.shape[1:]),
+                                              inputs))
     sharding = NamedSharding(layout.mesh, P(AXIS))
     if jax.process_count() == 1:
-        return jax.device_put(padded, sharding)
+        return jax.device_put(jax.tree.map(lambda a: block(a, 0, total), inputs), sharding)
     # Each process passes only the rows of its own devices (contiguous blocks in mesh order).
     rows = total // n
     local = [i for i, dev in enumerate(layout.devices) if dev.process_index == jax.process_index()]
     lo, hi = local[0] * rows, (local[-1] + 1) * rows
-    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a[lo:hi], a.shape), padded)
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, block(a, lo, hi),
+                                                                         (total, *a.shape[1:])), inputs)
 
 
 def put_state(layout, state):

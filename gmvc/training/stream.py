@@ -11,9 +11,10 @@ background thread: double buffering), and make_streamed_chunk trains on them. Ea
 sees the same rows and the same noise as the in-memory path, so the two give the same parameters
 (tests/test_stream.py checks them bit for bit).
 
-Data placement: one device, or shard_map over the devices of one process (each device receives
-its share of every batch). Host memory holds the training samples as loaded; the device holds
-two chunks of batches.
+Data placement: one device, or shard_map over the devices of one or several processes (each
+device receives its share of every batch; each process reads only the rows its own devices
+train on). Host memory holds the training samples as loaded (Rows read from a file hold only
+the rows in use: gmvc/data/rows.py); the device holds two chunks of batches.
 """
 import concurrent.futures
 
@@ -25,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from gmvc.errors import ConfigError
 from gmvc.objectives import make_batch
 from gmvc.training import steps
-from gmvc.training.parallel import AXIS, local_share
+from gmvc.training.parallel import AXIS, local_share, to_host
 
 STREAM_CHOICES = ("auto", "on", "off")
 
@@ -56,8 +57,6 @@ def _unsupported(layout, host_loop):
         return "does not run with the host loop of convolutional networks (train.loop='host' or a conv net)"
     if layout.mode == "pmap":
         return "does not run with parallel.mode='pmap' (use shard_map)"
-    if jax.process_count() > 1:
-        return "runs on one process (several hosts: not yet)"
     return None
 
 
@@ -155,10 +154,14 @@ class Feeder:
     def __init__(self, x, plan, table, rng, layout, *, step, end, chunk_len, own=False):
         # The plan runs on the host's CPU device, with its own copy of the neighbour table (the
         # state's is donated to the chunk): on an accelerator it does not queue behind training.
-        cpu = jax.devices("cpu")[0]
+        cpu = jax.local_devices(backend="cpu")[0]
         self.x, self.plan, self.layout = x, plan, layout
         self.rng = jax.device_put(rng, cpu)
-        self.table = None if table is None else jax.device_put(np.asarray(table), cpu)
+        self.table = None if table is None else jax.device_put(to_host(table), cpu)
+        self.share = None                       # several processes: this one's columns of each batch
+        if layout.mode != "single" and jax.process_count() > 1:
+            mine = [i for i, d in enumerate(layout.devices) if d.process_index == jax.process_index()]
+            self.share = (mine[0], mine[-1] + 1)
         self.step, self.end, self.chunk_len, self.own = step, end, chunk_len, own
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmvc-stream")
         self.pending = None                     # the rows of the chunk from self.step, loading
@@ -166,6 +169,10 @@ class Feeder:
     def fetch(self, step0):
         """The feed of the chunk from step0, on the device(s)."""
         plan = jax.device_get(self.plan(np.int32(step0), self.table, self.rng))     # on the CPU device
+        full = {"idx": plan["idx"].shape, "nbr_rows": plan["nbr"].shape if "nbr" in plan else None}
+        if self.share is not None:              # only the rows of this process's devices are read
+            plan = {k: self._mine(v, _batch_axis("nbr_rows" if k == "nbr" else "idx", self.own))
+                    for k, v in plan.items()}
         take = lambda index: jax.tree.map(lambda a: np.take(a, index, axis=0), self.x)
         feed = {"idx": plan["idx"], "rows": take(plan["idx"])}
         if "nbr" in plan:
@@ -174,7 +181,18 @@ class Feeder:
             return jax.device_put(feed, self.layout.devices[0])
         sharding = {k: NamedSharding(self.layout.mesh, P(*([None] * _batch_axis(k, self.own)), AXIS))
                     for k in feed}
-        return {k: jax.device_put(v, sharding[k]) for k, v in feed.items()}
+        if self.share is None:
+            return {k: jax.device_put(v, sharding[k]) for k, v in feed.items()}
+        lead = lambda k: full["nbr_rows" if k == "nbr_rows" else "idx"]
+        glob = lambda k, a: lead(k) + a.shape[len(lead(k)):]
+        return {k: jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding[k], a, glob(k, a)), v)
+                for k, v in feed.items()}
+
+    def _mine(self, a, axis):
+        """This process's columns of a plan array along its batch axis (its devices hold
+        contiguous shares in mesh order)."""
+        share = a.shape[axis] // self.layout.n
+        return np.take(a, np.arange(self.share[0] * share, self.share[1] * share), axis=axis)
 
     def __call__(self, run_chunk):
         def run(state, _x, rng, bounds):
