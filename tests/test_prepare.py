@@ -70,6 +70,11 @@ def test_rules_fit_sizes_to_the_data():
     assert images.phases.pretrain.augment.to_dict() == {"shift": 2.0}
     assert images.phases.gmm_init.overcluster == 80 and images.phases.gmm_init2.overcluster == 30
     assert fit_to_data(recipes.cluster(10), 1797, (8, 8, 1))[0].phases.main.augment.to_dict() == {"shift": 1.0}
+    assert images.phases.gmm_init.n_init == 30                    # up to 100,000 samples: as the recipe says
+    big, notes = fit_to_data(recipes.cluster(10), 1_000_000, (784,))
+    assert [big.phases[p].n_init for p in ("gmm_init", "gmm_init2", "gmm_init3")] == [3, 3, 3]
+    assert "n_init 30 cut to max(3, 30 x 100,000 / N) = 3 (gmm_init, gmm_init2, gmm_init3)" in notes
+    assert fit_to_data(recipes.cluster(10), 400_000, (784,))[0].phases.gmm_init.n_init == 8
     plain = recipes.vade_mnist5k()                  # a recipe its data fits: nothing changes
     assert fit_to_data(plain, 5000, (28, 28, 1)) == (plain, [])
 

@@ -5,10 +5,15 @@ config.json, so a resumed run and its predictions read the same values):
   pixels (2 for 28 x 28), points are not augmented;
 - a batch size above the number of samples N is cut to N;
 - an over-clustered fit (`overcluster`) has at most max(K + 1, N / 20) components, so that every
-  component has about 20 samples or more.
+  component has about 20 samples or more;
+- above FIT_ROWS (100,000) samples, a mixture fit of n_init fits makes max(3, n_init x FIT_ROWS
+  / N), so that its cost stays about that of FIT_ROWS samples (3 fits at 1,000,000).
 
 No rule reads a data set's name or its labels.
 """
+
+
+FIT_ROWS = 100_000
 
 
 def shift_for(sample_shape):
@@ -37,6 +42,12 @@ def fit_to_data(config, n, sample_shape):
         if _whole(spec.get("batch_size")) and spec["batch_size"] > n:
             spec["batch_size"] = n
             changed.setdefault(f"batch size cut to N = {n}", []).append(name)
+        fits = spec.get("n_init")
+        if spec.get("kind") == "init_prior" and _whole(fits) and fits > 3 and n > FIT_ROWS:
+            spec["n_init"] = max(3, round(fits * FIT_ROWS / n))
+            if spec["n_init"] < fits:
+                changed.setdefault(f"n_init {fits} cut to max(3, {fits} x {FIT_ROWS:,} / N) = {spec['n_init']}",
+                                   []).append(name)
         cap = max(k + 1, n // 20)
         if _whole(spec.get("overcluster")) and spec["overcluster"] > cap:
             spec["overcluster"] = cap
