@@ -107,8 +107,8 @@ def _train(config, workdir, inputs, echo, write_outputs, bar):
         try:
             position = run_phases(ctx, position, (ckpt, progress, watch), warm, echo)
         except TrainingError as e:
-            x = data.x
-            raise TrainingError(f"{e}. Likely causes: the data's scale (values in [{x.min():.3g}, {x.max():.3g}]: "
+            lo, hi = prepare.bounds(data.x)
+            raise TrainingError(f"{e}. Likely causes: the data's scale (values in [{lo:.3g}, {hi:.3g}]: "
                                 f"scale them to [0, 1] or to unit variance) or the learning rate (optim.lr="
                                 f"{config.optim.lr})") from None
         train_seconds = time.time() - t_train

@@ -5,6 +5,7 @@ import math
 
 import jax
 
+from gmvc.data import prepare
 from gmvc.errors import ConfigError, DataError
 from gmvc.eval.restarts import RESTART_CHOICES
 from gmvc.models import make_model
@@ -45,7 +46,7 @@ def validate(config, data):
     _check_optim(config.optim)
     devices = _check_parallel(config.parallel)
     model = make_model(config.model, data.x.shape[1:])          # unknown nets, activations, likelihoods
-    lo, hi = float(data.x.min()), float(data.x.max())
+    lo, hi = prepare.bounds(data.x)
     if config.model.likelihood == "bernoulli" and (lo < 0.0 or hi > 1.0):
         raise DataError(f"model.likelihood='bernoulli' needs data in [0, 1]; {data.name!r} spans [{lo:.4g}, {hi:.4g}]: "
                         f"scale it into [0, 1], or use --config.model.likelihood=gaussian")

@@ -150,3 +150,42 @@ def test_a_large_image_folder_is_decoded_by_rows(tmp_path, monkeypatch):
     assert isinstance(lazy.x.source, FolderImages) and lazy.x.shape == (21, 6, 5, 1)
     assert np.array_equal(np.asarray(lazy.x), np.asarray(loaded.x)) and np.array_equal(lazy.y, loaded.y)
     assert np.array_equal(lazy.x.stored()[[20, 0, 20]], loaded.x.stored()[[20, 0, 20]])
+
+
+def test_files_are_told_apart_by_their_bytes_not_their_names(tmp_path, lazy):
+    a = np.arange(600, dtype=np.float32).reshape(200, 3)
+    np.save(tmp_path / "x.npy", a)
+    (tmp_path / "x.npy").rename(tmp_path / "UPPER.NPY")
+    x = load_dataset(data_cfg(tmp_path / "UPPER.NPY"), 0).x
+    assert isinstance(x.source, NpyFile) and np.array_equal(np.asarray(x), a)
+    (tmp_path / "table.csv").write_text("1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match="is not a .npy/.npz array file"):
+        load_dataset(data_cfg(tmp_path / "table.csv"), 0)
+    np.save(tmp_path / "scalar.npy", np.float32(3.0))
+    with pytest.raises(DataError, match="must have rank 2"):
+        load_dataset(data_cfg(tmp_path / "scalar.npy"), 0)
+
+
+def test_bytes_read_as_the_same_values_on_the_host_and_the_device():
+    from gmvc.core.inputs import as_values, host_values
+    every = np.arange(256, dtype=np.uint8)
+    host = host_values(every)
+    assert host.dtype == np.float32 and np.array_equal(host, every.astype(np.float32) / np.float32(255))
+    assert np.array_equal(np.asarray(jax.jit(as_values)(every)), host)
+    floats = np.linspace(0, 1, 5, dtype=np.float32)
+    assert as_values(floats) is floats
+
+
+def test_bounds_and_index_checks(tmp_path, lazy):
+    a = np.random.default_rng(4).integers(3, 250, (300, 8), dtype=np.uint8)
+    np.save(tmp_path / "u.npy", a)
+    x = load_dataset(data_cfg(tmp_path / "u.npy"), 0).x
+    assert x.bounds() == (0.0, 1.0)                                   # 8-bit: known without reading
+    assert x.min() == pytest.approx(a.min() / 255) and x.max() == pytest.approx(a.max() / 255)
+    f = (a / 10).astype(np.float32)
+    np.save(tmp_path / "f.npy", f)
+    y = load_dataset(data_cfg(tmp_path / "f.npy"), 0).x
+    assert y.bounds() == (float(f.min()), float(f.max()))
+    with pytest.raises(IndexError, match="boolean index"):
+        x[np.ones(299, bool)]
+    assert x.subset(np.arange(5))[[]].shape == (0, 8)

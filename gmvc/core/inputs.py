@@ -8,17 +8,22 @@ import jax.numpy as jnp
 import numpy as np
 
 
+# value / 255 of every byte, divided once here: a table read is exact on every backend, where a
+# compiled division by 255 may become a multiplication by 1/255 (other roundings than the host's).
+_BYTE_VALUES = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
 def as_values(a):
     """uint8 as float32 value / 255 (numpy or jax, traced or not); anything else as it is."""
     if getattr(a, "dtype", None) == np.uint8:
-        return a.astype(jnp.float32) / jnp.float32(255.0)
+        return jnp.asarray(_BYTE_VALUES)[a]
     return a
 
 
 def host_values(a):
-    """as_values on the host: a numpy array, float32 for uint8."""
+    """as_values on the host: a numpy array, float32 for uint8 (the same values)."""
     a = np.asarray(a)
-    return a.astype(np.float32) / np.float32(255.0) if a.dtype == np.uint8 else a
+    return _BYTE_VALUES[a] if a.dtype == np.uint8 else a
 
 
 def reading_values(fn):

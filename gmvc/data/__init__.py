@@ -64,9 +64,11 @@ def validate(x, y, name):
         raise DataError(f"dataset {name!r}: data is empty (shape {x.shape})")
     if dtype == np.uint8:                # 8-bit data, whatever source: read as value / 255
         x = x if isinstance(x, Rows) else Rows(np.ascontiguousarray(x))
-    elif isinstance(x, Rows):
-        for start, chunk in x.chunks():
-            _check_finite(chunk, name, start)
+    elif isinstance(x, Rows):                # by chunks: the counts of all, the first rows found
+        bad = [(start + rows, int(c)) for start, chunk in x.chunks() for rows, c in [_bad_rows(chunk)] if c]
+        if bad:
+            rows = np.concatenate([r for r, _ in bad])
+            _raise_not_finite(name, sum(c for _, c in bad), rows)
     else:
         x = x.astype(np.float32)
         _check_finite(x, name, 0)
@@ -78,9 +80,18 @@ def validate(x, y, name):
     return Dataset(x=x, y=y, name=name)
 
 
-def _check_finite(x, name, start):
+def _bad_rows(x):
+    """(rows holding NaN/inf, how many such values)."""
     bad = ~np.isfinite(x)
-    if bad.any():
-        rows = np.unique(np.nonzero(bad.reshape(len(x), -1))[0]) + start
-        raise DataError(f"dataset {name!r}: {bad.sum()} NaN/inf values in {len(rows)} samples "
-                        f"(first bad sample indices: {rows[:5].tolist()})")
+    return np.unique(np.nonzero(bad.reshape(len(x), -1))[0]), int(bad.sum())
+
+
+def _raise_not_finite(name, count, rows):
+    raise DataError(f"dataset {name!r}: {count} NaN/inf values in {len(rows)} samples "
+                    f"(first bad sample indices: {rows[:5].tolist()})")
+
+
+def _check_finite(x, name, start):
+    rows, count = _bad_rows(x)
+    if count:
+        _raise_not_finite(name, count, rows + start)

@@ -161,8 +161,8 @@ class FolderImages:
         self.path = pathlib.Path(paths[0]).parent.parent
         self.paths, self.shape, self.dtype = list(paths), (len(paths), *shape), np.dtype(np.uint8)
         self.nbytes = int(np.prod(self.shape, dtype=np.int64))
-        self.workers = workers or min(8, os.cpu_count() or 1)
-        self._pool = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1),
+                                                           thread_name_prefix="gmvc-decode")
 
     def __len__(self):
         return len(self.paths)
@@ -177,8 +177,6 @@ class FolderImages:
             with _open(p) as img:
                 out[i] = _decode(img, p, c, size=(w, h), stored=True)
 
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="gmvc-decode")
         list(self._pool.map(one, range(len(index))))
         return out
 

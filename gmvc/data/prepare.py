@@ -69,7 +69,7 @@ def choose(x):
     """(kind, reason): "auto"'s choice for the data x."""
     if isinstance(x, Rows) and x.source.dtype == np.uint8 and x.transform is None:
         return "none", "8-bit values read as value / 255"
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = bounds(x)
     if lo >= 0.0 and hi <= 1.0:
         return "none", f"values in [{lo:g}, {hi:g}]"
     if lo >= 0.0 and all(np.all(c == np.round(c)) for _, c in _chunks(x)):
@@ -106,9 +106,15 @@ def _chunks(x):
     return x.chunks() if isinstance(x, Rows) else [(0, x)]
 
 
+def bounds(x):
+    """(low, high) of the values of x (an array or Rows, gmvc/data/rows.py)."""
+    return x.bounds() if isinstance(x, Rows) else (float(x.min()), float(x.max()))
+
+
 def likelihood_for(x):
     """"auto"'s likelihood for the scaled data x."""
-    return "bernoulli" if float(x.min()) >= 0.0 and float(x.max()) <= 1.0 else "gaussian"
+    lo, hi = bounds(x)
+    return "bernoulli" if lo >= 0.0 and hi <= 1.0 else "gaussian"
 
 
 def save(scaling, workdir):

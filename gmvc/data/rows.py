@@ -16,6 +16,7 @@ Whole-data statistics (`min`, `max`, `chunks`) run over chunks of `CHUNK_ROWS` r
 """
 import os
 import pathlib
+import weakref
 import zipfile
 
 import numpy as np
@@ -33,7 +34,7 @@ class NpyFile:
 
     def __init__(self, path, member=None):
         self.path, self.member = pathlib.Path(path), member
-        start = 0
+        start, end = 0, os.path.getsize(self.path)
         if member is not None:
             with zipfile.ZipFile(self.path) as z:
                 info = z.getinfo(member + ".npy")
@@ -44,6 +45,7 @@ class NpyFile:
                 head = f.read(30)
                 start = info.header_offset + 30 + int.from_bytes(head[26:28], "little") + \
                     int.from_bytes(head[28:30], "little")
+            end = start + info.file_size
         with open(self.path, "rb") as f:
             f.seek(start)
             version = np.lib.format.read_magic(f)
@@ -52,17 +54,20 @@ class NpyFile:
             header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = header(f)
             self.offset = f.tell()
-        if fortran and len(shape) > 1:
-            raise ValueError("Fortran order")
+        if (fortran and len(shape) > 1) or len(shape) < 1:
+            raise ValueError("Fortran order or no rows")
         if dtype.hasobject:
             raise DataError(f"data file {str(self.path)!r} holds Python objects, not numbers: pickles are never "
                             f"loaded")
         self.shape, self.dtype = tuple(shape), dtype
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-        size = os.path.getsize(self.path)
-        if self.offset + self.row_bytes * (shape[0] if shape else 0) > size:
+        if self.offset + self.row_bytes * shape[0] > end:
             raise DataError(f"data file {str(self.path)!r} is truncated: its header promises {shape} of {dtype}")
         self.fd = os.open(self.path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self.fd)
+
+    def __reduce__(self):
+        raise TypeError("an NpyFile holds an open file; it is not copied or pickled")
 
     @property
     def nbytes(self):
@@ -79,32 +84,35 @@ class NpyFile:
             return out
         order = np.argsort(rows, kind="stable")
         srt = rows[order]
+        if np.all(order == np.arange(len(rows))) and srt[-1] - srt[0] == len(rows) - 1:
+            return self.read_range(int(srt[0]), int(srt[-1]) + 1)       # one run, in order
         flat = out.reshape(len(rows), -1).view(np.uint8).reshape(len(rows), self.row_bytes)
         # runs of consecutive rows are one read each
         breaks = np.flatnonzero(np.diff(srt) != 1) + 1
         for run in np.split(np.arange(len(srt)), breaks):     # a repeated row starts a new run
-            first, count = int(srt[run[0]]), len(run)
-            block = np.frombuffer(self._pread(first, count), np.uint8).reshape(count, self.row_bytes)
+            block = np.empty((len(run), self.row_bytes), np.uint8)
+            self._read_into(block, int(srt[run[0]]))
             flat[order[run]] = block
         return out
 
     def read_range(self, start, stop):
-        stop = max(start, stop)
-        return np.frombuffer(self._pread(start, stop - start), self.dtype).reshape((stop - start,) + self.shape[1:])
+        out = np.empty((max(0, stop - start),) + self.shape[1:], self.dtype)
+        self._read_into(out, start)
+        return out
 
-    def _pread(self, first, count):
-        want = count * self.row_bytes
-        buf = os.pread(self.fd, want, self.offset + first * self.row_bytes)
-        if len(buf) != want:
-            raise DataError(f"data file {str(self.path)!r}: rows {first}..{first + count - 1} could not be read "
-                            f"(the file changed or is truncated)")
-        return bytearray(buf)
-
-    def __del__(self):
-        fd = getattr(self, "fd", None)
-        if fd is not None:
-            os.close(fd)
-            self.fd = None
+    def _read_into(self, out, first):
+        """Fill `out` (contiguous) with the bytes of the rows from `first`, in reads of at most
+        1 GiB (one pread returns at most about 2 GiB)."""
+        if out.size == 0:
+            return
+        view, done, at = memoryview(out).cast("B"), 0, self.offset + first * self.row_bytes
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:done + 2 ** 30]], at + done)
+            if got == 0:
+                rows = len(view) // max(1, self.row_bytes)
+                raise DataError(f"data file {str(self.path)!r}: rows {first}..{first + rows - 1} could not be read "
+                                f"(the file changed or is truncated)")
+            done += got
 
 
 class _ArraySource:
@@ -216,7 +224,10 @@ class Rows:
         else:
             key = np.asarray(key)
             if key.dtype == bool:
+                if key.shape != (n,):
+                    raise IndexError(f"a boolean index of shape {key.shape} for {n} rows")
                 key = np.flatnonzero(key)
+            key = key.astype(np.int64)
             if key.size and (key.min() < -n or key.max() >= n):
                 raise IndexError(f"rows out of range for {n} rows")
             key = np.where(key < 0, key + n, key)
@@ -258,21 +269,34 @@ class Rows:
     def max(self):
         return max(float(c.max()) for _, c in self.chunks())
 
+    def bounds(self):
+        """(low, high) the values lie in: [0, 1] for 8-bit data read as value / 255 (nothing is
+        read); else the smallest and largest value, in one pass (kept for the next call)."""
+        if self.source.dtype == np.uint8 and self.transform is None:
+            return 0.0, 1.0
+        if getattr(self, "_bounds", None) is None:
+            parts = [(float(c.min()), float(c.max())) for _, c in self.chunks()]
+            self._bounds = (min(p[0] for p in parts), max(p[1] for p in parts))
+        return self._bounds
+
     def __repr__(self):
         where = f"file {str(self.source.path)!r}" if isinstance(self.source, NpyFile) else "memory"
         return f"Rows({list(self.shape)}, stored as {self.source.dtype} in {where})"
 
 
-def open_lazy(path, member=None):
-    """Rows reading `path` (an .npy, or an .npz and its member) from the file, or None where
-    the array is small (then it is loaded), compressed or in Fortran order."""
+def open_lazy(path):
+    """Rows reading the array of `path` (an .npy, or the member x of an .npz, told apart by
+    their first bytes) from the file, or None where it is small (then it is loaded),
+    compressed, in Fortran order, or not an array file (then np.load says what it is)."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    member = None if magic == b"\x93NUMPY" else "x" if magic.startswith(b"PK") else False
+    if member is False:
+        return None
     try:
         f = NpyFile(path, member)
     except DataError:
         raise
-    except (ValueError, KeyError, OSError):
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile):
         return None
-    if f.nbytes <= LAZY_ABOVE_BYTES:
-        del f
-        return None
-    return Rows(f)
+    return Rows(f) if f.nbytes > LAZY_ABOVE_BYTES else None

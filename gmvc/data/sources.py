@@ -79,9 +79,9 @@ def file(path, cfg):
     p = pathlib.Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"data file {str(p)!r} does not exist")
-    lazy = rows.open_lazy(p, None if p.suffix == ".npy" else "x")      # large arrays: read by rows, not loaded
+    lazy = rows.open_lazy(p)                  # large arrays: read by rows, not loaded
     if lazy is not None:
-        if p.suffix == ".npy":
+        if lazy.source.member is None:
             return lazy, None
         with np.load(p, allow_pickle=False) as loaded:
             return lazy, (loaded["y"] if "y" in loaded.files else None)

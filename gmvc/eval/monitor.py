@@ -51,18 +51,24 @@ def place(layout, tree):
 class ValidationELBO:
     """elbo(params [R, ...]) -> {"elbo": [R], <term>: [R]} on the validation inputs: per-sample
     terms (each sample alone, with its own fixed noise key), so padding the last batch changes
-    nothing and the value does not depend on the batch size."""
+    nothing and the value does not depend on the batch size. One compiled program sums a batch;
+    the batches sit on the device, or with `streamed` (training inputs streamed from the host)
+    stay on the host and go to the device one at a time. Either way the same batch sums are
+    added up on the host in the same order, so the value is the same."""
 
-    def __init__(self, model, inputs, batch_size, seed, layout):
+    def __init__(self, model, inputs, batch_size, seed, layout, streamed=False):
         self.names = model.elbo_terms
         self.layout = layout
         n = tree_len(inputs)
         bs = min(batch_size, n)
         nb = -(-n // bs)
-        rows = np.arange(nb * bs)
-        batches = jax.tree.map(lambda a: np.asarray(a)[np.minimum(rows, n - 1)].reshape(nb, bs, *a.shape[1:]), inputs)
-        self.args = place(layout, (batches, rows.reshape(nb, bs).astype(np.int32),
-                                   (rows < n).reshape(nb, bs).astype(np.float32)))
+        self.batches = [(jax.tree.map(lambda a: np.asarray(a[np.minimum(np.arange(i * bs, (i + 1) * bs), n - 1)]),
+                                      inputs),
+                         np.arange(i * bs, (i + 1) * bs, dtype=np.int32),
+                         (np.arange(i * bs, (i + 1) * bs) < n).astype(np.float32)) for i in range(nb)]
+        if not streamed:
+            self.batches = [place(layout, b) for b in self.batches]
+        self.count = float(n)
         self.fn = jax.jit(self._make(model, seed))
 
     def _make(self, model, seed):
@@ -74,23 +80,21 @@ class ValidationELBO:
             key = jax.random.fold_in(jax.random.key(seed), row)[None]       # [1]: per-sample keys
             return loss(params, make_batch(batch), key, 0)[1]
 
-        def restart(params, batches, rows, mask):
-            def batch_sums(args):
-                batch, row, m = args
-                aux = jax.vmap(one, in_axes=(None, 0, 0))(params, batch, row)
-                return {t: jnp.sum(aux[t] * m) for t in names}
-            sums = jax.lax.map(batch_sums, (batches, rows, mask))          # each [nb]
-            terms = {t: jnp.sum(v) / jnp.sum(mask) for t, v in sums.items()}
-            terms["elbo"] = -sum(terms[t] for t in names)
-            return terms
+        def batch_sums(params, batch, row, m):
+            aux = jax.vmap(one, in_axes=(None, 0, 0))(params, batch, row)
+            return {t: jnp.sum(aux[t] * m) for t in names}
 
-        return lambda params, *args: jax.vmap(restart, in_axes=(0, None, None, None))(params, *args)
+        return lambda params, *args: jax.vmap(batch_sums, in_axes=(0, None, None, None))(params, *args)
 
     def __call__(self, params):
         """params: [R, ...] arrays placed like the train state's (or host arrays)."""
         if not isinstance(jax.tree.leaves(params)[0], jax.Array):
             params = place(self.layout, params)
-        return {k: parallel.to_host(v).astype(np.float64) for k, v in self.fn(params, *self.args).items()}
+        sums = [self.fn(params, *(b if isinstance(b[1], jax.Array) else place(self.layout, b)))
+                for b in self.batches]
+        terms = {t: sum(parallel.to_host(s[t]).astype(np.float64) for s in sums) / self.count for t in self.names}
+        terms["elbo"] = -sum(terms[t] for t in self.names)
+        return terms
 
 
 class EarlyStopping:
@@ -162,7 +166,8 @@ class Monitor:
         self.model, self.events, self.last_phase, self.echo = ctx.model, events, ctx.last_phase, echo
         self.restarts, self.total = t.restarts, t.steps
         val_inputs = ctx.val_inputs
-        self.val = (ValidationELBO(ctx.model, val_inputs, config.eval.batch_size, config.seed, ctx.layout)
+        self.val = (ValidationELBO(ctx.model, val_inputs, config.eval.batch_size, config.seed, ctx.layout,
+                                   ctx.streamed)
                     if val_inputs is not None else None)
         self.stopper = EarlyStopping(workdir, t.patience, write) if t.patience > 0 else None
         every = config.tensorboard.images_every

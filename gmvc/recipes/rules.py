@@ -6,8 +6,9 @@ config.json, so a resumed run and its predictions read the same values):
 - a batch size above the number of samples N is cut to N;
 - an over-clustered fit (`overcluster`) has at most max(K + 1, N / 20) components, so that every
   component has about 20 samples or more;
-- above FIT_ROWS (100,000) samples, a mixture fit of n_init fits makes max(3, n_init x FIT_ROWS
-  / N), so that its cost stays about that of FIT_ROWS samples (3 fits at 1,000,000).
+- above FIT_ROWS (100,000) samples, a mixture fit on every embedding (method "em") that sets
+  n_init makes max(3, n_init x FIT_ROWS / N) fits, so that its cost stays about that of
+  FIT_ROWS samples (3 fits at 1,000,000).
 
 No rule reads a data set's name or its labels.
 """
@@ -43,7 +44,8 @@ def fit_to_data(config, n, sample_shape):
             spec["batch_size"] = n
             changed.setdefault(f"batch size cut to N = {n}", []).append(name)
         fits = spec.get("n_init")
-        if spec.get("kind") == "init_prior" and _whole(fits) and fits > 3 and n > FIT_ROWS:
+        if spec.get("kind") == "init_prior" and spec.get("method", "em") == "em" and _whole(fits) and fits > 3 \
+                and n > FIT_ROWS:
             spec["n_init"] = max(3, round(fits * FIT_ROWS / n))
             if spec["n_init"] < fits:
                 changed.setdefault(f"n_init {fits} cut to max(3, {fits} x {FIT_ROWS:,} / N) = {spec['n_init']}",

@@ -27,6 +27,7 @@ class RunContext(NamedTuple):
     x_device: object             # the training inputs placed for the layout (streamed: on the host)
     rngs: dict                   # "init", "train", "sample", "prior"
     stream_note: Optional[str] = None   # why the inputs are streamed (or why not, above the budget)
+    streamed: bool = False              # the training inputs stay on the host (gmvc/training/stream.py)
 
     @property
     def x_train(self):
@@ -63,7 +64,7 @@ def build(config, data):
                       make_runners(config, model, phases, num_train, layout, streamed=streamed),
                       EmbeddingPhases(model, config.train.restarts, config.eval.batch_size, phases), inputs, split,
                       train_inputs if streamed else parallel.put_data(layout, train_inputs),
-                      {"init": init, "train": train, "sample": sample, "prior": prior}, note)
+                      {"init": init, "train": train, "sample": sample, "prior": prior}, note, streamed)
 
 
 def rows(inputs, index):

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from gmvc.errors import ConfigError
+
 
 AXIS = "data"
 MODES = ("auto", "single", "shard_map", "pmap")
@@ -119,10 +121,22 @@ def put_data(layout, inputs):
         return jax.device_put(jax.tree.map(lambda a: block(a, 0, total), inputs), sharding)
     # Each process passes only the rows of its own devices (contiguous blocks in mesh order).
     rows = total // n
-    local = [i for i, dev in enumerate(layout.devices) if dev.process_index == jax.process_index()]
-    lo, hi = local[0] * rows, (local[-1] + 1) * rows
+    first, stop = process_block(layout)
+    lo, hi = first * rows, stop * rows
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, block(a, lo, hi),
                                                                          (total, *a.shape[1:])), inputs)
+
+
+def process_block(layout):
+    """(first, stop): the positions of this process's devices along the mesh's data axis, which
+    hold blocks first..stop - 1 of the rows (and of every batch). One ConfigError where they are
+    not contiguous or there are none."""
+    order = list(layout.mesh.devices.flat)
+    mine = [i for i, d in enumerate(order) if d.process_index == jax.process_index()]
+    if not mine or mine != list(range(mine[0], mine[-1] + 1)):
+        raise ConfigError(f"process {jax.process_index()} holds mesh positions {mine} of {len(order)}: the data "
+                          f"axis needs each process's devices side by side (parallel.devices: 0 for all)")
+    return mine[0], mine[-1] + 1
 
 
 def put_state(layout, state):

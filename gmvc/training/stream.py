@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from gmvc.errors import ConfigError
 from gmvc.objectives import make_batch
 from gmvc.training import steps
-from gmvc.training.parallel import AXIS, local_share, to_host
+from gmvc.training.parallel import AXIS, local_share, process_block, to_host
 
 STREAM_CHOICES = ("auto", "on", "off")
 
@@ -160,8 +160,7 @@ class Feeder:
         self.table = None if table is None else jax.device_put(to_host(table), cpu)
         self.share = None                       # several processes: this one's columns of each batch
         if layout.mode != "single" and jax.process_count() > 1:
-            mine = [i for i, d in enumerate(layout.devices) if d.process_index == jax.process_index()]
-            self.share = (mine[0], mine[-1] + 1)
+            self.share = process_block(layout)
         self.step, self.end, self.chunk_len, self.own = step, end, chunk_len, own
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmvc-stream")
         self.pending = None                     # the rows of the chunk from self.step, loading
