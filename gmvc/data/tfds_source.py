@@ -47,7 +47,11 @@ def load(name, split="train", data_dir=None):
     label_key = next((k for k in _LABEL_KEYS if k in first), None)
     image = np.asarray(first[image_key])
     if n * image.nbytes > rows.LAZY_ABOVE_BYTES:        # records decoded when a batch asks for them
-        labels = np.asarray([source[i][label_key] for i in range(n)]) if label_key else None
+        labels = None
+        if label_key:                                     # the labels without decoding the images
+            plain = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                                     decoders={image_key: tfds.decode.SkipDecoding()})
+            labels = np.asarray([plain[i][label_key] for i in range(n)])
         return rows.Rows(TfdsImages(source, image_key, n, image)), labels
     images, labels = [], []
     for i in range(n):  # decoding each image dominates the cost; one record at a time is fine
@@ -71,10 +75,12 @@ class TfdsImages:
         return self.shape[0]
 
     def read(self, index):
-        index = np.asarray(index, np.int64).reshape(-1)
+        index = [int(r) for r in np.asarray(index, np.int64).reshape(-1)]
         out = np.empty((len(index), *self.shape[1:]), self.dtype)
-        for i, r in enumerate(index):
-            out[i] = self.source[int(r)][self.key]
+        records = self.source.__getitems__(index) if hasattr(self.source, "__getitems__") else \
+            [self.source[r] for r in index]
+        for i, record in enumerate(records):
+            out[i] = record[self.key]
         return out
 
     def read_range(self, start, stop):
