@@ -26,6 +26,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gmvc.core import metrics, mixture
+from gmvc.data.rows import stored
 from gmvc.training import steps
 from gmvc.errors import ConfigError
 from gmvc.core.mixture_init import fit_diag_gmm
@@ -276,8 +277,7 @@ def train_sweep(config, model, x, term, grid, rng, echo=print):
 
     init_rng, train_rng = jax.random.split(rng)
     state = init_sweep(model, tx, init_rng, weights, seeds)
-    stored = getattr(x, "stored", None)                 # gmvc.data.rows.Rows: its rows as stored (uint8 stays)
-    args = (jax.device_put(np.asarray(stored() if stored else x)), train_rng, np.asarray([0, t.steps], np.int32))
+    args = (jax.device_put(np.asarray(stored(x))), train_rng, np.asarray([0, t.steps], np.int32))
     history, ends, t0 = [], [], time.time()
     every = max(1, -(-t.steps // t.log_every) // 8)                 # about eight progress lines
     for i, (state, chunk_metrics, end) in enumerate(chunks(jax.jit(counted, donate_argnums=0), state, args, 0,

@@ -6,7 +6,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from gmvc.data import sources
-from gmvc.data.rows import Rows
+from gmvc.data.rows import Rows, chunks
 from gmvc.errors import DataError
 
 
@@ -64,14 +64,9 @@ def validate(x, y, name):
         raise DataError(f"dataset {name!r}: data is empty (shape {x.shape})")
     if dtype == np.uint8:                # 8-bit data, whatever source: read as value / 255
         x = x if isinstance(x, Rows) else Rows(np.ascontiguousarray(x))
-    elif isinstance(x, Rows):                # by chunks: the counts of all, the first rows found
-        bad = [(start + rows, int(c)) for start, chunk in x.chunks() for rows, c in [_bad_rows(chunk)] if c]
-        if bad:
-            rows = np.concatenate([r for r, _ in bad])
-            _raise_not_finite(name, sum(c for _, c in bad), rows)
     else:
-        x = x.astype(np.float32)
-        _check_finite(x, name, 0)
+        x = x if isinstance(x, Rows) else x.astype(np.float32)
+        _check_finite(x, name)
     if y is not None:
         y = np.asarray(y).reshape(-1)
         if len(y) != len(x):
@@ -80,18 +75,15 @@ def validate(x, y, name):
     return Dataset(x=x, y=y, name=name)
 
 
-def _bad_rows(x):
-    """(rows holding NaN/inf, how many such values)."""
-    bad = ~np.isfinite(x)
-    return np.unique(np.nonzero(bad.reshape(len(x), -1))[0]), int(bad.sum())
-
-
-def _raise_not_finite(name, count, rows):
-    raise DataError(f"dataset {name!r}: {count} NaN/inf values in {len(rows)} samples "
-                    f"(first bad sample indices: {rows[:5].tolist()})")
-
-
-def _check_finite(x, name, start):
-    rows, count = _bad_rows(x)
+def _check_finite(x, name):
+    """One DataError naming the NaN/inf values of x (an array, or Rows read by chunks)."""
+    count, found = 0, []
+    for start, chunk in chunks(x):
+        bad = ~np.isfinite(chunk)
+        if bad.any():
+            count += int(bad.sum())
+            found.append(start + np.unique(np.nonzero(bad.reshape(len(chunk), -1))[0]))
     if count:
-        _raise_not_finite(name, count, rows + start)
+        rows = np.concatenate(found)
+        raise DataError(f"dataset {name!r}: {count} NaN/inf values in {len(rows)} samples "
+                        f"(first bad sample indices: {rows[:5].tolist()})")

@@ -180,9 +180,6 @@ class FolderImages:
         list(self._pool.map(one, range(len(index))))
         return out
 
-    def read_range(self, start, stop):
-        return self.read(np.arange(start, max(start, stop)))
-
 
 # ---------------------------------------------------------------- inputs to reconstruct
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gmvc.data.rows import Rows
+from gmvc.data.rows import Rows, chunks
 from gmvc.errors import CheckpointError, ConfigError
 
 SCALINGS = ("none", "auto", "max", "standardize")
@@ -72,7 +72,7 @@ def choose(x):
     lo, hi = bounds(x)
     if lo >= 0.0 and hi <= 1.0:
         return "none", f"values in [{lo:g}, {hi:g}]"
-    if lo >= 0.0 and all(np.all(c == np.round(c)) for _, c in _chunks(x)):
+    if lo >= 0.0 and all(np.all(c == np.round(c)) for _, c in chunks(x)):
         return "max", f"non-negative whole numbers up to {hi:g}"
     return "standardize", f"real values in [{lo:.4g}, {hi:.4g}]"
 
@@ -86,7 +86,7 @@ def fit(x, kind):
     if kind == "none":
         return NO_SCALING._replace(reason=reason)
     if kind == "max":
-        top = max(float(np.abs(c).max()) for _, c in _chunks(x))
+        top = max(float(np.abs(c).max()) for _, c in chunks(x))
         return Scaling("max", np.float32(0.0), np.float32(top if top > 0 else 1.0), reason)
     if isinstance(x, Rows):          # by chunks: the sums of x and x^2 in float64
         s1 = s2 = 0.0
@@ -100,10 +100,6 @@ def fit(x, kind):
         std = x.std(axis=0, dtype=np.float64)
     std = np.where(std > 1e-8 * np.maximum(1.0, np.abs(mean)), std, 1.0)     # a constant feature becomes 0
     return Scaling("standardize", mean.astype(np.float32), std.astype(np.float32), reason)
-
-
-def _chunks(x):
-    return x.chunks() if isinstance(x, Rows) else [(0, x)]
 
 
 def bounds(x):

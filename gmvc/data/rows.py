@@ -8,11 +8,13 @@ stored:
 - 8-bit data stay uint8 (a quarter of float32's memory). `Rows.stored()` is the same rows as
   stored: what goes to the device, where the model reads uint8 as value / 255 (gmvc/core/inputs.py).
 - An `.npy` file, or an uncompressed `.npz` member, above `LAZY_ABOVE_BYTES` is not loaded: its
-  rows are read from the file when asked for (positioned reads, `os.pread`), so the process holds
+  rows are read from the file when asked for (positioned reads, `os.preadv`), so the process holds
   only the rows in use, whatever N is. A memory map would do the same but keep every page it has
   touched in the process's resident memory.
 
-Whole-data statistics (`min`, `max`, `chunks`) run over chunks of `CHUNK_ROWS` rows.
+Whole-data statistics (`min`, `max`, `bounds`, `chunks`) read CHUNK_BYTES at a time. A source
+(NpyFile, _ArraySource, a folder's or a tfds set's images) has `shape`, `dtype`, `nbytes`, `len`
+and `read(rows)`, and may have a faster `read_range(start, stop)`.
 """
 import os
 import pathlib
@@ -139,6 +141,7 @@ class Rows:
         self.source = _ArraySource(source) if isinstance(source, np.ndarray) else source
         self.sample_shape = tuple(self.source.shape[1:] if sample_shape is None else sample_shape)
         self.index, self.transform, self.is_stored = index, transform, stored
+        self._bounds = None
 
     # -- views ---------------------------------------------------------------------------------
     def _replace(self, **kw):
@@ -194,7 +197,7 @@ class Rows:
         return self._finish(self.source.read(rows), len(rows))
 
     def _read_range(self, start, stop):
-        if self.index is not None:
+        if self.index is not None or not hasattr(self.source, "read_range"):
             return self._read(np.arange(start, stop))
         return self._finish(self.source.read_range(start, stop), max(0, stop - start))
 
@@ -274,7 +277,7 @@ class Rows:
         read); else the smallest and largest value, in one pass (kept for the next call)."""
         if self.source.dtype == np.uint8 and self.transform is None:
             return 0.0, 1.0
-        if getattr(self, "_bounds", None) is None:
+        if self._bounds is None:
             parts = [(float(c.min()), float(c.max())) for _, c in self.chunks()]
             self._bounds = (min(p[0] for p in parts), max(p[1] for p in parts))
         return self._bounds
@@ -282,6 +285,16 @@ class Rows:
     def __repr__(self):
         where = f"file {str(self.source.path)!r}" if isinstance(self.source, NpyFile) else "memory"
         return f"Rows({list(self.shape)}, stored as {self.source.dtype} in {where})"
+
+
+def chunks(x):
+    """(start, values) over the rows of x: Rows by chunks, an array as one chunk."""
+    return x.chunks() if isinstance(x, Rows) else [(0, x)]
+
+
+def stored(x):
+    """x's rows as stored (Rows.stored), or the array x."""
+    return x.stored() if isinstance(x, Rows) else x
 
 
 def open_lazy(path):

@@ -83,9 +83,6 @@ class TfdsImages:
             out[i] = record[self.key]
         return out
 
-    def read_range(self, start, stop):
-        return self.read(np.arange(start, max(start, stop)))
-
 
 def _first_line(e):
     return (str(e).strip().splitlines() or [""])[0][:300]

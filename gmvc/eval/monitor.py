@@ -62,10 +62,10 @@ class ValidationELBO:
         n = tree_len(inputs)
         bs = min(batch_size, n)
         nb = -(-n // bs)
-        self.batches = [(jax.tree.map(lambda a: np.asarray(a[np.minimum(np.arange(i * bs, (i + 1) * bs), n - 1)]),
-                                      inputs),
-                         np.arange(i * bs, (i + 1) * bs, dtype=np.int32),
-                         (np.arange(i * bs, (i + 1) * bs) < n).astype(np.float32)) for i in range(nb)]
+        rows = np.arange(nb * bs).reshape(nb, bs)
+        self.batches = [(jax.tree.map(lambda a: np.asarray(a[np.minimum(r, n - 1)]), inputs), r.astype(np.int32),
+                         (r < n).astype(np.float32)) for r in rows]
+        self.on_host = streamed
         if not streamed:
             self.batches = [place(layout, b) for b in self.batches]
         self.count = float(n)
@@ -90,8 +90,7 @@ class ValidationELBO:
         """params: [R, ...] arrays placed like the train state's (or host arrays)."""
         if not isinstance(jax.tree.leaves(params)[0], jax.Array):
             params = place(self.layout, params)
-        sums = [self.fn(params, *(b if isinstance(b[1], jax.Array) else place(self.layout, b)))
-                for b in self.batches]
+        sums = [self.fn(params, *(place(self.layout, b) if self.on_host else b)) for b in self.batches]
         terms = {t: sum(parallel.to_host(s[t]).astype(np.float64) for s in sums) / self.count for t in self.names}
         terms["elbo"] = -sum(terms[t] for t in self.names)
         return terms

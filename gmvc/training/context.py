@@ -5,7 +5,7 @@ from typing import NamedTuple, Optional
 import jax
 import numpy as np
 
-from gmvc.data.rows import Rows
+from gmvc.data.rows import Rows, stored
 from gmvc.errors import DataError
 from gmvc.models import make_model
 from gmvc.training import parallel, stream
@@ -32,7 +32,7 @@ class RunContext(NamedTuple):
     @property
     def x_train(self):
         """The training rows of the data (host, as stored), as the embedding phases read them."""
-        x = self.data.x.stored() if isinstance(self.data.x, Rows) else self.data.x
+        x = stored(self.data.x)
         return x if self.split is None else rows(x, self.split[0])
 
     @property
@@ -75,7 +75,7 @@ def rows(inputs, index):
 def model_inputs(model, data):
     """What the model reads: the data array as stored (8-bit data stay uint8: the model reads
     them as value / 255), or {"x", "y"} for a model conditioned on labels."""
-    x = data.x.stored() if isinstance(data.x, Rows) else data.x
+    x = stored(data.x)
     if not model.num_labels:
         return x
     if data.y is None:
