@@ -6,6 +6,7 @@ results.json. With several processes (jax.distributed), every process trains its
 saves checkpoints together; only process 0 writes logs, events, predictions, plots and results.
 """
 import contextlib
+import json
 import pathlib
 import sys
 import time
@@ -81,10 +82,6 @@ def _train(config, workdir, inputs, echo, write_outputs, bar):
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
     step = ckpt.latest_valid_step(echo)
     resume_at = resume_index(ctx.phases, step) if step else -1          # a checkpoint past the phases: an error
-    if main_process:
-        export.write_json(workdir / "config.json", config_lib.to_dict(config))
-        if scaling.kind != "none":
-            prepare.save(scaling, workdir)
     for note in notes:
         echo(note, flush=True)
     if ctx.stream_note:
@@ -95,6 +92,10 @@ def _train(config, workdir, inputs, echo, write_outputs, bar):
         warm = start_warmup(ctx, params_like, max(resume_at, 0))
         cleanup.callback(warm.close)
         position = start(ctx, ckpt, step, resume_at, workdir, echo)
+        if main_process:    # only now: a start refused by its checkpoints leaves the run's record as it was
+            export.write_json(workdir / "config.json", config_lib.to_dict(config))
+            if scaling.kind != "none":
+                prepare.save(scaling, workdir)
         progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo, write=main_process,
                             bar=sys.stdout if bar else None)
         cleanup.callback(progress.close)
@@ -119,7 +120,7 @@ def _train(config, workdir, inputs, echo, write_outputs, bar):
                          (events, watch), echo)
     summary.update({"steps": position.step, "data_shape": list(data.x.shape[1:]),
                     "input": {"scaling": scaling.kind, "why": scaling.reason, "likelihood": config.model.likelihood},
-                    "train_seconds": round(train_seconds, 2),
+                    "train_seconds": _train_seconds(workdir, train_seconds, trained=position.step > step),
                     "compiles": sum(r.trace_count for r in ctx.runners.values() if r.owner is r),
                     "parallel": {"mode": ctx.layout.mode, "devices": ctx.layout.n,
                                  "processes": jax.process_count()}})
@@ -135,7 +136,9 @@ def start(ctx, ckpt, step, resume_at, workdir, echo):
     params = jax.tree.map(np.asarray, init_params(ctx.model.init, ctx.rngs["init"], config.train.restarts))
     if not step:
         split = "" if ctx.split is None else f"; {len(ctx.split[1])} held out for validation"
-        echo(f"Starting a new run in {workdir} ({len(ctx.data.x)} samples from {ctx.data.name!r}{split}"
+        k = ctx.model.num_clusters
+        clusters = f"; {k} clusters (model.num_clusters)" if k else ""
+        echo(f"Starting a new run in {workdir} ({len(ctx.data.x)} samples from {ctx.data.name!r}{clusters}{split}"
              f"{_layout_note(ctx.layout)})", flush=True)
         return Position(0, params, None, None, -1)
     phase = ctx.phases[resume_at]
@@ -257,6 +260,19 @@ def load_run(config, workdir, echo=print):
     trained = load_trained(workdir, config, echo, data_shape=data.x.shape[1:])
     return Run(config, data, trained.model, context.model_inputs(trained.model, data), trained.params, trained.step,
                trained.scaling)
+
+
+def _train_seconds(workdir, seconds, trained):
+    """The run's training time: this call's, or where this call trained nothing (the run had
+    finished), the time its results.json records."""
+    if not trained:
+        try:
+            earlier = json.loads((workdir / "results.json").read_text()).get("train_seconds")
+        except (OSError, ValueError, AttributeError):
+            earlier = None
+        if isinstance(earlier, (int, float)):
+            return earlier
+    return round(seconds, 2)
 
 
 def _silent(*args, **kwargs):

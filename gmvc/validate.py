@@ -76,7 +76,7 @@ def _check_prior_network(config, model, phases):
 
 
 def _check_train(t):
-    for key in ("steps", "log_every", "checkpoint_every", "restarts"):
+    for key in ("steps", "log_every", "checkpoint_every", "restarts", "max_checkpoints"):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {t[key]}")
     for key, known in (("restart_choice", RESTART_CHOICES), ("restart_batches", RESTART_BATCHES), ("loop", LOOPS)):

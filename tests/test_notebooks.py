@@ -57,6 +57,11 @@ def test_notebook_runs(name, kernel):
     finally:
         if client.kc is not None:
             client.kc.stop_channels()
+    # Every figure a cell draws is shown, those drawn after a fit included: gmvc's file plots never
+    # switch matplotlib's backend away from the notebook's.
+    shown = [c for c in nb.cells if c.cell_type == "code" and any("image/png" in o.get("data", {}) for o in c.outputs)]
+    drawn = [c for c in nb.cells if c.cell_type == "code" and "plt.subplots" in c.source]
+    assert drawn and len(shown) >= len(drawn), f"{len(drawn)} cells draw a figure, {len(shown)} show one"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -12,8 +12,15 @@ from gmvc.errors import DataError
 
 class Dataset(NamedTuple):
     x: np.ndarray                 # [N, D] or [N, H, W, C], float32 values (an array, or Rows)
-    y: Optional[np.ndarray]       # [N] int labels, or None; never used for training
+    y: Optional[np.ndarray]       # [N] class indices 0..C-1, or None; never used for training
     name: str
+    classes: Optional[np.ndarray] = None   # [C] the labels as given: y = i is the label classes[i]
+
+    def label_values(self):
+        """[N] the labels as given (what the files show), or None."""
+        if self.y is None:
+            return None
+        return self.y if self.classes is None else self.classes[self.y]
 
     @property
     def is_image(self):
@@ -55,6 +62,9 @@ def validate(x, y, name):
     dtype = x.source.dtype if isinstance(x, Rows) else x.dtype
     if dtype == object or not (np.issubdtype(dtype, np.number) or dtype == bool):
         raise DataError(f"dataset {name!r}: data must be numeric, got dtype {dtype}")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise DataError(f"dataset {name!r}: data must be real numbers, got complex values ({dtype}); pass their "
+                        f"magnitude (np.abs), or their real and imaginary parts as separate features")
     if x.ndim == 3:                      # [N, H, W] greyscale images
         x = x.reshape_samples(x.shape[1:] + (1,)) if isinstance(x, Rows) else x[..., None]
     if x.ndim not in (2, 4):
@@ -67,12 +77,26 @@ def validate(x, y, name):
     else:
         x = x if isinstance(x, Rows) else x.astype(np.float32)
         _check_finite(x, name)
+    classes = None
     if y is not None:
-        y = np.asarray(y).reshape(-1)
-        if len(y) != len(x):
-            raise DataError(f"dataset {name!r}: {len(y)} labels for {len(x)} samples")
-        y = np.unique(y, return_inverse=True)[1].astype(np.int32)
-    return Dataset(x=x, y=y, name=name)
+        y, classes = _check_labels(y, len(x), name)
+    return Dataset(x=x, y=y, name=name, classes=classes)
+
+
+def _check_labels(y, n, name):
+    """(class indices [N] int32, the label values [C]) of labels `y`, which only score a run."""
+    y = np.asarray(y).reshape(-1)
+    if len(y) != n:
+        raise DataError(f"dataset {name!r}: {len(y)} labels for {n} samples")
+    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool or y.dtype.kind in "US"):
+        raise DataError(f"dataset {name!r}: labels must be numbers or strings, got dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.inexact):
+        bad = np.nonzero(~np.isfinite(y))[0]
+        if len(bad):
+            raise DataError(f"dataset {name!r}: {len(bad)} labels are NaN or inf (first at samples "
+                            f"{bad[:5].tolist()}); labels only score a run: drop 'y', or give every sample its class")
+    classes, index = np.unique(y, return_inverse=True)
+    return index.astype(np.int32), classes
 
 
 def _check_finite(x, name):

@@ -92,7 +92,7 @@ def file(path, cfg):
             magic = f.read(6)
         if "pickled" in str(e) and magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
             raise DataError(f"data file {str(p)!r} is not a .npy/.npz array file (a text or CSV file? save it "
-                            f"with numpy first: np.save('x.npy', np.loadtxt(path, delimiter=',')))") from None
+                            f"with numpy first: {_text_hint(p)})") from None
         if "pickle" in str(e):
             raise DataError(f"data file {str(p)!r} holds Python objects, not numbers: pickles are never "
                             f"loaded") from None
@@ -103,3 +103,26 @@ def file(path, cfg):
         if "x" not in loaded.files:
             raise DataError(f"data file {str(p)!r}: an .npz needs an array named 'x' (found {loaded.files})")
         return loaded["x"], (loaded["y"] if "y" in loaded.files else None)
+
+
+def _text_hint(path):
+    """The numpy one-liner that reads the text file `path` as it is: its delimiter, and a header
+    row skipped when its first line is not numbers."""
+    try:
+        with open(path, errors="replace") as f:
+            first = f.readline().strip()
+    except OSError:
+        first = ""
+    delimiter = next((d for d in (",", "\t", ";") if d in first), None)
+    fields = first.split(delimiter) if first else []
+    header = any(not _is_number(v) for v in fields)
+    args = [repr(str(path))] + ([f"delimiter={delimiter!r}"] if delimiter else []) + (["skiprows=1"] if header else [])
+    return f"np.save('x.npy', np.loadtxt({', '.join(args)}))"
+
+
+def _is_number(text):
+    try:
+        float(text.strip().strip('"'))
+        return True
+    except ValueError:
+        return False

@@ -48,9 +48,9 @@ def write_outputs(workdir, config, model, data, out, clusters, samples):
     """predictions.csv and the plots; returns {name: path} of every file of the run."""
     k = model.num_clusters
     if k:
-        export.write_predictions_csv(workdir / "predictions.csv", np.exp(out["log_gamma"]), data.y)
+        export.write_predictions_csv(workdir / "predictions.csv", np.exp(out["log_gamma"]), data.label_values())
     else:                                                    # the latent codes
-        export.write_latent_csv(workdir / "predictions.csv", out["z_mean"], data.y)
+        export.write_latent_csv(workdir / "predictions.csv", out["z_mean"], data.label_values())
     colours = int(clusters.max()) + 1 if len(clusters) else 1
     group = "cluster" if k else ("label" if model.num_labels else "")
     paths = export.write_plots(workdir, data.x, clusters, out["z_mean"], samples, max(k, colours),

@@ -162,7 +162,7 @@ class Events(NullEvents):
         if "log_gamma" in out:
             columns["cluster"] = np.asarray(out["log_gamma"]).argmax(1)
         if self.data.y is not None:
-            columns["label"] = self.data.y[self.subset]
+            columns["label"] = self.data.label_values()[self.subset]
         write_projector(self.logdir, step, np.asarray(out["z_mean"]), columns)
 
 

@@ -9,12 +9,14 @@ import threading
 import numpy as np
 
 
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def new_figure(figsize):
+    """(figure, axes) of a file-only Figure on its own Agg canvas: pyplot's global state (its
+    backend, its list of open figures) is never touched, so a notebook keeps showing its plots."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
 
 
 def atomic_write_text(path, text):
@@ -29,30 +31,41 @@ def write_json(path, obj):
 
 
 def write_predictions_csv(path, gamma, labels=None):
-    """One row per sample: index, cluster, [label], p_0 .. p_{K-1}."""
+    """One row per sample: index, cluster, [label: as the data gave it], p_0 .. p_{K-1}."""
     cluster = gamma.argmax(1)
-    cols = [np.arange(len(gamma)), cluster] + ([labels] if labels is not None else [])
     header = ["index", "cluster"] + (["label"] if labels is not None else []) + [f"p_{k}" for k in range(gamma.shape[1])]
-    ints = np.stack(cols, 1).astype(np.int64)
+    label = _label_texts(labels, len(gamma))
     lines = [",".join(header)]
-    lines += [",".join(map(str, row_i)) + "," + ",".join(f"{p:.6g}" for p in row_p) for row_i, row_p in zip(ints, gamma)]
+    lines += [f"{i},{c}{lab}," + ",".join(f"{p:.6g}" for p in row_p)
+              for i, c, lab, row_p in zip(range(len(gamma)), cluster.tolist(), label, gamma)]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_latent_csv(path, z_mean, labels=None):
-    """One row per sample: index, [label], z_0 .. z_{D-1} (the latent means)."""
+    """One row per sample: index, [label: as the data gave it], z_0 .. z_{D-1} (the latent means)."""
     header = ["index"] + (["label"] if labels is not None else []) + [f"z_{d}" for d in range(z_mean.shape[1])]
-    ids = np.arange(len(z_mean))[:, None] if labels is None else np.stack([np.arange(len(z_mean)), labels], 1)
+    label = _label_texts(labels, len(z_mean))
     lines = [",".join(header)]
-    lines += [",".join(map(str, row_i)) + "," + ",".join(f"{v:.6g}" for v in row_z) for row_i, row_z in zip(ids, z_mean)]
+    lines += [f"{i}{lab}," + ",".join(f"{v:.6g}" for v in row_z) for i, lab, row_z in zip(range(len(z_mean)), label, z_mean)]
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _label_texts(labels, n):
+    """",<label>" per sample (whole-number floats without their ".0"; text with its commas
+    quoted), or "" each when there are no labels."""
+    if labels is None:
+        return [""] * n
+    labels = np.asarray(labels)
+    if np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    texts = [str(v) for v in labels.tolist()]
+    return ["," + ('"' + t.replace('"', '""') + '"' if any(c in t for c in ',"\n') else t) for t in texts]
 
 
 def _save(fig, path):
     path = pathlib.Path(path)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    pyplot().close(fig)
     os.replace(tmp, path)
 
 
@@ -67,7 +80,8 @@ def _to_2d(a):
 
 
 def _scatter(ax, points, colors, k, title):
-    cmap = pyplot().get_cmap("tab10" if k <= 10 else "tab20")
+    from matplotlib import colormaps
+    cmap = colormaps["tab10" if k <= 10 else "tab20"]
     ax.scatter(points[:, 0], points[:, 1], c=colors, cmap=cmap, vmin=-0.5, vmax=(10 if k <= 10 else 20) - 0.5,
                s=4, alpha=0.7, linewidths=0)
     ax.set_title(title)
@@ -76,7 +90,7 @@ def _scatter(ax, points, colors, k, title):
 
 def plot_scatter(path, points, clusters, k, title, max_points):
     idx = np.linspace(0, len(points) - 1, min(len(points), max_points)).astype(int)
-    fig, ax = pyplot().subplots(figsize=(5.5, 5.5))
+    fig, ax = new_figure((5.5, 5.5))
     _scatter(ax, _to_2d(np.asarray(points[idx])), clusters[idx], k, title)
     _save(fig, path)
 
@@ -112,7 +126,7 @@ def save_image_grid(path, images):
 def plot_image_rows(path, images, row_labels, title):
     """One row of images per cluster."""
     grid = image_grid(np.clip(images, 0, 1))
-    fig, ax = pyplot().subplots(figsize=(0.6 * images.shape[1] + 1, 0.6 * images.shape[0] + 0.6))
+    fig, ax = new_figure((0.6 * images.shape[1] + 1, 0.6 * images.shape[0] + 0.6))
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     h = images.shape[2] + 1
     if any(row_labels):
@@ -167,7 +181,7 @@ def preload():
     in a background thread, while the compiled steps run without the GIL."""
     def load():
         try:
-            pyplot()
+            new_figure((1, 1))
             import scipy.optimize  # noqa: F401
             import sklearn.metrics  # noqa: F401
         except Exception:      # the import at the point of use reports any error

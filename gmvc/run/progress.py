@@ -26,7 +26,7 @@ class Progress:
         self.bar = None
         if bar is not None:
             tqdm = _tqdm_class()
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", ncols=self.WIDTH, file=bar,
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", ncols=bar_width(self.WIDTH), file=bar,
                             mininterval=0.2, bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                                         "[{elapsed}{postfix}]")
         if write:
@@ -116,3 +116,10 @@ def truncate_log(path, step):
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     export.atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def bar_width(widest):
+    """The terminal's width (COLUMNS, else the terminal's own), at most `widest` columns: a bar
+    wider than the terminal wraps onto a new line at every update."""
+    import shutil
+    return max(20, min(widest, shutil.get_terminal_size((widest, 24)).columns))
