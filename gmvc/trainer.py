@@ -108,10 +108,7 @@ def _train(config, workdir, inputs, echo, write_outputs, bar):
         try:
             position = run_phases(ctx, position, (ckpt, progress, watch), warm, echo)
         except TrainingError as e:
-            lo, hi = prepare.bounds(data.x)
-            raise TrainingError(f"{e}. Likely causes: the data's scale (values in [{lo:.3g}, {hi:.3g}]: "
-                                f"scale them to [0, 1] or to unit variance) or the learning rate (optim.lr="
-                                f"{config.optim.lr})") from None
+            raise TrainingError(f"{e}. {_likely_causes(config, data.x)}") from None
         train_seconds = time.time() - t_train
         ckpt.close()
         warm.ready("finish")
@@ -260,6 +257,17 @@ def load_run(config, workdir, echo=print):
     trained = load_trained(workdir, config, echo, data_shape=data.x.shape[1:])
     return Run(config, data, trained.model, context.model_inputs(trained.model, data), trained.params, trained.step,
                trained.scaling)
+
+
+def _likely_causes(config, x):
+    """What to try after a non-finite step, true for the data at hand: its scale only when its
+    values are far from a unit scale."""
+    lo, hi = prepare.bounds(x)
+    rate = f"the learning rate (optim.lr={config.optim.lr}): try a lower one"
+    if -10.0 <= lo and hi <= 10.0:
+        return f"The data is on a unit scale already (values in [{lo:.3g}, {hi:.3g}]); likely cause: {rate}"
+    return (f"Likely causes: the data's scale (values in [{lo:.3g}, {hi:.3g}]: scale them to [0, 1] or to unit "
+            f"variance, e.g. --config.data.scaling=auto) or {rate}")
 
 
 def _train_seconds(workdir, seconds, trained):

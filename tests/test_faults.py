@@ -137,8 +137,9 @@ def test_divergence_names_the_likely_causes(spiral_config, tmp_path):
     from gmvc.errors import TrainingError
     from gmvc.trainer import train_and_evaluate
     spiral_config.optim.lr = 10.0
-    with pytest.raises(TrainingError, match=r"non-finite values at step \d+ .* Likely causes: the data's scale "
-                                            r"\(values in \[-1.\d+, 1.\d+\].* the learning rate \(optim.lr=10.0\)"):
+    with pytest.raises(TrainingError, match=r"non-finite values at step \d+ .* The data is on a unit scale already "
+                                            r"\(values in \[-1.\d+, 1.\d+\]\); likely cause: the learning rate "
+                                            r"\(optim.lr=10.0\)"):
         train_and_evaluate(spiral_config, tmp_path, **quiet)
 
 

@@ -123,3 +123,29 @@ def test_notebooks_have_an_extra_and_a_command():
     assert 'pip install -e ".[notebooks]"' in readme and "jupyter execute" in readme
     named = [p.name for p in pathlib.Path(ROOT / "notebooks").glob("*.ipynb")]
     assert any(f"notebooks/{n}" in readme for n in named)
+
+
+def test_wide_layers_take_steps_scaled_by_their_fan_in(monkeypatch):
+    """Adam's step on a layer's outputs adds up over its inputs: above WIDE_FAN_IN inputs a
+    layer's updates shrink by WIDE_FAN_IN / fan-in; every narrower layer steps as plain Adam."""
+    import jax
+    import ml_collections
+    from gmvc.training import state
+    from gmvc.training.state import WIDE_FAN_IN, make_optimizer
+    cfg = ml_collections.ConfigDict({"lr": 1e-2, "lr_schedule": {}, "prior_lr": -1.0, "prior_lr_schedule": {},
+                                     "b1": 0.9, "b2": 0.999, "eps": 1e-8, "clip_norm": 0.0})
+    rng = np.random.default_rng(0)
+    params = {"net": {"wide": rng.normal(size=(20000, 3)).astype(np.float32),
+                      "conv": rng.normal(size=(5, 5, 32, 8)).astype(np.float32),
+                      "bias": np.zeros(3, np.float32)},
+              "prior": {"means": rng.normal(size=(3, 20000)).astype(np.float32)}}
+    grads = jax.tree.map(lambda p: np.ones_like(p), params)
+    tx = make_optimizer(cfg)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    monkeypatch.setattr(state, "scale_wide_layers", lambda inner: inner)       # Adam alone
+    plain_tx = make_optimizer(cfg)
+    plain, _ = plain_tx.update(grads, plain_tx.init(params), params)
+    np.testing.assert_allclose(updates["net"]["wide"], plain["net"]["wide"] * WIDE_FAN_IN / 20000, rtol=1e-6)
+    for path in (("net", "conv"), ("net", "bias"), ("prior", "means")):
+        np.testing.assert_array_equal(updates[path[0]][path[1]], plain[path[0]][path[1]])
+    assert jax.tree.structure(tx.init(params)) == jax.tree.structure(plain_tx.init(params))   # checkpoints keep their shape

@@ -16,8 +16,10 @@ def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
     by set_to_zero. `lr` overrides optim.lr for the "net" group (a phase's own rate); the
     optim.lr_schedule (and optim.prior_lr_schedule for the prior, default the same) shapes a
     numeric rate; decay counts the group's own updates within the phase."""
-    def adam(schedule):
+    def adam(schedule, group):
         opt = optax.adam(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps)
+        if group == "net":
+            opt = scale_wide_layers(opt)
         # clipping inside the group: a frozen group's gradients must not shrink a trained group's steps
         return optax.chain(optax.clip_by_global_norm(optim_cfg.clip_norm), opt) if optim_cfg.clip_norm > 0 else opt
 
@@ -35,8 +37,31 @@ def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
         if group not in trainable or (isinstance(rate, (int, float)) and rate == 0):
             groups[group] = optax.set_to_zero()
         else:
-            groups[group] = adam(make_schedule(rate, f"learning rate of {group!r}"))
+            groups[group] = adam(make_schedule(rate, f"learning rate of {group!r}"), group)
     return optax.partition(groups, group_labels)
+
+
+# Adam moves every weight by about the learning rate, whatever its gradient's size, so a layer's
+# step on its outputs adds up over its inputs: a layer with many more inputs than any of gmvc's
+# networks (a 100,000-feature table's first layer) would take steps hundreds of times larger and
+# kill its units in a few steps. Above WIDE_FAN_IN inputs, a layer's steps are scaled by
+# WIDE_FAN_IN / fan_in (as muP scales Adam's rate by width); no layer of the recipes is that wide.
+WIDE_FAN_IN = 4096
+
+
+def scale_wide_layers(inner, widest=WIDE_FAN_IN):
+    """`inner` (an optax transformation) whose updates of each weight array of fan-in above
+    `widest` (a dense kernel [in, out], a conv kernel [h, w, in, out]) are scaled by widest /
+    fan-in. Its state is inner's own, so checkpoints keep their shape."""
+    def factor(u):
+        fan_in = int(np.prod(u.shape[:-1])) if u.ndim >= 2 else 0
+        return widest / fan_in if fan_in > widest else None
+
+    def update(updates, state, params=None):
+        updates, state = inner.update(updates, state, params)
+        return jax.tree.map(lambda u: u if factor(u) is None else u * factor(u), updates), state
+
+    return optax.GradientTransformation(inner.init, update)
 
 
 def group_labels(params):
