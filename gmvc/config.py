@@ -130,3 +130,108 @@ def apply_overrides(c, overrides):
         if last not in target and not any(p in FREE_SECTIONS for p in parents):
             raise ConfigError(f"unknown config key {dotted!r}")
         target[last] = value
+
+
+def get_config(name=None):
+    """The command line's config (gmvc/main.py loads this file with `name`) for a recipe name
+    (`--config=cluster`) or a run's config.json (predict and generate without --config);
+    without a name, the base config."""
+    if name is None:
+        return base_config()
+    if name.endswith(".json"):
+        import json
+        with open(name) as f:
+            c = from_dict(json.load(f))
+        c.lock()
+        return c
+    from gmvc import recipes
+    return recipes.get(name)()
+
+
+def check_key(c, dotted):
+    """A ConfigError naming `dotted` (and the nearest key) when `c` has no such key."""
+    import difflib
+    node, done = c, []
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            near = difflib.get_close_matches(part, known, 1)
+            hint = f" (did you mean {'.'.join(done + near)!r}?)" if near else (
+                f" ({'.'.join(done)} has no keys)" if done and not known else "")
+            raise ConfigError(f"unknown config key {dotted!r}{hint}")
+        node = node[part]
+        done.append(part)
+
+
+def describe_keys(c=None, width=100):
+    """The keys of `c` (default the base config) with their values, a few lines per section."""
+    c = base_config() if c is None else c
+    lines = ["  " + " ".join(f"{k}={v!r}" for k, v in c.items() if not isinstance(v, ml_collections.ConfigDict))]
+    for section, values in c.items():
+        if not isinstance(values, ml_collections.ConfigDict):
+            continue
+        line = f"  {section}:"
+        for key, value in values.items():
+            item = f" {key}={value.to_dict() if hasattr(value, 'to_dict') else value!r}"
+            if len(line) + len(item) > width:
+                lines.append(line)
+                line = "   "
+            line += item
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# What --mode=predict and --mode=generate take from the command line; everything else comes from
+# the run's config.json (the model, its data scaling and how it was trained).
+RUN_SETTABLE = {"predict": ("eval.", "data."), "generate": ("eval.",)}
+RUN_FIXED = ("data.scaling",)
+
+
+def for_trained_run(stored, given, mode, where):
+    """The config `mode` (predict | generate) uses for the trained run in `where`: `stored` (its
+    config.json) with the keys of `given` ({dotted key: value}, the command line's overrides) that
+    `mode` may set. A given key it may not set must agree with `stored` ("auto" agrees with what
+    the run resolved it to; a batch size with the smaller one the data cut it to): else a
+    ConfigError naming the key."""
+    c = stored.copy_and_resolve_references()
+    c.unlock()
+    for key, value in sorted(given.items()):
+        if key.startswith(RUN_SETTABLE[mode]) and key not in RUN_FIXED:
+            *parents, last = key.split(".")
+            target = c
+            for p in parents:
+                target = target[p]
+            target[last] = value
+            continue
+        try:
+            has = _plain(_lookup(stored, key))
+        except KeyError:
+            has = None
+        if not _agrees(key, _plain(value), has):
+            settable = " and ".join(f"{p}*" for p in RUN_SETTABLE[mode]) + (
+                ", except data.scaling" if mode == "predict" else "")
+            raise ConfigError(f"--config.{key}={_plain(value)!r} contradicts the trained run in {where}, whose "
+                              f"config.json has {key}={has!r}: --mode={mode} takes the model and its training "
+                              f"settings from config.json (only {settable} may change); drop the override")
+    c.lock()
+    return c
+
+
+def _lookup(c, dotted):
+    for part in dotted.split("."):
+        if not isinstance(c, ml_collections.ConfigDict) or part not in c:
+            raise KeyError(dotted)
+        c = c[part]
+    return c
+
+
+def _plain(value):
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _agrees(key, value, stored):
+    if value == stored or value == "auto":
+        return True
+    return key == "train.batch_size" and isinstance(stored, int) and stored < value    # cut to the data

@@ -51,6 +51,12 @@ def generate(run, workdir, inputs_path="", label=-1, pairs="", rng=None, echo=pr
     image = data.is_image
     paths = {}
     chosen = parse_pairs(pairs, model.num_clusters) if model.num_clusters else []   # checked before any output
+    if label != -1 and not model.num_labels:
+        raise ConfigError(f"--label is for a CVAE (a model conditioned on labels); this run's model "
+                          f"({cfg.model.name!r}) takes none")
+    if label != -1 and not inputs_path:
+        raise ConfigError("--label conditions the reconstruction of --inputs; give --inputs too (without it the "
+                          "first samples of the run's data are reconstructed with their own labels)")
 
     # samples
     groups = max(model.num_clusters, model.num_labels, 1)
@@ -103,7 +109,7 @@ def generate(run, workdir, inputs_path="", label=-1, pairs="", rng=None, echo=pr
             export.plot_scatter(paths["interpolation"], rows.reshape(-1, rows.shape[-1]),
                                 np.repeat(np.arange(len(rows)), steps), max(len(rows), 1),
                                 "interpolation paths", cfg.eval.plot_points)
-    what = {"samples": f"{per_group if image else ''} samples per {group}, one row each" if group
+    what = {"samples": f"{per_group} samples per {group}, one {'row' if image else 'colour'} each" if group
             else "samples from the prior",
             "reconstructions": f"rows of inputs ({source}), each above its reconstruction",
             "interpolation": f"one row per path: {', '.join(names)}" if ends else ""}

@@ -14,7 +14,7 @@ import numpy as np
 
 from gmvc.core import batching
 from gmvc.data import load_dataset, validate
-from gmvc.errors import ConfigError, DataError
+from gmvc.errors import ConfigError, DataError, RunError
 
 FORMATS = ("csv", "jsonl", "npz")
 
@@ -120,11 +120,13 @@ def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, ech
         raise ConfigError(f"unknown prediction format {fmt!r}; known: {list(FORMATS)}")
     batch_size = batch_size or trained.config.eval.batch_size
     predict = batching.make_predict(trained.model, batch_size)
+    out_path = check_output(out_path, trained.workdir)             # before anything is read or computed
     total, rows = open_source(data_cfg, trained.config.seed, trained.data_shape)
     z_dim = int(trained.config.model.z_dim)
-    out_path = pathlib.Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    writer = _Writer(out_path, fmt, trained.model.num_clusters, z_dim, total)
+    try:
+        writer = _Writer(out_path, fmt, trained.model.num_clusters, z_dim, total)
+    except OSError as e:
+        raise RunError(f"cannot write the predictions to {out_path}: {e.strerror or e}") from None
     clusters, labels = [], []
     try:
         for start in range(0, total, batch_size):
@@ -137,10 +139,12 @@ def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, ech
                 labels.append(y)
             if (start // batch_size) % 50 == 0:
                 echo(f"predicted {min(start + len(x), total)}/{total}", flush=True)
-    except BaseException:
+        writer.close()
+    except BaseException as e:
         writer.abort()
+        if isinstance(e, OSError):                      # a full disk, a folder removed meanwhile ...
+            raise RunError(f"cannot write the predictions to {out_path}: {e.strerror or e}") from None
         raise
-    writer.close()
     if clusters and sum(map(len, labels)) == writer.count:        # labels only score the predictions
         from gmvc.core import metrics
         report = metrics.clustering_report(np.concatenate(clusters), np.concatenate(labels))
@@ -148,6 +152,31 @@ def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, ech
              flush=True)
     echo(f"wrote predictions ({writer.count} rows, {fmt}): {out_path}", flush=True)
     return writer.count
+
+
+def check_output(out_path, workdir=None):
+    """`out_path` as a Path once it is known to take the predictions: not a folder, not a file of
+    the run in `workdir` (other than earlier predictions), its folder writable (created if
+    missing). A RunError names the path and the cause."""
+    out_path = pathlib.Path(out_path).expanduser()
+    if out_path.is_dir():
+        raise RunError(f"--output {out_path} is a folder: give a file path, e.g. {out_path / 'predict.csv'}")
+    if workdir is not None and out_path.exists() and not out_path.name.startswith("predict") and \
+            out_path.resolve().is_relative_to(pathlib.Path(workdir).resolve()):
+        raise RunError(f"--output {out_path} is a file of the run in {workdir}; predictions would replace it: "
+                       f"give another path")
+    probe = out_path.with_name(out_path.name + ".partial")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(probe, "x"):
+            pass
+        probe.unlink()
+    except FileExistsError:          # an earlier run's leftover (or a running predict's): left alone
+        if not os.access(probe, os.W_OK):
+            raise RunError(f"cannot write the predictions to {out_path}: {probe} is not writable") from None
+    except OSError as e:
+        raise RunError(f"cannot write the predictions to {out_path}: {e.strerror or e}") from None
+    return out_path
 
 
 def check_finite_outputs(out, x, what, start=0):

@@ -3,6 +3,8 @@
 No TensorFlow is needed: tfds.data_source reads ArrayRecord files with the array_record package
 and decodes images with Pillow; preparing data (`tfds build`, download_and_prepare) also needs
 importlib_resources. pyproject.toml lists the three (tests/test_tfds.py)."""
+import contextlib
+import logging
 import re
 
 import numpy as np
@@ -19,19 +21,23 @@ def load(name, split="train", data_dir=None):
     import tensorflow_datasets as tfds
     try:
         # Never a download at run time: data that is not prepared fails at once, with how to fix it.
-        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        # tfds's warnings on the way (a version folder without its dataset_info.json) say the same
+        # less clearly: the one line below replaces them.
+        with _quiet_absl():
+            source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except ImportError as e:  # a package tfds reads with is missing: not a data problem
         raise _missing_package(name, split, e) from None
     except Exception as e:  # not registered, not prepared, bad split ...
         first = _first_line(e)
         if type(e).__name__ == "DatasetNotFoundError" and "not found" in first.lower():
             hint = "no tensorflow-datasets builder has this name (tfds.list_builders() lists them)"
-        elif "split" in first.lower():
+        elif "split" in first.lower() and "not been generated" not in str(e) and "`splits` is empty" not in first:
             hint = "the split does not exist (data.split)"
         else:                 # tfds's own words here are about its file formats, not the cause
+            folder = data_dir or f"the tfds default folder {tfds.core.constants.DATA_DIR} ($TFDS_DATA_DIR sets it)"
             raise DataError(f"tfds dataset {name!r} (split {split!r}) is unavailable: the data is not prepared in "
-                            f"{data_dir or 'the tfds default folder'}: run `tfds build {name}` where there is a "
-                            f"network, or set data.data_dir to a folder that holds it") from None
+                            f"{folder}: run `tfds build {name}` with --file_format=array_record (the format read "
+                            f"here) where there is a network, or set data.data_dir to a folder that holds it") from None
         raise DataError(f"tfds dataset {name!r} (split {split!r}) is unavailable: {hint} ({type(e).__name__}: "
                         f"{first})") from None
     n = len(source)
@@ -82,6 +88,17 @@ class TfdsImages:
         for i, record in enumerate(records):
             out[i] = record[self.key]
         return out
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _first_line(e):
