@@ -10,10 +10,11 @@ the command line does on a data source; the run's checkpoints are the estimator'
 `save` / `load` are the CLI's orbax checkpoints plus `estimator.json`. Constructor arguments are
 stored as given (scikit-learn convention); everything learnt ends in an underscore.
 """
-import json
+import inspect
 import pathlib
 import shutil
 import tempfile
+import time
 import weakref
 
 import jax
@@ -23,19 +24,18 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from gmvc import config as config_lib
-from gmvc import recipes
+from gmvc import inputs, persist, recipes
 from gmvc.core import batching
 from gmvc.data import Dataset
 from gmvc.config import apply_overrides, from_dict
-from gmvc.errors import CheckpointError, ConfigError, RunError
+from gmvc.errors import ConfigError, RunError
+from gmvc.persist import ESTIMATOR_FILE, LABELS_FILE  # noqa: F401  (their names, where they were)
 from gmvc.predict import check_finite_outputs
 from gmvc.run.progress import attended
 from gmvc.run.restore import load_trained, read_json
 from gmvc.objectives import make_batch, make_elbo
 
-ESTIMATOR_FILE = "estimator.json"
-LABELS_FILE = "labels.npy"
+CLUSTERING_MODELS = ("vade", "gmvae")
 
 
 def _silent(*args, **kwargs):
@@ -55,6 +55,8 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     verbose: print the run's messages (and its progress lines where nobody watches).
     progress: a progress bar where a person watches (a terminal, a notebook); False: none.
     """
+
+    _ARGUMENTS = inputs.ESTIMATOR
 
     def __init__(self, config=None, overrides=None, random_state=None, workdir=None, verbose=False, progress=True):
         self.config = config
@@ -83,15 +85,20 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Train on X ([N, D], or [N, H, W(, C)] images); y is ignored (labels never train)."""
         from gmvc.trainer import train_and_evaluate
+        self._check_params()
         x = self._check(X, reset=True)
         config, data = self._make_config(x), Dataset(x=x, y=None, name="array")
         if self.workdir and (pathlib.Path(self.workdir) / "checkpoints").is_dir():
             raise RunError(f"{self.workdir} holds a run already; fit trains a new model: give it a new workdir "
                            f"(nothing was changed)")
         workdir = pathlib.Path(self.workdir) if self.workdir else pathlib.Path(tempfile.mkdtemp(prefix="gmvc_"))
+        bar = bool(self.progress) and attended()
+        say = print if self.progress else _silent     # the start line, and the end line where no bar is drawn
+        say(self._start_line(x, config, workdir), flush=True)
+        t0 = time.time()
         try:
             summary = train_and_evaluate(config, workdir, echo=print if self.verbose else _silent, data=data,
-                                         write_outputs=False, bar=bool(self.progress) and attended())
+                                         write_outputs=False, bar=bar)
         except BaseException:
             if not self.workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -101,7 +108,35 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         self._set_trained(load_trained(workdir))          # its config.json: data.scaling and "auto" as chosen
         self.n_iter_ = int(summary["steps"])
         self.labels_ = self.predict(X) if self.model_.num_clusters else None
+        if not bar:
+            say(self._end_line(time.time() - t0), flush=True)
         return self
+
+    def _start_line(self, x, config, workdir):
+        clusters = ""
+        if config.model.name in CLUSTERING_MODELS:
+            clusters = f" into K={config.model.num_clusters} clusters{self._default_k_note()}"
+        where = f"{workdir} (temporary: save() keeps the model)" if not self.workdir else str(workdir)
+        return (f"{type(self).__name__}: fitting {len(x)} samples of shape {list(x.shape[1:])}{clusters}, "
+                f"{config.train.steps} steps; run folder {where}")
+
+    def _default_k_note(self):
+        if self.config is None and "model.num_clusters" not in (self.overrides or {}):
+            return " (the default of gmvc.recipes.cluster(): set overrides={'model.num_clusters': K})"
+        return ""
+
+    def _end_line(self, seconds):
+        line = f"{type(self).__name__}: fitted in {seconds:.1f}s, {self.n_iter_} steps"
+        if self.labels_ is not None:
+            sizes = np.bincount(np.asarray(self.labels_), minlength=self.n_clusters_).tolist()
+            shown = ", ".join(map(str, sizes[:20])) + (f", ... ({len(sizes) - 20} more)" if len(sizes) > 20 else "")
+            empty = sizes.count(0)
+            line += f"; cluster sizes [{shown}]" + (f" ({empty} empty)" if empty else "")
+        return line
+
+    def _check_params(self):
+        """The constructor's arguments, checked at fit (scikit-learn's convention) and at load."""
+        inputs.check_arguments(self, self._ARGUMENTS)
 
     def _set_trained(self, trained):
         self.config_, self.model_, self.params_, self.workdir_ = (trained.config, trained.model, trained.params,
@@ -111,8 +146,10 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_clusters_ = trained.model.num_clusters
 
     def _check(self, X, reset=False):
+        inputs.refuse_complex(X)
         x = validate_data(self, X, reset=reset, dtype=np.float32, allow_nd=True, ensure_min_samples=1 if not reset
-                          else 2, ensure_all_finite=True)
+                          else 2, ensure_all_finite=False)
+        inputs.check_finite(x)
         if x.ndim == 3:
             x = x[..., None]                               # [N, H, W] greyscale images
         if x.ndim not in (2, 4):
@@ -180,17 +217,18 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self, "params_")
         self._require_clusters("sample")
         k = self.n_clusters_
+        inputs.int_at_least(1)("n_samples", n_samples)
+        if cluster is not None and (not inputs.is_int(cluster) or not 0 <= cluster < k):
+            raise ValueError(f"cluster must be in 0..{k - 1} (or None), got {cluster!r}")
         rng = check_random_state(self.random_state)
         if cluster is None:
             log_pi = self.params_["prior"]["logits"] if self.model_.stored_prior else jnp.zeros(k)
             pi = np.asarray(jax.nn.softmax(log_pi), np.float64)
             clusters = rng.choice(k, size=n_samples, p=pi / pi.sum())
         else:
-            if not 0 <= int(cluster) < k:
-                raise ValueError(f"cluster must be in 0..{k - 1}, got {cluster}")
             clusters = np.full(n_samples, int(cluster))
         key = jax.random.key(int(rng.randint(2**31)))
-        out = np.asarray(jax.jit(self.model_.sample, static_argnums=2)(self.params_, key, max(n_samples, 1)))
+        out = np.asarray(jax.jit(self.model_.sample, static_argnums=2)(self.params_, key, n_samples))
         x = out[clusters, np.arange(n_samples)]                       # [n, *sample_shape]
         return self.scaling_.invert(x), clusters                      # in the units of the data fitted
 
@@ -200,24 +238,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         """Write the fitted model to `path` (a new folder): the run's latest checkpoint, its
         config.json and results.json, and estimator.json. An existing path is never overwritten."""
         check_is_fitted(self, "params_")
-        path = pathlib.Path(path)
-        if path.exists():
-            raise FileExistsError(f"{path} exists; save into a new folder (nothing was written)")
-        tmp = path.with_name(path.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(self.workdir_, tmp, ignore=shutil.ignore_patterns("*.png", "metrics.jsonl", "predictions.csv"))
-        params = self.get_params()
-        named = params.get("config") is None or (isinstance(params["config"], str) and params["config"] in recipes.RECIPES)
-        if "config" in params and not named:
-            params["config"] = config_lib.to_dict(self.config_)    # the config itself, never a file to run
-        info = {"class": type(self).__name__, "params": _jsonable(params),
-                "sample_shape": list(self.sample_shape_), "n_features_in": int(self.n_features_in_),
-                "n_iter": int(getattr(self, "n_iter_", 0))}
-        (tmp / ESTIMATOR_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if getattr(self, "labels_", None) is not None:
-            np.save(tmp / LABELS_FILE, np.asarray(self.labels_, np.int64))
-        tmp.rename(path)
-        return path
+        return persist.save(self, path)
 
     def __getstate__(self):
         """Pickling drops the model's functions (closures); unpickling rebuilds them from config_."""
@@ -255,6 +276,8 @@ class VaDE(GMVCEstimator):
     every phase; pretrain_steps None is 3/8 of them. The recipe of earlier versions (one GMM
     fit, 3 restarts) is gmvc.recipes.vade()."""
 
+    _ARGUMENTS = inputs.VADE
+
     def __init__(self, n_clusters=10, latent_dim=10, hidden_sizes=(500, 500, 1000), likelihood="auto",
                  steps=4000, pretrain_steps=None, batch_size=100, learning_rate=2e-3, c_marginal=20.0,
                  restarts=1, random_state=None, workdir=None, verbose=False, progress=True):
@@ -274,6 +297,11 @@ class VaDE(GMVCEstimator):
         self.progress = progress
         self.config, self.overrides = None, None
 
+    def _default_k_note(self):
+        if self.n_clusters == inspect.signature(type(self).__init__).parameters["n_clusters"].default:
+            return " (n_clusters left at its default: pass n_clusters=<the number of clusters you expect>)"
+        return ""
+
     def _base_config(self):
         return recipes.cluster(n_clusters=self.n_clusters, latent_dim=self.latent_dim, hidden_sizes=self.hidden_sizes,
                                likelihood=self.likelihood, steps=self.steps, pretrain_steps=self.pretrain_steps,
@@ -288,6 +316,8 @@ class GMVAE(GMVCEstimator):
     `c_marginal`), with the consistency-violation term (`cv_weight`). The data's scaling and the
     likelihood ("auto") are chosen as gmvc.VaDE() chooses them. The settings of earlier
     versions (configs/gmvae_spiral.py's) are gmvc.recipes.gmvae(): GMVCEstimator(config="gmvae")."""
+
+    _ARGUMENTS = inputs.GMVAE
 
     def __init__(self, n_clusters=10, latent_dim=10, w_dim=10, hidden_sizes=(500, 500, 1000), likelihood="auto",
                  cv_weight=0.4, steps=4000, pretrain_steps=None, batch_size=100, learning_rate=2e-3,
@@ -310,6 +340,8 @@ class GMVAE(GMVCEstimator):
         self.progress = progress
         self.config, self.overrides = None, None
 
+    _default_k_note = VaDE._default_k_note
+
     def _base_config(self):
         return recipes.cluster_gmvae(n_clusters=self.n_clusters, latent_dim=self.latent_dim, w_dim=self.w_dim,
                                      hidden_sizes=self.hidden_sizes, likelihood=self.likelihood,
@@ -322,43 +354,9 @@ class GMVAE(GMVCEstimator):
 
 
 def load(path):
-    """An estimator from a folder written by `save`, or from a CLI run directory."""
-    path = pathlib.Path(path)
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path} holds no gmvc run (no config.json)")
-    info = read_json(path / ESTIMATOR_FILE, required=False)
-    if info is None:
-        est = GMVCEstimator(config=str(path / "config.json"))
-    else:
-        cls = {c.__name__: c for c in (GMVCEstimator, VaDE, GMVAE)}.get(info["class"])
-        if cls is None:
-            raise CheckpointError(f"{path / ESTIMATOR_FILE}: unknown estimator class {info['class']!r}")
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in info["params"].items()}
-        if isinstance(params.get("config"), str) and params["config"] not in recipes.RECIPES:
-            params["config"] = read_json(path / "config.json", required=True)   # a saved model never runs a file
-        est = cls(**params)
-    trained = load_trained(path)
-    est._set_trained(trained)
-    est.labels_ = _saved_labels(path)
-    est.n_features_in_ = int(trained.data_shape[0])      # what validate_data counts: X.shape[1]
-    if info is not None:
-        est.n_features_in_, est.n_iter_ = info["n_features_in"], info["n_iter"]
-    else:
-        est.n_iter_ = trained.step
-    return est
-
-
-def _saved_labels(path):
-    """The training samples' clusters: labels.npy of a saved estimator, or the cluster column of a
-    command-line run's predictions.csv; None when neither is there."""
-    if (path / LABELS_FILE).is_file():
-        return np.load(path / LABELS_FILE, allow_pickle=False)
-    csv = path / "predictions.csv"
-    if csv.is_file():
-        header = csv.open().readline().strip().split(",")
-        if "cluster" in header:
-            return np.loadtxt(csv, delimiter=",", skiprows=1, usecols=header.index("cluster"), dtype=np.int64, ndmin=1)
-    return None
+    """An estimator from a folder written by `save`, or from a CLI run directory (gmvc/persist.py:
+    what loading trusts)."""
+    return persist.load(path, (GMVCEstimator, VaDE, GMVAE))
 
 
 def resolve_config(config):
@@ -389,8 +387,3 @@ def _seed(random_state):
     if isinstance(random_state, (int, np.integer)):
         return int(random_state)
     return int(check_random_state(random_state).randint(2**31))
-
-
-def _jsonable(params):
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()
-            if v is None or isinstance(v, (bool, int, float, str, tuple, list, dict))}

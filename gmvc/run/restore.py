@@ -43,7 +43,7 @@ def load_trained(workdir, config=None, echo=None, data_shape=None):
     workdir = pathlib.Path(workdir)
     check_run_exists(workdir)
     config = read_config(workdir) if config is None else _resolved_like(config, workdir)
-    results = read_json(workdir / RESULTS_FILE, required=False) or {}
+    results = read_results(workdir)
     data_shape = data_shape or results.get("data_shape")
     if data_shape is None:
         from gmvc.data import load_dataset
@@ -63,6 +63,29 @@ def load_trained(workdir, config=None, echo=None, data_shape=None):
     params = jax.tree.map(lambda a: a[restart], stacked)
     scaling = prepare.load(workdir, config.data.scaling, tuple(data_shape))
     return Restored(config, model, params, step, tuple(data_shape), workdir, restart, scaling)
+
+
+def read_results(workdir):
+    """results.json of the run in `workdir` ({} when it has none), its fields that restoring
+    reads checked: a CheckpointError names the file and the field."""
+    path = pathlib.Path(workdir) / RESULTS_FILE
+    results = read_json(path, required=False)
+    if results is None:
+        return {}
+    if not isinstance(results, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(results).__name__}")
+    checks = {"data_shape": (lambda v: isinstance(v, list) and len(v) > 0 and all(_count(d) and d > 0 for d in v),
+                             "a list of positive ints"),
+              "steps": (_count, "an int >= 0"), "chosen_restart": (_count, "an int >= 0"),
+              "num_samples": (_count, "an int >= 0")}
+    for field, (ok, what) in checks.items():
+        if field in results and not ok(results[field]):
+            raise CheckpointError(f"{path}: field {field!r} must be {what}, got {results[field]!r}")
+    return results
+
+
+def _count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _resolved_like(config, workdir):
