@@ -51,9 +51,13 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         data is what `fit` receives).
     overrides: {"dotted.key": value}, applied after `config`, e.g. {"train.steps": 500}.
     random_state: int seed (None = 0: gmvc runs are reproducible by default).
-    workdir: where the run's checkpoints go (None = a fresh temporary folder per fit).
+    workdir: where the run's checkpoints go (None = a fresh temporary folder per fit; gmvc.load
+        never takes one from a saved model's files).
     verbose: print the run's messages (and its progress lines where nobody watches).
-    progress: a progress bar where a person watches (a terminal, a notebook); False: none.
+    progress: one line as fit starts (samples, K, steps, run folder), then a progress bar where a
+        person watches (a terminal, a notebook), elsewhere one line as it ends (time, steps,
+        cluster sizes); False: nothing.
+    Arguments are checked at fit (scikit-learn's convention): a bad one is named in one line.
     """
 
     _ARGUMENTS = inputs.ESTIMATOR
