@@ -230,17 +230,18 @@ def config_key(arg):
 
 
 def check_given_once(argv):
-    """The config keys given; a flag or key given twice is an error (absl would join or drop it)."""
-    seen = set()
+    """The config keys given. A key given twice is an error (absl would join two tuples or keep
+    the last value), and so is a flag given twice with different values."""
+    seen = {}
     for arg in argv[1:]:
         if not arg.startswith("-"):
             continue
         key = config_key(arg)
         name = f"--config.{key}" if key is not None else "--" + arg.split("=", 1)[0].lstrip("-")
-        if name in seen:
+        if name in seen and (key is not None or seen[name] != arg):
             tuple_hint = " (a tuple in one value: --config.model.hidden_sizes=(64,64))" if key else ""
             raise ConfigError(f"{name} is given twice; give each flag and config key once{tuple_hint}")
-        seen.add(name)
+        seen[name] = arg
     return {n[len("--config."):] for n in seen if n.startswith("--config.")}
 
 

@@ -46,6 +46,7 @@ def one_error_line(proc):
     (["--config.train.steps=10", "--config.train.steps=20"], "--config.train.steps"),
     (["--config.objective.cv=1.0", "--config.objective.cv=2.0"], "--config.objective.cv"),
     (["--config.tensorboard.enabled", "--noconfig.tensorboard.enabled"], "--config.tensorboard.enabled"),
+    (["--mode=train", "--mode=predict"], "--mode"),           # a flag: twice with different values
 ])
 def test_a_config_key_given_twice_is_refused(tmp_path, twice, named):
     message = one_error_line(run_cli("--config=configs/gmvae_spiral.py", f"--workdir={tmp_path / 'run'}", *twice))
