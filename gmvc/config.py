@@ -132,22 +132,6 @@ def apply_overrides(c, overrides):
         target[last] = value
 
 
-def get_config(name=None):
-    """The command line's config (gmvc/main.py loads this file with `name`) for a recipe name
-    (`--config=cluster`) or a run's config.json (predict and generate without --config);
-    without a name, the base config."""
-    if name is None:
-        return base_config()
-    if name.endswith(".json"):
-        import json
-        with open(name) as f:
-            c = from_dict(json.load(f))
-        c.lock()
-        return c
-    from gmvc import recipes
-    return recipes.get(name)()
-
-
 def check_key(c, dotted):
     """A ConfigError naming `dotted` (and the nearest key) when `c` has no such key."""
     import difflib

@@ -163,7 +163,7 @@ def resolve_config_flag(argv):
     if not index and workdir and _flag_value(argv, "mode") in ("predict", "generate"):
         config_json = pathlib.Path(workdir).expanduser() / "config.json"
         if config_json.is_file():        # the run's own config: its overrides work without --config
-            spec = f"{pathlib.Path(__file__).resolve().parent / 'config.py'}:{config_json.resolve()}"
+            spec = f"{pathlib.Path(__file__).resolve().parent / 'recipe_config.py'}:{config_json.resolve()}"
             load_config_file(spec)
             return argv[:1] + [f"--config={spec}"] + argv[1:]
     if not index:
@@ -199,7 +199,7 @@ def find_config(value):
         if path and candidate.is_file():
             return f"{candidate.resolve()}{colon}{arg}"
     if path in recipes.RECIPES and not colon:
-        return f"{pathlib.Path(__file__).resolve().parent / 'config.py'}:{path}"
+        return f"{pathlib.Path(__file__).resolve().parent / 'recipe_config.py'}:{path}"
     tried = [f"{candidates[0]} (from {os.getcwd()})"] + [str(c) for c in candidates[1:]]
     raise ConfigError(f"no config {value!r}: tried {', '.join(tried)} and the recipe names "
                       f"({', '.join(recipes.names())})")
