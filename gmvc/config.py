@@ -69,6 +69,8 @@ def base_config():
     c.train.validation_fraction = 0.0  # share of the samples held out of training; its ELBO is logged (gmvc/eval/monitor.py)
     c.train.patience = 0               # > 0: stop when the validation ELBO has not improved for this many log
                                        # steps (last train phase); outputs come from the best step's parameters
+    c.train.epochs = 0                 # > 0: train.steps becomes min(train.steps, max(train.min_steps,
+    c.train.min_steps = 0              # epochs x N / batch_size)): phases follow the data (gmvc/recipes/rules.py)
 
     c.phases = ml_collections.ConfigDict()   # see gmvc/training/phases.py
 

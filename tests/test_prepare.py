@@ -79,6 +79,23 @@ def test_rules_fit_sizes_to_the_data():
     assert fit_to_data(plain, 5000, (28, 28, 1)) == (plain, [])
 
 
+def test_train_epochs_make_the_steps_follow_the_data():
+    """train.epochs > 0: steps = min(train.steps, max(train.min_steps, epochs x N / batch)), the
+    phases (shares of train.steps) and the log and checkpoint intervals scaled with them."""
+    from gmvc.training.phases import build_phases
+    c = recipes.cluster(3)
+    c.unlock()
+    c.train.epochs, c.train.min_steps = 80, 1000
+    small, notes = fit_to_data(c, 200, (5,))
+    assert small.train.steps == 1000 and small.train.log_every == 62 and small.train.checkpoint_every == 1000
+    assert "train.steps 4000 cut to max(1000, 80 epochs x N / 100) = 1000 (train)" in notes
+    lengths = {p.name: p.end - p.start for p in build_phases(small) if p.kind == "train"}
+    assert lengths == {"pretrain": 375, "main": 312, "main2": 156, "main3": 157}
+    assert fit_to_data(c, 2000, (5,))[0].train.steps == 1600                  # 80 epochs of 20 batches
+    assert fit_to_data(c, 5000, (5,))[0].train.steps == 4000                  # the ceiling: train.steps
+    assert fit_to_data(recipes.cluster(3), 200, (5,))[0].train.steps == 4000  # epochs 0: steps as given
+
+
 def test_estimator_reads_new_data_as_it_read_the_fit(tmp_path):
     # Digits as loaded (0-16): "max" scaling and a Bernoulli likelihood, then predict, score and
     # sample in the user's units; a saved and loaded model reads data the same way.

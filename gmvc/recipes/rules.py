@@ -6,6 +6,9 @@ config.json, so a resumed run and its predictions read the same values):
 - a batch size above the number of samples N is cut to N;
 - an over-clustered fit (`overcluster`) has at most max(K + 1, N / 20) components, so that every
   component has about 20 samples or more;
+- with train.epochs > 0, train.steps (and with it every phase given as a share of it, the log
+  and checkpoint intervals) becomes min(train.steps, max(train.min_steps, epochs x N /
+  batch_size)): the steps follow the data up to the ceiling train.steps;
 - above FIT_ROWS (100,000) samples, a mixture fit on every embedding (method "em") that sets
   n_init makes max(3, n_init x FIT_ROWS / N) fits, so that its cost stays about that of
   FIT_ROWS samples (3 fits at 1,000,000).
@@ -33,6 +36,7 @@ def fit_to_data(config, n, sample_shape):
     if c.train.batch_size > n:
         c.train.batch_size = n
         changed.setdefault(f"batch size cut to N = {n}", []).append("train")
+    _steps_by_epochs(c, n, changed)
     k = int(c.model.num_clusters)
     phases = c.phases.to_dict()
     for name, spec in phases.items():
@@ -59,6 +63,22 @@ def fit_to_data(config, n, sample_shape):
     c.phases = phases
     c.lock()
     return c, [f"{rule} ({', '.join(names)})" for rule, names in changed.items()]
+
+
+def _steps_by_epochs(c, n, changed):
+    """train.steps from train.epochs (see the module's rules), the intervals scaled with it."""
+    t = c.train
+    if not (_whole(t.epochs) and t.epochs > 0):
+        return
+    steps = min(t.steps, max(t.min_steps, -(-t.epochs * n // t.batch_size)))
+    if steps >= t.steps:
+        return
+    scale = steps / t.steps
+    t.log_every = max(1, min(steps, round(t.log_every * scale)))
+    t.checkpoint_every = max(1, round(t.checkpoint_every * scale))
+    changed.setdefault(f"train.steps {t.steps} cut to max({t.min_steps}, {t.epochs} epochs x N / "
+                       f"{t.batch_size}) = {steps}", []).append("train")
+    t.steps = steps
 
 
 def _whole(v):
