@@ -146,8 +146,9 @@ def suite_jobs(args):
         sets = suite.load_suite(root, [n for n in manifest if not chosen or n in chosen])
     except suite.SuiteError as e:
         raise SystemExit(f"quality.py: {e}")
+    # the file's figures cost nothing: read even with --no-baselines, which only skips computing them
     peers, path = {}, "none" if args.no_baselines else "run"
-    if args.peers != "run" and not args.no_baselines and sets:
+    if args.peers != "run" and sets:
         path = pathlib.Path(args.peers) if args.peers else root / suite.PEERS
         if not path.is_file():
             raise SystemExit(f"quality.py: {path}: no peers file; give --peers=PATH (the suite's peers_dev.jsonl) "
