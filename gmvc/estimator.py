@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from gmvc import inputs, persist, recipes
+from gmvc import arguments, persist, recipes
 from gmvc.core import batching
 from gmvc.data import Dataset
 from gmvc.config import apply_overrides, from_dict
@@ -60,7 +60,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
     Arguments are checked at fit (scikit-learn's convention): a bad one is named in one line.
     """
 
-    _ARGUMENTS = inputs.ESTIMATOR
+    _ARGUMENTS = arguments.ESTIMATOR
 
     def __init__(self, config=None, overrides=None, random_state=None, workdir=None, verbose=False, progress=True):
         self.config = config
@@ -140,7 +140,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _check_params(self):
         """The constructor's arguments, checked at fit (scikit-learn's convention) and at load."""
-        inputs.check_arguments(self, self._ARGUMENTS)
+        arguments.check_arguments(self, self._ARGUMENTS)
 
     def _set_trained(self, trained):
         self.config_, self.model_, self.params_, self.workdir_ = (trained.config, trained.model, trained.params,
@@ -150,10 +150,10 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_clusters_ = trained.model.num_clusters
 
     def _check(self, X, reset=False):
-        inputs.refuse_complex(X)
+        arguments.refuse_complex(X)
         x = validate_data(self, X, reset=reset, dtype=np.float32, allow_nd=True, ensure_min_samples=1 if not reset
                           else 2, ensure_all_finite=False)
-        inputs.check_finite(x)
+        arguments.check_finite(x)
         if x.ndim == 3:
             x = x[..., None]                               # [N, H, W] greyscale images
         if x.ndim not in (2, 4):
@@ -221,8 +221,8 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self, "params_")
         self._require_clusters("sample")
         k = self.n_clusters_
-        inputs.int_at_least(1)("n_samples", n_samples)
-        if cluster is not None and (not inputs.is_int(cluster) or not 0 <= cluster < k):
+        arguments.int_at_least(1)("n_samples", n_samples)
+        if cluster is not None and (not arguments.is_int(cluster) or not 0 <= cluster < k):
             raise ValueError(f"cluster must be in 0..{k - 1} (or None), got {cluster!r}")
         rng = check_random_state(self.random_state)
         if cluster is None:
@@ -280,7 +280,7 @@ class VaDE(GMVCEstimator):
     every phase; pretrain_steps None is 3/8 of them. The recipe of earlier versions (one GMM
     fit, 3 restarts) is gmvc.recipes.vade()."""
 
-    _ARGUMENTS = inputs.VADE
+    _ARGUMENTS = arguments.VADE
 
     def __init__(self, n_clusters=10, latent_dim=10, hidden_sizes=(500, 500, 1000), likelihood="auto",
                  steps=4000, pretrain_steps=None, batch_size=100, learning_rate=2e-3, c_marginal=20.0,
@@ -321,7 +321,7 @@ class GMVAE(GMVCEstimator):
     likelihood ("auto") are chosen as gmvc.VaDE() chooses them. The settings of earlier
     versions (configs/gmvae_spiral.py's) are gmvc.recipes.gmvae(): GMVCEstimator(config="gmvae")."""
 
-    _ARGUMENTS = inputs.GMVAE
+    _ARGUMENTS = arguments.GMVAE
 
     def __init__(self, n_clusters=10, latent_dim=10, w_dim=10, hidden_sizes=(500, 500, 1000), likelihood="auto",
                  cv_weight=0.4, steps=4000, pretrain_steps=None, batch_size=100, learning_rate=2e-3,
