@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import scipy.sparse
 
+from gmvc.data import nonfinite_rows
 from gmvc.errors import ConfigError
 
 
@@ -80,14 +81,11 @@ def refuse_complex(X):
                          f"e.g. np.abs(X), or X.real and X.imag side by side")
 
 
-def check_finite(x, chunk=65536):
+def check_finite(x):
     """One line naming the first samples (rows) of x that hold NaN or inf."""
-    bad = []
-    for start in range(0, len(x), chunk):
-        rows = x[start:start + chunk]
-        bad.extend((start + np.flatnonzero(~np.isfinite(rows.reshape(len(rows), -1)).all(1))).tolist())
-    if bad:
-        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+    _, bad = nonfinite_rows(x)
+    if len(bad):
+        shown = ", ".join(map(str, bad[:5].tolist())) + (", ..." if len(bad) > 5 else "")
         raise ValueError(f"X holds NaN or inf in {len(bad)} of its {len(x)} samples (rows {shown}); drop or impute "
                          f"them first (e.g. sklearn.impute.SimpleImputer in a pipeline)")
 

@@ -6,7 +6,6 @@ results.json. With several processes (jax.distributed), every process trains its
 saves checkpoints together; only process 0 writes logs, events, predictions, plots and results.
 """
 import contextlib
-import json
 import pathlib
 import sys
 import time
@@ -25,12 +24,12 @@ from gmvc.run import export
 from gmvc.run import workdir as workdir_lib
 from gmvc.run.checkpoint import Checkpointer
 from gmvc.run.progress import Progress, attended
-from gmvc.run.restore import check_run_exists, load_trained, restore_state
+from gmvc.run.restore import check_run_exists, load_trained, read_results, restore_state
 from gmvc.training import context, interrupt, parallel
 from gmvc.training.phases import fit_reads_table, neighbour_k, resume_index, uses_groups, uses_neighbours
 from gmvc.training.state import create_state, init_params
 from gmvc.training.warmup import start_warmup
-from gmvc.errors import Interrupted, TrainingError
+from gmvc.errors import CheckpointError, Interrupted, TrainingError
 from gmvc.validate import validate
 
 
@@ -275,8 +274,8 @@ def _train_seconds(workdir, seconds, trained):
     finished), the time its results.json records."""
     if not trained:
         try:
-            earlier = json.loads((workdir / "results.json").read_text()).get("train_seconds")
-        except (OSError, ValueError, AttributeError):
+            earlier = read_results(workdir).get("train_seconds")
+        except CheckpointError:           # a results.json it cannot read: this call's time
             earlier = None
         if isinstance(earlier, (int, float)):
             return earlier

@@ -99,15 +99,21 @@ def _check_labels(y, n, name):
     return index.astype(np.int32), classes
 
 
-def _check_finite(x, name):
-    """One DataError naming the NaN/inf values of x (an array, or Rows read by chunks)."""
-    count, found = 0, []
+def nonfinite_rows(x):
+    """(how many NaN/inf values, the indices of the samples holding them) of x (an array, or
+    Rows read by chunks)."""
+    count, found = 0, [np.zeros(0, np.int64)]
     for start, chunk in chunks(x):
         bad = ~np.isfinite(chunk)
         if bad.any():
             count += int(bad.sum())
             found.append(start + np.unique(np.nonzero(bad.reshape(len(chunk), -1))[0]))
+    return count, np.concatenate(found)
+
+
+def _check_finite(x, name):
+    """One DataError naming the NaN/inf values of x."""
+    count, rows = nonfinite_rows(x)
     if count:
-        rows = np.concatenate(found)
         raise DataError(f"dataset {name!r}: {count} NaN/inf values in {len(rows)} samples "
                         f"(first bad sample indices: {rows[:5].tolist()})")
