@@ -183,11 +183,7 @@ def for_trained_run(stored, given, mode, where):
     c.unlock()
     for key, value in sorted(given.items()):
         if key.startswith(RUN_SETTABLE[mode]) and key not in RUN_FIXED:
-            *parents, last = key.split(".")
-            target = c
-            for p in parents:
-                target = target[p]
-            target[last] = value
+            apply_overrides(c, {key: value})
             continue
         try:
             has = _plain(_lookup(stored, key))
