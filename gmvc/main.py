@@ -118,10 +118,9 @@ def run_config(workdir):
 
 def predict(config, workdir):
     from gmvc.run.restore import load_trained
-    from gmvc.predict import check_output, predict_to_file
+    from gmvc.predict import predict_to_file
     out_path = _OUTPUT.value or f"{workdir}/predict.{_FORMAT.value}"
-    check_output(out_path, workdir)                       # before anything is computed
-    predict_to_file(load_trained(workdir, config), config.data, out_path, _FORMAT.value)
+    predict_to_file(load_trained(workdir, config), config.data, out_path, _FORMAT.value)   # checks out_path first
 
 
 def parse_flags(argv):
