@@ -27,6 +27,7 @@ from sklearn.utils.validation import check_is_fitted, check_random_state, valida
 from gmvc import arguments, persist, recipes
 from gmvc.core import batching
 from gmvc.data import Dataset
+from gmvc.run.cache import enable_compilation_cache
 from gmvc.config import apply_overrides, from_dict
 from gmvc.errors import ConfigError, RunError
 from gmvc.persist import ESTIMATOR_FILE, LABELS_FILE  # noqa: F401  (their names, where they were)
@@ -90,6 +91,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         """Train on X ([N, D], or [N, H, W(, C)] images); y is ignored (labels never train)."""
         from gmvc.trainer import train_and_evaluate
         self._check_params()
+        enable_compilation_cache()        # a second fit of the same shapes loads its programs (gmvc/run/cache.py)
         x = self._check(X, reset=True)
         config, data = self._make_config(x), Dataset(x=x, y=None, name="array")
         if self.workdir and (pathlib.Path(self.workdir) / "checkpoints").is_dir():
@@ -275,8 +277,8 @@ class VaDE(GMVCEstimator):
     merged group in its own component (the `pin` and `neighbours` terms). The data's scaling and
     the likelihood ("auto") are chosen from its values (gmvc/data/prepare.py): values in [0, 1]
     as they are, whole numbers (pixel values 0-16, 0-255) divided by their largest, both read as
-    Bernoulli; real features standardized and read as Gaussian. c_marginal (the batch's cluster
-    usage against the uniform) assumes clusters of similar size; 0 turns it off. `steps` scales
+    Bernoulli; real features standardized and read as Gaussian. c_marginal holds the batch's
+    cluster usage to the mixture's own weights (the sizes of the partition kept); 0 turns it off. `steps` scales
     every phase; pretrain_steps None is 3/8 of them. The recipe of earlier versions (one GMM
     fit, 3 restarts) is gmvc.recipes.vade()."""
 

@@ -167,7 +167,8 @@ def run_phases(ctx, position, logs, warm, echo):
         if phase.kind == "init_prior":
             rng = jax.random.fold_in(ctx.rngs["prior"], i)
             table = position.table if fit_reads_table(phase.spec) else None
-            params = ctx.embedding.init_prior(phase, position.params, ctx.x_train, rng, table, echo)
+            params = ctx.embedding.init_prior(phase, position.params, ctx.x_train, rng, table, echo,
+                                                     position.groups)
             if not phase.spec["keep_current"]:     # otherwise init_prior said which prior it kept
                 echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings "
                      f"({phase.spec['method']})", flush=True)

@@ -57,7 +57,7 @@ def test_quality_runs_the_default_recipe_on_a_development_set(quality, tmp_path,
     assert result["kmeans"]["acc_mean"] == pytest.approx(0.8333, abs=0.01)        # k-means on standardized iris
     assert result["full_gmm"]["acc_mean"] == pytest.approx(0.9667, abs=0.01)    # the best of 10 inits
     log = (tmp_path / "runs" / "iris" / "seed0" / "log.txt").read_text()
-    assert "input: each feature to mean 0 and std 1" in log and "merged partition's group sizes" in log
+    assert "input: each feature to mean 0 and std 1" in log and "kept partition's group sizes" in log
     with pytest.raises(SystemExit):
         quality.main(["--dev=irises"])
 

@@ -237,3 +237,83 @@ def test_pull_leaves_a_table_for_the_train_phase_after_it():
     c.phases.gmm_init = {**c.phases.gmm_init.to_dict(), "pull": 0}
     c.phases.knn = {"kind": "neighbours", "k": 4}
     assert neighbour_k(build_phases(c), names.index("main")) == 4
+
+
+def _uneven_blobs():
+    """Three Gaussian blobs of 600, 300 and 100 points in 2-D, touching."""
+    rng = np.random.default_rng(0)
+    sizes, means = [600, 300, 100], np.array([[0.0, 0.0], [3.2, 0.0], [1.6, 2.6]])
+    x = np.concatenate([rng.normal(m, 1.0, (n, 2)) for m, n in zip(means, sizes)]).astype(np.float32)
+    return x, np.repeat(np.arange(3), sizes)
+
+
+def test_the_features_partition_is_kept_where_it_cuts_fewer_links():
+    """An init_prior phase with features: the merged partition against a full GMM on the
+    features, by the share of the features' 3-NN links each cuts. On uneven blobs a balanced
+    partition cuts through the big blob and the GMM's is kept, its groups and prior following
+    the blobs' sizes; a later keep_current phase keeps it without a fit. On two moons the GMM
+    cuts both moons across and the merged partition is kept."""
+    from sklearn.datasets import make_moons
+    from gmvc.core.feature_partition import cut_share
+    from gmvc.core.neighbours import knn_table
+    from gmvc.training.embedding_phases import EmbeddingPhases
+    model = types.SimpleNamespace(embed=lambda params, v: v, num_clusters=3, stored_prior=True)
+    spec = {**INIT_DEFAULTS, "kind": "init_prior", "n_init": 4, "overcluster": 12, "select": "modularity",
+            "features": 3}
+    params = {"net": {"w": jnp.ones((1, 2))},
+              "prior": {"logits": jnp.zeros((1, 3)), "means": jnp.zeros((1, 3, 2)), "log_vars": jnp.zeros((1, 3, 2))}}
+    x, y = _uneven_blobs()
+    table = np.asarray(knn_table(jnp.asarray(x), 3))[None]
+    fit = Phase("fit", "init_prior", 0, 0, spec)
+    phases = EmbeddingPhases(model, 1, 128, [fit])
+    phases.pins = True
+    said = []
+    new = phases.init_prior(fit, params, x, jax.random.key(0), table, echo=lambda m, **k: said.append(m))
+    assert "kept the features partition" in said[0], said
+    groups = phases.groups[0]
+    assert sorted(np.bincount(groups).tolist()) == sorted(np.bincount(phases.features[0]).tolist())
+    assert _matched_acc(groups, y) > 0.9
+    weights = np.sort(np.asarray(jax.nn.softmax(new["prior"]["logits"][0])))
+    np.testing.assert_allclose(weights, np.sort(np.bincount(groups) / len(x)), atol=1e-4)
+    assert cut_share(groups, phases.features[1]) < 0.05
+    refit = Phase("fit2", "init_prior", 0, 0, {**spec, "keep_current": True})
+    said.clear()
+    again = phases.init_prior(refit, new, x, jax.random.key(1), table, echo=lambda m, **k: said.append(m),
+                              groups=phases.groups)
+    assert said == ["phase 'fit2': kept the features' partition (no refit)"]
+    _assert_trees_equal(again["prior"], new["prior"])
+    np.testing.assert_array_equal(phases.groups[0], groups)
+
+    xm, ym = make_moons(1000, noise=0.05, random_state=0)
+    xm = ((xm - xm.mean(0)) / xm.std(0)).astype(np.float32)
+    model2 = types.SimpleNamespace(embed=lambda params, v: v, num_clusters=2, stored_prior=True)
+    params2 = {"net": {"w": jnp.ones((1, 2))},
+               "prior": {"logits": jnp.zeros((1, 2)), "means": jnp.zeros((1, 2, 2)), "log_vars": jnp.zeros((1, 2, 2))}}
+    moons = EmbeddingPhases(model2, 1, 128, [fit])
+    moons.pins = True
+    said.clear()
+    moons.init_prior(Phase("fit", "init_prior", 0, 0, {**spec, "overcluster": 8}), params2, xm, jax.random.key(0),
+                     np.asarray(knn_table(jnp.asarray(xm), 10))[None], echo=lambda m, **k: said.append(m))
+    assert "kept the merged partition" in said[0], said
+    assert _matched_acc(moons.groups[0], ym) == 1.0 and _matched_acc(moons.features[0], ym) < 0.95
+
+
+def _matched_acc(pred, y):
+    from gmvc.core.metrics import hungarian_accuracy
+    return float(hungarian_accuracy(np.asarray(pred), np.asarray(y)))
+
+
+def test_features_settings_are_checked():
+    from gmvc import recipes
+    from gmvc.errors import ConfigError
+    from gmvc.recipes.rules import fit_to_data
+    c, _ = fit_to_data(recipes.cluster(2), 1000, (2,))
+    assert c.phases.gmm_init.features == 5 and dict(c.terms.c_marginal) == {"target": "prior"}
+    c.unlock()
+    for bad, message in ((-1, "features must be 0"), (True, "features must be 0"), (2.5, "features must be 0")):
+        c.phases.gmm_init2 = {**c.phases.gmm_init2.to_dict(), "features": bad}
+        with pytest.raises(ConfigError, match=message):
+            build_phases(c)
+    c.phases.gmm_init2 = {"kind": "init_prior", "features": 3}
+    with pytest.raises(ConfigError, match="needs overcluster"):
+        build_phases(c)

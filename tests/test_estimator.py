@@ -210,3 +210,16 @@ def test_prediction_memory_is_bounded(digits_fit, tmp_path):
         np.testing.assert_array_equal(f["cluster"][:5], est.predict(np.load(tmp_path / "x100000.npy")[:5]))
     print("peak traced bytes:", peaks)
     assert peaks[100_000] < 4e6 and peaks[100_000] < 1.5 * peaks[10_000] + 1e6, peaks
+
+
+def test_fit_turns_the_compilation_cache_on_before_training(monkeypatch):
+    """A refit loads its compiled programs from disk: fit turns gmvc's compilation cache on
+    (gmvc/run/cache.py, the command line's) before anything compiles."""
+    class Called(Exception):
+        pass
+
+    def enable():
+        raise Called
+    monkeypatch.setattr("gmvc.estimator.enable_compilation_cache", enable)
+    with pytest.raises(Called):
+        gmvc.VaDE(n_clusters=2).fit(np.zeros((10, 2)))

@@ -194,6 +194,7 @@ def _gmvae_cluster(steps=400):
     c.data.source, c.data.limit = "digits", N
     for name in ("gmm_init", "gmm_init2", "gmm_init3"):
         c.phases[name].n_init = 3
+        c.phases[name].features = 0        # 60 steps of pretraining: the features' GMM would win, and no refit run
     c.train.log_every, c.train.checkpoint_every = 20, 100
     return c
 

@@ -381,3 +381,27 @@ def test_make_objective_unknown_term():
         make_objective(model, {"recon": 1.0}, {"cv_prior": {"free_bits": 1.0}})
     with pytest.raises(ConfigError, match="objective.cv"):
         make_objective(model, {"cv": {"kind": "cosine"}}, {})
+
+
+def test_c_marginal_toward_the_prior_weights():
+    """target "prior": KL of the batch's usage from the mixture's own weights, which get no
+    gradient from the term; usage equal to the weights scores 0, and an unused cluster adds nothing."""
+    from gmvc.errors import ConfigError
+    weights = np.array([0.6, 0.3, 0.1])
+    params = {"prior": {"logits": jnp.log(jnp.asarray(weights, jnp.float32)) + 2.0}}     # any offset
+    term = TERMS["c_marginal"]({"target": "prior"})
+    value = lambda p, lg: term(p, None, {"log_gamma": lg}, None)[0]
+    rows = np.log(np.repeat(np.eye(3) * 0.998 + 0.001, [6, 3, 1], axis=0))             # usage ~ the weights
+    usage = np.exp(rows).mean(0)
+    assert float(value(params, jnp.asarray(rows))) == pytest.approx(np.sum(usage * np.log(usage / weights)), abs=1e-5)
+    assert float(value(params, jnp.asarray(rows))) < 2e-3
+    even = np.log(np.tile(np.eye(3) * 0.998 + 0.001, (2, 1)))
+    assert float(value(params, jnp.asarray(even))) == pytest.approx(np.sum(np.log(1 / 3 / weights)) / 3, rel=1e-2)
+    grads = jax.grad(lambda p: value(p, jnp.asarray(even)))(params)
+    assert np.all(np.asarray(grads["prior"]["logits"]) == 0.0)
+    one = jax.nn.log_softmax(jnp.tile(jnp.array([0.0, -1e4, -1e4]), (4, 1)))
+    assert float(value(params, one)) == pytest.approx(-np.log(0.6), rel=1e-5)              # finite: 0 log 0 = 0
+    with pytest.raises(ConfigError, match="c_marginal: unknown target 'even'"):
+        TERMS["c_marginal"]({"target": "even"})
+    with pytest.raises(ConfigError, match="c_marginal: unknown option"):
+        TERMS["c_marginal"]({"weights": 1})

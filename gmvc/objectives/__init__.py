@@ -5,7 +5,8 @@ import jax.numpy as jnp
 
 from gmvc.core.inputs import as_values
 from gmvc.errors import ConfigError
-from gmvc.objectives.terms import BATCH_TERMS, GROUP_TERMS, NEIGHBOUR_TERMS, TERMS, neighbour_options
+from gmvc.objectives.terms import (BATCH_TERMS, GROUP_TERMS, NEIGHBOUR_TERMS, TERMS, c_marginal_target,
+                                   neighbour_options)
 from gmvc.core.schedules import make_schedule
 
 
@@ -34,6 +35,10 @@ def make_objective(model, weights, term_options, axis_name=None):
     unknown_opts = sorted(set(term_options) - set(TERMS))
     if unknown_opts:
         raise ConfigError(f"options given for unknown term(s) {unknown_opts}; known terms: {sorted(TERMS)}")
+    if "c_marginal" in weights and c_marginal_target(term_options.get("c_marginal", {})) == "prior" \
+            and not getattr(model, "stored_prior", False):
+        raise ConfigError("c_marginal: target 'prior' reads the mixture's weights, which this model computes from w "
+                          "(GMVAE): use target 'uniform'")
     terms = {name: (TERMS[name](term_options.get(name, {}), axis_name=axis_name) if name in BATCH_TERMS
                     else TERMS[name](term_options.get(name, {}))) for name in weights}
     schedules = {name: make_schedule(w, f"objective.{name}") for name, w in weights.items()}

@@ -90,14 +90,37 @@ def gather_batch(a, axis_name):
     return a if axis_name is None else jax.lax.all_gather(a, axis_name, tiled=True)
 
 
+C_MARGINAL_TARGETS = ("uniform", "prior")
+
+
+def c_marginal_target(opts):
+    """The `c_marginal` term's option "target": "uniform" (the default) or "prior"."""
+    unknown = sorted(set(opts) - {"target"})
+    if unknown:
+        raise ConfigError(f"c_marginal: unknown option(s) {unknown}; it takes 'target' ({list(C_MARGINAL_TARGETS)})")
+    target = opts.get("target", "uniform")
+    if target not in C_MARGINAL_TARGETS:
+        raise ConfigError(f"c_marginal: unknown target {target!r}; known: {list(C_MARGINAL_TARGETS)}")
+    return target
+
+
 def make_c_marginal(opts, axis_name=None):
-    """KL(mean_b q(c | x_b) || Uniform(K)): how far the batch's cluster usage is from the uniform
-    p(c). The per-sample c-prior cannot see one cluster taking all the data; this term can.
-    A statistic of the whole batch: on several devices it is computed on the gathered batch."""
+    """KL(mean_b q(c | x_b) || p(c)): how far the batch's cluster usage is from a target p(c), the
+    uniform (target "uniform", the default) or the mixture's own weights, held fixed for the
+    term (target "prior": the shares of the partition the prior was fitted to, as VaDE trains
+    them; it assumes no cluster sizes). The per-sample c-prior cannot see one cluster taking all
+    the data; this term can. A statistic of the whole batch: on several devices it is computed
+    on the gathered batch."""
+    target = c_marginal_target(opts)
+
     def c_marginal(params, batch, out, rng):
         log_gamma = gather_batch(out["log_gamma"], axis_name)
         log_marginal = jax.nn.logsumexp(log_gamma, axis=0) - jnp.log(log_gamma.shape[0])   # [K]
-        return jnp.log(log_marginal.shape[0]) - mixture.categorical_entropy(log_marginal), {}
+        if target == "uniform":
+            return jnp.log(log_marginal.shape[0]) - mixture.categorical_entropy(log_marginal), {}
+        log_p = jax.nn.log_softmax(jax.lax.stop_gradient(params["prior"]["logits"]))
+        finite = jnp.where(jnp.isneginf(log_marginal), log_p, log_marginal)      # 0 * log 0 as 0
+        return jnp.sum(jnp.exp(log_marginal) * (finite - log_p)), {}
     return c_marginal
 
 

@@ -19,17 +19,23 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, late
     3. a diagonal GMM of 8 K components (at most N / 20) on the embeddings smoothed once along
        the neighbour graph, its components merged into K groups along the graph two ways
        (average linkage and modularity); of the 30 fits x 2 merges, the partition with the
-       highest modularity on the neighbour graph is kept (it assumes no cluster sizes). The prior
-       is fitted to the groups (component g to group g), and each group's 3 anchors are its
-       members nearest the group's mean;
+       highest modularity on the neighbour graph is kept (it assumes no cluster sizes). That
+       partition is compared with a full-covariance GMM's on the data's own features (5 fits,
+       on at most 10 principal components; up to 100,000 samples): the one that cuts the smaller
+       share of the links of the features' 3-nearest-neighbour graph is kept (the graph's
+       partition where the groups follow the graph; the GMM's where a balanced graph partition
+       cuts through a big cluster). The prior is fitted to the groups (component g to group g),
+       and each group's 3 anchors are its members nearest the group's mean;
     4. VaDE for half the remaining steps with three more terms: `pin` (weight `pin`), each
        sample's cross-entropy to its group's component, which holds the groups apart whatever
        their shape; `neighbours` (20) on each sample's anchors; `c_marginal` (20), the batch's
-       cluster usage against the uniform (it assumes clusters of similar size; 0 turns it off);
+       cluster usage against the mixture's own weights (target "prior": the shares of the
+       partition kept, as VaDE trains them; no cluster sizes assumed; 0 turns it off);
     5. twice more: 3 nearest neighbours found in the shaped embedding, a refit of 3 K components
        merged into K the same way, which replaces the prior only if its partition has the higher
        modularity, and VaDE pinned to the partition kept, with the neighbours term on those
-       neighbours (a quarter of the remaining steps each).
+       neighbours (a quarter of the remaining steps each). A run that kept the features'
+       partition keeps it: it is not refitted.
 
     The data are scaled and the likelihood chosen from their values (data.scaling and
     model.likelihood "auto"; `sigma` is the Gaussian likelihood's std on standardized data).
@@ -50,9 +56,10 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, late
     c.model.sigma = float(sigma)
     main_objective = _main_objective({"vade_kl": 1.0}, c_marginal, pin)
     c.objective = dict(main_objective)
-    c.terms = {"c_prior": {"free_bits": 0.5}, "neighbours": {"stop_gradient": True}}
+    c.terms = {"c_prior": {"free_bits": 0.5}, "neighbours": {"stop_gradient": True},
+               "c_marginal": {"target": "prior"}}
     fit = {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 30,
-           "select": "modularity", "smooth": 1, "linkage": "both"}
+           "select": "modularity", "smooth": 1, "linkage": "both", "features": 5}
     main = {"kind": "train", "steps": share(rest / 2), "augment": "auto", "objective": main_objective}
     c.train.phases = ("pretrain", "knn", "gmm_init", "main", "knn2", "gmm_init2", "main2", "knn3", "gmm_init3",
                       "main3")
@@ -83,11 +90,11 @@ def cluster_gmvae(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100
     same pretraining, neighbours and merged over-clustered fits, then three rounds of the GMVAE
     objective (reconstruction, conditional prior, w prior, c prior with 0.5 free bits;
     `cv_weight`, the consistency-violation term at the paper's MNIST weight) with `pin`,
-    `neighbours` (20) and `c_marginal`. GMVAE's mixture is a network of w: each fit sets it
-    (model.load_prior: the output layer's bias to the fitted components, its kernel to 0), so
-    group g starts in component g at every w, and a refit replaces the network and the groups
-    only where its partition has a higher modularity on the neighbour graph than the model's own
-    partition."""
+    `neighbours` (20) and `c_marginal` (against the uniform: GMVAE's weights are a network of
+    w). GMVAE's mixture is a network of w: each fit sets it (model.load_prior: the output
+    layer's bias to the fitted components, its kernel to 0), so group g starts in component g
+    at every w, and a refit replaces the network and the groups only where its partition has a
+    higher modularity on the neighbour graph than the model's own partition."""
     c = cluster(n_clusters=n_clusters, steps=steps, pretrain_steps=pretrain_steps, batch_size=batch_size,
                 latent_dim=latent_dim, hidden_sizes=hidden_sizes, learning_rate=learning_rate, c_marginal=c_marginal,
                 likelihood=likelihood, sigma=sigma, pin=pin, restarts=restarts, checkpoint_every=checkpoint_every,
@@ -95,6 +102,7 @@ def cluster_gmvae(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100
     c.unlock()
     c.model.name = "gmvae"
     c.model.w_dim, c.model.prior_hidden = int(w_dim), int(prior_hidden)
+    c.terms.c_marginal = {"target": "uniform"}      # GMVAE's mixture weights are a network of w
     elbo = {"cond_prior": 1.0, "w_prior": 1.0, "c_prior": 1.0, **({"cv": float(cv_weight)} if cv_weight else {})}
     main_objective = _main_objective(elbo, c_marginal, pin)
     c.objective = dict(main_objective)

@@ -1,6 +1,6 @@
-"""JAX's persistent compilation cache for the command line: a second run of a config (another
-seed, a resume, --mode=generate) loads its compiled programs from disk instead of compiling
-them again.
+"""JAX's persistent compilation cache for the command line and the estimators' fit: a second
+run of a config (another seed, a resume, --mode=generate, a refit on data of the same shape)
+loads its compiled programs from disk instead of compiling them again.
 
 The directory is $GMVC_COMPILATION_CACHE, default ~/.cache/gmvc/jax; GMVC_COMPILATION_CACHE=off
 turns it off. A cache the user set for JAX itself (JAX_COMPILATION_CACHE_DIR or

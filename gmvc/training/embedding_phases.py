@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmvc.core import mixture
+from gmvc.core.feature_partition import (FEATURE_NEIGHBOURS, FEATURE_ROWS, cut_share, full_gmm_partition,
+                                         reduce_features)
 from gmvc.core.batching import make_embed, make_predict
 from gmvc.core.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_merged, fit_diag_gmm_smoothed,
-                                    mean_log_likelihood, partition_modularity)
+                                    mean_log_likelihood, moments, partition_modularity)
 from gmvc.core.neighbours import DESCENT_ABOVE, agreement, knn_descent, knn_table
 from gmvc.training.phases import program_key, uses_groups
 
@@ -29,8 +31,9 @@ class EmbeddingPhases:
         self.fits = make_fits(phases, model)
         self.balanced_fits = make_fits(phases, model, balanced=True)
         self.groups = None
+        self.features = None        # (the features' partition [N], their neighbour table), made once a run
 
-    def init_prior(self, phase, params, x, rng, table=None, echo=None):
+    def init_prior(self, phase, params, x, rng, table=None, echo=None, groups=None):
         """params with each restart's prior refitted to its embeddings of x (all of it for "em", at
         most batches * batch_size samples for "minibatch"); `table`: the neighbour table [R, N, k]
         of x's rows (spec["smooth"], spec["overcluster"]). With spec["balanced_above"] = t, a
@@ -46,11 +49,18 @@ class EmbeddingPhases:
         if spec["method"] == "minibatch":
             n = prior_fit_rows(spec, len(x))
             x = x[np.asarray(jax.random.permutation(jax.random.fold_in(rng, 0), len(x)))[:n]]
-        priors, self.pulled, groups = [], [], []   # pull: per restart (table [N, m], groups [N], share of links within)
+        priors, self.pulled, kept_groups = [], [], []   # pull: per restart (table [N, m], groups [N], share of links within)
         for r in range(self.restarts):
             params_r = jax.tree.map(lambda a: a[r], params)
-            z = self.embed(params_r, x)
             note = f" restart {r}" if self.restarts > 1 else ""
+            if spec["keep_current"] and spec["features"] and groups is not None and len(x) <= FEATURE_ROWS \
+                    and np.array_equal(np.asarray(groups[r]), self.feature_partition(x, spec["features"])[0]):
+                if echo:
+                    echo(f"phase {phase.name!r}{note}: kept the features' partition (no refit)", flush=True)
+                priors.append(jax.device_get(params_r if not self.model.stored_prior else params_r["prior"]))
+                kept_groups.append(self.features[0])
+                continue
+            z = self.embed(params_r, x)
             current = (jax.device_get(prior_report(params_r["prior"], z))
                        if uses_current(spec) and self.model.stored_prior else None)
             fit = self._fit(phase, current, note, echo)
@@ -59,6 +69,8 @@ class EmbeddingPhases:
             if spec["overcluster"]:
                 new, merged = new
                 merged = np.asarray(merged)
+                if spec["features"]:
+                    new, merged = self.choose_features(phase, x, z, new, merged, r, note, echo)
             if spec["pull"]:
                 group_anchors = anchors(np.asarray(z), merged, self.model.num_clusters, spec["pull"])
                 self.pulled.append((group_anchors[merged], merged,
@@ -66,20 +78,53 @@ class EmbeddingPhases:
             if not self.model.stored_prior:
                 params_r, group = self._partition(phase, params_r, x, z, new, merged, table, r, note, echo)
                 priors.append(params_r)
-                groups.append(group)
+                kept_groups.append(group)
                 continue
             kept = new
             if spec["keep_current"]:
                 kept = keep_or_replace(phase, params_r["prior"], new, z, note, echo, current,
                                        None if table is None else (np.asarray(table[r]), merged))
             if self.pins:
-                groups.append(merged if kept is new and merged is not None else np.asarray(hard_partition(kept, z)))
+                kept_groups.append(merged if kept is new and merged is not None else np.asarray(hard_partition(kept, z)))
             priors.append(jax.device_get(kept))
         if self.pins:
-            self.groups = np.stack(groups).astype(np.int32)
+            self.groups = np.stack(kept_groups).astype(np.int32)
         if not self.model.stored_prior:        # GMVAE: its whole params, the prior network's set to the fit
             return jax.tree.map(lambda *a: np.stack(a), *jax.device_get(priors))
         return {**params, "prior": jax.tree.map(lambda *a: np.stack(a), *priors)}
+
+    def choose_features(self, phase, x, z, new, merged, r, note="", echo=None):
+        """(prior, groups [N]): the merged partition of restart r, or the features' partition
+        where that cuts fewer links of the features' graph. The features' partition is a
+        full-covariance GMM of spec["features"] fits on x reduced to at most 10 principal components
+        (feature_partition); the graph, each sample's 3 nearest neighbours in those features. The
+        partition that cuts the smaller share of the graph's links is kept (a tie keeps the merged
+        one), and with the features' partition the prior is fitted to its groups on the
+        embeddings z (group g is component g). Above FEATURE_ROWS samples the merged partition is
+        kept without a comparison."""
+        if len(x) > FEATURE_ROWS:
+            return new, merged
+        k = self.model.num_clusters
+        feature_groups, table = self.feature_partition(x, phase.spec["features"])
+        cut_merged, cut_features = cut_share(merged, table), cut_share(feature_groups, table)
+        keep = cut_features < cut_merged
+        if echo:
+            sizes = [sorted(np.bincount(g, minlength=k).tolist(), reverse=True) for g in (merged, feature_groups)]
+            echo(f"phase {phase.name!r}{note}: kept the {'features' if keep else 'merged'} partition (share of the "
+                 f"features' {FEATURE_NEIGHBOURS}-NN links cut: merged {cut_merged:.4f} {sizes[0]}, features' full GMM "
+                 f"{cut_features:.4f} {sizes[1]})", flush=True)
+        if not keep:
+            return new, merged
+        return jax.device_get(prior_of_groups(z, feature_groups, k)), feature_groups
+
+    def feature_partition(self, x, fits=5):
+        """(partition [N], neighbour table [N, 3]) of the features of x, made at the first call of a
+        run (a full GMM of `fits` fits from seed 0, so that a resumed run makes the same one)."""
+        if self.features is None:
+            reduced = reduce_features(x)
+            self.features = (full_gmm_partition(reduced, self.model.num_clusters, fits, seed=0),
+                             np.asarray(knn_table(reduced.astype(np.float32), FEATURE_NEIGHBOURS)))
+        return self.features
 
     def _partition(self, phase, params_r, x, z, new, merged, table, r, note, echo):
         """(params, groups [N]) of one restart of a model without a stored prior (GMVAE), whose
@@ -135,7 +180,7 @@ class EmbeddingPhases:
             _, groups, within = self.pulled[0]
             sizes = sorted(np.bincount(groups).tolist(), reverse=True)
             shared = "" if labels is None else f"; {agreement(tables[0], labels):.1%} share its label (reported only)"
-            echo(f"phase {name!r}: the merged partition's group sizes {sizes}, {within:.1%} of the neighbour "
+            echo(f"phase {name!r}: the kept partition's group sizes {sizes}, {within:.1%} of the neighbour "
                  f"links within a group; each sample pulled to its group's {tables.shape[2]} anchors{shared}",
                  flush=True)
         return tables
@@ -269,6 +314,16 @@ def keep_or_replace(phase, current, new, z, note="", echo=None, current_report=N
              f"{'kept the current prior' if keep else 'the new fit replaces the prior'} ({what}; cluster sizes of "
              f"the {len(z)} embeddings fitted: current {sizes[0]}, new fit {sizes[1]})", flush=True)
     return current if keep else new
+
+
+def prior_of_groups(z, groups, k):
+    """The diagonal mixture fitted to a hard partition `groups` [N] of the embeddings z [N, D]:
+    each group's share, mean and variance (component g is group g)."""
+    z = jnp.asarray(z)
+    d = z.shape[1]
+    rows = jnp.concatenate([z, jax.nn.one_hot(jnp.asarray(groups), k, dtype=z.dtype)], axis=1)
+    fit = moments(rows, lambda chunk: chunk[:, d:], k)
+    return {"logits": fit["logits"], "means": fit["means"][:, :d], "log_vars": fit["log_vars"][:, :d]}
 
 
 @jax.jit

@@ -28,7 +28,9 @@ config.train.phases = ("pretrain", "gmm_init", "main") names entries of config.p
    whose merged partition has the highest modularity on the graph); with it,
    "pull": m replaces the neighbour table by the m anchors of each sample's merged group (its
    members nearest the group's mean), for the `neighbours` term of the train phases after it:
-   EmbeddingPhases.pull_table)
+   EmbeddingPhases.pull_table; "features": n compares the merged partition with a full GMM's
+   (n fits) on the data's features and keeps the one that cuts fewer links of the features'
+   3-NN graph: EmbeddingPhases.choose_features)
   {"kind": "neighbours", "k": 10}   (each sample's k nearest neighbours in the embedding, for
    the `neighbours` term of the train phases after it; gmvc/core/neighbours.py). "method":
    "exact" (every pair), "descent" (approximate, time and memory linear in N) or "auto" (the
@@ -44,10 +46,11 @@ from gmvc.core.mixture_init import LINKAGES, SELECTIONS
 
 TRAIN_KEYS = {"kind", "steps", "objective", "trainable", "lr", "augment", "batch_size"}
 INIT_KEYS = {"kind", "method", "kmeans_iters", "em_iters", "n_init", "batches", "batch_size", "select", "smooth",
-             "keep_current", "balanced", "balanced_above", "overcluster", "pull", "linkage"}
+             "keep_current", "balanced", "balanced_above", "overcluster", "pull", "linkage", "features"}
 INIT_DEFAULTS = {"method": "em", "select": "likelihood", "kmeans_iters": 50, "em_iters": 20, "n_init": 10, "batches": 200,
                  "batch_size": 128, "smooth": 0, "keep_current": False, "balanced": False,
-                 "balanced_above": None, "overcluster": 0, "pull": 0, "linkage": "average"}
+                 "balanced_above": None, "overcluster": 0, "pull": 0, "linkage": "average",
+                 "features": 0}
 NEIGHBOUR_KEYS = {"kind", "k", "method"}
 NEIGHBOUR_METHODS = ("auto", "exact", "descent")
 GROUPS = ("net", "prior")
@@ -168,6 +171,11 @@ def _check_spec(name, spec, config):
         if not isinstance(over, int) or isinstance(over, bool) or over < 0 or 0 < over <= k:
             raise ConfigError(f"phase {name!r}: overcluster must be 0 (off) or a whole number of components above "
                               f"model.num_clusters={k}, got {over!r}")
+        features = spec["features"]
+        if not isinstance(features, int) or isinstance(features, bool) or features < 0 or (features and not over):
+            raise ConfigError(f"phase {name!r}: features must be 0 (off) or a whole number of GMM fits on the "
+                              f"features, and needs overcluster (the merged partition it is compared with); got "
+                              f"features={features!r}")
         pull = spec["pull"]
         if not isinstance(pull, int) or isinstance(pull, bool) or pull < 0 or (pull and not over):
             raise ConfigError(f"phase {name!r}: pull must be 0 (off) or a whole number of group members, and needs "
