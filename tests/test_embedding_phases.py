@@ -254,7 +254,7 @@ def test_the_features_partition_is_kept_where_it_cuts_fewer_links():
     the blobs' sizes; a later keep_current phase keeps it without a fit. On two moons the GMM
     cuts both moons across and the merged partition is kept."""
     from sklearn.datasets import make_moons
-    from gmvc.core.feature_partition import cut_share
+    from gmvc.training.feature_partition import cut_share
     from gmvc.core.neighbours import knn_table
     from gmvc.training.embedding_phases import EmbeddingPhases
     model = types.SimpleNamespace(embed=lambda params, v: v, num_clusters=3, stored_prior=True)

@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmvc.core import mixture
-from gmvc.core.feature_partition import (FEATURE_NEIGHBOURS, FEATURE_ROWS, cut_share, full_gmm_partition,
-                                         reduce_features)
 from gmvc.core.batching import make_embed, make_predict
 from gmvc.core.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_merged, fit_diag_gmm_smoothed,
                                     mean_log_likelihood, moments, partition_modularity)
 from gmvc.core.neighbours import DESCENT_ABOVE, agreement, knn_descent, knn_table
+from gmvc.training.feature_partition import (FEATURE_NEIGHBOURS, FEATURE_ROWS, cut_share, full_gmm_partition,
+                                             reduce_features)
 from gmvc.training.phases import program_key, uses_groups
 
 
