@@ -269,7 +269,7 @@ def test_the_features_partition_is_kept_where_it_cuts_fewer_links():
     phases.pins = True
     said = []
     new = phases.init_prior(fit, params, x, jax.random.key(0), table, echo=lambda m, **k: said.append(m))
-    assert "kept the features partition" in said[0], said
+    assert said[0].startswith("phase 'fit': the features' GMM partition replaces the merged partition"), said
     groups = phases.groups[0]
     assert sorted(np.bincount(groups).tolist()) == sorted(np.bincount(phases.features[0]).tolist())
     assert _matched_acc(groups, y) > 0.9
@@ -294,7 +294,7 @@ def test_the_features_partition_is_kept_where_it_cuts_fewer_links():
     said.clear()
     moons.init_prior(Phase("fit", "init_prior", 0, 0, {**spec, "overcluster": 8}), params2, xm, jax.random.key(0),
                      np.asarray(knn_table(jnp.asarray(xm), 10))[None], echo=lambda m, **k: said.append(m))
-    assert "kept the merged partition" in said[0], said
+    assert said[0].startswith("phase 'fit': kept the merged partition (share of the features' 3-NN links"), said
     assert _matched_acc(moons.groups[0], ym) == 1.0 and _matched_acc(moons.features[0], ym) < 0.95
 
 
@@ -308,7 +308,8 @@ def test_features_settings_are_checked():
     from gmvc.errors import ConfigError
     from gmvc.recipes.rules import fit_to_data
     c, _ = fit_to_data(recipes.cluster(2), 1000, (2,))
-    assert c.phases.gmm_init.features == 5 and dict(c.terms.c_marginal) == {"target": "prior"}
+    assert c.phases.gmm_init3.features == 5 and "features" not in c.phases.gmm_init
+    assert dict(c.terms.c_marginal) == {"target": "prior"}
     c.unlock()
     for bad, message in ((-1, "features must be 0"), (True, "features must be 0"), (2.5, "features must be 0")):
         c.phases.gmm_init2 = {**c.phases.gmm_init2.to_dict(), "features": bad}

@@ -59,7 +59,7 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, late
     c.terms = {"c_prior": {"free_bits": 0.5}, "neighbours": {"stop_gradient": True},
                "c_marginal": {"target": "prior"}}
     fit = {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 30,
-           "select": "modularity", "smooth": 1, "linkage": "both", "features": 5}
+           "select": "modularity", "smooth": 1, "linkage": "both"}
     main = {"kind": "train", "steps": share(rest / 2), "augment": "auto", "objective": main_objective}
     c.train.phases = ("pretrain", "knn", "gmm_init", "main", "knn2", "gmm_init2", "main2", "knn3", "gmm_init3",
                       "main3")
@@ -73,7 +73,7 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, late
         "gmm_init2": {**fit, "overcluster": 3 * k, "keep_current": True},
         "main2": {**main, "steps": share(rest / 4)},
         "knn3": dict(_KNN),
-        "gmm_init3": {**fit, "overcluster": 3 * k, "keep_current": True},
+        "gmm_init3": {**fit, "overcluster": 3 * k, "keep_current": True, "features": 5},
         "main3": {**main, "steps": -1},
     }
     c.train.restart_choice = "objective"

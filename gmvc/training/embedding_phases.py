@@ -69,7 +69,7 @@ class EmbeddingPhases:
             if spec["overcluster"]:
                 new, merged = new
                 merged = np.asarray(merged)
-                if spec["features"]:
+                if spec["features"] and not spec["keep_current"]:
                     new, merged = self.choose_features(phase, x, z, new, merged, r, note, echo)
             if spec["pull"]:
                 group_anchors = anchors(np.asarray(z), merged, self.model.num_clusters, spec["pull"])
@@ -77,6 +77,10 @@ class EmbeddingPhases:
                                     float(np.mean(merged[np.asarray(table[r])] == merged[:, None]))))
             if not self.model.stored_prior:
                 params_r, group = self._partition(phase, params_r, x, z, new, merged, table, r, note, echo)
+                if spec["features"] and spec["keep_current"]:
+                    fitted, chosen = self.choose_features(phase, x, z, None, group, r, note, echo, "kept")
+                    if fitted is not None:
+                        params_r, group = self.model.load_prior(params_r, fitted), chosen
                 priors.append(params_r)
                 kept_groups.append(group)
                 continue
@@ -84,8 +88,12 @@ class EmbeddingPhases:
             if spec["keep_current"]:
                 kept = keep_or_replace(phase, params_r["prior"], new, z, note, echo, current,
                                        None if table is None else (np.asarray(table[r]), merged))
+            partition = merged if kept is new and merged is not None else None
+            if spec["features"] and spec["keep_current"]:
+                partition = np.asarray(hard_partition(kept, z)) if partition is None else partition
+                kept, partition = self.choose_features(phase, x, z, kept, partition, r, note, echo, "kept")
             if self.pins:
-                kept_groups.append(merged if kept is new and merged is not None else np.asarray(hard_partition(kept, z)))
+                kept_groups.append(np.asarray(hard_partition(kept, z)) if partition is None else partition)
             priors.append(jax.device_get(kept))
         if self.pins:
             self.groups = np.stack(kept_groups).astype(np.int32)
@@ -93,28 +101,29 @@ class EmbeddingPhases:
             return jax.tree.map(lambda *a: np.stack(a), *jax.device_get(priors))
         return {**params, "prior": jax.tree.map(lambda *a: np.stack(a), *priors)}
 
-    def choose_features(self, phase, x, z, new, merged, r, note="", echo=None):
-        """(prior, groups [N]): the merged partition of restart r, or the features' partition
-        where that cuts fewer links of the features' graph. The features' partition is a
-        full-covariance GMM of spec["features"] fits on x reduced to at most 10 principal components
+    def choose_features(self, phase, x, z, prior, partition, r, note="", echo=None, what="merged"):
+        """(prior, groups [N]) of restart r: `prior` and its `partition` [N] (the merged one of a
+        first fit, the one kept in a keep_current phase), or the features' partition where that
+        cuts fewer links of the features' graph. The features' partition is a full-covariance GMM
+        of spec["features"] fits on x reduced to at most 10 principal components
         (feature_partition); the graph, each sample's 3 nearest neighbours in those features. The
-        partition that cuts the smaller share of the graph's links is kept (a tie keeps the merged
-        one), and with the features' partition the prior is fitted to its groups on the
-        embeddings z (group g is component g). Above FEATURE_ROWS samples the merged partition is
-        kept without a comparison."""
+        partition that cuts the smaller share of the graph's links is kept (a tie keeps
+        `partition`); with the features' partition the prior is fitted to its groups on the
+        embeddings z (group g is component g). Above FEATURE_ROWS samples nothing is compared."""
         if len(x) > FEATURE_ROWS:
-            return new, merged
+            return prior, partition
         k = self.model.num_clusters
         feature_groups, table = self.feature_partition(x, phase.spec["features"])
-        cut_merged, cut_features = cut_share(merged, table), cut_share(feature_groups, table)
-        keep = cut_features < cut_merged
+        cut_own, cut_features = cut_share(partition, table), cut_share(feature_groups, table)
+        replace = cut_features < cut_own
         if echo:
-            sizes = [sorted(np.bincount(g, minlength=k).tolist(), reverse=True) for g in (merged, feature_groups)]
-            echo(f"phase {phase.name!r}{note}: kept the {'features' if keep else 'merged'} partition (share of the "
-                 f"features' {FEATURE_NEIGHBOURS}-NN links cut: merged {cut_merged:.4f} {sizes[0]}, features' full GMM "
-                 f"{cut_features:.4f} {sizes[1]})", flush=True)
-        if not keep:
-            return new, merged
+            sizes = [sorted(np.bincount(g, minlength=k).tolist(), reverse=True) for g in (partition, feature_groups)]
+            choice = "the features' GMM partition replaces" if replace else "kept"
+            echo(f"phase {phase.name!r}{note}: {choice} the {what} partition "
+                 f"(share of the features' {FEATURE_NEIGHBOURS}-NN links cut: {what} {cut_own:.4f} {sizes[0]}, "
+                 f"features' full GMM {cut_features:.4f} {sizes[1]})", flush=True)
+        if not replace:
+            return prior, partition
         return jax.device_get(prior_of_groups(z, feature_groups, k)), feature_groups
 
     def feature_partition(self, x, fits=5):
