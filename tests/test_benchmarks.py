@@ -282,3 +282,14 @@ def test_scoreboard_reads_the_suites_peers_without_training(quality, tmp_path, c
          "ari_mean": 0.0, "seconds": [1.0]}) + "\n")
     with pytest.raises(SystemExit, match=r"tab kmeans: N=7 \(manifest: 6\)"):
         quality.main([f"--suite={tmp_path / 's'}", "--sets=tab", "--baselines-only"])
+
+
+def test_a_collapsed_run_is_one_cluster_far_above_the_largest_class(quality):
+    import numpy as np
+    two = np.repeat([0, 1], 1000)
+    assert not quality.collapsed(np.repeat([0, 1], [1002, 998]), two, 2)      # a near-even split
+    assert quality.collapsed(np.repeat([0, 1], [1600, 400]), two, 2)
+    uneven = np.repeat([0, 1, 2], [1200, 600, 200])                              # the largest class: 60%
+    assert not quality.collapsed(np.repeat([0, 1, 2], [1190, 611, 199]), uneven, 3)
+    assert quality.collapsed(np.repeat([0, 1, 2], [1950, 30, 20]), uneven, 3)
+    assert quality.collapsed(np.repeat([0, 1], [60, 40]), None, 2)             # no labels: more than half

@@ -283,6 +283,16 @@ def test_the_features_partition_is_kept_where_it_cuts_fewer_links():
     assert said == ["phase 'fit2': kept the features' partition (no refit)"]
     _assert_trees_equal(again["prior"], new["prior"])
     np.testing.assert_array_equal(phases.groups[0], groups)
+    # A keep_current phase compares the partition it keeps (here a balanced one, by thirds of x,
+    # which cuts through the big blob) with the features' GMM, which replaces it.
+    from gmvc.training.embedding_phases import prior_of_groups
+    thirds = np.searchsorted(np.quantile(x[:, 0], [1 / 3, 2 / 3]), x[:, 0]).astype(np.int32)
+    said.clear()
+    prior, chosen = phases.choose_features(refit, x, x, prior_of_groups(x, thirds, 3), thirds, 0,
+                                           echo=lambda m, **k: said.append(m), what="kept")
+    assert said[0].startswith("phase 'fit2': the features' GMM partition replaces the kept partition"), said
+    np.testing.assert_array_equal(chosen, groups)
+    np.testing.assert_allclose(np.sort(np.asarray(jax.nn.softmax(prior["logits"]))), weights, atol=1e-4)
 
     xm, ym = make_moons(1000, noise=0.05, random_state=0)
     xm = ((xm - xm.mean(0)) / xm.std(0)).astype(np.float32)
