@@ -165,6 +165,12 @@ def test_init_prior_phases_with_one_fit_share_its_program():
     c.phases.gmm_init2.n_init = 5
     fits = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))
     assert fits["gmm_init3"] is not fits["gmm_init2"]
+    # the cluster recipe's last fit compares with the features' GMM (host code): the same program
+    from gmvc.recipes import cluster
+    from gmvc.recipes.rules import fit_to_data
+    c, _ = fit_to_data(cluster(10), 5000, (784,))
+    fits = make_fits(build_phases(c), types.SimpleNamespace(num_clusters=10))
+    assert c.phases.gmm_init3.features and fits["gmm_init2"] is fits["gmm_init3"]
 
 
 def test_pull_gives_each_sample_the_anchors_of_its_merged_group():

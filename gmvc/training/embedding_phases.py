@@ -239,9 +239,10 @@ def make_fits(phases, model, balanced=False):
 
 
 def fit_key(spec):
-    """What an init_prior phase's compiled fit depends on: keep_current and balanced_above are
-    decided around it (balanced_above's balanced fit is compiled only where a run needs it)."""
-    return program_key({k: v for k, v in spec.items() if k not in ("keep_current", "balanced_above")})
+    """What an init_prior phase's compiled fit depends on: keep_current, balanced_above and
+    features are decided around it (balanced_above's balanced fit is compiled only where a run
+    needs it; the features' partition is host code)."""
+    return program_key({k: v for k, v in spec.items() if k not in ("keep_current", "balanced_above", "features")})
 
 
 def prior_fit(spec, model):
