@@ -324,8 +324,11 @@ def test_features_settings_are_checked():
     from gmvc.errors import ConfigError
     from gmvc.recipes.rules import fit_to_data
     c, _ = fit_to_data(recipes.cluster(2), 1000, (2,))
-    assert c.phases.gmm_init3.features == 5 and "features" not in c.phases.gmm_init
+    assert [c.phases[f].features for f in ("gmm_init", "gmm_init2", "gmm_init3")] == [5, 5, 5]
     assert dict(c.terms.c_marginal) == {"target": "prior"}
+    images, notes = fit_to_data(recipes.cluster(2), 1000, (16, 16, 1))        # no features' GMM for images
+    assert [images.phases[f].features for f in ("gmm_init", "gmm_init2", "gmm_init3")] == [0, 0, 0]
+    assert "features' GMM: off (images) (gmm_init, gmm_init2, gmm_init3)" in notes
     c.unlock()
     for bad, message in ((-1, "features must be 0"), (True, "features must be 0"), (2.5, "features must be 0")):
         c.phases.gmm_init2 = {**c.phases.gmm_init2.to_dict(), "features": bad}

@@ -19,13 +19,14 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, late
     3. a diagonal GMM of 8 K components (at most N / 20) on the embeddings smoothed once along
        the neighbour graph, its components merged into K groups along the graph two ways
        (average linkage and modularity); of the 30 fits x 2 merges, the partition with the
-       highest modularity on the neighbour graph is kept (it assumes no cluster sizes). That
-       partition is compared with a full-covariance GMM's on the data's own features (5 fits,
-       on at most 10 principal components; up to 100,000 samples): the one that cuts the smaller
-       share of the links of the features' 3-nearest-neighbour graph is kept (the graph's
-       partition where the groups follow the graph; the GMM's where a balanced graph partition
-       cuts through a big cluster). The prior is fitted to the groups (component g to group g),
-       and each group's 3 anchors are its members nearest the group's mean;
+       highest modularity on the neighbour graph is kept (it assumes no cluster sizes). Unless
+       the samples are images, that partition is compared with a full-covariance GMM's on the
+       data's own features (5 fits, on at most 10 principal components; up to 100,000
+       samples): the one that cuts the smaller share of the links of the features'
+       3-nearest-neighbour graph is kept (the graph's partition where the groups follow the
+       graph; the GMM's where a balanced graph partition cuts through a big cluster). The prior
+       is fitted to the groups (component g to group g), and each group's 3 anchors are its
+       members nearest the group's mean;
     4. VaDE for half the remaining steps with three more terms: `pin` (weight `pin`), each
        sample's cross-entropy to its group's component, which holds the groups apart whatever
        their shape; `neighbours` (20) on each sample's anchors; `c_marginal` (20), the batch's
@@ -59,7 +60,7 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, late
     c.terms = {"c_prior": {"free_bits": 0.5}, "neighbours": {"stop_gradient": True},
                "c_marginal": {"target": "prior"}}
     fit = {"kind": "init_prior", "method": "em", "kmeans_iters": 50, "em_iters": 20, "n_init": 30,
-           "select": "modularity", "smooth": 1, "linkage": "both"}
+           "select": "modularity", "smooth": 1, "linkage": "both", "features": 5}
     main = {"kind": "train", "steps": share(rest / 2), "augment": "auto", "objective": main_objective}
     c.train.phases = ("pretrain", "knn", "gmm_init", "main", "knn2", "gmm_init2", "main2", "knn3", "gmm_init3",
                       "main3")
@@ -73,7 +74,7 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, late
         "gmm_init2": {**fit, "overcluster": 3 * k, "keep_current": True},
         "main2": {**main, "steps": share(rest / 4)},
         "knn3": dict(_KNN),
-        "gmm_init3": {**fit, "overcluster": 3 * k, "keep_current": True, "features": 5},
+        "gmm_init3": {**fit, "overcluster": 3 * k, "keep_current": True},
         "main3": {**main, "steps": -1},
     }
     c.train.restart_choice = "objective"

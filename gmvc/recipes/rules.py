@@ -4,6 +4,9 @@ config.json, so a resumed run and its predictions read the same values):
 - a phase's `"augment": "auto"`: images ([H, W, C] samples) are shifted by up to max(1, H / 14)
   pixels (2 for 28 x 28), points are not augmented;
 - a batch size above the number of samples N is cut to N;
+- an init_prior phase's `"features"` (the comparison with a full GMM on the features) is turned
+  off for images ([H, W, C] samples): pixel coordinates are no space in which image classes are
+  Gaussian, nor one whose nearest neighbours judge a partition;
 - an over-clustered fit (`overcluster`) has at most max(K + 1, N / 20) components, so that every
   component has about 20 samples or more;
 - with train.epochs > 0, train.steps (and with it every phase given as a share of it, the log
@@ -44,6 +47,9 @@ def fit_to_data(config, n, sample_shape):
             spec["augment"] = shift_for(sample_shape)
             what = f"shifts of up to {spec['augment']['shift']:g} px (images)" if spec["augment"] else "none (points)"
             changed.setdefault(f"augment: {what}", []).append(name)
+        if spec.get("features") and len(sample_shape) == 3:
+            spec["features"] = 0
+            changed.setdefault("features' GMM: off (images)", []).append(name)
         if _whole(spec.get("batch_size")) and spec["batch_size"] > n:
             spec["batch_size"] = n
             changed.setdefault(f"batch size cut to N = {n}", []).append(name)
