@@ -293,3 +293,11 @@ def test_a_collapsed_run_is_one_cluster_far_above_the_largest_class(quality):
     assert not quality.collapsed(np.repeat([0, 1, 2], [1190, 611, 199]), uneven, 3)
     assert quality.collapsed(np.repeat([0, 1, 2], [1950, 30, 20]), uneven, 3)
     assert quality.collapsed(np.repeat([0, 1], [60, 40]), None, 2)             # no labels: more than half
+
+
+def test_fit_cost_needs_data(quality, tmp_path):
+    import fit_cost
+    with pytest.raises(SystemExit, match="give --suite=DIR, or .npz files and --clusters=K"):
+        fit_cost.main([])
+    with pytest.raises(SystemExit, match="no manifest|manifest"):
+        fit_cost.main([f"--suite={tmp_path}"])
