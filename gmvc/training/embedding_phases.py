@@ -74,7 +74,7 @@ class EmbeddingPhases:
             if spec["pull"]:
                 group_anchors = anchors(np.asarray(z), merged, self.model.num_clusters, spec["pull"])
                 self.pulled.append((group_anchors[merged], merged,
-                                    float(np.mean(merged[np.asarray(table[r])] == merged[:, None]))))
+                                    1.0 - cut_share(merged, table[r])))
             if not self.model.stored_prior:
                 params_r, group = self._partition(phase, params_r, x, z, new, merged, table, r, note, echo)
                 if spec["features"] and spec["keep_current"]:

@@ -1,9 +1,11 @@
 """A partition of the data from their features alone, the candidate a user would try first: a
 full-covariance Gaussian mixture on the scaled features (reduced to their first principal
 components), and the share of a neighbour graph's links a partition cuts, by which it is
-compared with the partition the embedding gives. Host code (numpy, scikit-learn): it runs once
-a run, before the clustering phases."""
+compared with the partition the embedding gives. Host code (numpy, scikit-learn), made once a
+run, at its first init_prior phase that asks for it."""
 import numpy as np
+
+from gmvc.core.inputs import host_values
 
 FEATURE_DIMS = 10          # the features are reduced to at most this many principal components
 FEATURE_ROWS = 100_000     # above this many samples no feature partition is made
@@ -13,8 +15,7 @@ FEATURE_NEIGHBOURS = 3     # the graph the partitions are compared on: each samp
 def reduce_features(x, dims=FEATURE_DIMS):
     """x [N, ...] as float64 rows [N, min(D, dims)]: centred, and projected on their first `dims`
     principal components where D > dims (no whitening: the components keep their spread)."""
-    rows = np.asarray(x).reshape(len(x), -1)
-    rows = (rows / 255.0 if rows.dtype == np.uint8 else rows).astype(np.float64)
+    rows = np.asarray(host_values(np.asarray(x))).reshape(len(x), -1).astype(np.float64)
     rows = rows - rows.mean(axis=0)
     if rows.shape[1] <= dims:
         return rows
