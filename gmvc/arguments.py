@@ -53,6 +53,22 @@ def _hidden_sizes(name, value):
         raise ArgumentError(f"{name} must be a tuple of positive ints (the layers' widths), got {value!r}")
 
 
+def _auto_or(check, auto_means):
+    """`check`, or the value "auto" (`auto_means` in the message of any other value)."""
+    def either(name, value):
+        if isinstance(value, str) and value == "auto":
+            return
+        try:
+            check(name, value)
+        except ArgumentError as e:
+            raise ArgumentError(str(e).replace(f"{name} must be ", f"{name} must be 'auto' ({auto_means}) or ", 1)) \
+                from None
+    return either
+
+
+_hidden_sizes_or_auto = _auto_or(_hidden_sizes, "widths that follow the data's size")
+
+
 def _likelihood(name, value):
     if value not in ("auto", "bernoulli", "gaussian"):
         raise ArgumentError(f"{name} must be 'auto', 'bernoulli' or 'gaussian', got {value!r}")
@@ -97,11 +113,11 @@ COMMON = {"random_state": _random_state,
 ESTIMATOR = {"config": _optional(_one_of(str, os.PathLike, dict, ml_collections.ConfigDict,
                                          text="None, a recipe's name, a dict, a ConfigDict or a config file's path")),
              "overrides": _overrides, **COMMON}
-VADE = {"n_clusters": int_at_least(1), "latent_dim": int_at_least(1), "hidden_sizes": _hidden_sizes,
-        "likelihood": _likelihood, "steps": int_at_least(1), "pretrain_steps": _optional(int_at_least(0)),
+VADE = {"n_clusters": int_at_least(1), "latent_dim": int_at_least(1), "hidden_sizes": _hidden_sizes_or_auto,
+        "likelihood": _likelihood, "steps": _auto_or(int_at_least(1), "steps that follow the data's size"), "pretrain_steps": _optional(int_at_least(0)),
         "batch_size": int_at_least(1), "learning_rate": _number_above(0, inclusive=False),
         "c_marginal": _number_above(0, inclusive=True), "restarts": int_at_least(1), **COMMON}
-GMVAE = {**VADE, "w_dim": int_at_least(1), "cv_weight": _number_above(0, inclusive=True)}
+GMVAE = {**VADE, "hidden_sizes": _hidden_sizes, "steps": int_at_least(1), "w_dim": int_at_least(1), "cv_weight": _number_above(0, inclusive=True)}
 
 
 def check_arguments(est, table):

@@ -28,6 +28,8 @@ def base_config():
     c.model.conv_filters = (32, 64, 128)
     c.model.conv_kernels = (5, 5, 3)
     c.model.hidden_sizes = (500,)
+    c.model.small_hidden_sizes = ()    # with small_below > 0: the widths used in place of hidden_sizes for data
+    c.model.small_below = 0            # of fewer than small_below values, N x the sample's size (gmvc/recipes/rules.py)
     c.model.activation = "relu"
     c.model.z_dim = 10
     c.model.w_dim = 10
@@ -121,7 +123,23 @@ def _merge(c, d, prefix):
 FREE_SECTIONS = ("objective", "terms", "phases", "lr_schedule", "prior_lr_schedule")
 
 
+# A setting given by name wins over the rule that would choose it from the data
+# (gmvc/recipes/rules.py): the rule is turned off unless its own switch is given too.
+RULE_SWITCHES = {"model.hidden_sizes": ("model.small_below", 0), "train.steps": ("train.epochs", 0)}
+
+
+def given_settings_win(c, keys):
+    """Turn off, in `c`, the rule of each key of RULE_SWITCHES that `keys` (the overridden dotted
+    keys) name without naming the rule's switch."""
+    for key, (switch, off) in RULE_SWITCHES.items():
+        if key in keys and switch not in keys:
+            section, name = switch.split(".")
+            c[section][name] = off
+
+
 def apply_overrides(c, overrides):
+    """Set each dotted key of `overrides` in `c` (an unknown key is a ConfigError); a setting a
+    rule would choose is then used as given (given_settings_win)."""
     for dotted, value in overrides.items():
         *parents, last = dotted.split(".")
         target = c
@@ -132,6 +150,7 @@ def apply_overrides(c, overrides):
         if last not in target and not any(p in FREE_SECTIONS for p in parents):
             raise ConfigError(f"unknown config key {dotted!r}")
         target[last] = value
+    given_settings_win(c, overrides)
 
 
 def check_key(c, dotted):

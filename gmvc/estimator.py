@@ -124,7 +124,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
             clusters = f" into K={config.model.num_clusters} clusters{self._default_k_note()}"
         where = f"{workdir} (temporary: save() keeps the model)" if not self.workdir else str(workdir)
         return (f"{type(self).__name__}: fitting {len(x)} samples of shape {list(x.shape[1:])}{clusters}, "
-                f"{config.train.steps} steps; run folder {where}")
+                f"{'up to ' * (config.train.epochs > 0)}{config.train.steps} steps; run folder {where}")
 
     def _default_k_note(self):
         if self.config is None and "model.num_clusters" not in (self.overrides or {}):
@@ -277,15 +277,16 @@ class VaDE(GMVCEstimator):
     merged group in its own component (the `pin` and `neighbours` terms). The data's scaling and
     the likelihood ("auto") are chosen from its values (gmvc/data/prepare.py): values in [0, 1]
     as they are, whole numbers (pixel values 0-16, 0-255) divided by their largest, both read as
-    Bernoulli; real features standardized and read as Gaussian. c_marginal holds the batch's
+    Bernoulli; real features standardized and read as Gaussian. hidden_sizes "auto": 500-500-1000
+    for data of 1,000,000 values (N x the sample's size) or more, 128-128-256 below. c_marginal holds the batch's
     cluster usage to the mixture's own weights (the sizes of the partition kept); 0 turns it off. `steps` scales
-    every phase; pretrain_steps None is 3/8 of them. The recipe of earlier versions (one GMM
+    every phase ("auto": 100 epochs, at least 2,000 and at most 4,000 steps); pretrain_steps None is 3/8 of them. The recipe of earlier versions (one GMM
     fit, 3 restarts) is gmvc.recipes.vade()."""
 
     _ARGUMENTS = arguments.VADE
 
-    def __init__(self, n_clusters=10, latent_dim=10, hidden_sizes=(500, 500, 1000), likelihood="auto",
-                 steps=4000, pretrain_steps=None, batch_size=100, learning_rate=2e-3, c_marginal=20.0,
+    def __init__(self, n_clusters=10, latent_dim=10, hidden_sizes="auto", likelihood="auto",
+                 steps="auto", pretrain_steps=None, batch_size=100, learning_rate=2e-3, c_marginal=20.0,
                  restarts=1, random_state=None, workdir=None, verbose=False, progress=True):
         self.n_clusters = n_clusters
         self.latent_dim = latent_dim

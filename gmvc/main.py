@@ -143,6 +143,8 @@ def parse_flags(argv):
                                   "run); see --help")
             return argv
         apply_term_overrides(_CONFIG.value, terms)
+        from gmvc import config as config_lib
+        config_lib.given_settings_win(_CONFIG.value, keys)       # a given model.hidden_sizes or train.steps is used
         _given.update({key: _get(_CONFIG.value, key) for key in keys})
         return argv
     except flags.IllegalFlagValueError as e:              # "flag --config.x=v: <the parser's reason>"

@@ -104,11 +104,14 @@ def _check_watching(config):
 
 def _check_model(m):
     sizes = {"model.z_dim": [m.z_dim], "model.w_dim": [m.w_dim], "model.prior_hidden": [m.prior_hidden],
-             "model.hidden_sizes": list(m.hidden_sizes), "model.conv_filters": list(m.conv_filters)}
+             "model.hidden_sizes": list(m.hidden_sizes), "model.conv_filters": list(m.conv_filters),
+             "model.small_hidden_sizes": list(m.small_hidden_sizes)}
     for key, values in sizes.items():
         if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
-            what = "whole numbers >= 1" if key in ("model.hidden_sizes", "model.conv_filters") else "a whole number >= 1"
+            what = "a whole number >= 1" if key.endswith("_dim") or key == "model.prior_hidden" else "whole numbers >= 1"
             raise ConfigError(f"{key} must be {what}, got {values if len(values) > 1 else values[0]}")
+    if not isinstance(m.small_below, int) or isinstance(m.small_below, bool) or m.small_below < 0:
+        raise ConfigError(f"model.small_below must be a whole number >= 0 (0: no small network), got {m.small_below}")
 
 
 def _check_optim(o):

@@ -65,8 +65,17 @@ def test_rules_fit_sizes_to_the_data():
     assert small.phases.gmm_init.overcluster == 7 and small.phases.gmm_init2.overcluster == 7     # N / 20
     assert small.phases.pretrain.batch_size == 150 and small.train.batch_size == 100
     assert small.phases.pretrain.augment.to_dict() == {} and small.phases.main3.augment.to_dict() == {}
-    assert len(notes) == 3 and all(len(n) <= 100 for n in notes)
-    images, _ = fit_to_data(recipes.cluster(10), 5000, (28, 28, 1))
+    assert len(notes) == 5 and all(len(n) <= 110 for n in notes)
+    # The network follows the number of values, N x the sample's size: below 1,000,000 the small one.
+    assert small.model.hidden_sizes == (128, 128, 256)
+    assert "hidden sizes (500, 500, 1000) -> (128, 128, 256) (N x sample size = 600 values < 1,000,000) (model)" \
+        in notes
+    assert fit_to_data(recipes.cluster(5), 2000, (16, 16, 1))[0].model.hidden_sizes == (128, 128, 256)
+    assert fit_to_data(recipes.cluster(5), 1276, (784,))[0].model.hidden_sizes == (500, 500, 1000)   # 1,000,384
+    assert fit_to_data(recipes.cluster(3, hidden_sizes=(64, 32)), 150, (4,))[0].model.hidden_sizes == (64, 32)
+    assert fit_to_data(recipes.cluster_gmvae(3), 150, (4,))[0].model.hidden_sizes == (500, 500, 1000)
+    images, notes = fit_to_data(recipes.cluster(10), 5000, (28, 28, 1))
+    assert images.model.hidden_sizes == (500, 500, 1000) and not any("hidden sizes" in n for n in notes)
     assert images.phases.pretrain.augment.to_dict() == {"shift": 2.0}
     assert images.phases.gmm_init.overcluster == 80 and images.phases.gmm_init2.overcluster == 30
     assert fit_to_data(recipes.cluster(10), 1797, (8, 8, 1))[0].phases.main.augment.to_dict() == {"shift": 1.0}
@@ -93,7 +102,31 @@ def test_train_epochs_make_the_steps_follow_the_data():
     assert lengths == {"pretrain": 375, "main": 312, "main2": 156, "main3": 157}
     assert fit_to_data(c, 2000, (5,))[0].train.steps == 1600                  # 80 epochs of 20 batches
     assert fit_to_data(c, 5000, (5,))[0].train.steps == 4000                  # the ceiling: train.steps
-    assert fit_to_data(recipes.cluster(3), 200, (5,))[0].train.steps == 4000  # epochs 0: steps as given
+    c.train.epochs = 0
+    assert fit_to_data(c, 200, (5,))[0].train.steps == 4000                   # epochs 0: steps as given
+    # The recipe's own: 100 epochs, at least half its steps.
+    assert [fit_to_data(recipes.cluster(3), n, (5,))[0].train.steps for n in (200, 2000, 3000, 4000)] == \
+        [2000, 2000, 3000, 4000]
+    assert fit_to_data(recipes.cluster(3, steps=1000), 200, (5,))[0].train.steps == 1000   # given: used
+    assert fit_to_data(recipes.cluster_gmvae(3), 200, (5,))[0].train.steps == 4000       # GMVAE: all its steps
+
+
+def test_a_given_setting_wins_over_its_rule():
+    """An override of model.hidden_sizes or train.steps turns off the rule that would choose it
+    from the data (unless the rule's own switch is given too)."""
+    from gmvc.config import apply_overrides
+    c = recipes.cluster(3)
+    c.unlock()
+    apply_overrides(c, {"model.hidden_sizes": (32,), "train.steps": 300})
+    assert c.model.small_below == 0 and c.train.epochs == 0
+    ruled, notes = fit_to_data(c, 150, (4,))
+    assert ruled.model.hidden_sizes == (32,) and ruled.train.steps == 300 and len(notes) == 3
+    c = recipes.cluster(3)
+    c.unlock()
+    apply_overrides(c, {"model.hidden_sizes": (32,), "model.small_below": 10_000})
+    assert fit_to_data(c, 150, (4,))[0].model.hidden_sizes == (128, 128, 256)          # both given: the rule
+    est = gmvc.VaDE(n_clusters=3, hidden_sizes=(16,), steps=50)._make_config(np.zeros((150, 4), np.float32))
+    assert est.model.small_below == 0 and est.train.epochs == 0
 
 
 def test_estimator_reads_new_data_as_it_read_the_fit(tmp_path):

@@ -6,10 +6,12 @@ from gmvc.errors import ConfigError
 from gmvc.recipes.vade_family import vade
 
 _KNN = {"kind": "neighbours", "k": 3}
+LARGE_NET, SMALL_NET, SMALL_BELOW = (500, 500, 1000), (128, 128, 256), 1_000_000
+STEPS, EPOCHS = 4000, 100
 
 
-def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, latent_dim=10,
-            hidden_sizes=(500, 500, 1000), learning_rate=2e-3, c_marginal=20.0, likelihood="auto", sigma=0.1,
+def cluster(n_clusters=10, steps="auto", pretrain_steps=None, batch_size=100, latent_dim=10,
+            hidden_sizes="auto", learning_rate=2e-3, c_marginal=20.0, likelihood="auto", sigma=0.1,
             pin=1.0, restarts=1, checkpoint_every=None, name="cluster"):
     """Pretraining, then three rounds of (neighbours, mixture fit, VaDE):
 
@@ -40,21 +42,33 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, late
 
     The data are scaled and the likelihood chosen from their values (data.scaling and
     model.likelihood "auto"; `sigma` is the Gaussian likelihood's std on standardized data).
+    hidden_sizes "auto": the encoder's widths are 500-500-1000 for data of 1,000,000 values
+    (N x the sample's size) or more, 128-128-256 below (model.small_hidden_sizes, a rule of
+    gmvc/recipes/rules.py); a tuple is used whatever the data. steps "auto": min(4,000,
+    max(2,000, 100 epochs)) (train.epochs, train.min_steps): 2,000 for N <= 2,000 at batch 100,
+    all 4,000 from N = 4,000; a number is used whatever the data. Every phase keeps its share.
     The restart kept is the one with the lowest objective on the data.
     """
-    k, steps = int(n_clusters), int(steps)
+    auto_steps = isinstance(steps, str) and steps == "auto"
+    k, steps = int(n_clusters), STEPS if auto_steps else int(steps)
     pretrain_steps = steps * 3 // 8 if pretrain_steps is None else int(pretrain_steps)
     if not 0 < pretrain_steps < steps:
         raise ConfigError(f"pretrain_steps={pretrain_steps} leaves no steps to cluster in: it must lie between 0 "
                           f"and steps={steps}")
     rest = steps - pretrain_steps
     share = lambda n: n / steps           # phase lengths as shares of train.steps: they follow it
-    c = vade(n_clusters=k, latent_dim=latent_dim, hidden_sizes=hidden_sizes, likelihood=likelihood, steps=steps,
+    auto_net = isinstance(hidden_sizes, str) and hidden_sizes == "auto"
+    c = vade(n_clusters=k, latent_dim=latent_dim, hidden_sizes=LARGE_NET if auto_net else hidden_sizes,
+             likelihood=likelihood, steps=steps,
              pretrain_steps=pretrain_steps, batch_size=batch_size, learning_rate=learning_rate, restarts=restarts,
              checkpoint_every=checkpoint_every, scaling="auto", name=name)
     c.unlock()
     c.data.source = "mnist5k"            # the command line's default; set data.source to your data
     c.model.sigma = float(sigma)
+    if auto_net:
+        c.model.small_hidden_sizes, c.model.small_below = SMALL_NET, SMALL_BELOW
+    if auto_steps:
+        c.train.epochs, c.train.min_steps = EPOCHS, steps // 2      # the steps follow N (rules.py)
     main_objective = _main_objective({"vade_kl": 1.0}, c_marginal, pin)
     c.objective = dict(main_objective)
     c.terms = {"c_prior": {"free_bits": 0.5}, "neighbours": {"stop_gradient": True},
@@ -84,7 +98,7 @@ def cluster(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, late
 
 
 def cluster_gmvae(n_clusters=10, steps=4000, pretrain_steps=None, batch_size=100, latent_dim=10, w_dim=10,
-                  hidden_sizes=(500, 500, 1000), prior_hidden=500, learning_rate=2e-3, c_marginal=20.0,
+                  hidden_sizes=LARGE_NET, prior_hidden=500, learning_rate=2e-3, c_marginal=20.0,
                   cv_weight=0.4, likelihood="auto", sigma=0.1, pin=1.0, restarts=1, checkpoint_every=None,
                   name="cluster_gmvae"):
     """The `cluster` recipe with GMVAE as the model (gmvc.GMVAE(), configs/cluster_gmvae.py): the

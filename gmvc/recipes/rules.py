@@ -4,6 +4,10 @@ config.json, so a resumed run and its predictions read the same values):
 - a phase's `"augment": "auto"`: images ([H, W, C] samples) are shifted by up to max(1, H / 14)
   pixels (2 for 28 x 28), points are not augmented;
 - a batch size above the number of samples N is cut to N;
+- with model.small_below > 0, data of fewer than that many values (N x the sample's size) use
+  the network widths model.small_hidden_sizes in place of model.hidden_sizes: a small data set
+  gets a network it can fit quickly (the `cluster` recipe: (128, 128, 256) below 1,000,000
+  values, that is mnist5k's 5,000 x 784 keeps (500, 500, 1000), a 2,000 x 16 x 16 set does not);
 - an init_prior phase's `"features"` (the comparison with a full GMM on the features) is turned
   off for images ([H, W, C] samples): pixel coordinates are no space in which image classes are
   Gaussian, nor one whose nearest neighbours judge a partition;
@@ -19,6 +23,8 @@ config.json, so a resumed run and its predictions read the same values):
 No rule reads a data set's name or its labels.
 """
 
+
+import math
 
 FIT_ROWS = 100_000
 
@@ -40,6 +46,7 @@ def fit_to_data(config, n, sample_shape):
         c.train.batch_size = n
         changed.setdefault(f"batch size cut to N = {n}", []).append("train")
     _steps_by_epochs(c, n, changed)
+    _small_network(c, n * math.prod(sample_shape), changed)
     k = int(c.model.num_clusters)
     phases = c.phases.to_dict()
     for name, spec in phases.items():
@@ -85,6 +92,19 @@ def _steps_by_epochs(c, n, changed):
     changed.setdefault(f"train.steps {t.steps} cut to max({t.min_steps}, {t.epochs} epochs x N / "
                        f"{t.batch_size}) = {steps}", []).append("train")
     t.steps = steps
+
+
+def _small_network(c, values, changed):
+    """model.hidden_sizes from model.small_hidden_sizes below model.small_below values."""
+    m = c.model
+    widths = tuple(m.small_hidden_sizes)
+    if not (_whole(m.small_below) and m.small_below > 0 and widths and all(_whole(w) and w > 0 for w in widths)) \
+            or values >= m.small_below:
+        return                                          # off, or a bad value that validate names
+    if widths != tuple(m.hidden_sizes):
+        changed.setdefault(f"hidden sizes {tuple(m.hidden_sizes)} -> {widths} (N x sample size = {values:,} values "
+                           f"< {m.small_below:,})", []).append("model")
+        m.hidden_sizes = widths
 
 
 def _whole(v):

@@ -17,7 +17,7 @@ ENV = "GMVC_COMPILATION_CACHE"
 DEFAULT_DIR = "~/.cache/gmvc/jax"
 OFF = ("", "0", "off", "false", "no", "none")
 MAX_BYTES = 2 * 1024**3          # least recently used entries go beyond this
-MIN_COMPILE_SECONDS = 0.5        # programs that compile faster are not worth a file
+MIN_COMPILE_SECONDS = 0.0        # every program (a fit compiles ~50 small ones: 2-3 s a fit uncached)
 
 
 def enable_compilation_cache():
