@@ -245,18 +245,19 @@ def test_pull_leaves_a_table_for_the_train_phase_after_it():
     assert neighbour_k(build_phases(c), names.index("main")) == 4
 
 
-def _uneven_blobs():
-    """Three Gaussian blobs of 600, 300 and 100 points in 2-D, touching."""
+def _uneven_blobs(gap=3.6):
+    """Three Gaussian blobs of 600, 300 and 100 points in 2-D, touching, `gap` between the first two."""
     rng = np.random.default_rng(0)
-    sizes, means = [600, 300, 100], np.array([[0.0, 0.0], [3.2, 0.0], [1.6, 2.6]])
+    sizes, means = [600, 300, 100], np.array([[0.0, 0.0], [gap, 0.0], [gap / 2, gap * 0.8]])
     x = np.concatenate([rng.normal(m, 1.0, (n, 2)) for m, n in zip(means, sizes)]).astype(np.float32)
     return x, np.repeat(np.arange(3), sizes)
 
 
 def test_the_features_partition_is_kept_where_it_cuts_fewer_links():
     """An init_prior phase with features: the merged partition against a full GMM on the
-    features, by the share of the features' 3-NN links each cuts. On uneven blobs a balanced
-    partition cuts through the big blob and the GMM's is kept, its groups and prior following
+    features, by the share of the features' 3-NN links each cuts (the GMM's replaces the other only
+    below 0.8 of its share). On uneven blobs a balanced partition cuts through the big blob and
+    the GMM's is kept, its groups and prior following
     the blobs' sizes; a later keep_current phase keeps it without a fit. On two moons the GMM
     cuts both moons across and the merged partition is kept."""
     from sklearn.datasets import make_moons
@@ -287,6 +288,15 @@ def test_the_features_partition_is_kept_where_it_cuts_fewer_links():
     again = phases.init_prior(refit, new, x, jax.random.key(1), table, echo=lambda m, **k: said.append(m),
                               groups=phases.groups)
     assert said == ["phase 'fit2': kept the features' partition (no refit)"]
+    # Closer blobs: the GMM cuts about the share the merged partition cuts (0.0230 against
+    # 0.0237), no evidence either way, and the merged partition is kept.
+    near, _ = _uneven_blobs(gap=3.2)
+    close = EmbeddingPhases(model, 1, 128, [fit])
+    close.pins = True
+    said.clear()
+    close.init_prior(fit, params, near, jax.random.key(0), np.asarray(knn_table(jnp.asarray(near), 3))[None],
+                     echo=lambda m, **k: said.append(m))
+    assert said[0].startswith("phase 'fit': kept the merged partition") and "replaces below 0.8 x" in said[0], said
     _assert_trees_equal(again["prior"], new["prior"])
     np.testing.assert_array_equal(phases.groups[0], groups)
     # A keep_current phase compares the partition it keeps (here a balanced one, by thirds of x,

@@ -13,8 +13,8 @@ from gmvc.core.batching import make_embed, make_predict
 from gmvc.core.mixture_init import (cluster_counts, fit_diag_gmm, fit_diag_gmm_merged, fit_diag_gmm_smoothed,
                                     mean_log_likelihood, moments, partition_modularity)
 from gmvc.core.neighbours import DESCENT_ABOVE, agreement, knn_descent, knn_table
-from gmvc.training.feature_partition import (FEATURE_NEIGHBOURS, FEATURE_ROWS, cut_share, full_gmm_partition,
-                                             reduce_features)
+from gmvc.training.feature_partition import (FEATURE_MARGIN, FEATURE_NEIGHBOURS, FEATURE_ROWS, cut_share,
+                                             full_gmm_partition, reduce_features)
 from gmvc.training.phases import program_key, uses_groups
 
 
@@ -107,21 +107,23 @@ class EmbeddingPhases:
         cuts fewer links of the features' graph. The features' partition is a full-covariance GMM
         of spec["features"] fits on x reduced to at most 10 principal components
         (feature_partition); the graph, each sample's 3 nearest neighbours in those features. The
-        partition that cuts the smaller share of the graph's links is kept (a tie keeps
-        `partition`); with the features' partition the prior is fitted to its groups on the
-        embeddings z (group g is component g). Above FEATURE_ROWS samples nothing is compared."""
+        features' partition replaces `partition` only if it cuts below FEATURE_MARGIN (0.8) of
+        the share of the graph's links that `partition` cuts (a near tie is no evidence: it keeps
+        `partition`); the prior is then fitted to its groups on the embeddings z (group g is
+        component g). Above FEATURE_ROWS samples nothing is compared."""
         if len(x) > FEATURE_ROWS:
             return prior, partition
         k = self.model.num_clusters
         feature_groups, table = self.feature_partition(x, phase.spec["features"])
         cut_own, cut_features = cut_share(partition, table), cut_share(feature_groups, table)
-        replace = cut_features < cut_own
+        replace = cut_features < FEATURE_MARGIN * cut_own
         if echo:
             sizes = [sorted(np.bincount(g, minlength=k).tolist(), reverse=True) for g in (partition, feature_groups)]
             choice = "the features' GMM partition replaces" if replace else "kept"
             echo(f"phase {phase.name!r}{note}: {choice} the {what} partition "
                  f"(share of the features' {FEATURE_NEIGHBOURS}-NN links cut: {what} {cut_own:.4f} {sizes[0]}, "
-                 f"features' full GMM {cut_features:.4f} {sizes[1]})", flush=True)
+                 f"features' full GMM {cut_features:.4f} {sizes[1]}; it replaces below {FEATURE_MARGIN:g} x "
+                 f"{cut_own:.4f})", flush=True)
         if not replace:
             return prior, partition
         return jax.device_get(prior_of_groups(z, feature_groups, k)), feature_groups

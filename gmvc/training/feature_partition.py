@@ -10,6 +10,7 @@ from gmvc.core.inputs import host_values
 FEATURE_DIMS = 10          # the features are reduced to at most this many principal components
 FEATURE_ROWS = 100_000     # above this many samples no feature partition is made
 FEATURE_NEIGHBOURS = 3     # the graph the partitions are compared on: each sample's 3 nearest neighbours
+FEATURE_MARGIN = 0.8       # the features' partition replaces another only if it cuts below 0.8 of its share
 
 
 def reduce_features(x, dims=FEATURE_DIMS):
