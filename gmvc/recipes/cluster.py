@@ -24,9 +24,10 @@ def cluster(n_clusters=10, steps="auto", pretrain_steps=None, batch_size=100, la
        highest modularity on the neighbour graph is kept (it assumes no cluster sizes). Unless
        the samples are images, that partition is compared with a full-covariance GMM's on the
        data's own features (5 fits, on at most 10 principal components; up to 100,000
-       samples): the one that cuts the smaller share of the links of the features'
-       3-nearest-neighbour graph is kept (the graph's partition where the groups follow the
-       graph; the GMM's where a balanced graph partition cuts through a big cluster). The prior
+       samples): the GMM's replaces it only if it cuts below 0.8 of its share of the links of
+       the features' 3-nearest-neighbour graph (the graph's partition where the groups follow
+       the graph or the two are near a tie; the GMM's where a balanced graph partition cuts
+       through a big cluster). The prior
        is fitted to the groups (component g to group g), and each group's 3 anchors are its
        members nearest the group's mean;
     4. VaDE for half the remaining steps with three more terms: `pin` (weight `pin`), each
