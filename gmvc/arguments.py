@@ -114,10 +114,12 @@ ESTIMATOR = {"config": _optional(_one_of(str, os.PathLike, dict, ml_collections.
                                          text="None, a recipe's name, a dict, a ConfigDict or a config file's path")),
              "overrides": _overrides, **COMMON}
 VADE = {"n_clusters": int_at_least(1), "latent_dim": int_at_least(1), "hidden_sizes": _hidden_sizes_or_auto,
-        "likelihood": _likelihood, "steps": _auto_or(int_at_least(1), "steps that follow the data's size"), "pretrain_steps": _optional(int_at_least(0)),
+        "likelihood": _likelihood, "steps": _auto_or(int_at_least(1), "steps that follow the data's size"),
+        "pretrain_steps": _optional(int_at_least(0)),
         "batch_size": int_at_least(1), "learning_rate": _number_above(0, inclusive=False),
         "c_marginal": _number_above(0, inclusive=True), "restarts": int_at_least(1), **COMMON}
-GMVAE = {**VADE, "hidden_sizes": _hidden_sizes, "steps": int_at_least(1), "w_dim": int_at_least(1), "cv_weight": _number_above(0, inclusive=True)}
+GMVAE = {**VADE, "hidden_sizes": _hidden_sizes, "steps": int_at_least(1), "w_dim": int_at_least(1),
+         "cv_weight": _number_above(0, inclusive=True)}
 
 
 def check_arguments(est, table):

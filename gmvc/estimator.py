@@ -278,10 +278,11 @@ class VaDE(GMVCEstimator):
     the likelihood ("auto") are chosen from its values (gmvc/data/prepare.py): values in [0, 1]
     as they are, whole numbers (pixel values 0-16, 0-255) divided by their largest, both read as
     Bernoulli; real features standardized and read as Gaussian. hidden_sizes "auto": 500-500-1000
-    for data of 1,000,000 values (N x the sample's size) or more, 128-128-256 below. c_marginal holds the batch's
-    cluster usage to the mixture's own weights (the sizes of the partition kept); 0 turns it off. `steps` scales
-    every phase ("auto": 100 epochs, at least 2,000 and at most 4,000 steps); pretrain_steps None is 3/8 of them. The recipe of earlier versions (one GMM
-    fit, 3 restarts) is gmvc.recipes.vade()."""
+    for data of 1,000,000 values (N x the sample's size) or more, 128-128-256 below. c_marginal
+    holds the batch's cluster usage to the mixture's own weights (the sizes of the partition
+    kept); 0 turns it off. `steps` scales every phase ("auto": 100 epochs, at least 2,000 and at
+    most 4,000 steps); pretrain_steps None is 3/8 of them. The recipe of earlier versions (one
+    GMM fit, 3 restarts) is gmvc.recipes.vade()."""
 
     _ARGUMENTS = arguments.VADE
 

@@ -7,7 +7,7 @@ config.json, so a resumed run and its predictions read the same values):
 - with model.small_below > 0, data of fewer than that many values (N x the sample's size) use
   the network widths model.small_hidden_sizes in place of model.hidden_sizes: a small data set
   gets a network it can fit quickly (the `cluster` recipe: (128, 128, 256) below 1,000,000
-  values, that is mnist5k's 5,000 x 784 keeps (500, 500, 1000), a 2,000 x 16 x 16 set does not);
+  values: 5,000 images of 28 x 28 keep (500, 500, 1000), 2,000 of 16 x 16 do not);
 - an init_prior phase's `"features"` (the comparison with a full GMM on the features) is turned
   off for images ([H, W, C] samples): pixel coordinates are no space in which image classes are
   Gaussian, nor one whose nearest neighbours judge a partition;
@@ -22,8 +22,6 @@ config.json, so a resumed run and its predictions read the same values):
 
 No rule reads a data set's name or its labels.
 """
-
-
 import math
 
 FIT_ROWS = 100_000
