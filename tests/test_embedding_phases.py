@@ -257,9 +257,9 @@ def test_the_features_partition_is_kept_where_it_cuts_fewer_links():
     """An init_prior phase with features: the merged partition against a full GMM on the
     features, by the share of the features' 3-NN links each cuts (the GMM's replaces the other only
     below 0.8 of its share). On uneven blobs a balanced partition cuts through the big blob and
-    the GMM's is kept, its groups and prior following
-    the blobs' sizes; a later keep_current phase keeps it without a fit. On two moons the GMM
-    cuts both moons across and the merged partition is kept."""
+    the GMM's is kept, its groups and prior following the blobs' sizes; a later keep_current
+    phase keeps it without a fit. On closer blobs the two are near a tie and the merged partition
+    is kept. On two moons the GMM cuts both moons across and the merged partition is kept."""
     from sklearn.datasets import make_moons
     from gmvc.training.feature_partition import cut_share
     from gmvc.core.neighbours import knn_table

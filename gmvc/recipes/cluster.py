@@ -27,9 +27,8 @@ def cluster(n_clusters=10, steps="auto", pretrain_steps=None, batch_size=100, la
        samples): the GMM's replaces it only if it cuts below 0.8 of its share of the links of
        the features' 3-nearest-neighbour graph (the graph's partition where the groups follow
        the graph or the two are near a tie; the GMM's where a balanced graph partition cuts
-       through a big cluster). The prior
-       is fitted to the groups (component g to group g), and each group's 3 anchors are its
-       members nearest the group's mean;
+       through a big cluster). The prior is fitted to the groups (component g to group g),
+       and each group's 3 anchors are its members nearest the group's mean;
     4. VaDE for half the remaining steps with three more terms: `pin` (weight `pin`), each
        sample's cross-entropy to its group's component, which holds the groups apart whatever
        their shape; `neighbours` (20) on each sample's anchors; `c_marginal` (20), the batch's
