@@ -6,7 +6,7 @@
 
 Prints one JSON object on stdout (and to --out if given); progress goes to stderr.
 
-What is timed is what `python -m gmvc.main` runs: training.runner.PhaseRunner builds the objective, the
+What is timed is what `python -m gmvc.main` runs: gmvc.training.program.Program builds the objective, the
 optax optimizer and the step exactly as a run does, and its compiled chunk (`train.log_every`
 steps in one lax.scan on device: batch selection by the epoch permutation, per-sample noise
 keys, forward, backward, Adam update) is called on a device-resident synthetic data set.
@@ -61,8 +61,8 @@ from gmvc.training import parallel  # noqa: E402
 from gmvc import recipes  # noqa: E402
 from gmvc.models import make_model  # noqa: E402
 from gmvc.training.phases import build_phases  # noqa: E402
-from gmvc.training.state import create_state, init_params  # noqa: E402
-from gmvc.training.runner import PhaseRunner  # noqa: E402
+from gmvc.training.state import Tables, create_state, init_params  # noqa: E402
+from gmvc.training.program import Program  # noqa: E402
 from gmvc.data import Dataset  # noqa: E402
 from gmvc.validate import validate  # noqa: E402
 
@@ -196,14 +196,15 @@ def bench_step(model_name, config, x, reps):
     model = make_model(config.model, x.shape[1:])
     phase = build_phases(config)[0]
     layout = parallel.make_layout(config.parallel)
-    runner = PhaseRunner(config, model, phase, len(x), layout)
+    runner = Program(config, model, phase, len(x), layout)
     params = init_params(model.init, jax.random.key(config.seed), config.train.restarts)
     state = parallel.put_state(layout, create_state(params, runner.tx))
+    tables = Tables()
     x_dev = parallel.put_data(layout, x)
     rng = jax.random.key(1)
 
     t0 = time.perf_counter()
-    lowered = runner.run_chunk.lower(state, x_dev, rng, runner.bounds)
+    lowered = runner.chunk.lower(state, tables, x_dev, rng, runner.bounds)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -211,12 +212,12 @@ def bench_step(model_name, config, x, reps):
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
 
-    state, metrics = compiled(state, x_dev, rng, runner.bounds)            # warm-up: first call, page-in
+    state, metrics = compiled(state, tables, x_dev, rng, runner.bounds)            # warm-up: first call, page-in
     jax.block_until_ready(state)
     times = []
     for _ in range(reps):
         t = time.perf_counter()
-        state, metrics = compiled(state, x_dev, rng, runner.bounds)
+        state, metrics = compiled(state, tables, x_dev, rng, runner.bounds)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - t)
     loss = float(np.mean(jax.device_get(metrics["loss"])))

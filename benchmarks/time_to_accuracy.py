@@ -51,7 +51,8 @@ from gmvc.models import make_model  # noqa: E402
 from gmvc.training.context import model_inputs  # noqa: E402
 from gmvc.training.embedding_phases import EmbeddingPhases  # noqa: E402
 from gmvc.training.phases import build_phases  # noqa: E402
-from gmvc.training.runner import PhaseRunner  # noqa: E402
+from gmvc.training import parallel  # noqa: E402
+from gmvc.training.program import Program  # noqa: E402
 from quality import load_config  # noqa: E402  (benchmarks/quality.py, beside this script)
 
 DEFAULTS = (("configs/vade_digits.py", 0.80), ("configs/vade_mnist5k.py", 0.70))
@@ -97,7 +98,8 @@ class Watcher:
         t = time.perf_counter()
         scored_by = scored_by or phase
         if scored_by.name not in self._runners:
-            self._runners[scored_by.name] = PhaseRunner(self.config, self.model, scored_by, len(self.data.x))
+            self._runners[scored_by.name] = Program(self.config, self.model, scored_by, len(self.data.x),
+                                                    parallel.make_layout(self.config.parallel))
         chosen, _ = choose_restart(self.config, self._runners[scored_by.name], self.model, params,
                                              self.inputs)
         out = self.predict(chosen, self.inputs)

@@ -62,7 +62,7 @@ def base_config():
     c.train.checkpoint_every = 2500    # rounded up to a multiple of log_every
     c.train.max_checkpoints = 3
     c.train.phases = ()                # names of config.phases in order; () = one phase of train.steps
-    c.train.loop = "auto"              # scan | host | auto (host for conv networks; see gmvc/training/runner.py)
+    c.train.loop = "auto"              # scan | host | auto (host for conv networks; see gmvc/training/program.py)
     c.train.compile_ahead = "auto"     # on | off | auto: compile later phases in a background thread
                                        # (gmvc/training/warmup.py); auto = off on a CPU, on elsewhere
     c.train.restarts = 1               # independent inits trained together; one is kept, chosen by:

@@ -111,7 +111,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
             raise
         if not self.workdir:           # the run's folder goes with the estimator (save() keeps a copy)
             weakref.finalize(self, shutil.rmtree, str(workdir), True)
-        self._set_trained(load_trained(workdir))          # its config.json: data.scaling and "auto" as chosen
+        self._set_trained(summary.trained)          # its config: data.scaling and "auto" as chosen
         self.n_iter_ = int(summary["steps"])
         self.labels_ = self.predict(X) if self.model_.num_clusters else None
         if not bar:

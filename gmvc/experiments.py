@@ -14,6 +14,7 @@ through it, and train many variants of one objective in one compiled program.
   weight), so R runs with different weights are one program, compiled once.
 """
 import copy
+import functools
 import numbers
 import os
 import tempfile
@@ -32,8 +33,7 @@ from gmvc.errors import ConfigError
 from gmvc.core.mixture_init import fit_diag_gmm
 from gmvc.objectives import make_objective
 from gmvc.core.schedules import make_schedule
-from gmvc.training.runner import chunks
-from gmvc.training.state import make_optimizer
+from gmvc.training.state import Tables, TrainState, make_optimizer
 
 SCHEDULE_STEP_KEYS = ("warmup_steps", "ramp_steps", "hold_steps", "decay_steps")
 
@@ -219,19 +219,19 @@ def make_sweep_objective(model, weights, term_options, term):
     return loss_fn
 
 
-def make_sweep_step(loss_fn, tx, runs):
-    """The train step of `runs` runs of make_sweep_objective's loss_fn, vmapped over their [R] axis
-    of (params, opt_state, weight, seed): steps.make_restarts_step of steps.make_train_step, on a
-    state {"step": [], "params": [R, ...], "opt_state": [R, ...], "hyper": [R] weights,
-    "noise_ids": [R] seeds} (init_sweep's). The step counter and the batch are shared; run r's
-    noise is folded in from its seed, so runs with one seed draw the same noise and differ only
-    in the weight."""
-    return steps.make_restarts_step(steps.make_train_step(loss_fn, tx), runs)
+def make_sweep_step(loss_fn, tx, weight, seed):
+    """The train step of the runs of make_sweep_objective's loss_fn, vmapped over their [R] axis of
+    (params, opt_state, weight, seed): steps.make_restarts_step of steps.make_train_step on a
+    TrainState of [R, ...] params and opt_state (init_sweep's), `weight` [R] the loss's argument and
+    `seed` [R] the runs' noise. The step counter and the batch are shared; run r's noise is folded
+    in from its seed, so runs with one seed draw the same noise and differ only in the weight."""
+    return steps.make_restarts_step(steps.make_train_step(loss_fn, tx), len(weight), sweep=(weight, seed))
 
 
 def init_sweep(model, tx, rng, weights, seeds):
-    """The state of len(weights) x len(seeds) runs, weight-major (run i: weights[i // S], seeds[i %
-    S]). A run's parameters come from fold_in(rng, seed): runs that share a seed start equal."""
+    """(TrainState, weight [R], seed [R]) of len(weights) x len(seeds) runs, weight-major (run i:
+    weights[i // S], seeds[i % S]). A run's parameters come from fold_in(rng, seed): runs that
+    share a seed start equal."""
     weight = jnp.repeat(jnp.asarray(weights, jnp.float32), len(seeds))               # [R]
     seed = jnp.tile(jnp.asarray(seeds, jnp.int32), len(weights))                     # [R]
 
@@ -241,8 +241,7 @@ def init_sweep(model, tx, rng, weights, seeds):
         return params, jax.vmap(tx.init)(params)
 
     params, opt_state = init(rng, seed)
-    return {"step": jnp.asarray(0, jnp.int32), "params": params, "opt_state": opt_state, "hyper": weight,
-            "noise_ids": seed}
+    return TrainState(jnp.asarray(0, jnp.int32), params, opt_state), weight, seed
 
 
 class Sweep(NamedTuple):
@@ -258,30 +257,30 @@ class Sweep(NamedTuple):
 def train_sweep(config, model, x, term, grid, rng, echo=print):
     """Train the runs of `grid` = (weights, seeds), len(weights) x len(seeds) of them, of `config`
     (one train phase: config.objective, config.optim, config.train.steps / batch_size / log_every)
-    whose only difference is the weight of `term` (and the seed): the training loop
-    (runner.chunks) over one jitted lax.scan chunk of the vmapped step, traced and compiled once,
-    with every run reading the same batches. A run that turns non-finite does not stop the
-    others: its history shows NaN."""
+    whose only difference is the weight of `term` (and the seed): a loop over one jitted lax.scan
+    chunk of the vmapped step, traced and compiled once, with every run reading the same batches.
+    A run that turns non-finite does not stop the others: its history shows NaN."""
     if config.train.phases:
         raise ConfigError(f"sweep: one train phase only; this config has phases {list(config.train.phases)}")
     t, (weights, seeds) = config.train, grid
     tx = make_optimizer(config.optim)
-    sweep_step = make_sweep_step(make_sweep_objective(model, config.objective, config.terms, term), tx,
-                                 len(weights) * len(seeds))
+    init_rng, train_rng = jax.random.split(rng)
+    state, weight, seed = init_sweep(model, tx, init_rng, weights, seeds)
+    sweep_step = make_sweep_step(make_sweep_objective(model, config.objective, config.terms, term), tx, weight, seed)
     chunk = steps.make_train_chunk(sweep_step, num_examples=len(x), batch_size=t.batch_size, chunk_len=t.log_every)
     traces = []
 
-    def counted(state, x, rng, bounds):
+    @functools.partial(jax.jit, donate_argnums=0)
+    def run_chunk(state, x, rng, bounds):
         traces.append(1)
-        return chunk(state, x, rng, bounds)
+        return chunk(state, Tables(), x, rng, bounds)
 
-    init_rng, train_rng = jax.random.split(rng)
-    state = init_sweep(model, tx, init_rng, weights, seeds)
-    args = (jax.device_put(np.asarray(stored(x))), train_rng, np.asarray([0, t.steps], np.int32))
+    x_device, bounds = jax.device_put(np.asarray(stored(x))), np.asarray([0, t.steps], np.int32)
     history, ends, t0 = [], [], time.time()
     every = max(1, -(-t.steps // t.log_every) // 8)                 # about eight progress lines
-    for i, (state, chunk_metrics, end) in enumerate(chunks(jax.jit(counted, donate_argnums=0), state, args, 0,
-                                                           t.steps, t.log_every)):
+    for i, start in enumerate(range(0, t.steps, t.log_every)):
+        state, chunk_metrics = run_chunk(state, x_device, train_rng, bounds)
+        end = min(start + t.log_every, t.steps)
         history.append(jax.device_get(chunk_metrics))
         ends.append(end)
         if (i + 1) % every == 0 or end == t.steps:
@@ -289,7 +288,7 @@ def train_sweep(config, model, x, term, grid, rng, echo=print):
             echo(f"step {end}/{t.steps} ({time.time() - t0:.0f} s): loss over the {len(loss)} runs min "
                  f"{np.min(loss):.3f} median {np.median(loss):.3f} max {np.max(loss):.3f}", flush=True)
     stacked = {k: np.stack([h[k] for h in history]) for k in history[0]}
-    return Sweep(jax.device_get(state["params"]), np.asarray(state["hyper"]), np.asarray(state["noise_ids"]), stacked,
+    return Sweep(jax.device_get(state.params), np.asarray(weight), np.asarray(seed), stacked,
                  np.asarray(ends), len(traces), round(time.time() - t0, 2))
 
 

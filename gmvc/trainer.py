@@ -6,6 +6,7 @@ results.json. With several processes (jax.distributed), every process trains its
 saves checkpoints together; only process 0 writes logs, events, predictions, plots and results.
 """
 import contextlib
+import math
 import pathlib
 import sys
 import time
@@ -24,10 +25,10 @@ from gmvc.run import export
 from gmvc.run import workdir as workdir_lib
 from gmvc.run.checkpoint import Checkpointer
 from gmvc.run.progress import Progress, attended
-from gmvc.run.restore import check_run_exists, load_trained, read_results, restore_state
+from gmvc.run.restore import Restored, check_run_exists, load_trained, read_results, restore_state
 from gmvc.training import context, interrupt, parallel
 from gmvc.training.phases import fit_reads_table, neighbour_k, resume_index, uses_groups, uses_neighbours
-from gmvc.training.state import create_state, init_params
+from gmvc.training.state import Tables, create_state, init_params, make_tables
 from gmvc.training.warmup import start_warmup
 from gmvc.errors import CheckpointError, Interrupted, TrainingError
 from gmvc.validate import validate
@@ -38,14 +39,23 @@ class Position(NamedTuple):
     step: int
     params: dict            # [R, ...]
     opt_state: object       # the resumed phase's optimizer state, else None
-    table: object           # the neighbour table [R, N, k], or None
+    tables: Tables          # the per-sample tables the phases so far made (host arrays)
     resume_at: int          # index of the phase a checkpoint resumes, or -1 for a new run
-    groups: object = None   # each sample's group [R, N] for the `pin` term, or None
+
+
+class Outcome(dict):
+    """What train_and_evaluate returns: the summary written to results.json (this dict), and
+    `trained`, the trained model as gmvc.run.restore.load_trained would give it (config, model,
+    the chosen restart's parameters, step, scaling), so nothing needs reading back."""
+
+    def __init__(self, summary, trained):
+        super().__init__(summary)
+        self.trained = trained
 
 
 def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=True, bar=None):
     """Train (or resume) the run in `workdir` through its phases, then evaluate; returns the
-    summary written to results.json. `data`: a Dataset to train on instead of config.data's
+    Outcome: the summary written to results.json, with the trained model as `.trained`. `data`: a Dataset to train on instead of config.data's
     source (the estimators' arrays); `write_outputs=False` skips predictions.csv, the plots and
     the TensorBoard images. With train.validation_fraction > 0 that share of the data does not
     train (gmvc/eval/monitor.py); every output still covers all the samples. `bar`: draw a
@@ -77,14 +87,18 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
 def _train(config, workdir, inputs, echo, write_outputs, bar):
     main_process = jax.process_index() == 0
     data, scaling, notes = inputs          # notes: how the run reads its data, one line each
+
+    # ------------------------------------------------------------------ data, model and programs
+    # The model, the phases, each train phase's compiled chunk of steps and the training inputs
+    # placed for the layout (gmvc/training/context.py, gmvc/training/program.py).
     ctx = context.build(config, data)
+    for note in notes + ([f"input: {ctx.stream_note}"] if ctx.stream_note else []):
+        echo(note, flush=True)
+
+    # ------------------------------------------------------------------ checkpoints
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
     step = ckpt.latest_valid_step(echo)
     resume_at = resume_index(ctx.phases, step) if step else -1          # a checkpoint past the phases: an error
-    for note in notes:
-        echo(note, flush=True)
-    if ctx.stream_note:
-        echo(f"input: {ctx.stream_note}", flush=True)
     params_like = jax.eval_shape(lambda r: init_params(ctx.model.init, r, config.train.restarts), ctx.rngs["init"])
     with contextlib.ExitStack() as cleanup:
         # The phases compile in a background thread from here on, while the parameters initialise.
@@ -95,6 +109,10 @@ def _train(config, workdir, inputs, echo, write_outputs, bar):
             export.write_json(workdir / "config.json", config_lib.to_dict(config))
             if scaling.kind != "none":
                 prepare.save(scaling, workdir)
+
+        # -------------------------------------------------------------- evaluators
+        # The progress line and metrics.jsonl, TensorBoard events, and the validation split
+        # with early stopping (gmvc/eval/monitor.py).
         progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo, write=main_process,
                             bar=sys.stdout if bar else None)
         cleanup.callback(progress.close)
@@ -103,6 +121,8 @@ def _train(config, workdir, inputs, echo, write_outputs, bar):
                                                                       images=write_outputs)))
         watch = cleanup.enter_context(contextlib.closing(monitor.Monitor(ctx, events, workdir, main_process, echo)))
         watch.resume(step)
+
+        # -------------------------------------------------------------- the phases
         t_train = time.time()
         try:
             position = run_phases(ctx, position, (ckpt, progress, watch), warm, echo)
@@ -110,20 +130,25 @@ def _train(config, workdir, inputs, echo, write_outputs, bar):
             raise TrainingError(f"{e}. {_likely_causes(config, data.x)}") from None
         train_seconds = time.time() - t_train
         ckpt.close()
+
+        # -------------------------------------------------------------- final evaluation
         warm.ready("finish")
         params = watch.final_params(position.params, workdir)          # the best step's under early stopping
-        summary = finish(ctx, params, position.step, (workdir, main_process and write_outputs),
-                         (events, watch), echo)
+        summary, chosen = finish(ctx, params, position.step, (workdir, main_process and write_outputs),
+                                 (events, watch), echo)
     summary.update({"steps": position.step, "data_shape": list(data.x.shape[1:]),
                     "input": {"scaling": scaling.kind, "why": scaling.reason, "likelihood": config.model.likelihood},
                     "train_seconds": _train_seconds(workdir, train_seconds, trained=position.step > step),
-                    "compiles": sum(r.trace_count for r in ctx.runners.values() if r.owner is r),
+                    "compiles": sum(p.trace_count for p in ctx.programs.values() if p.owner is p),
                     "parallel": {"mode": ctx.layout.mode, "devices": ctx.layout.n,
                                  "processes": jax.process_count()}})
     if main_process:
         export.write_json(workdir / "results.json", summary)
     echo(f"results: {workdir / 'results.json'}", flush=True)
-    return summary
+    best = summary.get("early_stopping", {}).get("best_step")
+    trained = Restored(config, ctx.model, chosen, best or position.step, tuple(data.x.shape[1:]), workdir,
+                       summary["chosen_restart"], scaling)
+    return Outcome(summary, trained)
 
 
 def start(ctx, ckpt, step, resume_at, workdir, echo):
@@ -136,17 +161,17 @@ def start(ctx, ckpt, step, resume_at, workdir, echo):
         clusters = f"; {k} clusters (model.num_clusters)" if k else ""
         echo(f"Starting a new run in {workdir} ({len(ctx.data.x)} samples from {ctx.data.name!r}{clusters}{split}"
              f"{_layout_note(ctx.layout)})", flush=True)
-        return Position(0, params, None, None, -1)
+        return Position(0, params, None, Tables(), -1)
     phase = ctx.phases[resume_at]
-    like_table = (np.zeros((config.train.restarts, len(ctx.x_train), neighbour_k(ctx.phases, resume_at)), np.int32)
-                  if uses_neighbours(phase.spec) else None)
-    like_groups = np.zeros((config.train.restarts, len(ctx.x_train)), np.int32) if uses_groups(phase.spec) else None
-    like = create_state(params, ctx.runners[phase.name].tx, neighbours=like_table, groups=like_groups)
-    restored = restore_state(ckpt, step, ctx.layout, like)
+    restarts, n = config.train.restarts, len(ctx.x_train)
+    tables_like = Tables(
+        np.zeros((restarts, n, neighbour_k(ctx.phases, resume_at)), np.int32) if uses_neighbours(phase.spec) else None,
+        np.zeros((restarts, n), np.int32) if uses_groups(phase.spec) else None).to_dict()
+    like = create_state(params, ctx.programs[phase.name].tx)._asdict()
+    state, tables = restore_state(ckpt, step, ctx.layout, like, tables_like)
     echo(f"Resuming from checkpoint {ckpt.path(step)} (step {step} of {config.train.steps}, "
          f"phase {phase.name!r})", flush=True)
-    return Position(step, restored["params"], restored["opt_state"], restored.get("neighbours"), resume_at,
-                    restored.get("groups"))
+    return Position(step, state["params"], state["opt_state"], Tables(**tables), resume_at)
 
 
 def run_phases(ctx, position, logs, warm, echo):
@@ -164,21 +189,21 @@ def run_phases(ctx, position, logs, warm, echo):
             raise Interrupted(f"interrupted before phase {phase.name!r}: the same command resumes the run from its "
                               f"checkpoint of step {position.step}")
         warm.ready(phase.name)
+        tables = position.tables
         if phase.kind == "init_prior":
             rng = jax.random.fold_in(ctx.rngs["prior"], i)
-            table = position.table if fit_reads_table(phase.spec) else None
-            params = ctx.embedding.init_prior(phase, position.params, ctx.x_train, rng, table, echo,
-                                                     position.groups)
+            table = tables.neighbours if fit_reads_table(phase.spec) else None
+            params = ctx.embedding.init_prior(phase, position.params, ctx.x_train, rng, table, echo, tables.groups)
             if not phase.spec["keep_current"]:     # otherwise init_prior said which prior it kept
                 echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings "
                      f"({phase.spec['method']})", flush=True)
-            position = position._replace(params=params, groups=ctx.embedding.groups)
+            tables = tables._replace(groups=ctx.embedding.groups)
             if phase.spec["pull"]:
-                table = ctx.embedding.pull_table(ctx.y_train, echo, phase.name)
-                position = position._replace(table=table)
+                tables = tables._replace(neighbours=ctx.embedding.pull_table(ctx.y_train, echo, phase.name))
+            position = position._replace(params=params, tables=tables)
         elif phase.kind == "neighbours":
             table = ctx.embedding.neighbours(phase, position.params, ctx.x_train, ctx.y_train, echo)
-            position = position._replace(table=table)
+            position = position._replace(tables=tables._replace(neighbours=table))
         else:
             if not preloading:
                 export.preload()        # once the first train phase's program is ready
@@ -188,20 +213,60 @@ def run_phases(ctx, position, logs, warm, echo):
 
 
 def train_phase(ctx, index, position, logs):
-    """One train phase from `position` (its own checkpoint when it is the resumed phase)."""
-    phase = ctx.phases[index]
-    runner = ctx.runners[phase.name]
-    table = position.table if uses_neighbours(phase.spec) else None
-    groups = position.groups if uses_groups(phase.spec) else None
-    if index == position.resume_at:
-        state = create_state(position.params, runner.tx, position.step, opt_state=position.opt_state,
-                             neighbours=table, groups=groups)
-    else:
-        state = create_state(position.params, runner.tx, position.step, neighbours=table, init_opt=runner.init_opt,
-                             groups=groups)
-    state = runner.run(parallel.put_state(ctx.layout, state), ctx.x_device, ctx.rngs["train"], *logs)
-    state = parallel.get_state(ctx.layout, state)              # one host copy between phases
-    return position._replace(step=int(state["step"]), params=state["params"], opt_state=state["opt_state"])
+    """One train phase from `position` (from its own checkpoint when it is the resumed phase): the
+    loop over chunks of train.log_every steps, with the progress line, validation and early
+    stopping, and a checkpoint every train.checkpoint_every steps, at the phase's end and on
+    Ctrl-C. `logs`: (checkpointer, progress, monitor)."""
+    (ckpt, progress, watch), t, layout = logs, ctx.config.train, ctx.layout
+    phase, program = ctx.phases[index], ctx.programs[ctx.phases[index].name]
+    first_of_run = lambda a: a if layout.mode != "pmap" else jax.tree.map(lambda x: x[0], a)   # pmap: device 0's
+
+    # ---- the state, the tables and the batches this phase reads
+    resumed = index == position.resume_at
+    state = create_state(position.params, program.tx, position.step, opt_state=position.opt_state if resumed else None,
+                         init_opt=program.init_opt)
+    tables = make_tables(position.tables.neighbours if uses_neighbours(phase.spec) else None,
+                         position.tables.groups if uses_groups(phase.spec) else None)
+    state, tables = parallel.put_state(layout, state), parallel.put_state(layout, tables)
+    rng = ctx.rngs["train"]
+    batches = program.batches(ctx.x_device, position.tables, rng, position.step)
+    ckpt_every = math.ceil(t.checkpoint_every / t.log_every) * t.log_every
+
+    # ---- the loop: one compiled chunk of steps, then the log step
+    step = position.step
+    try:
+        while step < phase.end:
+            state, chunk_metrics = program.chunk(state, tables, batches.feed(step), rng, program.bounds)
+            step = min(step + t.log_every, phase.end)
+            per_restart = parallel.metrics_to_host(layout, chunk_metrics)   # each [R]
+            check_finite(step, per_restart)
+            values = {k: float(np.mean(v)) for k, v in per_restart.items()}
+            if t.restarts > 1:
+                values["loss_per_restart"] = [round(float(v), 5) for v in per_restart["loss"]]
+            params = first_of_run(state.params)
+            stop = watch.validate(step, phase, params, values)
+            values["steps_per_sec"] = progress(step, values, phase.name)
+            watch.write_events(step, params, values)
+            halt = interrupt.requested()
+            if stop or halt or (step - phase.start) % ckpt_every == 0 or step == phase.end:
+                watch.before_checkpoint(step)
+                ckpt.save(step, first_of_run(state)._asdict(), first_of_run(tables).to_dict(), {"phase": phase.name})
+            if halt:
+                raise Interrupted(f"interrupted at step {step}: its checkpoint is in {ckpt.path(step)}; the same "
+                                  f"command resumes the run from there")
+            if stop:
+                break
+    finally:
+        batches.close()
+    state = parallel.get_state(layout, state)              # one host copy between phases
+    return position._replace(step=int(state.step), params=state.params, opt_state=state.opt_state)
+
+
+def check_finite(step, per_restart):
+    bad = {k: np.asarray(v).tolist() for k, v in per_restart.items() if not np.isfinite(v).all()}
+    if bad:
+        raise TrainingError(f"non-finite values at step {step} in term(s) {sorted(bad)} (values per restart: "
+                            f"{bad}); no checkpoint was written for this chunk")
 
 
 def finish(ctx, stacked, step, where, watchers, echo):
@@ -209,7 +274,7 @@ def finish(ctx, stacked, step, where, watchers, echo):
     `where`: (workdir, whether this process writes the files); `watchers`: (events, monitor)."""
     (workdir, write), (events, watch) = where, watchers
     config, model = ctx.config, ctx.model
-    params, choice = choose_restart(config, ctx.runners[ctx.last_phase], model, stacked, ctx.inputs)
+    params, choice = choose_restart(config, ctx.programs[ctx.last_phase], model, stacked, ctx.inputs)
     if config.train.restarts > 1:
         echo(describe_choice(choice, config.train.restarts), flush=True)
     out = clustering.predict_all(model, params, ctx.inputs, config.eval.batch_size)
@@ -232,7 +297,7 @@ def finish(ctx, stacked, step, where, watchers, echo):
     events.scalars(step, {k: float(summary[k]) for k in clustering.SCORES if k in summary}, "eval")
     if "validation" in summary:
         events.scalars(step, {"val_elbo": summary["validation"]["elbo"]}, "eval")
-    return summary
+    return summary, params
 
 
 class Run(NamedTuple):

@@ -16,6 +16,7 @@ from gmvc.models import make_model
 from gmvc.core.neighbours import agreement, draw, knn_descent, knn_table
 from gmvc.objectives import make_batch, make_objective
 from gmvc.objectives.terms import make_neighbours
+from gmvc.training.state import Tables, TrainState
 from gmvc.training.steps import assemble_batch, make_restarts_step, select_batch
 from gmvc.run.restore import restore_stacked
 from gmvc.trainer import train_and_evaluate
@@ -59,7 +60,7 @@ def _vade(k=K_NBR, phases=("pretrain", "knn", "gmm_init", "main")):
 def _checkpoint(workdir, step):
     ckpt = Checkpointer(workdir / "checkpoints")
     try:
-        return jax.tree.map(np.asarray, ckpt._manager.restore(step))
+        return jax.tree.map(np.asarray, ckpt.read(step))
     finally:
         ckpt.close()
 
@@ -117,27 +118,28 @@ def test_each_restart_trains_on_draws_from_its_own_table():
     tables = np.stack([knn_table(_points(40, seed=s), K_NBR) for s in (3, 4)])     # [R, N, k]
     idx = jnp.arange(8, 16)
     keys = jax.random.split(jax.random.key(5), 8)
-    state = {"step": jnp.int32(0), "params": jnp.zeros((2, 8, 1)), "opt_state": jnp.zeros(2), "neighbours": tables}
-    batch, local_keys = assemble_batch(state, x, idx, keys, select_batch)
+    state, held = TrainState(jnp.int32(0), jnp.zeros((2, 8, 1)), jnp.zeros(2)), Tables(neighbours=tables)
+    batch, local_keys = assemble_batch(held, x, idx, keys, select_batch)
     np.testing.assert_array_equal(batch["data"], x[8:16])
     assert local_keys is keys
     for r in range(2):
         np.testing.assert_array_equal(batch["neighbours"][r], x[draw(tables[r], idx, keys)])
     # a "train step" whose new parameters are the neighbours it was given
-    record = lambda s, b, rng, start=0, measure=True: ({**s, "params": b["neighbours"]}, {"loss": jnp.float32(0.0)})
+    record = lambda s, b, rng, start=0, measure=True, hyper=(): (s._replace(params=b["neighbours"]),
+                                                                  {"loss": jnp.float32(0.0)})
     new, _ = make_restarts_step(record, 2)(state, batch, keys)
-    np.testing.assert_array_equal(new["params"], batch["neighbours"])
-    assert int(new["step"]) == 1 and new["neighbours"] is tables
+    np.testing.assert_array_equal(new.params, batch["neighbours"])
+    assert int(new.step) == 1
     assert (np.asarray(batch["neighbours"][0]) != np.asarray(batch["neighbours"][1])).any()
     # one batch per restart (make_train_chunk's `restarts`): rows [R, B] and their own neighbours
     own_idx = jnp.stack([idx, idx + 16])
-    own, own_keys = assemble_batch(state, x, own_idx, keys, select_batch)
+    own, own_keys = assemble_batch(held, x, own_idx, keys, select_batch)
     np.testing.assert_array_equal(own["data"], x[np.asarray(own_idx)])
     assert own_keys is keys
     for r in range(2):
         np.testing.assert_array_equal(own["neighbours"][r], x[draw(tables[r], own_idx[r], keys)])
     new, _ = make_restarts_step(record, 2, own_batches=True)(state, own, keys)
-    np.testing.assert_array_equal(new["params"], own["neighbours"])
+    np.testing.assert_array_equal(new.params, own["neighbours"])
 
 
 # -- the term ---------------------------------------------------------------------------------
@@ -272,7 +274,7 @@ def test_run_carries_the_table_and_logs_the_term(straight):
         assert agreement(final["neighbours"][r], data.y) > 0.4        # 10 classes: chance is ~0.1
     assert (final["neighbours"][0] != final["neighbours"][1]).mean() > 0.1   # restarts keep their own
     stacked, step, phase = restore_stacked(c, workdir, model)      # the table's shape from the metadata
-    assert (step, phase.name) == (80, "main")
+    assert (step, phase) == (80, "main")
     assert_trees_equal(stacked, final["params"])
 
 

@@ -102,7 +102,7 @@ def test_sweep_run_is_the_single_run_with_that_weight(fast_compiles):
     from gmvc.data import load_dataset
     from gmvc.models import make_model
     from gmvc.objectives import make_objective
-    from gmvc.training.state import make_optimizer
+    from gmvc.training.state import Tables, TrainState, make_optimizer
 
     config = experiments.override(
         experiments.scale_steps(gmvae_spiral(), 0.002),
@@ -110,18 +110,18 @@ def test_sweep_run_is_the_single_run_with_that_weight(fast_compiles):
     data = load_dataset(config.data, config.seed)
     model, tx = make_model(config.model, data.x.shape[1:]), make_optimizer(config.optim)
     weights, init_rng, train_rng = [0.5, 2.0], *jax.random.split(jax.random.key(0))
-    state = experiments.init_sweep(model, tx, init_rng, weights, [0])
+    state, weight, seed = experiments.init_sweep(model, tx, init_rng, weights, [0])
     chunk = lambda step: jax.jit(steps.make_train_chunk(step, num_examples=len(data.x), batch_size=config.train.batch_size,
                                                         chunk_len=config.train.steps, total_steps=config.train.steps))
     sweep_step = experiments.make_sweep_step(experiments.make_sweep_objective(model, config.objective, config.terms, "cv"),
-                                             tx, len(weights))
-    swept = chunk(sweep_step)(state, data.x, train_rng)[0]["params"]
+                                             tx, weight, seed)
+    swept = chunk(sweep_step)(state, Tables(), data.x, train_rng)[0].params
     r, w = 1, weights[1]
     objective = {**config.objective.to_dict(), "cv": {**config.objective.cv.to_dict(), "value": w}}
     single = steps.make_restarts_step(steps.make_train_step(make_objective(model, objective, config.terms), tx), 1)
-    params = jax.tree.map(lambda a: a[r:r + 1], state["params"])
-    ref = chunk(single)({"step": jnp.int32(0), "params": params, "opt_state": jax.vmap(tx.init)(params)},
-                        data.x, train_rng)[0]["params"]
+    params = jax.tree.map(lambda a: a[r:r + 1], state.params)
+    ref = chunk(single)(TrainState(jnp.int32(0), params, jax.vmap(tx.init)(params)), Tables(), data.x,
+                        train_rng)[0].params
     flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(tree))])
     run_r, other, start = flat(jax.tree.map(lambda a: a[r], swept)), flat(jax.tree.map(lambda a: a[0], swept)), flat(params)
     assert np.abs(run_r - start).max() > 1e-2                     # it trained

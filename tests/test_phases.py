@@ -124,7 +124,7 @@ def test_phases_through_the_training_loop(tmp_path):
     ckpt = Checkpointer(tmp_path / "run" / "checkpoints")
     try:
         assert ckpt._manager.all_steps() == [20, 21]
-        after_pretrain, final = (ckpt._manager.restore(s)["params"] for s in (20, 21))
+        after_pretrain, final = (ckpt.read(s)["params"] for s in (20, 21))
     finally:
         ckpt.close()
     # Pretraining: the net moved, the prior is bit-identical to its initialisation.

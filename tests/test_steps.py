@@ -8,7 +8,7 @@ import pytest
 from gmvc.models import make_model
 from gmvc.objectives import make_batch, make_objective
 from gmvc.training import steps
-from gmvc.training.state import make_optimizer
+from gmvc.training.state import Tables, TrainState, make_optimizer
 from helpers_vade import _assert_trees_equal, _max_abs_diff, _uniform_data, _vade_config
 
 pytestmark = pytest.mark.usefixtures("fast_compiles_module")
@@ -18,7 +18,7 @@ def _train_few_steps(params, tx, loss_fn, x, n=5, batch=50):
     train_step = steps.make_train_step(loss_fn, tx)
 
     def run(params, x):
-        state = {"step": jnp.asarray(0, jnp.int32), "params": params, "opt_state": tx.init(params)}
+        state = TrainState(jnp.asarray(0, jnp.int32), params, tx.init(params))
 
         def body(state, i):
             batch_x = jax.lax.dynamic_slice_in_dim(x, (i % (len(x) // batch)) * batch, batch)
@@ -29,7 +29,7 @@ def _train_few_steps(params, tx, loss_fn, x, n=5, batch=50):
 
     state, aux = jax.jit(run)(params, jnp.asarray(x))
     assert np.all(np.isfinite(np.asarray(aux["loss"])))
-    return state["params"], aux
+    return state.params, aux
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +74,12 @@ def test_lifted_step_trains_as_the_vmapped_step(tiny_vade):
             auxes.append(aux)
         runs[name] = (s, auxes)
     (a, aux_a), (b, aux_b) = runs["vmapped"], runs["lifted"]
-    assert int(b["step"]) == 4
-    assert _max_abs_diff(b["params"], params) > 1e-4                # it trained
-    for u, v in zip(jax.tree.leaves((a["params"], a["opt_state"])), jax.tree.leaves((b["params"], b["opt_state"]))):
+    assert int(b.step) == 4
+    assert _max_abs_diff(b.params, params) > 1e-4                # it trained
+    for u, v in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
         assert u.shape == v.shape and u.dtype == v.dtype
         np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=2e-4, atol=2e-6)
-    counts = [np.asarray(c) for c in jax.tree.leaves(b["opt_state"]) if c.dtype == jnp.int32]
+    counts = [np.asarray(c) for c in jax.tree.leaves(b.opt_state) if c.dtype == jnp.int32]
     assert counts and all(np.array_equal(c, [4]) for c in counts)
     for p, q in zip(aux_a, aux_b):
         assert q["loss"].shape == q["grad_norm"].shape == (1,)
@@ -100,14 +100,14 @@ def test_chunk_measures_the_gradient_norm_of_its_last_step(tiny_vade):
     one = jax.jit(steps.make_indexed_step(step_fn, num_examples=len(x), batch_size=40))
     s, auxes = s0, []
     for _ in range(5):
-        s, aux = one(s, x, rng, bounds)
+        s, aux = one(s, Tables(), x, rng, bounds)
         auxes.append(aux)
     norms = [float(a["grad_norm"][0]) for a in auxes]
     assert len(set(norms)) == 5 and min(norms) > 0
     chunk = jax.jit(steps.make_train_chunk(step_fn, num_examples=len(x), batch_size=40, chunk_len=3))
-    s, first = chunk(s0, x, rng, bounds)                # steps 0, 1, 2
-    s, second = chunk(s, x, rng, bounds)                # steps 3, 4 (the third is past the end)
-    assert int(s["step"]) == 5
+    s, first = chunk(s0, Tables(), x, rng, bounds)                # steps 0, 1, 2
+    s, second = chunk(s, Tables(), x, rng, bounds)                # steps 3, 4 (the third is past the end)
+    assert int(s.step) == 5
     for metrics, active in ((first, range(0, 3)), (second, range(3, 5))):
         np.testing.assert_allclose(float(metrics["grad_norm"][0]), norms[active[-1]], rtol=1e-4)
         np.testing.assert_allclose(float(metrics["loss"][0]), np.mean([float(auxes[i]["loss"][0]) for i in active]),

@@ -7,6 +7,7 @@ import pytest
 
 from gmvc.run.checkpoint import Checkpointer
 from gmvc.errors import CheckpointError, ConfigError, RunError, TrainingError
+from gmvc.training.state import Tables, TrainState
 from gmvc.trainer import train_and_evaluate
 
 quiet = dict(echo=lambda *a, **k: None)
@@ -15,7 +16,7 @@ quiet = dict(echo=lambda *a, **k: None)
 def final_params(workdir, step):
     ckpt = Checkpointer(workdir / "checkpoints")
     try:
-        restored = ckpt._manager.restore(step)
+        restored = ckpt.read(step)
     finally:
         ckpt.close()
     return restored["params"]
@@ -51,7 +52,7 @@ def test_steps_not_multiple_of_log_every(spiral_config, tmp_path):
     assert out["steps"] == 120 and out["compiles"] == 1
     ckpt = Checkpointer(tmp_path / "checkpoints")
     assert ckpt.latest_step() == 120
-    state = ckpt._manager.restore(120)
+    state = ckpt.read(120)
     ckpt.close()
     assert int(state["step"]) == 120
 
@@ -141,11 +142,11 @@ def test_incompatible_checkpoint_is_reported_and_kept(spiral_config, tmp_path, m
     from gmvc.run.checkpoint import Checkpointer, _leaf_shapes
     train_and_evaluate(spiral_config, tmp_path, **quiet)
     ckpt = Checkpointer(tmp_path / "checkpoints")
-    saved = _leaf_shapes(ckpt._manager.item_metadata(200).tree)
+    saved = _leaf_shapes(ckpt._manager.item_metadata(200)["state"].tree)
     ckpt.close()
     seen, check = [], Checkpointer._check_metadata
-    monkeypatch.setattr(Checkpointer, "_check_metadata", lambda self, step, like: (seen.append(like),
-                                                                                   check(self, step, like))[1])
+    monkeypatch.setattr(Checkpointer, "_check_metadata", lambda self, step, like, item: (
+        item == "state" and seen.append(like), check(self, step, like, item))[1])
     train_and_evaluate(spiral_config, tmp_path, **quiet)          # resumes at its last step: the same model
     assert len(seen) == 1 and _leaf_shapes(seen[0]) == saved and len(saved) > 10
     spiral_config.model.hidden_sizes = (37,)
@@ -243,15 +244,15 @@ def test_chunk_reads_the_phase_bounds_as_values():
     traces = []
 
     def fake_step(state, batch, keys, start=0, measure=True):
-        return {**state, "step": state["step"] + 1}, {"relative_step": (state["step"] - start).astype(jnp.float32)}
+        return state._replace(step=state.step + 1), {"relative_step": (state.step - start).astype(jnp.float32)}
 
     chunk = steps.make_train_chunk(fake_step, num_examples=40, batch_size=10, chunk_len=8)
-    run = jax.jit(lambda s, x, r, b: (traces.append(1), chunk(s, x, r, b))[1])
+    run = jax.jit(lambda s, x, r, b: (traces.append(1), chunk(s, Tables(), x, r, b))[1])
     x, rng = jnp.zeros((40, 3)), jax.random.key(0)
-    state, m = run({"step": jnp.asarray(10, jnp.int32)}, x, rng, np.asarray([10, 15], np.int32))
-    assert int(state["step"]) == 15 and float(m["relative_step"]) == 2.0     # steps 10..14 -> 0..4
-    state, m = run({"step": jnp.asarray(15, jnp.int32)}, x, rng, np.asarray([12, 30], np.int32))
-    assert int(state["step"]) == 23 and float(m["relative_step"]) == 6.5     # steps 15..22 -> 3..10
+    state, m = run(TrainState(jnp.asarray(10, jnp.int32), {}, ()), x, rng, np.asarray([10, 15], np.int32))
+    assert int(state.step) == 15 and float(m["relative_step"]) == 2.0     # steps 10..14 -> 0..4
+    state, m = run(TrainState(jnp.asarray(15, jnp.int32), {}, ()), x, rng, np.asarray([12, 30], np.int32))
+    assert int(state.step) == 23 and float(m["relative_step"]) == 6.5     # steps 15..22 -> 3..10
     assert len(traces) == 1
 
 
@@ -265,17 +266,17 @@ def test_each_restart_reads_its_own_data_order():
     x = jnp.arange(40, dtype=jnp.float32)[:, None]               # row i holds i
     rng = jax.random.key(3)
 
-    def record(state, batch, keys, start=0, measure=True):    # the "params" become the batch's rows
-        return {**state, "step": state["step"] + 1, "params": batch["data"][:, 0]}, {"loss": jnp.float32(0.0)}
+    def record(state, batch, keys, start=0, measure=True, hyper=()):    # the "params" become the batch's rows
+        return TrainState(state.step + 1, batch["data"][:, 0], state.opt_state), {"loss": jnp.float32(0.0)}
 
     def epoch_rows(restarts):
         step = steps.make_restarts_step(record, 3, own_batches=restarts is not None)
         one = jax.jit(steps.make_indexed_step(step, num_examples=40, batch_size=10, restarts=restarts))
-        state = {"step": jnp.int32(0), "params": jnp.zeros((3, 10)), "opt_state": jnp.zeros(3)}
+        state = TrainState(jnp.int32(0), jnp.zeros((3, 10)), jnp.zeros(3))
         rows = []
         for _ in range(4):                                    # one epoch: 4 batches of 10
-            state, _ = one(state, x, rng, np.asarray([0, 4], np.int32))
-            rows.append(np.asarray(state["params"]))
+            state, _ = one(state, Tables(), x, rng, np.asarray([0, 4], np.int32))
+            rows.append(np.asarray(state.params))
         return np.concatenate(rows, axis=1)                   # [3 restarts, 40 rows]
 
     shared, own = epoch_rows(None), epoch_rows(3)
@@ -288,14 +289,14 @@ def test_each_restart_reads_its_own_data_order():
     step = steps.make_restarts_step(record, 3, own_batches=True)
     chunk = jax.jit(steps.make_train_chunk(step, num_examples=40, batch_size=10, chunk_len=1, total_steps=10,
                                            restarts=3))
-    state, _ = chunk({"step": jnp.int32(3), "params": jnp.zeros((3, 10)), "opt_state": jnp.zeros(3)}, x, rng)
-    np.testing.assert_array_equal(np.asarray(state["params"]), own[:, 30:])
+    state, _ = chunk(TrainState(jnp.int32(3), jnp.zeros((3, 10)), jnp.zeros(3)), Tables(), x, rng)
+    np.testing.assert_array_equal(np.asarray(state.params), own[:, 30:])
 
 
 def test_phases_differing_only_in_steps_share_one_program(tmp_path, monkeypatch):
     """main and main2 (same spec, other steps) run one compiled chunk, and train as two programs
     would: the same parameters and logged losses."""
-    from gmvc.training import runner
+    from gmvc.training import program
 
     def two_mains():
         c = _small_phased_config()
@@ -306,7 +307,7 @@ def test_phases_differing_only_in_steps_share_one_program(tmp_path, monkeypatch)
 
     shared = train_and_evaluate(two_mains(), tmp_path / "shared", **quiet)
     assert shared["compiles"] == 2                       # pretrain's chunk and the mains' one
-    monkeypatch.setattr(runner, "program_key", lambda spec: json.dumps(spec, sort_keys=True, default=repr))
+    monkeypatch.setattr(program, "program_key", lambda spec: json.dumps(spec, sort_keys=True, default=repr))
     apart = train_and_evaluate(two_mains(), tmp_path / "apart", **quiet)
     assert apart["compiles"] == 3
     assert_trees_equal(final_params(tmp_path / "shared", 80), final_params(tmp_path / "apart", 80))

@@ -8,16 +8,16 @@ from gmvc.training.embedding_phases import partition_imbalance as sizes_imbalanc
 RESTART_CHOICES = ("objective", "balance")
 
 
-def choose_restart(config, runner, model, stacked_params, x):
+def choose_restart(config, program, model, stacked_params, x):
     """(one restart's params, {"chosen_restart", "restart_objective", ...}): the lowest objective
-    of the last train phase (`runner`, a training.runner.PhaseRunner) on the whole data, or with
+    of the last train phase (`program`, a gmvc.training.program.Program) on the whole data, or with
     train.restart_choice="balance" (data with roughly balanced classes) the most even partition:
     each sample in its most likely cluster, the KL of the cluster sizes from the uniform
     (partition_imbalance). The partition, not the mean of q(c | x): a restart whose q(c | x) is
     uniform for every sample has a perfectly even soft usage and all its samples in one cluster."""
     restarts = config.train.restarts
     unstack = lambda r: jax.tree.map(lambda a: a[r], stacked_params)
-    losses = [runner.full_loss(unstack(r), x, runner.score_step) for r in range(restarts)]
+    losses = [program.full_loss(unstack(r), x, program.score_step) for r in range(restarts)]
     info = {"restart_objective": [round(v, 5) for v in losses]}
     scores = losses
     if config.train.restart_choice == "balance" and model.num_clusters:

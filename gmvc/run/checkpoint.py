@@ -1,5 +1,8 @@
-"""The one file that talks to orbax. Checkpoints are written synchronously, so a step that is
-listed is complete; a run killed mid-save leaves only a temporary folder that orbax ignores.
+"""The one file that talks to orbax. A checkpoint holds up to three items: "state" (step,
+params, opt_state), "tables" (the per-sample step inputs: neighbours, groups) and "meta" (JSON:
+the phase it was written in). Parameters restore alone, without an optimizer or the tables
+(restore_params). Checkpoints are written synchronously, so a step that is listed is complete;
+a run killed mid-save leaves only a temporary folder that orbax ignores.
 Each checkpoint also gets a list of its files' SHA-256 sums (CHECKSUMS), checked before it is
 read: a changed byte is reported by file, and a run resumes from its newest intact checkpoint."""
 import hashlib
@@ -21,8 +24,9 @@ class Checkpointer:
         try:
             # The handler named up front: a manager opened on existing checkpoints otherwise
             # knows it only after a save or restore, and item_metadata returns None.
-            self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                                  item_handlers=ocp.StandardCheckpointHandler())
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+                "state": ocp.PyTreeCheckpointHandler(), "tables": ocp.PyTreeCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler()})
         except Exception as e:
             raise CheckpointError(f"checkpoint folder {self.directory} could not be opened: {e}") from None
 
@@ -32,11 +36,18 @@ class Checkpointer:
     def path(self, step):
         return self.directory / str(step)
 
-    def save(self, step, state):
-        """Write checkpoint `step`; a failure (a full disk, a read-only folder) is one line naming
-        the path and the cause, and the earlier checkpoints stay as they were."""
+    def save(self, step, state, tables=None, meta=None):
+        """Write checkpoint `step`: `state` a dict (a TrainState's fields, or only "params"),
+        `tables` a dict of per-sample arrays, `meta` a JSON-able dict. A failure (a full disk, a
+        read-only folder) is one line naming the path and the cause, and the earlier checkpoints
+        stay as they were."""
+        items = {"state": ocp.args.PyTreeSave(dict(state))}
+        if tables:
+            items["tables"] = ocp.args.PyTreeSave(dict(tables))
+        if meta is not None:
+            items["meta"] = ocp.args.JsonSave(meta)
         try:
-            self._manager.save(int(step), args=ocp.args.StandardSave(state))
+            self._manager.save(int(step), args=ocp.args.Composite(**items))
             self._manager.wait_until_finished()
             if jax.process_index() == 0:
                 sums = {str(f.relative_to(self.path(step))): _sha256(f) for f in _files(self.path(step))}
@@ -87,39 +98,78 @@ class Checkpointer:
         return 0
 
     def saved_shape(self, step, key):
-        """Shape of the top-level array `key` in checkpoint `step`, or None if it holds none."""
+        """Shape of the table `key` ("neighbours", "groups") in checkpoint `step`, or None."""
+        tree = self._metadata(step).get("tables") or {}
+        return tuple(tree[key].shape) if key in tree else None
+
+    def _metadata(self, step):
+        """{item: its tree of array metadata} of checkpoint `step` (items it does not hold: None)."""
         try:
-            tree = self._manager.item_metadata(int(step)).tree
-            return tuple(tree[key].shape) if key in tree else None
+            meta = self._manager.item_metadata(int(step))
+            return {k: getattr(meta.get(k), "tree", None) for k in ("state", "tables")}
         except Exception as e:
             raise CheckpointError(f"checkpoint {self.path(step)} could not be read (corrupt?): "
                                   f"{type(e).__name__}: {str(e)[:300]}. It was left in place.") from None
 
-    def restore(self, step, like):
-        """Restore checkpoint `step` into the structure, shapes and dtypes of `like`.
-        A corrupt or incompatible checkpoint is reported by path and left where it is."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    def restore(self, step, like, tables_like=None):
+        """(state, tables) of checkpoint `step` in the structure, shapes and dtypes of `like` (a
+        dict of the state's fields, or a part of them: {"params": ...} restores the parameters
+        alone) and `tables_like` (a dict, or None: not read). A corrupt or incompatible checkpoint
+        is reported by path and left where it is."""
         problem = self.verify(step)
         if problem:
             raise CheckpointError(f"checkpoint {self.path(step)} is corrupt: {problem}; it was left in place")
-        self._check_metadata(step, like)
+        like, tables_like = dict(like), dict(tables_like or {})
+        self._check_metadata(step, like, "state")
+        self._check_metadata(step, tables_like, "tables")
+        items = {"state": _restore_args(like, partial=True)}
+        if tables_like:
+            items["tables"] = _restore_args(tables_like, partial=False)
         try:
-            restored = self._manager.restore(int(step), args=ocp.args.StandardRestore(abstract))
+            restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
         except Exception as e:
             raise CheckpointError(
                 f"checkpoint {self.path(step)} could not be restored (corrupt, or written by a run with a "
                 f"different model/config): {type(e).__name__}: {str(e)[:500]}. It was left in place; "
                 f"use another --workdir to start afresh.") from None
-        _check_same_shapes(restored, like, self.path(step))
-        return restored
+        state, tables = restored["state"], restored["tables"] if tables_like else {}
+        _check_same_shapes((state, tables), (like, tables_like), self.path(step))
+        return state, tables
 
-    def _check_metadata(self, step, like):
-        """Compare the shapes the checkpoint's metadata lists with `like`'s before reading any
-        array: a checkpoint of another model is reported without starting a restore that fails
-        part way (orbax then leaves its other reads unawaited). Leaves only one side names are
-        left to the restore to judge."""
+    def restore_params(self, step, params_like):
+        """The parameters of checkpoint `step` alone (no optimizer, no tables), shaped like
+        `params_like`."""
+        return self.restore(step, {"params": params_like})[0]["params"]
+
+    def meta(self, step):
+        """Checkpoint `step`'s "meta" item ({} where it has none)."""
         try:
-            saved = _leaf_shapes(self._manager.item_metadata(int(step)).tree)
+            return dict(self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                        or {})
+        except Exception:
+            return {}
+
+    def phase(self, step):
+        """The name of the phase checkpoint `step` was written in, or None."""
+        return self.meta(step).get("phase")
+
+    def read(self, step):
+        """Everything checkpoint `step` holds, as saved: {"step", "params", "opt_state", and its
+        tables by name} (arrays as numpy)."""
+        try:
+            restored = self._manager.restore(int(step))
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {self.path(step)} could not be read: {type(e).__name__}: "
+                                  f"{str(e)[:300]}") from None
+        return {**restored["state"], **(restored.get("tables") or {})}
+
+    def _check_metadata(self, step, like, item):
+        """Compare the shapes the checkpoint's metadata lists for `item` with `like`'s before
+        reading any array: a checkpoint of another model is reported without starting a restore
+        that fails part way (orbax then leaves its other reads unawaited). Leaves only one side
+        names are left to the restore to judge."""
+        try:
+            saved = _leaf_shapes(self._manager.item_metadata(int(step))[item].tree)
         except Exception:
             return                  # the restore reports an unreadable checkpoint
         wanted = _leaf_shapes(like)
@@ -172,6 +222,19 @@ def _leaf_shapes(tree):
     """{path of names: shape} of a pytree's array leaves (a metadata tree's too)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda a: hasattr(a, "shape"))[0]
     return {tuple(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
+
+
+def _restore_args(like, partial):
+    """The PyTreeRestore of an item shaped like `like` (partial: the leaves `like` names only)."""
+    def leaf(a):
+        a = ocp.utils.to_shape_dtype_struct(a)
+        if getattr(a, "sharding", None) is None:          # host arrays: read onto this process's first device
+            a = jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+        return a
+
+    abstract = jax.tree.map(leaf, like)
+    return ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                  partial_restore=partial)
 
 
 def _check_same_shapes(restored, like, path):

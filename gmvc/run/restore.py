@@ -7,7 +7,6 @@ import pathlib
 from typing import NamedTuple
 
 import jax
-import numpy as np
 
 from gmvc import config as config_lib
 from gmvc.data import prepare
@@ -15,8 +14,7 @@ from gmvc.errors import CheckpointError
 from gmvc.models import make_model
 from gmvc.run.checkpoint import Checkpointer
 from gmvc.training import parallel
-from gmvc.training.phases import build_phases, resume_index, uses_groups, uses_neighbours
-from gmvc.training.state import create_state, init_params, make_optimizer
+from gmvc.training.state import init_params
 
 EARLY_STOPPING_FILE = "early_stopping.json"
 BEST_DIR = "best_checkpoint"
@@ -108,43 +106,45 @@ def check_run_exists(workdir):
 
 
 def restore_stacked(config, workdir, model):
-    """(params of every restart [R, ...], step, phase) from the latest checkpoint of the run in
-    `workdir`, or under early stopping (train.patience > 0) from its best step's parameters."""
+    """(params of every restart [R, ...], step, the phase's name) from the latest checkpoint of
+    the run in `workdir`, or under early stopping (train.patience > 0) from its best step's
+    parameters."""
     return _restore(config, workdir, model)[:3]
 
 
 def _restore(config, workdir, model):
-    """restore_stacked's, and the latest checkpoint's step."""
+    """restore_stacked's, and the latest checkpoint's step. Reads the parameters alone: no
+    optimizer, phases or tables are built."""
     config.lock()
     check_run_exists(workdir)
     checkpoints = pathlib.Path(workdir) / "checkpoints"
-    phases = build_phases(config)
     ckpt = Checkpointer(checkpoints, config.train.max_checkpoints)
     try:
         latest = step = ckpt.latest_step()
         if not step:
             raise CheckpointError(f"no checkpoint in {checkpoints} (train the run first)")
-        like_params = init_params(model.init, jax.random.key(0), config.train.restarts)
+        like_params = params_like(model, config.train.restarts)
         record = read_record(workdir, step) if config.train.patience > 0 else None
         if record and record["best_step"]:
             step = record["best_step"]
-            return restore_best(workdir, step, like_params), step, phases[resume_index(phases, step)], latest
-        phase = phases[resume_index(phases, step)]
-        tx = make_optimizer(config.optim, phase.spec["trainable"], phase.spec.get("lr"))
-        table_shape = ckpt.saved_shape(step, "neighbours") if uses_neighbours(phase.spec) else None
-        groups_shape = ckpt.saved_shape(step, "groups") if uses_groups(phase.spec) else None
-        like = create_state(like_params, tx, neighbours=None if table_shape is None else np.zeros(table_shape, np.int32),
-                            groups=None if groups_shape is None else np.zeros(groups_shape, np.int32))
-        stacked = jax.tree.map(parallel.to_host, ckpt.restore(step, like)["params"])
+            return restore_best(workdir, step, like_params), step, ckpt.phase(latest), latest
+        stacked = jax.tree.map(parallel.to_host, ckpt.restore_params(step, like_params))
+        return stacked, step, ckpt.phase(step), latest
     finally:
         ckpt.close()
-    return stacked, step, phase, latest
 
 
-def restore_state(ckpt, step, layout, like):
-    """Checkpoint `step` (written by any number of devices) as host arrays shaped like `like`;
-    the caller places it for its own layout."""
-    restored = ckpt.restore(step, parallel.put_state(layout, like) if layout.mode == "shard_map" else like)
+def params_like(model, restarts):
+    """The shapes and dtypes of a run's [R, ...] parameters (nothing is initialised)."""
+    return jax.eval_shape(lambda: init_params(model.init, jax.random.key(0), restarts))
+
+
+def restore_state(ckpt, step, layout, like, tables_like):
+    """(state, tables) of checkpoint `step` (written by any number of devices) as host arrays shaped
+    like the dicts `like` and `tables_like`; the caller places them for its own layout."""
+    if layout.mode == "shard_map":
+        like, tables_like = parallel.put_state(layout, (like, tables_like))
+    restored = ckpt.restore(step, like, tables_like)
     return jax.tree.map(parallel.to_host, restored)
 
 
@@ -152,7 +152,7 @@ def restore_best(workdir, best_step, like_params):
     """The parameters (every restart) early stopping saved at `best_step`, as host arrays."""
     ckpt = Checkpointer(pathlib.Path(workdir) / BEST_DIR, max_to_keep=2)
     try:
-        restored = ckpt.restore(best_step, {"params": like_params})["params"]
+        restored = ckpt.restore_params(best_step, like_params)
     finally:
         ckpt.close()
     return jax.tree.map(parallel.to_host, restored)

@@ -11,7 +11,7 @@ from gmvc.models import make_model
 from gmvc.training import parallel, stream
 from gmvc.training.embedding_phases import EmbeddingPhases
 from gmvc.training.phases import build_phases
-from gmvc.training.runner import make_runners, uses_host_loop
+from gmvc.training.program import make_programs, uses_host_loop
 
 
 class RunContext(NamedTuple):
@@ -20,7 +20,7 @@ class RunContext(NamedTuple):
     model: object
     phases: list
     layout: parallel.Layout
-    runners: dict                # train phase name -> PhaseRunner
+    programs: dict               # train phase name -> Program (gmvc/training/program.py)
     embedding: EmbeddingPhases   # the init_prior and neighbours phases
     inputs: object               # what the model reads, every sample (an array or {"x", "y"})
     split: Optional[tuple]       # (train rows, validation rows), or None
@@ -61,7 +61,7 @@ def build(config, data):
     streamed, note = stream.decide(config.parallel, nbytes, layout, uses_host_loop(config))
     init, train, sample, prior = jax.random.split(jax.random.key(config.seed), 4)
     return RunContext(config, data, model, phases, layout,
-                      make_runners(config, model, phases, num_train, layout, streamed=streamed),
+                      make_programs(config, model, phases, num_train, layout, streamed=streamed),
                       EmbeddingPhases(model, config.train.restarts, config.eval.batch_size, phases), inputs, split,
                       train_inputs if streamed else parallel.put_data(layout, train_inputs),
                       {"init": init, "train": train, "sample": sample, "prior": prior}, note, streamed)

@@ -171,20 +171,20 @@ def to_host(a):
     return np.asarray(a)
 
 
-def wrap_chunk(layout, chunk, donate=True):
-    """Compile chunk(state, x, rng, bounds) -> (state, metrics) for the layout (`bounds`, the
-    phase's (start, end), is replicated like the key). For shard_map and pmap, `chunk` is the
-    per-device body (its step pmeans over AXIS and selects with select_local_batch)."""
+def wrap_chunk(layout, chunk, feed_spec=P(AXIS), donate=True):
+    """Compile chunk(state, tables, feed, rng, bounds) -> (state, metrics) for the layout: the
+    state and the tables replicated, the feed (the data's rows, or a streamed chunk's batches)
+    split by `feed_spec`, the key and the phase's (start, end) replicated. For shard_map and
+    pmap, `chunk` is the per-device body (its step pmeans over AXIS)."""
     donate_argnums = (0,) if donate else ()
     if layout.mode == "single":
         return jax.jit(chunk, donate_argnums=donate_argnums)
     if layout.mode == "shard_map":
-        body = jax.shard_map(chunk, mesh=layout.mesh, in_specs=(P(), P(AXIS), P(), P()), out_specs=(P(), P()),
-                             check_vma=False)   # pmap semantics: the body pmeans its own gradients
+        body = jax.shard_map(chunk, mesh=layout.mesh, in_specs=(P(), P(), feed_spec, P(), P()),
+                             out_specs=(P(), P()), check_vma=False)   # pmap semantics: the body pmeans its own gradients
         return jax.jit(body, donate_argnums=donate_argnums)
-    mapped = jax.pmap(lambda s, x, r, b: chunk(s, x, r, b), axis_name=AXIS, in_axes=(0, 0, None, None),
-                      devices=list(layout.devices), donate_argnums=donate_argnums)
-    return mapped
+    return jax.pmap(chunk, axis_name=AXIS, in_axes=(0, 0, 0, None, None), devices=list(layout.devices),
+                    donate_argnums=donate_argnums)
 
 
 def metrics_to_host(layout, metrics):

@@ -1,14 +1,32 @@
-"""The train state: a plain pytree {"step", "params", "opt_state"}, and the optimizer that owns it.
+"""The train state, a named pytree (step, params, opt_state); the per-sample tables a step reads
+beside it; and the optimizer that owns the state.
 
 Parameter groups are the top-level keys of params ("net", "prior"); each gets its own Adam with
 its own learning-rate schedule through optax.partition, or is frozen with set_to_zero.
 """
+from typing import NamedTuple, Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from gmvc.core.schedules import make_schedule
+
+
+class TrainState(NamedTuple):
+    step: object            # [] int32: steps taken in the run (phases count on from each other)
+    params: dict            # [R, ...]: every restart's parameters
+    opt_state: object       # [R, ...]: the current phase's optimizer state
+
+
+class Tables(NamedTuple):
+    """Per-sample step inputs, fixed while a phase trains (each has its own checkpoint item)."""
+    neighbours: Optional[object] = None     # [R, N, k] int32: each sample's nearest neighbours
+    groups: Optional[object] = None         # [R, N] int32: each sample's group (the `pin` term)
+
+    def to_dict(self):
+        return {k: v for k, v in self._asdict().items() if v is not None}
 
 
 def make_optimizer(optim_cfg, trainable=("net", "prior"), lr=None):
@@ -84,19 +102,18 @@ def opt_init(tx):
     return jax.jit(jax.vmap(tx.init))
 
 
-def create_state(params, tx, step=0, opt_state=None, neighbours=None, init_opt=None, groups=None):
-    """{"step": scalar, "params": [R, ...], "opt_state": [R, ...]} (a fresh opt_state unless given,
-    from `init_opt`, opt_init(tx), when it was compiled ahead), and "neighbours": [R, N, k] for a
-    phase that uses the neighbour table (gmvc/core/neighbours.py), "groups": [R, N] for a phase
-    with the `pin` term (each sample's group in the last init_prior phase's partition)."""
+def create_state(params, tx, step=0, opt_state=None, init_opt=None):
+    """TrainState(step, params [R, ...], opt_state [R, ...]): a fresh opt_state unless given, from
+    `init_opt`, opt_init(tx), when it was compiled ahead."""
     fresh = lambda: (init_opt or opt_init(tx))(params)
-    state = {"step": _int32(step), "params": params,
-             "opt_state": fresh() if opt_state is None else opt_state}
-    if neighbours is not None:
-        state["neighbours"] = _int32(neighbours)
-    if groups is not None:
-        state["groups"] = _int32(groups)
-    return state
+    return TrainState(_int32(step), params, fresh() if opt_state is None else opt_state)
+
+
+def make_tables(neighbours=None, groups=None):
+    """Tables of int32 arrays: "neighbours" [R, N, k] for a phase that uses the neighbour table
+    (gmvc/core/neighbours.py), "groups" [R, N] for a phase with the `pin` term (each sample's
+    group in the last init_prior phase's partition)."""
+    return Tables(*(None if t is None else _int32(t) for t in (neighbours, groups)))
 
 
 def _int32(a):

@@ -1,5 +1,6 @@
 """Pure step factories. The train step is a per-device body: on several devices its gradients
-and metrics are averaged over the named data axis with pmean."""
+and metrics are averaged over the named data axis with pmean. A step reads a TrainState and
+returns the next; the per-sample tables (Tables) are a step input that no step changes."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,57 +9,57 @@ import optax
 from gmvc.core import mixture, neighbours
 from gmvc.core.batching import tree_len, tree_slice
 from gmvc.objectives import make_batch
+from gmvc.training.state import TrainState
 
 
 def make_train_step(loss_fn, tx, axis_name=None):
-    """train_step(state, batch, rng, start=0, measure=True) -> (state, aux); the loss reads the
-    step counted from `start` (a phase's first step: its weight schedules count from there).
+    """train_step(state, batch, rng, start=0, measure=True, hyper=()) -> (state, aux) on a
+    TrainState; the loss reads the step counted from `start` (a phase's first step: its weight
+    schedules count from there), then `hyper`, extra loss arguments (a sweep's loss settings).
     aux["grad_norm"] is the global gradient norm where `measure` (a bool, may be traced) holds,
     else 0: make_train_chunk measures the chunk's last step only, as the norm reads every
     gradient once more beside the optimizer's update."""
 
-    def train_step(state, batch, rng, start=0, measure=True):
-        hyper = (state["hyper"],) if "hyper" in state else ()         # a sweep's per-run loss settings
-        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, rng,
-                                                                   state["step"] - start, *hyper)
+    def train_step(state, batch, rng, start=0, measure=True, hyper=()):
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng, state.step - start,
+                                                                   *hyper)
         if axis_name is not None:
             grads, aux = jax.lax.pmean((grads, aux), axis_name)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
         if measure is True:
             aux["grad_norm"] = optax.tree.norm(grads)
         else:
             norm = jax.eval_shape(optax.tree.norm, grads)
             aux["grad_norm"] = jax.lax.cond(measure, optax.tree.norm, lambda g: jnp.zeros(norm.shape, norm.dtype),
                                             grads)
-        new_state = {**state, "step": state["step"] + 1, "params": params,
-                     "opt_state": opt_state}
-        return new_state, aux
+        return TrainState(state.step + 1, params, opt_state), aux
 
     return train_step
 
 
-def make_restarts_step(train_step, restarts, own_batches=False):
-    """Lift train_step to a state whose params and opt_state carry a leading [R] axis (independent
-    restarts) while the step counter is shared: one vmapped program trains all R. The batch is
-    shared, or with `own_batches` each restart's own (every leaf [R, B, ...], see
-    make_train_chunk's `restarts`); a batch's neighbours are each restart's own [R, B, ...].
-    Restart r draws its noise from fold_in(rng, r), or from fold_in(rng, state["noise_ids"][r])
-    when the state carries ids (runs that share an id share their noise); a state's "hyper"
-    ([R, ...], a sweep's per-run loss settings) is sliced per restart like the parameters."""
+def make_restarts_step(train_step, restarts, own_batches=False, sweep=None):
+    """Lift train_step to a TrainState whose params and opt_state carry a leading [R] axis
+    (independent restarts) while the step counter is shared: one vmapped program trains all R.
+    The batch is shared, or with `own_batches` each restart's own (every leaf [R, B, ...], see
+    make_train_chunk's `restarts`); a batch's neighbours and groups are each restart's own
+    [R, B, ...]. Restart r draws its noise from fold_in(rng, r). `sweep` = (hyper [R, ...],
+    noise_ids [R]), a sweep's per-run loss settings (the loss's extra argument, vmapped like the
+    parameters) and noise seeds (runs that share an id share their noise)."""
+    hyper, ids = (None, None) if sweep is None else sweep
 
     def restarts_step(state, batch, rng, start=0, measure=True):
-        def one(params, opt_state, hyper, rng_r, batch_r):
-            run = {"step": state["step"], "params": params, "opt_state": opt_state}
-            new, aux = train_step(run if hyper is None else {**run, "hyper": hyper}, batch_r, rng_r, start, measure)
-            return new["params"], new["opt_state"], aux
+        def one(params, opt_state, hyper_r, rng_r, batch_r):
+            new, aux = train_step(TrainState(state.step, params, opt_state), batch_r, rng_r, start, measure,
+                                  () if hyper_r is None else (hyper_r,))
+            return new.params, new.opt_state, aux
 
-        ids = state.get("noise_ids", jnp.arange(restarts))
-        rngs = jax.vmap(lambda r: mixture.fold_in(rng, r))(ids)     # [R] keys, or [R, B] per sample
+        noise_ids = jnp.arange(restarts) if ids is None else ids
+        rngs = jax.vmap(lambda r: mixture.fold_in(rng, r))(noise_ids)     # [R] keys, or [R, B] per sample
         batch_axes = 0 if own_batches else {"data": None, "neighbours": 0, "groups": 0}
         params, opt_state, aux = jax.vmap(one, in_axes=(0, 0, 0, 0, batch_axes))(
-            state["params"], state["opt_state"], state.get("hyper"), rngs, batch)
-        return {**state, "step": state["step"] + 1, "params": params, "opt_state": opt_state}, aux   # aux leaves [R]
+            state.params, state.opt_state, hyper, rngs, batch)
+        return TrainState(state.step + 1, params, opt_state), aux      # aux leaves [R]
 
     return restarts_step
 
@@ -70,8 +71,8 @@ def make_lifted_step(loss_fn, tx, restarts, axis_name=None, own_batches=False):
     updates the [1, ...] arrays as they are, without vmap: the weight gradients then leave XLA's
     dots in the parameters' own layout (under vmap they come out transposed and are read strided
     by the update). The noise keys are the vmapped step's: restart 0 draws from fold_in(rng, 0).
-    `own_batches` (each restart's own batch) only means something with R > 1; a sweep's state
-    ("hyper", "noise_ids") goes through make_restarts_step itself."""
+    `own_batches` (each restart's own batch) only means something with R > 1; a sweep goes
+    through make_restarts_step itself."""
     if restarts > 1:
         return make_restarts_step(make_train_step(loss_fn, tx, axis_name=axis_name), restarts,
                                   own_batches=own_batches)
@@ -139,11 +140,11 @@ def select_batch(x, idx, keys):
     return jax.tree.map(lambda a: a[idx], x), keys
 
 
-def assemble_batch(state, x, idx, keys, select):
+def assemble_batch(tables, x, idx, keys, select):
     """(batch, this device's keys) for the global batch `idx` [B] and its per-sample keys; the
-    batch is objectives.make_batch's: its rows, and when the state carries a neighbour table
+    batch is objectives.make_batch's: its rows, and where `tables` (Tables) has a neighbour table
     [R, N, k] (gmvc/core/neighbours.py) one drawn neighbour of each row per restart [R, B, ...]
-    (else None), and when it carries groups [R, N] (the `pin` term) each row's group [R, B].
+    (else None), and where it has groups [R, N] (the `pin` term) each row's group [R, B].
     `idx` [R, B], one batch per restart, gives rows [R, B, ...] as well (make_restarts_step's
     `own_batches`)."""
     own = idx.ndim == 2
@@ -152,12 +153,12 @@ def assemble_batch(state, x, idx, keys, select):
     else:
         batch, local_keys = select(x, idx, keys)
     nbr = groups = None
-    if "neighbours" in state:
-        nbr = jax.vmap(lambda i: select(x, i, keys)[0])(draw_neighbours(state["neighbours"], idx, keys))
-    if "groups" in state:
-        rows = per_restart(idx, state["groups"].shape[0])
+    if tables.neighbours is not None:
+        nbr = jax.vmap(lambda i: select(x, i, keys)[0])(draw_neighbours(tables.neighbours, idx, keys))
+    if tables.groups is not None:
+        rows = per_restart(idx, tables.groups.shape[0])
         # select slices per-sample arrays given in place of the keys to this device's share of the batch
-        groups = jax.vmap(lambda g, i: select(x, i, g[i])[1])(state["groups"], rows)                       # [R, b]
+        groups = jax.vmap(lambda g, i: select(x, i, g[i])[1])(tables.groups, rows)                       # [R, b]
     return make_batch(batch, nbr, groups), local_keys
 
 
@@ -169,7 +170,7 @@ def step_keys(step_rng, step, batch_size):
 
 def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_steps=None, select=select_batch,
                      restarts=None):
-    """chunk(state, x, rng[, bounds]) -> (state, metrics): `chunk_len` steps in one lax.scan on device, with
+    """chunk(state, tables, x, rng[, bounds]) -> (state, metrics): `chunk_len` steps in one lax.scan on device, with
     the metrics averaged over the chunk's active steps (grad_norm: its last active step's). Steps
     at or past `total_steps` leave the state unchanged, so every chunk has the same shape and the
     program compiles once. `rng` is the run's training key: data order and step noise are folded
@@ -179,29 +180,29 @@ def make_train_chunk(train_step, *, num_examples, batch_size, chunk_len, total_s
     `restarts` R: each restart reads its own data order (make_epoch_order), and train_step takes
     batches [R, B, ...] (make_restarts_step with own_batches)."""
 
-    def chunk(state, x, rng, bounds=None):
+    def chunk(state, tables, x, rng, bounds=None):
         start, end = (0, total_steps) if bounds is None else (bounds[0], bounds[1])
         data_rng, step_rng = jax.random.split(rng)
         steps_per_epoch, order = make_epoch_order(data_rng, num_examples, batch_size, restarts)
 
         @jax.jit
-        def one_step(s, perm, x, step_rng, start, last):
-            step = s["step"]
+        def one_step(s, perm, tables, x, step_rng, start, last):
+            step = s.step
             idx = batch_rows(perm, step, steps_per_epoch, batch_size)
-            batch, keys = assemble_batch(s, x, idx, step_keys(step_rng, step, batch_size), select)
+            batch, keys = assemble_batch(tables, x, idx, step_keys(step_rng, step, batch_size), select)
             return train_step(s, batch, keys, start, step == last)
 
         # A jitted step with every array an argument is traced once: the shape query below and
         # the scan's cond reuse that trace (the step traced twice took a second more per program).
         # The chunk's last active step measures the gradient norm (make_train_step).
-        last = jnp.minimum(end, state["step"] + chunk_len) - 1
-        run = lambda s, perm: one_step(s, perm, x, step_rng, start, last)
-        perm0 = order(state["step"] // steps_per_epoch)
+        last = jnp.minimum(end, state.step + chunk_len) - 1
+        run = lambda s, perm: one_step(s, perm, tables, x, step_rng, start, last)
+        perm0 = order(state.step // steps_per_epoch)
         aux_shape = jax.eval_shape(lambda s: run(s, perm0)[1], state)
 
         def body(carry, _):
             s, perm = carry
-            step = s["step"]
+            step = s.step
             perm = epoch_perm(order, perm, step, steps_per_epoch)
             skip = lambda s, perm: (s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape))
             active = step < end
@@ -224,32 +225,32 @@ def chunk_metrics(aux, active):
 
 
 def make_indexed_step(train_step, *, num_examples, batch_size, select=select_batch, restarts=None):
-    """step(state, x, rng, bounds) -> (state, aux): one train step on the batch its step number
+    """step(state, tables, x, rng, bounds) -> (state, aux): one train step on the batch its step number
     selects (the same batch as in make_train_chunk, `restarts` as there); of `bounds` (start, end)
     only the start is read."""
 
-    def step_fn(state, x, rng, bounds):
+    def step_fn(state, tables, x, rng, bounds):
         data_rng, step_rng = jax.random.split(rng)
         steps_per_epoch, order = make_epoch_order(data_rng, num_examples, batch_size, restarts)
-        step = state["step"]
+        step = state.step
         idx = batch_rows(order(step // steps_per_epoch), step, steps_per_epoch, batch_size)
-        batch, keys = assemble_batch(state, x, idx, step_keys(step_rng, step, batch_size), select)
+        batch, keys = assemble_batch(tables, x, idx, step_keys(step_rng, step, batch_size), select)
         return train_step(state, batch, keys, bounds[0])
 
     return step_fn
 
 
-def make_host_chunk(compiled_step, *, chunk_len, step_of=lambda state: int(state["step"])):
+def make_host_chunk(compiled_step, *, chunk_len, step_of=lambda state: int(state.step)):
     """The make_train_chunk contract with the loop on the host: `compiled_step` (a jitted
     make_indexed_step) called once per step. XLA:CPU runs convolutions inside a compiled loop
     several times slower than outside one, so convolutional networks train this way (train.loop
     "auto"). `bounds`: the phase's (start, end)."""
 
-    def chunk(state, x, rng, bounds):
+    def chunk(state, tables, x, rng, bounds):
         start = step_of(state)
         auxes = []
         for _ in range(max(0, min(chunk_len, int(bounds[1]) - start))):
-            state, aux = compiled_step(state, x, rng, bounds)
+            state, aux = compiled_step(state, tables, x, rng, bounds)
             auxes.append(aux)
         if not auxes:
             return state, {}

@@ -83,36 +83,37 @@ def make_plan(*, num_examples, batch_size, chunk_len, restarts=None):
 
 
 def make_streamed_chunk(train_step, *, batch_size, chunk_len, devices=1):
-    """chunk(state, feed, rng, bounds) -> (state, metrics), make_train_chunk's contract with the
-    rows given: feed {"idx": [L, B] (or [L, R, B]), "rows": the inputs of those rows [L, B, ...]
+    """chunk(state, tables, feed, rng, bounds) -> (state, metrics), make_train_chunk's contract
+    with the rows given: feed {"idx": [L, B] (or [L, R, B]), "rows": the inputs of those rows [L, B, ...]
     (or [L, R, B, ...]), "nbr_rows": the drawn neighbours' inputs [L, R, B, ...] (with a neighbour
     table)}. Under shard_map (`devices` n > 1) it is the per-device body and receives its 1/n of
     each batch."""
 
-    def chunk(state, feed, rng, bounds):
+    def chunk(state, tables, feed, rng, bounds):
         start, end = bounds[0], bounds[1]
         _, step_rng = jax.random.split(rng)
-        last = jnp.minimum(end, state["step"] + chunk_len) - 1
+        last = jnp.minimum(end, state.step + chunk_len) - 1
 
         @jax.jit
-        def one_step(s, item, step_rng, start, last):
-            step = s["step"]
+        def one_step(s, tables, item, step_rng, start, last):
+            step = s.step
             keys = steps.step_keys(step_rng, step, batch_size)
             keys = keys if devices == 1 else local_share(keys, devices)      # the feed is this device's share
             groups = None
-            if "groups" in s:
-                rows = steps.per_restart(item["idx"], s["groups"].shape[0])
-                groups = jax.vmap(lambda g, i: g[i])(s["groups"], rows)
+            if tables.groups is not None:
+                rows = steps.per_restart(item["idx"], tables.groups.shape[0])
+                groups = jax.vmap(lambda g, i: g[i])(tables.groups, rows)
             batch = make_batch(item["rows"], item.get("nbr_rows"), groups)
             return train_step(s, batch, keys, start, step == last)
 
         first = jax.tree.map(lambda a: a[0], feed)
-        aux_shape = jax.eval_shape(lambda s: one_step(s, first, step_rng, start, last)[1], state)
+        aux_shape = jax.eval_shape(lambda s: one_step(s, tables, first, step_rng, start, last)[1], state)
 
         def body(s, item):
             skip = lambda s, item: (s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape))
-            active = s["step"] < end
-            s, aux = jax.lax.cond(active, lambda s, item: one_step(s, item, step_rng, start, last), skip, s, item)
+            active = s.step < end
+            s, aux = jax.lax.cond(active, lambda s, item: one_step(s, tables, item, step_rng, start, last), skip,
+                                  s, item)
             return s, (aux, active)
 
         state, (aux, active) = jax.lax.scan(body, state, feed)
@@ -121,37 +122,23 @@ def make_streamed_chunk(train_step, *, batch_size, chunk_len, devices=1):
     return chunk
 
 
-def wrap(layout, chunk, own=False):
-    """Compile the streamed chunk for the layout: jit on one device; under shard_map the feed's
-    leaves are split over their batch axis (one program per set of feed keys), the state, key
-    and bounds replicated."""
-    if layout.mode == "single":
-        return jax.jit(chunk, donate_argnums=(0,))
-    programs = {}
-
-    def run(state, feed, rng, bounds):
-        keys = tuple(sorted(feed))
-        if keys not in programs:
-            specs = {k: P(*([None] * _batch_axis(k, own)), AXIS) for k in keys}
-            body = jax.shard_map(chunk, mesh=layout.mesh, in_specs=(P(), specs, P(), P()), out_specs=(P(), P()),
-                                 check_vma=False)
-            programs[keys] = jax.jit(body, donate_argnums=(0,))
-        return programs[keys](state, feed, rng, bounds)
-
-    return run
+def feed_spec(neighbours, own=False):
+    """The shard_map spec of a streamed feed: each leaf split over its batch axis."""
+    keys = ("idx", "rows") + ("nbr_rows",) * neighbours
+    return {k: P(*([None] * _batch_axis(k, own)), AXIS) for k in keys}
 
 
 def _batch_axis(key, own):
     return 2 if key == "nbr_rows" or own else 1
 
 
-class Feeder:
-    """The host side of a streamed phase: gathers each chunk's rows from the host inputs `x` (an
-    array, or {"x", "y"}) and places them for the layout, the next chunk in a background thread
-    while the current one trains. Call it as the chunk's runner: feeder(run_chunk)(state, x, rng,
-    bounds) runs one chunk from the feeder's own step count (which starts at `step`)."""
+class StreamedBatches:
+    """A batch source (gmvc/training/program.py) that streams: gathers each chunk's rows from the
+    host inputs `x` (an array, or {"x", "y"}) and places them for the layout, the next chunk in a
+    background thread while the current one trains. feed(step) is the feed of the chunk from
+    `step` (make_streamed_chunk's)."""
 
-    def __init__(self, x, plan, table, rng, layout, *, step, end, chunk_len, own=False):
+    def __init__(self, x, plan, table, rng, layout, *, end, chunk_len, own=False):
         # The plan runs on the host's CPU device, with its own copy of the neighbour table (the
         # state's is donated to the chunk): on an accelerator it does not queue behind training.
         cpu = jax.local_devices(backend="cpu")[0]
@@ -161,9 +148,9 @@ class Feeder:
         self.share = None                       # several processes: this one's columns of each batch
         if layout.mode != "single" and jax.process_count() > 1:
             self.share = process_block(layout)
-        self.step, self.end, self.chunk_len, self.own = step, end, chunk_len, own
+        self.end, self.chunk_len, self.own = end, chunk_len, own
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmvc-stream")
-        self.pending = None                     # the rows of the chunk from self.step, loading
+        self.pending = None                     # (step, the rows of the chunk from there, loading)
 
     def fetch(self, step0):
         """The feed of the chunk from step0, on the device(s)."""
@@ -193,14 +180,15 @@ class Feeder:
         share = a.shape[axis] // self.layout.n
         return np.take(a, np.arange(self.share[0] * share, self.share[1] * share), axis=axis)
 
-    def __call__(self, run_chunk):
-        def run(state, _x, rng, bounds):
-            feed = self.fetch(self.step) if self.pending is None else self.pending.result()
-            out = run_chunk(state, feed, rng, bounds)          # dispatched; the next chunk's rows load meanwhile
-            self.step = min(self.step + self.chunk_len, self.end)
-            self.pending = self.pool.submit(self.fetch, self.step) if self.step < self.end else None
-            return out
-        return run
+    def feed(self, step):
+        """The chunk's feed from `step` (loaded ahead where the last call queued it); queues the
+        next chunk's."""
+        ahead, self.pending = self.pending, None
+        feed = ahead[1].result() if ahead is not None and ahead[0] == step else self.fetch(step)
+        following = min(step + self.chunk_len, self.end)
+        if following < self.end:
+            self.pending = (following, self.pool.submit(self.fetch, following))
+        return feed
 
     def close(self):
         self.pool.shutdown(wait=True, cancel_futures=True)

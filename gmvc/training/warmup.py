@@ -9,6 +9,7 @@ import numpy as np
 
 from gmvc.training.embedding_phases import prior_fit_rows
 from gmvc.training.phases import fit_reads_table, neighbour_k, uses_groups, uses_neighbours
+from gmvc.training.state import Tables
 
 COMPILE_AHEAD = {"on": True, "true": True, "off": False, "false": False}
 
@@ -66,15 +67,14 @@ def start_warmup(ctx, params_like, start_at):
                 warm.submit(f"embed {batch}", lambda b: embed.batch.lower(
                     one_like, jax.ShapeDtypeStruct((b, *x_rows.shape[1:]), x_rows.dtype)).compile(), batch)
         if phase.kind == "train":
-            runner = ctx.runners[phase.name]
-            if runner.owner is not runner:
+            program = ctx.programs[phase.name]
+            if program.owner is not program:
                 continue            # its program is an earlier phase's, compiled (or queued) already
-            table_like = (jax.ShapeDtypeStruct((config.train.restarts, len(x_rows), neighbour_k(ctx.phases, i)),
-                                               np.int32) if uses_neighbours(phase.spec) else None)
-            groups_like = (jax.ShapeDtypeStruct((config.train.restarts, len(x_rows)), np.int32)
-                           if uses_groups(phase.spec) else None)
-            warm.submit(phase.name, runner.precompile, params_like, ctx.x_device, ctx.rngs["train"], table_like,
-                        groups_like)
+            tables_like = Tables(
+                jax.ShapeDtypeStruct((config.train.restarts, len(x_rows), neighbour_k(ctx.phases, i)), np.int32)
+                if uses_neighbours(phase.spec) else None,
+                jax.ShapeDtypeStruct((config.train.restarts, len(x_rows)), np.int32) if uses_groups(phase.spec) else None)
+            warm.submit(phase.name, program.precompile, params_like, ctx.x_device, ctx.rngs["train"], tables_like)
         elif phase.kind == "init_prior":
             x_like = jax.ShapeDtypeStruct((prior_fit_rows(phase.spec, len(x_rows)), *x_rows.shape[1:]), x_rows.dtype)
             z_like = jax.eval_shape(ctx.model.embed, one_like, x_like)
@@ -82,5 +82,5 @@ def start_warmup(ctx, params_like, start_at):
                           if fit_reads_table(phase.spec) else None)
             warm.submit(phase.name, lambda f, z, t: f.lower(ctx.rngs["train"], 0, z, t).compile(), fits[phase.name],
                         z_like, table_like)
-    warm.submit("finish", ctx.runners[ctx.last_phase].precompile_full_loss, one_like, ctx.inputs)
+    warm.submit("finish", ctx.programs[ctx.last_phase].precompile_full_loss, one_like, ctx.inputs)
     return warm
