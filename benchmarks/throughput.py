@@ -64,7 +64,7 @@ from gmvc.training.phases import build_phases  # noqa: E402
 from gmvc.training.state import Tables, create_state, init_params  # noqa: E402
 from gmvc.training.program import Program  # noqa: E402
 from gmvc.data import Dataset  # noqa: E402
-from gmvc.validate import validate  # noqa: E402
+from gmvc.validate import validate  # noqa: E402  (the config checks of a Plan)
 
 
 def log(*args):

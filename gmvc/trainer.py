@@ -20,18 +20,17 @@ from gmvc.data import load_dataset, prepare
 from gmvc.eval import clustering, monitor
 from gmvc.eval.events import open_events
 from gmvc.eval.restarts import choose_restart, describe_choice
-from gmvc.recipes import rules
 from gmvc.run import export
 from gmvc.run import workdir as workdir_lib
 from gmvc.run.checkpoint import Checkpointer
 from gmvc.run.progress import Progress, attended
-from gmvc.run.restore import Restored, check_run_exists, load_trained, read_results, restore_state
+from gmvc.run.restore import Restored, check_run_exists, load_trained, read_results
 from gmvc.training import context, interrupt, parallel
 from gmvc.training.phases import fit_reads_table, neighbour_k, resume_index, uses_groups, uses_neighbours
 from gmvc.training.state import Tables, create_state, init_params, make_tables
 from gmvc.training.warmup import start_warmup
 from gmvc.errors import CheckpointError, Interrupted, TrainingError
-from gmvc.validate import validate
+from gmvc.validate import build_plan
 
 
 class Position(NamedTuple):
@@ -64,35 +63,28 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
     config.lock()
     workdir = pathlib.Path(workdir)
     main_process = jax.process_index() == 0
-    data = load_dataset(config.data, config.seed) if data is None else data
-    auto_likelihood = config.model.likelihood == "auto"
-    announce = auto_likelihood or config.data.scaling != "none"
-    config, data, scaling = prepare.resolve(config, data)      # data.scaling and "auto" chosen from the data
-    config, notes = rules.fit_to_data(config, len(data.x), data.x.shape[1:])
-    notes = [prepare.describe(config, scaling, auto_likelihood)] * announce + [f"rule: {n}" for n in notes]
-    validate(config, data)
+    plan = build_plan(config, load_dataset(config.data, config.seed) if data is None else data)
     held = workdir_lib.lock(workdir) if main_process else None      # one run at a time in a workdir
     try:
         if main_process:
-            workdir_lib.check_same_config(workdir, config_lib.to_dict(config))
+            workdir_lib.check_same_config(workdir, config_lib.to_dict(plan.config))
         with interrupt.graceful(jax.process_count() == 1):
             bar = (echo is print and attended()) if bar is None else bar
-            inputs = (data, scaling, notes)
-            return _train(config, workdir, inputs, echo if main_process else _silent, write_outputs, bar and main_process)
+            return _train(plan, workdir, echo if main_process else _silent, write_outputs, bar and main_process)
     finally:
         if held is not None:
             held.release()
 
 
-def _train(config, workdir, inputs, echo, write_outputs, bar):
+def _train(plan, workdir, echo, write_outputs, bar):
     main_process = jax.process_index() == 0
-    data, scaling, notes = inputs          # notes: how the run reads its data, one line each
+    config, data, scaling = plan.config, plan.data, plan.scaling
 
     # ------------------------------------------------------------------ data, model and programs
     # The model, the phases, each train phase's compiled chunk of steps and the training inputs
     # placed for the layout (gmvc/training/context.py, gmvc/training/program.py).
-    ctx = context.build(config, data)
-    for note in notes + ([f"input: {ctx.stream_note}"] if ctx.stream_note else []):
+    ctx = context.build(plan)
+    for note in plan.notes + ([f"input: {ctx.stream_note}"] if ctx.stream_note else []):
         echo(note, flush=True)
 
     # ------------------------------------------------------------------ checkpoints
@@ -174,6 +166,14 @@ def start(ctx, ckpt, step, resume_at, workdir, echo):
     return Position(step, state["params"], state["opt_state"], Tables(**tables), resume_at)
 
 
+def restore_state(ckpt, step, layout, like, tables_like):
+    """(state, tables) of checkpoint `step` (written by any number of devices) as host arrays shaped
+    like the dicts `like` and `tables_like`; placed for the layout by the phase that reads them."""
+    if layout.mode == "shard_map":
+        like, tables_like = parallel.put_state(layout, (like, tables_like))
+    return jax.tree.map(parallel.to_host, ckpt.restore(step, like, tables_like))
+
+
 def run_phases(ctx, position, logs, warm, echo):
     """Run every phase from where `position` stands; returns the Position after the last one.
     `logs`: (checkpointer, progress, monitor), which the train phases write at log steps."""
@@ -250,7 +250,8 @@ def train_phase(ctx, index, position, logs):
             halt = interrupt.requested()
             if stop or halt or (step - phase.start) % ckpt_every == 0 or step == phase.end:
                 watch.before_checkpoint(step)
-                ckpt.save(step, first_of_run(state)._asdict(), first_of_run(tables).to_dict(), {"phase": phase.name})
+                ckpt.save(step, first_of_run(state)._asdict(), first_of_run(tables).to_dict(),
+                          {"phase": phase.name, "data_shape": list(ctx.data.x.shape[1:])})
             if halt:
                 raise Interrupted(f"interrupted at step {step}: its checkpoint is in {ckpt.path(step)}; the same "
                                   f"command resumes the run from there")
@@ -315,10 +316,8 @@ def load_run(config, workdir, echo=print):
     by gmvc.run.restore.load_trained. Nothing in the run directory is written or removed."""
     config.lock()
     check_run_exists(workdir)
-    data = load_dataset(config.data, config.seed)
-    config, data, _ = prepare.resolve(config, data)               # as the run read it
-    config, _ = rules.fit_to_data(config, len(data.x), data.x.shape[1:])
-    validate(config, data)
+    plan = build_plan(config, load_dataset(config.data, config.seed))      # the data as the run read it
+    config, data = plan.config, plan.data
     trained = load_trained(workdir, config, echo, data_shape=data.x.shape[1:])
     return Run(config, data, trained.model, context.model_inputs(trained.model, data), trained.params, trained.step,
                trained.scaling)

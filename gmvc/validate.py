@@ -1,11 +1,15 @@
-"""validate(config, data): every check of a config against the data it will train on, in one
-pass, before anything is written or compiled. The CLI, the estimators and the notebooks' runs all
-go through it (train_and_evaluate calls it first); each problem is one line naming the key."""
+"""build_plan(config, data): the run's Plan, built once before anything is written or compiled:
+the config resolved for the data, the data as the run reads it, the model, the phases and the
+device layout. Building it is validating it: every check of the config against the data runs
+here, in one pass, each problem one line naming the key. The CLI, the estimators and the
+notebooks' runs all go through it (train_and_evaluate and load_run call it first)."""
 import math
+from typing import NamedTuple
 
 import jax
 
 from gmvc.data import prepare
+from gmvc.recipes import rules
 from gmvc.errors import ConfigError, DataError
 from gmvc.eval.restarts import RESTART_CHOICES
 from gmvc.models import make_model
@@ -19,8 +23,32 @@ RESTART_BATCHES = ("own", "shared")
 LOOPS = ("auto", "scan", "host")
 
 
+class Plan(NamedTuple):
+    """What a run needs, built once; every later stage reads it instead of rebuilding a part."""
+    config: object          # resolved: data.scaling, the likelihood and the rules chosen from the data
+    data: object            # the Dataset as the run reads it (scaled)
+    scaling: object         # gmvc.data.prepare.Scaling: how the data was read
+    model: object
+    phases: list
+    layout: object          # gmvc.training.parallel.Layout
+    notes: list             # how the run reads its data and which rules chose what, one line each
+
+
+def build_plan(config, data):
+    """The Plan of `config` on `data` (a Dataset as loaded); a ConfigError or DataError names the
+    first problem."""
+    auto_likelihood = config.model.likelihood == "auto"
+    announce = auto_likelihood or config.data.scaling != "none"
+    config, data, scaling = prepare.resolve(config, data)      # data.scaling and "auto" chosen from the data
+    config, notes = rules.fit_to_data(config, len(data.x), data.x.shape[1:])
+    notes = [prepare.describe(config, scaling, auto_likelihood)] * announce + [f"rule: {n}" for n in notes]
+    model, phases = validate(config, data)
+    return Plan(config, data, scaling, model, phases, parallel.make_layout(config.parallel), notes)
+
+
 def validate(config, data):
-    """Raise ConfigError or DataError for the first problem of `config` on `data` (a Dataset)."""
+    """(model, phases) of `config` on `data` (a Dataset), or a ConfigError or DataError for its
+    first problem."""
     n, k = len(data.x), config.model.num_clusters
     clusters = k if config.model.name != "vae" else 0
     _check_train(config.train)
@@ -56,6 +84,7 @@ def validate(config, data):
         _check_prior_network(config, model, phases)
     for phase in phases:
         _check_phase(config, model, phase, data, num_train, devices)
+    return model, phases
 
 
 def _check_prior_network(config, model, phases):

@@ -179,13 +179,14 @@ def test_vade_prior_histograms_and_only_process_zero_writes(spiral_config, tmp_p
     from gmvc.data import load_dataset
     from gmvc.eval.events import open_events
     from gmvc.training import context
+    from gmvc.validate import build_plan
     from gmvc.training.state import init_params
     spiral_config.model.name = "vade"
     spiral_config.train.restarts = 2
     data = load_dataset(spiral_config.data, 0)
     model = make_model(spiral_config.model, (2,))
     params = init_params(model.init, jax.random.key(0), 2)
-    ctx = context.build(spiral_config, data)
+    ctx = context.build(build_plan(spiral_config, data))
     assert not open_events(ctx, tmp_path / "other", 0, main_process=False, images=True).enabled
     assert not (tmp_path / "other").exists()
     events = open_events(ctx, tmp_path, 0, main_process=True, images=True)

@@ -118,6 +118,7 @@ def uint8_run(path, workdir, lines, stream):
 
 def test_uint8_files_train_as_stored_streamed_or_in_memory(tmp_path, lazy):
     from gmvc.training import context
+    from gmvc.validate import build_plan
     path = blobs_file(tmp_path)
     lines = []
     memory, s_memory = uint8_run(path, tmp_path / "memory", lines, "off")
@@ -128,7 +129,7 @@ def test_uint8_files_train_as_stored_streamed_or_in_memory(tmp_path, lazy):
     # what the device holds: the uint8 rows, a quarter of float32
     data = load_dataset(data_cfg(path), 0)
     c = load_trained(tmp_path / "memory").config
-    ctx = context.build(c, data)
+    ctx = context.build(build_plan(c, data))
     assert ctx.x_device.dtype == np.uint8 and ctx.x_device.shape == (600, 16)
     assert ctx.x_train.dtype == np.uint8 and isinstance(ctx.x_train.source, NpyFile)
 

@@ -6,7 +6,7 @@ from conftest import load_config
 
 from gmvc.data import Dataset
 from gmvc.errors import ConfigError, DataError
-from gmvc.validate import validate
+from gmvc.validate import build_plan, validate
 
 SMALL = {"train.restarts": 1, "train.steps": 20, "train.log_every": 10, "data.num_points": 200}
 
@@ -22,7 +22,8 @@ def _data(n=200, dim=2):
 
 def test_a_good_config_passes_and_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert validate(_spiral(), _data()) is None
+    plan = build_plan(_spiral(), _data())
+    assert plan.model.num_clusters == 5 and plan.phases[-1].kind == "train" and plan.layout.mode == "single"
     assert list(tmp_path.iterdir()) == []
 
 

@@ -51,3 +51,10 @@ def make_predict(model, batch_size):
         return jax.tree.map(lambda *a: np.concatenate(a), *parts)
 
     return predict
+
+
+def to_host(a):
+    """A replicated array as numpy, also when other processes hold devices of it."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        return np.asarray(a.addressable_data(0))
+    return np.asarray(a)

@@ -12,9 +12,8 @@ from gmvc import config as config_lib
 from gmvc.data import prepare
 from gmvc.errors import CheckpointError
 from gmvc.models import make_model
+from gmvc.core.batching import to_host
 from gmvc.run.checkpoint import Checkpointer
-from gmvc.training import parallel
-from gmvc.training.state import init_params
 
 EARLY_STOPPING_FILE = "early_stopping.json"
 BEST_DIR = "best_checkpoint"
@@ -35,17 +34,15 @@ class Restored(NamedTuple):
 def load_trained(workdir, config=None, echo=None, data_shape=None):
     """The trained run in `workdir` (CLI or estimator). `config` defaults to the run's
     config.json; the sample shape (`data_shape`) to results.json's, or for a run that has not
-    finished, its data source's. The restart is the one results.json records for the latest
+    finished, its latest checkpoint's. Reads the model's parameters alone: no optimizer, phases
+    or data are built. The restart is the one results.json records for the latest
     checkpoint; a run that has not finished (or was resumed past its results) gives restart 0,
     and `echo` says so."""
     workdir = pathlib.Path(workdir)
     check_run_exists(workdir)
     config = read_config(workdir) if config is None else _resolved_like(config, workdir)
     results = read_results(workdir)
-    data_shape = data_shape or results.get("data_shape")
-    if data_shape is None:
-        from gmvc.data import load_dataset
-        data_shape = load_dataset(config.data, config.seed).x.shape[1:]
+    data_shape = data_shape or results.get("data_shape") or _checkpoint_data_shape(workdir, config)
     model = make_model(config.model, tuple(data_shape))
     stacked, step, _, latest = _restore(config, workdir, model)
     finished = results.get("steps") == latest
@@ -61,6 +58,20 @@ def load_trained(workdir, config=None, echo=None, data_shape=None):
     params = jax.tree.map(lambda a: a[restart], stacked)
     scaling = prepare.load(workdir, config.data.scaling, tuple(data_shape))
     return Restored(config, model, params, step, tuple(data_shape), workdir, restart, scaling)
+
+
+def _checkpoint_data_shape(workdir, config):
+    """The sample shape the latest checkpoint records."""
+    ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints", config.train.max_checkpoints)
+    try:
+        step = ckpt.latest_step()
+        shape = ckpt.meta(step).get("data_shape") if step else None
+    finally:
+        ckpt.close()
+    if not (isinstance(shape, list) and shape and all(_count(d) and d > 0 for d in shape)):
+        raise CheckpointError(f"run {workdir} records no sample shape (results.json, or its latest checkpoint's "
+                              f"meta): it has no checkpoint written by this version of gmvc")
+    return shape
 
 
 def read_results(workdir):
@@ -128,7 +139,7 @@ def _restore(config, workdir, model):
         if record and record["best_step"]:
             step = record["best_step"]
             return restore_best(workdir, step, like_params), step, ckpt.phase(latest), latest
-        stacked = jax.tree.map(parallel.to_host, ckpt.restore_params(step, like_params))
+        stacked = jax.tree.map(to_host, ckpt.restore_params(step, like_params))
         return stacked, step, ckpt.phase(step), latest
     finally:
         ckpt.close()
@@ -136,16 +147,7 @@ def _restore(config, workdir, model):
 
 def params_like(model, restarts):
     """The shapes and dtypes of a run's [R, ...] parameters (nothing is initialised)."""
-    return jax.eval_shape(lambda: init_params(model.init, jax.random.key(0), restarts))
-
-
-def restore_state(ckpt, step, layout, like, tables_like):
-    """(state, tables) of checkpoint `step` (written by any number of devices) as host arrays shaped
-    like the dicts `like` and `tables_like`; the caller places them for its own layout."""
-    if layout.mode == "shard_map":
-        like, tables_like = parallel.put_state(layout, (like, tables_like))
-    restored = ckpt.restore(step, like, tables_like)
-    return jax.tree.map(parallel.to_host, restored)
+    return jax.eval_shape(lambda: jax.vmap(model.init)(jax.random.split(jax.random.key(0), restarts)))
 
 
 def restore_best(workdir, best_step, like_params):
@@ -155,7 +157,7 @@ def restore_best(workdir, best_step, like_params):
         restored = ckpt.restore_params(best_step, like_params)
     finally:
         ckpt.close()
-    return jax.tree.map(parallel.to_host, restored)
+    return jax.tree.map(to_host, restored)
 
 
 def read_records(workdir):

@@ -7,10 +7,8 @@ import numpy as np
 
 from gmvc.data.rows import Rows, stored
 from gmvc.errors import DataError
-from gmvc.models import make_model
 from gmvc.training import parallel, stream
 from gmvc.training.embedding_phases import EmbeddingPhases
-from gmvc.training.phases import build_phases
 from gmvc.training.program import make_programs, uses_host_loop
 
 
@@ -48,13 +46,11 @@ class RunContext(NamedTuple):
         return [p.name for p in self.phases if p.kind == "train"][-1]
 
 
-def build(config, data):
-    """The RunContext of `config` on `data` (checked by gmvc.validate first)."""
+def build(plan):
+    """The RunContext of a gmvc.validate.Plan: its data split and placed, its programs."""
+    config, data, model, phases, layout = plan.config, plan.data, plan.model, plan.phases, plan.layout
     split = split_indices(len(data.x), config.train.validation_fraction, config.seed)
     num_train = len(data.x) if split is None else len(split[0])
-    layout = parallel.make_layout(config.parallel)
-    model = make_model(config.model, data.x.shape[1:])
-    phases = build_phases(config)
     inputs = model_inputs(model, data)
     train_inputs = inputs if split is None else rows(inputs, split[0])
     nbytes = sum(a.nbytes for a in jax.tree.leaves(train_inputs))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from gmvc.core.batching import to_host  # noqa: F401  (parallel.to_host: a replicated array as numpy)
 from gmvc.errors import ConfigError
 
 
@@ -141,6 +142,8 @@ def process_block(layout):
 
 def put_state(layout, state):
     """Replicate the train state over the layout's devices (pmap: a leading device axis)."""
+    if not jax.tree.leaves(state):
+        return state
     if layout.mode == "single":
         return jax.device_put(state, layout.devices[0])
     if layout.mode == "pmap":
@@ -162,13 +165,6 @@ def get_state(layout, state):
     if layout.mode == "pmap":
         state = jax.tree.map(lambda a: a[0], state)
     return jax.tree.map(to_host, state)
-
-
-def to_host(a):
-    """A replicated array as numpy, also when other processes hold devices of it."""
-    if isinstance(a, jax.Array) and not a.is_fully_addressable:
-        return np.asarray(a.addressable_data(0))
-    return np.asarray(a)
 
 
 def wrap_chunk(layout, chunk, feed_spec=P(AXIS), donate=True):
