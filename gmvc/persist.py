@@ -18,14 +18,13 @@ from gmvc import config as config_lib
 from gmvc import recipes
 from gmvc.data.prepare import SCALING_FILE
 from gmvc.errors import CheckpointError
-from gmvc.run.restore import BEST_DIR, EARLY_STOPPING_FILE, RESULTS_FILE, load_trained, read_json, read_results
+from gmvc.run.restore import RESULTS_FILE, load_trained, read_json, read_results
 
 ESTIMATOR_FILE = "estimator.json"
 LABELS_FILE = "labels.npy"
 PREDICTIONS_FILE = "predictions.csv"
-READ_FILES = (ESTIMATOR_FILE, "config.json", RESULTS_FILE, LABELS_FILE, PREDICTIONS_FILE, SCALING_FILE,
-              EARLY_STOPPING_FILE)
-READ_FOLDERS = ("checkpoints", BEST_DIR)
+READ_FILES = (ESTIMATOR_FILE, "config.json", RESULTS_FILE, LABELS_FILE, PREDICTIONS_FILE, SCALING_FILE)
+READ_FOLDERS = ("checkpoints",)
 
 
 def save(est, path):

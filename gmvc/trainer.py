@@ -111,8 +111,8 @@ def _train(plan, workdir, echo, write_outputs, bar):
         echo = progress.say                                              # above the bar, if any
         events = cleanup.enter_context(contextlib.closing(open_events(ctx, workdir, step, main_process,
                                                                       images=write_outputs)))
-        watch = cleanup.enter_context(contextlib.closing(monitor.Monitor(ctx, events, workdir, main_process, echo)))
-        watch.resume(step)
+        watch = monitor.Monitor(ctx, events, echo)
+        watch.resume(ckpt.meta(step) if step else {})
 
         # -------------------------------------------------------------- the phases
         t_train = time.time()
@@ -121,11 +121,11 @@ def _train(plan, workdir, echo, write_outputs, bar):
         except TrainingError as e:
             raise TrainingError(f"{e}. {_likely_causes(config, data.x)}") from None
         train_seconds = time.time() - t_train
+        params = watch.final_params(position.params, ckpt)             # the best step's under early stopping
         ckpt.close()
 
         # -------------------------------------------------------------- final evaluation
         warm.ready("finish")
-        params = watch.final_params(position.params, workdir)          # the best step's under early stopping
         summary, chosen = finish(ctx, params, position.step, (workdir, main_process and write_outputs),
                                  (events, watch), echo)
     summary.update({"steps": position.step, "data_shape": list(data.x.shape[1:]),
@@ -248,10 +248,10 @@ def train_phase(ctx, index, position, logs):
             values["steps_per_sec"] = progress(step, values, phase.name)
             watch.write_events(step, params, values)
             halt = interrupt.requested()
-            if stop or halt or (step - phase.start) % ckpt_every == 0 or step == phase.end:
-                watch.before_checkpoint(step)
+            if stop or halt or watch.improved or (step - phase.start) % ckpt_every == 0 or step == phase.end:
+                notes, best = watch.before_checkpoint()
                 ckpt.save(step, first_of_run(state)._asdict(), first_of_run(tables).to_dict(),
-                          {"phase": phase.name, "data_shape": list(ctx.data.x.shape[1:])})
+                          {"phase": phase.name, "data_shape": list(ctx.data.x.shape[1:]), **notes}, val_elbo=best)
             if halt:
                 raise Interrupted(f"interrupted at step {step}: its checkpoint is in {ckpt.path(step)}; the same "
                                   f"command resumes the run from there")

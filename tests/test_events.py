@@ -14,7 +14,7 @@ from test_train import assert_trees_equal, final_params
 
 from gmvc.errors import ConfigError
 from gmvc.models import make_model
-from gmvc.run.restore import restore_best, restore_stacked
+from gmvc.run.restore import restore_stacked
 from gmvc.trainer import train_and_evaluate
 
 quiet = dict(echo=lambda *a, **k: None)
@@ -131,19 +131,21 @@ def test_early_stopping_keeps_the_best_step_and_survives_a_crash(cli_run, tmp_pa
     c = load_config("gmvae_spiral.py", RUN)          # the config of the run above
     stacked, step, _ = restore_stacked(c, run, make_model(c.model, (2,)))
     assert step == best
-    assert_trees_equal(stacked, restore_best(run, best, stacked))
+    assert_trees_equal(stacked, final_params(run, best))          # the manager kept the best step's checkpoint
     last = final_params(run, stop)
     assert not np.array_equal(np.asarray(jax.tree.leaves(last)[0]), np.asarray(jax.tree.leaves(stacked)[0]))
 
-    # Killed after the best parameters and the record of step 200 were written but before its
-    # checkpoint (and with the later ones gone): resumed from 100, it ends as the whole run did.
+    # Killed with every checkpoint after its oldest kept one gone (before the best step): resumed
+    # from there, it ends as the whole run did.
     crashed = tmp_path / "crashed"
     shutil.copytree(run, crashed)
-    for s in (200, stop):
-        shutil.rmtree(crashed / "checkpoints" / str(s))
+    kept = sorted(int(d.name) for d in (crashed / "checkpoints").iterdir() if d.name.isdigit())
+    assert kept[0] < best < kept[-1]
+    for later in kept[1:]:
+        shutil.rmtree(crashed / "checkpoints" / str(later))
     messages = []
     resumed = train_and_evaluate(c, crashed, echo=lambda m, **k: messages.append(m))
-    assert any("Resuming from checkpoint" in m and "step 100" in m for m in messages)
+    assert any("Resuming from checkpoint" in m and f"step {kept[0]} " in m for m in messages)
     assert resumed["early_stopping"] == e and resumed["acc"] == out["acc"]
     assert_trees_equal(final_params(run, stop), final_params(crashed, stop))
     assert_trees_equal(stacked, restore_stacked(c, crashed, make_model(c.model, (2,)))[0])

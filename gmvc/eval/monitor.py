@@ -5,27 +5,23 @@ early stopping on it with the best checkpoint kept, and the TensorBoard events (
   labels needed) never trains; at every log step its ELBO (and each ELBO term) is computed with
   fixed noise, in one compiled program per run, and logged as val_elbo, val_recon, ...
 - train.patience > 0: in the last train phase, the run stops once the validation ELBO has not
-  improved for `patience` log steps in a row. The parameters of the best step are saved in
-  <workdir>/best_checkpoint/ and the run's outputs (predictions, plots, results, and what
-  load_run / the estimators restore) come from them. The state of early stopping (best step,
-  best value, checks without improvement) is stored per checkpoint step in
-  <workdir>/early_stopping.json, written before the checkpoint, so a resumed run (also after
-  SIGKILL) continues exactly where the checkpoint was.
+  improved for `patience` log steps in a row. Each new best step is checkpointed when it is
+  found, and the checkpoint manager keeps the best one besides the latest ones; the run's
+  outputs (predictions, plots, results, and what load_run / the estimators restore) come from
+  it. The state of early stopping (best step, best value, checks without improvement) is in
+  every checkpoint's meta, so a resumed run (also after SIGKILL) continues exactly where the
+  checkpoint was.
 - Several restarts (train.restarts R > 1, trained together): the ELBO is computed for each; the
   run's score at a step is the best restart's (the val_* values logged are that restart's), so
   it stops when no restart improves; the restart is then chosen as usual (train.restart_choice).
 """
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmvc.run import export
 from gmvc.training import parallel
-from gmvc.run.checkpoint import Checkpointer
-from gmvc.run.restore import BEST_DIR, EARLY_STOPPING_FILE, read_record, read_records, restore_best
 from gmvc.objectives import make_batch, make_elbo
 from gmvc.core.batching import tree_len
 
@@ -97,57 +93,34 @@ class ValidationELBO:
 
 
 class EarlyStopping:
-    """Best validation ELBO, its step, and the log steps since; the best parameters, kept as a
-    device copy and written to <workdir>/best_checkpoint/ just before each regular checkpoint."""
+    """Best validation ELBO, its step, and the log steps since. Its record goes into every
+    checkpoint's meta (resume reads it back); the best step's checkpoint is written when it is
+    found, and the checkpoint manager keeps it (gmvc/run/checkpoint.py)."""
 
-    def __init__(self, workdir, patience, write):
-        self.workdir, self.patience, self.write = pathlib.Path(workdir), patience, write
+    def __init__(self, patience):
+        self.patience = patience
         self.best_step, self.best_value, self.bad_count = None, -math.inf, 0
-        self._pending = None                   # params of best_step not yet on disk
-        self._ckpt = None
+        self.improved = False                  # this log step is a new best, not yet checkpointed
 
     @property
     def stopped(self):
         return self.bad_count >= self.patience
 
-    def resume(self, step):
-        record = read_record(self.workdir, step)
+    def resume(self, record):
         if record:
             self.best_step, self.bad_count = record["best_step"], record["bad_count"]
             self.best_value = -math.inf if record["best_value"] is None else record["best_value"]
 
-    def update(self, step, value, params):
+    def update(self, step, value):
         if math.isfinite(value) and value > self.best_value:
-            self.best_step, self.best_value, self.bad_count = step, value, 0
-            self._pending = jax.tree.map(jnp.copy, params)     # the state's buffers are donated to the next chunk
+            self.best_step, self.best_value, self.bad_count, self.improved = step, value, 0, True
         else:
             self.bad_count += 1
         return self.stopped
 
-    def save(self, step):
-        """Before the checkpoint at `step`: the best parameters, then this step's record."""
-        if self._pending is not None:
-            ckpt = self._checkpointer()
-            if not ckpt.path(self.best_step).is_dir():          # a resumed run finds the same best again
-                ckpt.save(self.best_step, {"params": self._pending})
-            self._pending = None
-        if self.write:
-            path = self.workdir / EARLY_STOPPING_FILE
-            records = {k: v for k, v in read_records(self.workdir).items() if int(k) < step}
-            records[str(step)] = {"best_step": self.best_step, "bad_count": self.bad_count,
-                                  "best_value": self.best_value if math.isfinite(self.best_value) else None}
-            export.write_json(path, {"records": records})
-
-    def _checkpointer(self):
-        if self._ckpt is None:
-            # Two kept: the best of the last checkpoint's record survives one more save.
-            self._ckpt = Checkpointer(self.workdir / BEST_DIR, max_to_keep=2)
-        return self._ckpt
-
-    def close(self):
-        if self._ckpt is not None:
-            self._ckpt.close()
-            self._ckpt = None
+    def record(self):
+        return {"best_step": self.best_step, "bad_count": self.bad_count,
+                "best_value": self.best_value if math.isfinite(self.best_value) else None}
 
     def summary(self, stopped_at):
         return {"patience": self.patience, "best_step": self.best_step,
@@ -160,7 +133,7 @@ class Monitor:
     (only in the last train phase: earlier phases such as pretraining optimise other things),
     TensorBoard scalars, histograms and, every tensorboard.images_every steps, images."""
 
-    def __init__(self, ctx, events, workdir, write, echo):
+    def __init__(self, ctx, events, echo):
         config, t = ctx.config, ctx.config.train
         self.model, self.events, self.last_phase, self.echo = ctx.model, events, ctx.last_phase, echo
         self.restarts, self.total = t.restarts, t.steps
@@ -168,7 +141,7 @@ class Monitor:
         self.val = (ValidationELBO(ctx.model, val_inputs, config.eval.batch_size, config.seed, ctx.layout,
                                    ctx.streamed)
                     if val_inputs is not None else None)
-        self.stopper = EarlyStopping(workdir, t.patience, write) if t.patience > 0 else None
+        self.stopper = EarlyStopping(t.patience) if t.patience > 0 else None
         every = config.tensorboard.images_every
         self.images_every = math.ceil(every / t.log_every) * t.log_every if every else 0
 
@@ -176,9 +149,15 @@ class Monitor:
     def stopped(self):
         return self.stopper is not None and self.stopper.stopped
 
-    def resume(self, step):
+    def resume(self, meta):
+        """Early stopping's record from the meta of the checkpoint the run resumes from."""
         if self.stopper is not None:
-            self.stopper.resume(step)
+            self.stopper.resume(meta.get("early_stopping"))
+
+    @property
+    def improved(self):
+        """Whether this log step is early stopping's new best (its checkpoint is written now)."""
+        return self.stopper is not None and self.stopper.improved
 
     def validate(self, step, phase, params, values):
         """Add the training ELBO and the validation values to `values`; returns True to stop."""
@@ -194,7 +173,7 @@ class Monitor:
             values["val_elbo_per_restart"] = [round(float(v), 5) for v in per_restart["elbo"]]
         if self.stopper is None or phase.name != self.last_phase:
             return False
-        if self.stopper.update(step, values["val_elbo"], params) and step < phase.end:
+        if self.stopper.update(step, values["val_elbo"]) and step < phase.end:
             s = self.stopper
             self.echo(f"early stopping at step {step}: the validation ELBO has not improved for {s.bad_count} "
                       f"log steps (best {s.best_value:.5g} at step {s.best_step})", flush=True)
@@ -214,16 +193,21 @@ class Monitor:
             # Host copies: the same compiled programs as the final images' (evaluate passes host arrays).
             self.events.snapshot(step, jax.tree.map(lambda a: parallel.to_host(a)[0], params))
 
-    def before_checkpoint(self, step):
-        if self.stopper is not None:
-            self.stopper.save(step)
+    def before_checkpoint(self):
+        """(what the checkpoint's meta records, the validation ELBO that keeps it as the best or
+        None)."""
         self.events.flush()
+        if self.stopper is None:
+            return {}, None
+        best, self.stopper.improved = self.stopper.improved, False
+        return {"early_stopping": self.stopper.record()}, self.stopper.best_value if best else None
 
-    def final_params(self, params, workdir):
-        """The parameters the outputs come from: the best step's under early stopping, else `params`."""
+    def final_params(self, params, ckpt):
+        """The parameters the outputs come from: the best step's under early stopping (read from
+        its checkpoint), else `params`."""
         if self.stopper is None or self.stopper.best_step is None:
             return params
-        return restore_best(workdir, self.stopper.best_step, params)
+        return jax.tree.map(parallel.to_host, ckpt.restore_params(self.stopper.best_step, params))
 
     def summary(self, params, chosen, stopped_at):
         out = {}
@@ -237,5 +221,4 @@ class Monitor:
         return out
 
     def close(self):
-        if self.stopper is not None:
-            self.stopper.close()
+        pass

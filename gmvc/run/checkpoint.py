@@ -1,16 +1,19 @@
 """The one file that talks to orbax. A checkpoint holds up to three items: "state" (step,
 params, opt_state), "tables" (the per-sample step inputs: neighbours, groups) and "meta" (JSON:
-the phase it was written in). Parameters restore alone, without an optimizer or the tables
-(restore_params). Checkpoints are written synchronously, so a step that is listed is complete;
+the phase it was written in, early stopping's record). Parameters restore alone, without an
+optimizer or the tables (restore_params). The manager keeps the `max_to_keep` latest checkpoints
+and, of those saved with a validation ELBO (early stopping's improvements), the best one. Checkpoints are written synchronously, so a step that is listed is complete;
 a run killed mid-save leaves only a temporary folder that orbax ignores.
 Each checkpoint also gets a list of its files' SHA-256 sums (CHECKSUMS), checked before it is
 read: a changed byte is reported by file, and a run resumes from its newest intact checkpoint."""
 import hashlib
 import json
+import logging
 import pathlib
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as keep
 
 from gmvc.errors import CheckpointError
 
@@ -19,8 +22,12 @@ class Checkpointer:
     def __init__(self, directory, max_to_keep=3):
         self.directory = pathlib.Path(directory).absolute()
         self._intact = set()           # steps verified (or written) by this checkpointer
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False,
-                                               create=True)
+        best = keep.BestN(get_metric_fn=_val_elbo, n=1, keep_checkpoints_without_metrics=False)
+        options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True,
+                                               preservation_policy=keep.AnyPreservationPolicy(
+                                                   [keep.LatestN(max_to_keep), best]),
+                                               best_fn=_val_elbo, best_mode="max",
+                                               keep_checkpoints_without_metrics=False)
         try:
             # The handler named up front: a manager opened on existing checkpoints otherwise
             # knows it only after a save or restore, and item_metadata returns None.
@@ -36,10 +43,11 @@ class Checkpointer:
     def path(self, step):
         return self.directory / str(step)
 
-    def save(self, step, state, tables=None, meta=None):
+    def save(self, step, state, tables=None, meta=None, val_elbo=None):
         """Write checkpoint `step`: `state` a dict (a TrainState's fields, or only "params"),
-        `tables` a dict of per-sample arrays, `meta` a JSON-able dict. A failure (a full disk, a
-        read-only folder) is one line naming the path and the cause, and the earlier checkpoints
+        `tables` a dict of per-sample arrays, `meta` a JSON-able dict; `val_elbo`, early stopping's
+        new best, keeps it past max_to_keep until a better one is saved. A failure (a full disk,
+        a read-only folder) is one line naming the path and the cause, and the earlier checkpoints
         stay as they were."""
         items = {"state": ocp.args.PyTreeSave(dict(state))}
         if tables:
@@ -47,7 +55,8 @@ class Checkpointer:
         if meta is not None:
             items["meta"] = ocp.args.JsonSave(meta)
         try:
-            self._manager.save(int(step), args=ocp.args.Composite(**items))
+            self._manager.save(int(step), args=ocp.args.Composite(**items),
+                               metrics=None if val_elbo is None else {"val_elbo": float(val_elbo)})
             self._manager.wait_until_finished()
             if jax.process_index() == 0:
                 sums = {str(f.relative_to(self.path(step))): _sha256(f) for f in _files(self.path(step))}
@@ -186,6 +195,21 @@ class Checkpointer:
 
 
 CHECKSUMS = "gmvc_checksums.json"
+
+
+def _val_elbo(metrics):
+    return metrics["val_elbo"]
+
+
+class _QuietUnscored(logging.Filter):
+    """Checkpoints saved without a validation ELBO are the rule (only early stopping's best steps
+    carry one), not a warning on stderr."""
+
+    def filter(self, record):
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietUnscored())
 
 
 def _files(directory):

@@ -15,8 +15,6 @@ from gmvc.models import make_model
 from gmvc.core.batching import to_host
 from gmvc.run.checkpoint import Checkpointer
 
-EARLY_STOPPING_FILE = "early_stopping.json"
-BEST_DIR = "best_checkpoint"
 RESULTS_FILE = "results.json"
 
 
@@ -135,12 +133,12 @@ def _restore(config, workdir, model):
         if not step:
             raise CheckpointError(f"no checkpoint in {checkpoints} (train the run first)")
         like_params = params_like(model, config.train.restarts)
-        record = read_record(workdir, step) if config.train.patience > 0 else None
-        if record and record["best_step"]:
-            step = record["best_step"]
-            return restore_best(workdir, step, like_params), step, ckpt.phase(latest), latest
+        meta = ckpt.meta(latest)
+        record = meta.get("early_stopping") if config.train.patience > 0 else None
+        if record and record.get("best_step"):
+            step = record["best_step"]          # kept by the manager (Checkpointer's BestN)
         stacked = jax.tree.map(to_host, ckpt.restore_params(step, like_params))
-        return stacked, step, ckpt.phase(step), latest
+        return stacked, step, meta.get("phase"), latest
     finally:
         ckpt.close()
 
@@ -148,27 +146,6 @@ def _restore(config, workdir, model):
 def params_like(model, restarts):
     """The shapes and dtypes of a run's [R, ...] parameters (nothing is initialised)."""
     return jax.eval_shape(lambda: jax.vmap(model.init)(jax.random.split(jax.random.key(0), restarts)))
-
-
-def restore_best(workdir, best_step, like_params):
-    """The parameters (every restart) early stopping saved at `best_step`, as host arrays."""
-    ckpt = Checkpointer(pathlib.Path(workdir) / BEST_DIR, max_to_keep=2)
-    try:
-        restored = ckpt.restore_params(best_step, like_params)
-    finally:
-        ckpt.close()
-    return jax.tree.map(to_host, restored)
-
-
-def read_records(workdir):
-    """Early stopping's state per checkpoint step: {step: {"best_step", "bad_count", "best_value"}}."""
-    path = pathlib.Path(workdir) / EARLY_STOPPING_FILE
-    return json.loads(path.read_text())["records"] if path.exists() else {}
-
-
-def read_record(workdir, step):
-    """The early-stopping state saved with the checkpoint at `step`, or None."""
-    return read_records(workdir).get(str(step))
 
 
 def read_config(workdir):
