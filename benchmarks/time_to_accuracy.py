@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from gmvc import trainer as train_lib  # noqa: E402
 from gmvc.core import batching, metrics  # noqa: E402
 from gmvc.data import load_dataset  # noqa: E402
-from gmvc.eval import monitor  # noqa: E402
+from gmvc.eval import evaluators  # noqa: E402
 from gmvc.eval.restarts import choose_restart  # noqa: E402
 from gmvc.models import make_model  # noqa: E402
 from gmvc.training.context import model_inputs  # noqa: E402
@@ -140,13 +140,14 @@ def run_one(config, target, workdir):
         raise SystemExit(f"time_to_accuracy.py: {config.data.source!r} has no labels to score the runs with")
     scored = scored_phases(config)
     watcher = Watcher(config, data, target, t0)
-    original = monitor.Monitor.validate
+    original = evaluators.make_evaluators
 
-    def validate(self, step, phase, params, values):
-        stop = original(self, step, phase, params, values)
-        if phase.name in scored:
-            watcher(step, phase, params)
-        return stop
+    def make_evaluators(ctx):                  # the watcher as one more evaluator of the log steps
+        def watch(step, phase, params, values):
+            if phase.name in scored:
+                watcher(step, phase, params)
+            return {}
+        return original(ctx) + [watch]
 
     original_init = EmbeddingPhases.init_prior
 
@@ -155,12 +156,12 @@ def run_one(config, target, workdir):
         watcher.after_init(phase, params)
         return params
 
-    monitor.Monitor.validate, EmbeddingPhases.init_prior = validate, init_prior
+    evaluators.make_evaluators, EmbeddingPhases.init_prior = make_evaluators, init_prior
     try:
         summary = train_lib.train_and_evaluate(config, workdir, echo=lambda *a, **k: None, data=data,
                                                write_outputs=False)
     finally:
-        monitor.Monitor.validate, EmbeddingPhases.init_prior = original, original_init
+        evaluators.make_evaluators, EmbeddingPhases.init_prior = original, original_init
     total = time.perf_counter() - watcher.t0 - watcher.eval_seconds
     return {"seed": config.seed, "reached": watcher.reached, "reached_training": watcher.reached_training,
             "final_acc": round(summary.get("acc", float("nan")), 4),

@@ -68,7 +68,7 @@ def base_config():
     c.train.restarts = 1               # independent inits trained together; one is kept, chosen by:
     c.train.restart_choice = "objective"   # objective (lowest on the data) | balance (most even partition)
     c.train.restart_batches = "shared"   # shared (one data order for all restarts) | own (each its own order)
-    c.train.validation_fraction = 0.0  # share of the samples held out of training; its ELBO is logged (gmvc/eval/monitor.py)
+    c.train.validation_fraction = 0.0  # held out of training; its ELBO is logged (gmvc/eval/evaluators.py)
     c.train.patience = 0               # > 0: stop when the validation ELBO has not improved for this many log
                                        # steps (last train phase); outputs come from the best step's parameters
     c.train.epochs = 0                 # > 0: train.steps becomes min(train.steps, max(train.min_steps,

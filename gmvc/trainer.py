@@ -8,7 +8,6 @@ saves checkpoints together; only process 0 writes logs, events, predictions, plo
 import contextlib
 import math
 import pathlib
-import sys
 import time
 from typing import NamedTuple
 
@@ -17,13 +16,13 @@ import numpy as np
 
 from gmvc import config as config_lib
 from gmvc.data import load_dataset, prepare
-from gmvc.eval import clustering, monitor
-from gmvc.eval.events import open_events
+from gmvc.eval import clustering, evaluators
+from gmvc.eval.writer import Writer
 from gmvc.eval.restarts import choose_restart, describe_choice
 from gmvc.run import export
 from gmvc.run import workdir as workdir_lib
 from gmvc.run.checkpoint import Checkpointer
-from gmvc.run.progress import Progress, attended
+from gmvc.run.progress import attended
 from gmvc.run.restore import Restored, check_run_exists, load_trained, read_results
 from gmvc.training import context, interrupt, parallel
 from gmvc.training.phases import fit_reads_table, neighbour_k, resume_index, uses_groups, uses_neighbours
@@ -54,12 +53,13 @@ class Outcome(dict):
 
 def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=True, bar=None):
     """Train (or resume) the run in `workdir` through its phases, then evaluate; returns the
-    Outcome: the summary written to results.json, with the trained model as `.trained`. `data`: a Dataset to train on instead of config.data's
-    source (the estimators' arrays); `write_outputs=False` skips predictions.csv, the plots and
-    the TensorBoard images. With train.validation_fraction > 0 that share of the data does not
-    train (gmvc/eval/monitor.py); every output still covers all the samples. `bar`: draw a
-    progress bar in place of the progress lines (None: where a person watches and `echo` is
-    print; the estimators decide for themselves)."""
+    Outcome: the summary written to results.json, with the trained model as `.trained`. `data`:
+    a Dataset to train on instead of config.data's source (the estimators' arrays);
+    `write_outputs=False` skips predictions.csv, the plots and the TensorBoard images. With
+    train.validation_fraction > 0 that share of the data does not train (gmvc/eval/evaluators.py);
+    every output still covers all the samples. `echo` prints the run's lines (process 0 only);
+    `bar`: draw a progress bar in place of the progress lines (None: where a person watches and
+    `echo` is print; the estimators decide for themselves)."""
     config.lock()
     workdir = pathlib.Path(workdir)
     main_process = jax.process_index() == 0
@@ -70,80 +70,88 @@ def train_and_evaluate(config, workdir, echo=print, data=None, write_outputs=Tru
             workdir_lib.check_same_config(workdir, config_lib.to_dict(plan.config))
         with interrupt.graceful(jax.process_count() == 1):
             bar = (echo is print and attended()) if bar is None else bar
-            return _train(plan, workdir, echo if main_process else _silent, write_outputs, bar and main_process)
+            writer = Writer(echo, main_process)
+            return _train(plan, workdir, writer, write_outputs, bar)
     finally:
         if held is not None:
             held.release()
 
 
-def _train(plan, workdir, echo, write_outputs, bar):
-    main_process = jax.process_index() == 0
+class Logs(NamedTuple):
+    """What a train phase writes at its log steps."""
+    ckpt: Checkpointer
+    writer: Writer
+    evaluators: list             # evaluator(step, phase, params, values) -> dict (gmvc/eval/evaluators.py)
+    stopper: object              # evaluators.EarlyStopping, or None
+
+
+def _train(plan, workdir, writer, write_outputs, bar):
     config, data, scaling = plan.config, plan.data, plan.scaling
+    say = writer.say
 
     # ------------------------------------------------------------------ data, model and programs
     # The model, the phases, each train phase's compiled chunk of steps and the training inputs
     # placed for the layout (gmvc/training/context.py, gmvc/training/program.py).
-    ctx = context.build(plan)
+    ctx = context.build(plan, say)
     for note in plan.notes + ([f"input: {ctx.stream_note}"] if ctx.stream_note else []):
-        echo(note, flush=True)
+        say(note)
 
     # ------------------------------------------------------------------ checkpoints
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
-    step = ckpt.latest_valid_step(echo)
+    step = ckpt.latest_valid_step(say)
     resume_at = resume_index(ctx.phases, step) if step else -1          # a checkpoint past the phases: an error
     params_like = jax.eval_shape(lambda r: init_params(ctx.model.init, r, config.train.restarts), ctx.rngs["init"])
     with contextlib.ExitStack() as cleanup:
         # The phases compile in a background thread from here on, while the parameters initialise.
         warm = start_warmup(ctx, params_like, max(resume_at, 0))
         cleanup.callback(warm.close)
-        position = start(ctx, ckpt, step, resume_at, workdir, echo)
-        if main_process:    # only now: a start refused by its checkpoints leaves the run's record as it was
+        position = start(ctx, ckpt, step, resume_at, workdir, say)
+        if writer.main:     # only now: a start refused by its checkpoints leaves the run's record as it was
             export.write_json(workdir / "config.json", config_lib.to_dict(config))
             if scaling.kind != "none":
                 prepare.save(scaling, workdir)
 
-        # -------------------------------------------------------------- evaluators
-        # The progress line and metrics.jsonl, TensorBoard events, and the validation split
-        # with early stopping (gmvc/eval/monitor.py).
-        progress = Progress(workdir / "metrics.jsonl", step, config.train.steps, echo, write=main_process,
-                            bar=sys.stdout if bar else None)
-        cleanup.callback(progress.close)
-        echo = progress.say                                              # above the bar, if any
-        events = cleanup.enter_context(contextlib.closing(open_events(ctx, workdir, step, main_process,
-                                                                      images=write_outputs)))
-        watch = monitor.Monitor(ctx, events, echo)
-        watch.resume(ckpt.meta(step) if step else {})
+        # -------------------------------------------------------------- evaluators and the writer
+        # Each log step: the evaluators' values (training and validation ELBO), early stopping on
+        # the validation ELBO, and the writer's metrics.jsonl, progress line and TensorBoard.
+        writer.open(ctx, workdir, step, bar, images=write_outputs)
+        cleanup.callback(writer.close)
+        stopper = evaluators.EarlyStopping(config.train.patience) if config.train.patience > 0 else None
+        if stopper is not None and step:
+            stopper.resume(ckpt.meta(step).get("early_stopping"))
+        logs = Logs(ckpt, writer, evaluators.make_evaluators(ctx), stopper)
 
         # -------------------------------------------------------------- the phases
         t_train = time.time()
         try:
-            position = run_phases(ctx, position, (ckpt, progress, watch), warm, echo)
+            position = run_phases(ctx, position, logs, warm)
         except TrainingError as e:
             raise TrainingError(f"{e}. {_likely_causes(config, data.x)}") from None
         train_seconds = time.time() - t_train
-        params = watch.final_params(position.params, ckpt)             # the best step's under early stopping
+        params = position.params
+        if stopper is not None and stopper.best_step is not None:     # the outputs come from the best step
+            params = jax.tree.map(parallel.to_host, ckpt.restore_params(stopper.best_step, params))
         ckpt.close()
 
         # -------------------------------------------------------------- final evaluation
         warm.ready("finish")
-        summary, chosen = finish(ctx, params, position.step, (workdir, main_process and write_outputs),
-                                 (events, watch), echo)
+        summary, chosen = finish(ctx, params, position.step, logs, workdir if write_outputs else None)
     summary.update({"steps": position.step, "data_shape": list(data.x.shape[1:]),
                     "input": {"scaling": scaling.kind, "why": scaling.reason, "likelihood": config.model.likelihood},
                     "train_seconds": _train_seconds(workdir, train_seconds, trained=position.step > step),
                     "compiles": sum(p.trace_count for p in ctx.programs.values() if p.owner is p),
                     "parallel": {"mode": ctx.layout.mode, "devices": ctx.layout.n,
                                  "processes": jax.process_count()}})
-    if main_process:
+    if writer.main:
         export.write_json(workdir / "results.json", summary)
-    echo(f"results: {workdir / 'results.json'}", flush=True)
+    say(f"results: {workdir / 'results.json'}")
     best = summary.get("early_stopping", {}).get("best_step")
     trained = Restored(config, ctx.model, chosen, best or position.step, tuple(data.x.shape[1:]), workdir,
                        summary["chosen_restart"], scaling)
     return Outcome(summary, trained)
 
 
-def start(ctx, ckpt, step, resume_at, workdir, echo):
+def start(ctx, ckpt, step, resume_at, workdir, say):
     """The Position a run starts from: fresh parameters, or the checkpoint at `step`."""
     config = ctx.config
     params = jax.tree.map(np.asarray, init_params(ctx.model.init, ctx.rngs["init"], config.train.restarts))
@@ -151,8 +159,8 @@ def start(ctx, ckpt, step, resume_at, workdir, echo):
         split = "" if ctx.split is None else f"; {len(ctx.split[1])} held out for validation"
         k = ctx.model.num_clusters
         clusters = f"; {k} clusters (model.num_clusters)" if k else ""
-        echo(f"Starting a new run in {workdir} ({len(ctx.data.x)} samples from {ctx.data.name!r}{clusters}{split}"
-             f"{_layout_note(ctx.layout)})", flush=True)
+        say(f"Starting a new run in {workdir} ({len(ctx.data.x)} samples from {ctx.data.name!r}{clusters}{split}"
+            f"{_layout_note(ctx.layout)})")
         return Position(0, params, None, Tables(), -1)
     phase = ctx.phases[resume_at]
     restarts, n = config.train.restarts, len(ctx.x_train)
@@ -160,30 +168,22 @@ def start(ctx, ckpt, step, resume_at, workdir, echo):
         np.zeros((restarts, n, neighbour_k(ctx.phases, resume_at)), np.int32) if uses_neighbours(phase.spec) else None,
         np.zeros((restarts, n), np.int32) if uses_groups(phase.spec) else None).to_dict()
     like = create_state(params, ctx.programs[phase.name].tx)._asdict()
-    state, tables = restore_state(ckpt, step, ctx.layout, like, tables_like)
-    echo(f"Resuming from checkpoint {ckpt.path(step)} (step {step} of {config.train.steps}, "
-         f"phase {phase.name!r})", flush=True)
+    if ctx.layout.mode == "shard_map":            # written by any number of devices, read for this mesh
+        like, tables_like = parallel.put_state(ctx.layout, (like, tables_like))
+    state, tables = jax.tree.map(parallel.to_host, ckpt.restore(step, like, tables_like))
+    say(f"Resuming from checkpoint {ckpt.path(step)} (step {step} of {config.train.steps}, phase {phase.name!r})")
     return Position(step, state["params"], state["opt_state"], Tables(**tables), resume_at)
 
 
-def restore_state(ckpt, step, layout, like, tables_like):
-    """(state, tables) of checkpoint `step` (written by any number of devices) as host arrays shaped
-    like the dicts `like` and `tables_like`; placed for the layout by the phase that reads them."""
-    if layout.mode == "shard_map":
-        like, tables_like = parallel.put_state(layout, (like, tables_like))
-    return jax.tree.map(parallel.to_host, ckpt.restore(step, like, tables_like))
-
-
-def run_phases(ctx, position, logs, warm, echo):
-    """Run every phase from where `position` stands; returns the Position after the last one.
-    `logs`: (checkpointer, progress, monitor), which the train phases write at log steps."""
-    watch = logs[2]
-    if watch.stopped:
-        echo(f"the run stopped early at step {position.step} (train.patience={ctx.config.train.patience}); "
-             f"not training further", flush=True)
+def run_phases(ctx, position, logs, warm):
+    """Run every phase from where `position` stands; returns the Position after the last one."""
+    say, stopped = logs.writer.say, logs.stopper is not None and logs.stopper.stopped
+    if stopped:
+        say(f"the run stopped early at step {position.step} (train.patience={ctx.config.train.patience}); "
+            f"not training further")
     preloading = False
     for i, phase in enumerate(ctx.phases):
-        if i < position.resume_at or watch.stopped:
+        if i < position.resume_at or stopped:
             continue
         if interrupt.requested():
             raise Interrupted(f"interrupted before phase {phase.name!r}: the same command resumes the run from its "
@@ -193,31 +193,31 @@ def run_phases(ctx, position, logs, warm, echo):
         if phase.kind == "init_prior":
             rng = jax.random.fold_in(ctx.rngs["prior"], i)
             table = tables.neighbours if fit_reads_table(phase.spec) else None
-            params = ctx.embedding.init_prior(phase, position.params, ctx.x_train, rng, table, echo, tables.groups)
+            params = ctx.embedding.init_prior(phase, position.params, ctx.x_train, rng, table, tables.groups)
             if not phase.spec["keep_current"]:     # otherwise init_prior said which prior it kept
-                echo(f"phase {phase.name!r}: mixture prior initialised from the embeddings "
-                     f"({phase.spec['method']})", flush=True)
+                say(f"phase {phase.name!r}: mixture prior initialised from the embeddings ({phase.spec['method']})")
             tables = tables._replace(groups=ctx.embedding.groups)
             if phase.spec["pull"]:
-                tables = tables._replace(neighbours=ctx.embedding.pull_table(ctx.y_train, echo, phase.name))
+                tables = tables._replace(neighbours=ctx.embedding.pull_table(ctx.y_train, phase.name))
             position = position._replace(params=params, tables=tables)
         elif phase.kind == "neighbours":
-            table = ctx.embedding.neighbours(phase, position.params, ctx.x_train, ctx.y_train, echo)
+            table = ctx.embedding.neighbours(phase, position.params, ctx.x_train, ctx.y_train)
             position = position._replace(tables=tables._replace(neighbours=table))
         else:
             if not preloading:
                 export.preload()        # once the first train phase's program is ready
                 preloading = True
             position = train_phase(ctx, i, position, logs)
+            stopped = logs.stopper is not None and logs.stopper.stopped
     return position
 
 
 def train_phase(ctx, index, position, logs):
     """One train phase from `position` (from its own checkpoint when it is the resumed phase): the
-    loop over chunks of train.log_every steps, with the progress line, validation and early
-    stopping, and a checkpoint every train.checkpoint_every steps, at the phase's end and on
-    Ctrl-C. `logs`: (checkpointer, progress, monitor)."""
-    (ckpt, progress, watch), t, layout = logs, ctx.config.train, ctx.layout
+    loop over chunks of train.log_every steps, each followed by a log step (the evaluators, early
+    stopping in the last phase, the writer), with a checkpoint every train.checkpoint_every
+    steps, at a new best validation ELBO, at the phase's end and on Ctrl-C."""
+    t, layout, stopper = ctx.config.train, ctx.layout, logs.stopper
     phase, program = ctx.phases[index], ctx.programs[ctx.phases[index].name]
     first_of_run = lambda a: a if layout.mode != "pmap" else jax.tree.map(lambda x: x[0], a)   # pmap: device 0's
 
@@ -231,6 +231,7 @@ def train_phase(ctx, index, position, logs):
     rng = ctx.rngs["train"]
     batches = program.batches(ctx.x_device, position.tables, rng, position.step)
     ckpt_every = math.ceil(t.checkpoint_every / t.log_every) * t.log_every
+    watching = stopper is not None and phase.name == ctx.last_phase     # early stopping: the last phase only
 
     # ---- the loop: one compiled chunk of steps, then the log step
     step = position.step
@@ -244,17 +245,26 @@ def train_phase(ctx, index, position, logs):
             if t.restarts > 1:
                 values["loss_per_restart"] = [round(float(v), 5) for v in per_restart["loss"]]
             params = first_of_run(state.params)
-            stop = watch.validate(step, phase, params, values)
-            values["steps_per_sec"] = progress(step, values, phase.name)
-            watch.write_events(step, params, values)
+            for evaluate in logs.evaluators:
+                values.update(evaluate(step, phase, params, values))
+            improved = watching and stopper.update(step, values["val_elbo"])
+            stop = watching and stopper.stopped and step < phase.end
+            if stop:
+                logs.writer.say(f"early stopping at step {step}: the validation ELBO has not improved for "
+                                f"{stopper.bad_count} log steps (best {stopper.best_value:.5g} at step "
+                                f"{stopper.best_step})")
+            logs.writer.log(step, phase.name, values, params)
             halt = interrupt.requested()
-            if stop or halt or watch.improved or (step - phase.start) % ckpt_every == 0 or step == phase.end:
-                notes, best = watch.before_checkpoint()
-                ckpt.save(step, first_of_run(state)._asdict(), first_of_run(tables).to_dict(),
-                          {"phase": phase.name, "data_shape": list(ctx.data.x.shape[1:]), **notes}, val_elbo=best)
+            if stop or halt or improved or (step - phase.start) % ckpt_every == 0 or step == phase.end:
+                logs.writer.flush()
+                meta = {"phase": phase.name, "data_shape": list(ctx.data.x.shape[1:])}
+                if stopper is not None:
+                    meta["early_stopping"] = stopper.record()
+                logs.ckpt.save(step, first_of_run(state)._asdict(), first_of_run(tables).to_dict(), meta,
+                               val_elbo=values["val_elbo"] if improved else None)
             if halt:
-                raise Interrupted(f"interrupted at step {step}: its checkpoint is in {ckpt.path(step)}; the same "
-                                  f"command resumes the run from there")
+                raise Interrupted(f"interrupted at step {step}: its checkpoint is in {logs.ckpt.path(step)}; the "
+                                  f"same command resumes the run from there")
             if stop:
                 break
     finally:
@@ -270,34 +280,36 @@ def check_finite(step, per_restart):
                             f"{bad}); no checkpoint was written for this chunk")
 
 
-def finish(ctx, stacked, step, where, watchers, echo):
-    """Choose the restart, evaluate it on every sample, report validation and early stopping.
-    `where`: (workdir, whether this process writes the files); `watchers`: (events, monitor)."""
-    (workdir, write), (events, watch) = where, watchers
-    config, model = ctx.config, ctx.model
+def finish(ctx, stacked, step, logs, outputs):
+    """Choose the restart, evaluate it on every sample, report validation and early stopping;
+    returns (summary, the chosen restart's parameters). `outputs`: the workdir to write
+    predictions, plots and images to (process 0), or None."""
+    config, model, writer, stopper = ctx.config, ctx.model, logs.writer, logs.stopper
     params, choice = choose_restart(config, ctx.programs[ctx.last_phase], model, stacked, ctx.inputs)
     if config.train.restarts > 1:
-        echo(describe_choice(choice, config.train.restarts), flush=True)
+        writer.say(describe_choice(choice, config.train.restarts))
     out = clustering.predict_all(model, params, ctx.inputs, config.eval.batch_size)
     summary, clusters = clustering.score(model, out, ctx.data.y)
     if "acc" in summary:
-        echo("clustering: " + " ".join(f"{m}={summary[m]:.4f}" for m in clustering.SCORES), flush=True)
-    if write:
+        writer.say("clustering: " + " ".join(f"{m}={summary[m]:.4f}" for m in clustering.SCORES))
+    if outputs is not None and writer.main:
         samples = clustering.draw_samples(config, model, params, ctx.rngs["sample"], ctx.data.is_image)
-        events.snapshot(step, params, out=out, samples=samples)
-        summary["files"] = clustering.write_outputs(workdir, config, model, ctx.data, out, clusters, samples)
+        writer.snapshot(step, params, out=out, samples=samples)
+        summary["files"] = clustering.write_outputs(outputs, config, model, ctx.data, out, clusters, samples)
         for name, path in summary["files"].items():
-            echo(f"wrote {name}: {path}", flush=True)
+            writer.say(f"wrote {name}: {path}")
     summary.update(choice)
-    summary.update(watch.summary(stacked, choice["chosen_restart"],
-                                 step if watch.stopped and step < config.train.steps else None))
-    if "early_stopping" in summary:
+    validation = [e for e in logs.evaluators if isinstance(e, evaluators.Validation)]
+    if validation:
+        summary["validation"] = validation[0].final(stacked, choice["chosen_restart"])
+    if stopper is not None:
+        summary["early_stopping"] = stopper.summary(step if stopper.stopped and step < config.train.steps else None)
         e = summary["early_stopping"]
-        echo(f"early stopping: outputs from the best step {e['best_step']} (validation ELBO {e['best_val_elbo']})",
-             flush=True)
-    events.scalars(step, {k: float(summary[k]) for k in clustering.SCORES if k in summary}, "eval")
+        writer.say(f"early stopping: outputs from the best step {e['best_step']} (validation ELBO "
+                   f"{e['best_val_elbo']})")
+    writer.scalars(step, {k: float(summary[k]) for k in clustering.SCORES if k in summary}, "eval")
     if "validation" in summary:
-        events.scalars(step, {"val_elbo": summary["validation"]["elbo"]}, "eval")
+        writer.scalars(step, {"val_elbo": summary["validation"]["elbo"]}, "eval")
     return summary, params
 
 
@@ -345,10 +357,6 @@ def _train_seconds(workdir, seconds, trained):
         if isinstance(earlier, (int, float)):
             return earlier
     return round(seconds, 2)
-
-
-def _silent(*args, **kwargs):
-    pass
 
 
 def _layout_note(layout):

@@ -61,10 +61,9 @@ def test_keep_current_keeps_the_better_partition():
     spec = {**INIT_DEFAULTS, "kind": "init_prior", "select": "balance", "keep_current": True}
     params = {"net": {}, "prior": jax.tree.map(lambda a, b: jnp.stack([a, b]), truth, same)}
     said = []
-    phases = EmbeddingPhases(model, 2, 512)
+    phases = EmbeddingPhases(model, 2, 512, say=said.append)
     phases.fits["refit"] = lambda rng, restart, zz, table: (merged, permuted)[restart]
-    new = phases.init_prior(Phase("refit", "init_prior", 0, 0, spec), params, z, jax.random.key(0),
-                            echo=lambda m, **k: said.append(m))
+    new = phases.init_prior(Phase("refit", "init_prior", 0, 0, spec), params, z, jax.random.key(0))
     for r, want in ((0, truth), (1, permuted)):
         _assert_trees_equal(jax.tree.map(lambda a: a[r], new["prior"]), want)
     true_kl = float(hard_imbalance(truth, jnp.asarray(z)))
@@ -105,10 +104,9 @@ def test_balanced_above_fits_balanced_only_where_the_partition_is_uneven():
     def plain(rng, restart, zz, table):
         plain_calls.append(restart)
         return merged
-    phases = EmbeddingPhases(model, 2, 512)
+    phases = EmbeddingPhases(model, 2, 512, say=said.append)
     phases.fits["refit"] = plain
-    new = phases.init_prior(Phase("refit", "init_prior", 0, 0, spec), params, z, jax.random.key(0),
-                            echo=lambda m, **k: said.append(m))
+    new = phases.init_prior(Phase("refit", "init_prior", 0, 0, spec), params, z, jax.random.key(0))
     assert plain_calls == [0]
     _assert_trees_equal(jax.tree.map(lambda a: a[0], new["prior"]), merged)
     true_kl, merged_kl = (float(kl_to_uniform(cluster_counts(p, jnp.asarray(z)) / len(z))) for p in (truth, merged))
@@ -135,8 +133,8 @@ def test_keep_current_by_likelihood_and_with_nan():
     phase = Phase("refit", "init_prior", 0, 0, {"select": "likelihood"})
     said = []
     echo = lambda m, **k: said.append(m)
-    assert keep_or_replace(phase, wide, truth, z, echo=echo) is truth
-    assert keep_or_replace(phase, truth, wide, z, echo=echo) is truth
+    assert keep_or_replace(phase, wide, truth, z, say=echo) is truth
+    assert keep_or_replace(phase, truth, wide, z, say=echo) is truth
     ll_true, ll_wide = float(mean_log_likelihood(truth, z)), float(mean_log_likelihood(wide, z))
     assert ll_true > ll_wide + 0.5
     assert said[0].startswith(f"phase 'refit': the new fit replaces the prior (mean log-likelihood: current "
@@ -194,7 +192,8 @@ def test_pull_gives_each_sample_the_anchors_of_its_merged_group():
     phase = Phase("fit", "init_prior", 0, 0, spec)
     new = phases.init_prior(phase, params, x, jax.random.key(0), table)
     said = []
-    pulled = phases.pull_table(y, echo=lambda m, **k: said.append(m), name="fit")
+    phases.say = said.append
+    pulled = phases.pull_table(y, name="fit")
     assert pulled.shape == (1, 1000, 3) and pulled.dtype == np.int32
     assert np.all(y[pulled[0]] == y[:, None])                          # every anchor shares the moon
     assert len(np.unique(pulled[0])) == 6                              # 3 anchors for each of 2 groups
@@ -272,10 +271,10 @@ def test_the_features_partition_is_kept_where_it_cuts_fewer_links():
     x, y = _uneven_blobs()
     table = np.asarray(knn_table(jnp.asarray(x), 3))[None]
     fit = Phase("fit", "init_prior", 0, 0, spec)
-    phases = EmbeddingPhases(model, 1, 128, [fit])
-    phases.pins = True
     said = []
-    new = phases.init_prior(fit, params, x, jax.random.key(0), table, echo=lambda m, **k: said.append(m))
+    phases = EmbeddingPhases(model, 1, 128, [fit], say=said.append)
+    phases.pins = True
+    new = phases.init_prior(fit, params, x, jax.random.key(0), table)
     assert said[0].startswith("phase 'fit': the features' GMM partition replaces the merged partition"), said
     groups = phases.groups[0]
     assert sorted(np.bincount(groups).tolist()) == sorted(np.bincount(phases.features[0]).tolist())
@@ -285,17 +284,16 @@ def test_the_features_partition_is_kept_where_it_cuts_fewer_links():
     assert cut_share(groups, phases.features[1]) < 0.05
     refit = Phase("fit2", "init_prior", 0, 0, {**spec, "keep_current": True})
     said.clear()
-    again = phases.init_prior(refit, new, x, jax.random.key(1), table, echo=lambda m, **k: said.append(m),
+    again = phases.init_prior(refit, new, x, jax.random.key(1), table,
                               groups=phases.groups)
     assert said == ["phase 'fit2': kept the features' partition (no refit)"]
     # Closer blobs: the GMM cuts about the share the merged partition cuts (0.0230 against
     # 0.0237), no evidence either way, and the merged partition is kept.
     near, _ = _uneven_blobs(gap=3.2)
-    close = EmbeddingPhases(model, 1, 128, [fit])
+    close = EmbeddingPhases(model, 1, 128, [fit], say=said.append)
     close.pins = True
     said.clear()
-    close.init_prior(fit, params, near, jax.random.key(0), np.asarray(knn_table(jnp.asarray(near), 3))[None],
-                     echo=lambda m, **k: said.append(m))
+    close.init_prior(fit, params, near, jax.random.key(0), np.asarray(knn_table(jnp.asarray(near), 3))[None])
     assert said[0].startswith("phase 'fit': kept the merged partition") and "replaces below 0.8 x" in said[0], said
     _assert_trees_equal(again["prior"], new["prior"])
     np.testing.assert_array_equal(phases.groups[0], groups)
@@ -304,8 +302,7 @@ def test_the_features_partition_is_kept_where_it_cuts_fewer_links():
     from gmvc.training.embedding_phases import prior_of_groups
     thirds = np.searchsorted(np.quantile(x[:, 0], [1 / 3, 2 / 3]), x[:, 0]).astype(np.int32)
     said.clear()
-    prior, chosen = phases.choose_features(refit, x, x, prior_of_groups(x, thirds, 3), thirds, 0,
-                                           echo=lambda m, **k: said.append(m), what="kept")
+    prior, chosen = phases.choose_features(refit, x, x, prior_of_groups(x, thirds, 3), thirds, 0, what="kept")
     assert said[0].startswith("phase 'fit2': the features' GMM partition replaces the kept partition"), said
     np.testing.assert_array_equal(chosen, groups)
     np.testing.assert_allclose(np.sort(np.asarray(jax.nn.softmax(prior["logits"]))), weights, atol=1e-4)
@@ -315,11 +312,11 @@ def test_the_features_partition_is_kept_where_it_cuts_fewer_links():
     model2 = types.SimpleNamespace(embed=lambda params, v: v, num_clusters=2, stored_prior=True)
     params2 = {"net": {"w": jnp.ones((1, 2))},
                "prior": {"logits": jnp.zeros((1, 2)), "means": jnp.zeros((1, 2, 2)), "log_vars": jnp.zeros((1, 2, 2))}}
-    moons = EmbeddingPhases(model2, 1, 128, [fit])
+    moons = EmbeddingPhases(model2, 1, 128, [fit], say=said.append)
     moons.pins = True
     said.clear()
     moons.init_prior(Phase("fit", "init_prior", 0, 0, {**spec, "overcluster": 8}), params2, xm, jax.random.key(0),
-                     np.asarray(knn_table(jnp.asarray(xm), 10))[None], echo=lambda m, **k: said.append(m))
+                     np.asarray(knn_table(jnp.asarray(xm), 10))[None])
     assert said[0].startswith("phase 'fit': kept the merged partition (share of the features' 3-NN links"), said
     assert _matched_acc(moons.groups[0], ym) == 1.0 and _matched_acc(moons.features[0], ym) < 0.95
 

@@ -90,3 +90,27 @@ def test_a_silent_run_with_a_bar_prints_the_bar_only(spiral_config, tmp_path, ca
     train_and_evaluate(spiral_config, tmp_path, echo=lambda *a, **k: None, write_outputs=False, bar=True)
     printed = [line for line in capsys.readouterr().out.replace("\r", "\n").splitlines() if line.strip()]
     assert printed and all(line.lstrip().startswith(("[main]", "0%")) for line in printed), printed
+
+
+def test_the_writer_of_another_process_writes_and_prints_nothing(tmp_path):
+    """gmvc.eval.writer.Writer: process 0's says and logs (metrics.jsonl, the progress line);
+    every other process holds one that neither prints nor writes."""
+    import types
+    from gmvc.eval.writer import Writer
+    train = types.SimpleNamespace(steps=100, log_every=50)
+    ctx = types.SimpleNamespace(config=types.SimpleNamespace(train=train, tensorboard=types.SimpleNamespace(
+        enabled=False, images_every=0)))
+    for main in (True, False):
+        lines, workdir = [], tmp_path / str(main)
+        workdir.mkdir()
+        writer = Writer(lambda m, **k: lines.append((m, k.get("flush"))), main)
+        writer.say("before the progress line")
+        writer.open(ctx, workdir, 0, bar=False, images=False)
+        values = {"loss": 1.5}
+        writer.log(50, "main", values, params={})
+        writer.close()
+        if main:
+            assert lines[0] == ("before the progress line", True) and lines[1][0].startswith("[main] 50/100")
+            assert json.loads((workdir / "metrics.jsonl").read_text())["loss"] == 1.5 and "steps_per_sec" in values
+        else:
+            assert lines == [] and list(workdir.iterdir()) == []

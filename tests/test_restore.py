@@ -36,9 +36,38 @@ def test_the_restart_recorded_by_training_is_the_one_restored(run):
     trained = load_trained(workdir)                       # the config from config.json
     assert step == trained.step == 20 and trained.restart == chosen and trained.data_shape == (2,)
     assert_trees_equal(trained.params, jax.tree.map(lambda a: a[chosen], stacked))
-    # generation and the notebooks restore the same parameters
+    # generation and the notebooks restore the same parameters, and training returned them
     assert_trees_equal(load_run(c, workdir, **quiet).params, trained.params)
+    assert_trees_equal(summary.trained.params, trained.params)
+    assert (summary.trained.step, summary.trained.restart, summary.trained.data_shape) == (20, chosen, (2,))
     assert _snapshot(workdir) == before                    # nothing written or removed
+
+
+def test_a_restore_for_prediction_reads_only_the_parameters(run):
+    """load_trained builds no optimizer, phases or tables and reads no data: gmvc.training is never
+    imported; without results.json the sample shape comes from the checkpoint's meta; the
+    checkpoint's parameters restore alone."""
+    import shutil
+    import subprocess
+    import sys
+    from gmvc.run.checkpoint import Checkpointer
+    _, workdir, _ = run
+    copy = workdir.parent / "no_results"
+    shutil.copytree(workdir, copy)
+    (copy / "results.json").unlink()
+    code = ("import sys; from gmvc.run.restore import load_trained; t = load_trained(sys.argv[1]); "
+            "print(t.data_shape, t.step, sorted(m for m in sys.modules if m.startswith('gmvc.training')))")
+    done = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "(2,) 20 []"
+    ckpt = Checkpointer(copy / "checkpoints")
+    try:
+        saved = ckpt.read(20)
+        params = ckpt.restore_params(20, saved["params"])
+        assert ckpt.meta(20) == {"phase": "main", "data_shape": [2]} and set(saved) == {"step", "params", "opt_state"}
+    finally:
+        ckpt.close()
+    assert_trees_equal(params, saved["params"])
 
 
 def test_results_json_decides_the_restart(run, tmp_path):

@@ -2,10 +2,12 @@
 params, opt_state), "tables" (the per-sample step inputs: neighbours, groups) and "meta" (JSON:
 the phase it was written in, early stopping's record). Parameters restore alone, without an
 optimizer or the tables (restore_params). The manager keeps the `max_to_keep` latest checkpoints
-and, of those saved with a validation ELBO (early stopping's improvements), the best one. Checkpoints are written synchronously, so a step that is listed is complete;
-a run killed mid-save leaves only a temporary folder that orbax ignores.
-Each checkpoint also gets a list of its files' SHA-256 sums (CHECKSUMS), checked before it is
-read: a changed byte is reported by file, and a run resumes from its newest intact checkpoint."""
+and, of those saved with a validation ELBO (early stopping's improvements), the best one.
+
+Checkpoints are written synchronously, so a step that is listed is complete; a run killed
+mid-save leaves only a temporary folder that orbax ignores. Each checkpoint also gets a list of
+its files' SHA-256 sums (CHECKSUMS), checked before it is read: a changed byte is reported by
+file, and a run resumes from its newest intact checkpoint."""
 import hashlib
 import json
 import logging
@@ -253,7 +255,8 @@ def _restore_args(like, partial):
     def leaf(a):
         a = ocp.utils.to_shape_dtype_struct(a)
         if getattr(a, "sharding", None) is None:          # host arrays: read onto this process's first device
-            a = jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+            first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            a = jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=first)
         return a
 
     abstract = jax.tree.map(leaf, like)

@@ -46,8 +46,9 @@ class RunContext(NamedTuple):
         return [p.name for p in self.phases if p.kind == "train"][-1]
 
 
-def build(plan):
-    """The RunContext of a gmvc.validate.Plan: its data split and placed, its programs."""
+def build(plan, say=None):
+    """The RunContext of a gmvc.validate.Plan: its data split and placed, its programs. `say`
+    reports the embedding phases' choices, one line each."""
     config, data, model, phases, layout = plan.config, plan.data, plan.model, plan.phases, plan.layout
     split = split_indices(len(data.x), config.train.validation_fraction, config.seed)
     num_train = len(data.x) if split is None else len(split[0])
@@ -58,7 +59,7 @@ def build(plan):
     init, train, sample, prior = jax.random.split(jax.random.key(config.seed), 4)
     return RunContext(config, data, model, phases, layout,
                       make_programs(config, model, phases, num_train, layout, streamed=streamed),
-                      EmbeddingPhases(model, config.train.restarts, config.eval.batch_size, phases), inputs, split,
+                      EmbeddingPhases(model, config.train.restarts, config.eval.batch_size, phases, say), inputs, split,
                       train_inputs if streamed else parallel.put_data(layout, train_inputs),
                       {"init": init, "train": train, "sample": sample, "prior": prior}, note, streamed)
 

@@ -23,8 +23,9 @@ class EmbeddingPhases:
     (one program for any N, in batches of `batch_size`), and one fit per fit_key (phases that
     fit alike share it)."""
 
-    def __init__(self, model, restarts, batch_size, phases=()):
+    def __init__(self, model, restarts, batch_size, phases=(), say=None):
         self.model, self.restarts = model, restarts
+        self.say = say or _quiet        # reports each choice, one line
         self.embed = make_embed(model, batch_size)
         self.predict = None if model.stored_prior else make_predict(model, batch_size)   # the model's own partition
         self.pins = any(uses_groups(p.spec) for p in phases)     # some train phase reads the fits' groups
@@ -33,14 +34,14 @@ class EmbeddingPhases:
         self.groups = None
         self.features = None        # (the features' partition [N], their neighbour table), made once a run
 
-    def init_prior(self, phase, params, x, rng, table=None, echo=None, groups=None):
+    def init_prior(self, phase, params, x, rng, table=None, groups=None):
         """params with each restart's prior refitted to its embeddings of x (all of it for "em", at
         most batches * batch_size samples for "minibatch"); `table`: the neighbour table [R, N, k]
         of x's rows (spec["smooth"], spec["overcluster"]). With spec["balanced_above"] = t, a
         restart whose current prior partitions its embeddings with an imbalance above t (the KL of
         the cluster sizes from the uniform) gets a balanced fit, the others a plain one. With
         spec["keep_current"], a restart keeps its prior unless the new fit scores better on the
-        same embeddings (keep_or_replace); `echo` reports each choice. The restarts' priors are
+        same embeddings (keep_or_replace); self.say reports each choice. The restarts' priors are
         stacked on the host (numpy). When a train phase has the `pin` term, self.groups [R, N] holds
         each restart's partition of x by the prior it keeps: the merged groups of an over-clustered
         fit, else each embedding's most likely component. A model whose mixture is a prior network
@@ -55,30 +56,29 @@ class EmbeddingPhases:
             note = f" restart {r}" if self.restarts > 1 else ""
             if spec["keep_current"] and spec["features"] and groups is not None and len(x) <= FEATURE_ROWS \
                     and np.array_equal(np.asarray(groups[r]), self.feature_partition(x, spec["features"])[0]):
-                if echo:
-                    echo(f"phase {phase.name!r}{note}: kept the features' partition (no refit)", flush=True)
+                self.say(f"phase {phase.name!r}{note}: kept the features' partition (no refit)")
                 priors.append(jax.device_get(params_r if not self.model.stored_prior else params_r["prior"]))
                 kept_groups.append(self.features[0])
                 continue
             z = self.embed(params_r, x)
             current = (jax.device_get(prior_report(params_r["prior"], z))
                        if uses_current(spec) and self.model.stored_prior else None)
-            fit = self._fit(phase, current, note, echo)
+            fit = self._fit(phase, current, note)
             new = fit(rng, r, z, None if table is None else np.asarray(table[r]))
             merged = None
             if spec["overcluster"]:
                 new, merged = new
                 merged = np.asarray(merged)
                 if spec["features"] and not spec["keep_current"]:
-                    new, merged = self.choose_features(phase, x, z, new, merged, r, note, echo)
+                    new, merged = self.choose_features(phase, x, z, new, merged, r, note)
             if spec["pull"]:
                 group_anchors = anchors(np.asarray(z), merged, self.model.num_clusters, spec["pull"])
                 self.pulled.append((group_anchors[merged], merged,
                                     1.0 - cut_share(merged, table[r])))
             if not self.model.stored_prior:
-                params_r, group = self._partition(phase, params_r, x, z, new, merged, table, r, note, echo)
+                params_r, group = self._partition(phase, params_r, x, z, new, merged, table, r, note)
                 if spec["features"] and spec["keep_current"]:
-                    fitted, chosen = self.choose_features(phase, x, z, None, group, r, note, echo, "kept")
+                    fitted, chosen = self.choose_features(phase, x, z, None, group, r, note, "kept")
                     if fitted is not None:
                         params_r, group = self.model.load_prior(params_r, fitted), chosen
                 priors.append(params_r)
@@ -86,12 +86,12 @@ class EmbeddingPhases:
                 continue
             kept = new
             if spec["keep_current"]:
-                kept = keep_or_replace(phase, params_r["prior"], new, z, note, echo, current,
+                kept = keep_or_replace(phase, params_r["prior"], new, z, note, self.say, current,
                                        None if table is None else (np.asarray(table[r]), merged))
             partition = merged if kept is new and merged is not None else None
             if spec["features"] and spec["keep_current"]:
                 partition = np.asarray(hard_partition(kept, z)) if partition is None else partition
-                kept, partition = self.choose_features(phase, x, z, kept, partition, r, note, echo, "kept")
+                kept, partition = self.choose_features(phase, x, z, kept, partition, r, note, "kept")
             if self.pins:
                 kept_groups.append(np.asarray(hard_partition(kept, z)) if partition is None else partition)
             priors.append(jax.device_get(kept))
@@ -101,7 +101,7 @@ class EmbeddingPhases:
             return jax.tree.map(lambda *a: np.stack(a), *jax.device_get(priors))
         return {**params, "prior": jax.tree.map(lambda *a: np.stack(a), *priors)}
 
-    def choose_features(self, phase, x, z, prior, partition, r, note="", echo=None, what="merged"):
+    def choose_features(self, phase, x, z, prior, partition, r, note="", what="merged"):
         """(prior, groups [N]) of restart r: `prior` and its `partition` [N] (the merged one of a
         first fit, the one kept in a keep_current phase), or the features' partition where that
         cuts fewer links of the features' graph. The features' partition is a full-covariance GMM
@@ -117,13 +117,12 @@ class EmbeddingPhases:
         feature_groups, table = self.feature_partition(x, phase.spec["features"])
         cut_own, cut_features = cut_share(partition, table), cut_share(feature_groups, table)
         replace = cut_features < FEATURE_MARGIN * cut_own
-        if echo:
-            sizes = [sorted(np.bincount(g, minlength=k).tolist(), reverse=True) for g in (partition, feature_groups)]
-            choice = "the features' GMM partition replaces" if replace else "kept"
-            echo(f"phase {phase.name!r}{note}: {choice} the {what} partition "
+        sizes = [sorted(np.bincount(g, minlength=k).tolist(), reverse=True) for g in (partition, feature_groups)]
+        choice = "the features' GMM partition replaces" if replace else "kept"
+        self.say(f"phase {phase.name!r}{note}: {choice} the {what} partition "
                  f"(share of the features' {FEATURE_NEIGHBOURS}-NN links cut: {what} {cut_own:.4f} {sizes[0]}, "
                  f"features' full GMM {cut_features:.4f} {sizes[1]}; it replaces below {FEATURE_MARGIN:g} x "
-                 f"{cut_own:.4f})", flush=True)
+                 f"{cut_own:.4f})")
         if not replace:
             return prior, partition
         return jax.device_get(prior_of_groups(z, feature_groups, k)), feature_groups
@@ -137,7 +136,7 @@ class EmbeddingPhases:
                              np.asarray(knn_table(reduced.astype(np.float32), FEATURE_NEIGHBOURS)))
         return self.features
 
-    def _partition(self, phase, params_r, x, z, new, merged, table, r, note, echo):
+    def _partition(self, phase, params_r, x, z, new, merged, table, r, note):
         """(params, groups [N]) of one restart of a model without a stored prior (GMVAE), whose
         prior network model.load_prior sets to the fit: group g (the fit's merged group g, else
         its hard partition) is then the model's component g. With keep_current the model keeps
@@ -154,14 +153,13 @@ class EmbeddingPhases:
                 if phase.spec["select"] == "modularity"
                 else f"imbalance: the model's {-s_old:.4f}, new fit {-s_new:.4f}")
         keep = not s_new > s_old
-        if echo:
-            sizes = [sorted(np.bincount(g, minlength=k).tolist(), reverse=True) for g in (own, fitted)]
-            choice = "kept the model and its" if keep else "the new fit replaces the prior network and the"
-            echo(f"phase {phase.name!r}{note}: {choice} partition ({what}; cluster sizes: the model's {sizes[0]}, "
-                 f"new fit {sizes[1]})", flush=True)
+        sizes = [sorted(np.bincount(g, minlength=k).tolist(), reverse=True) for g in (own, fitted)]
+        choice = "kept the model and its" if keep else "the new fit replaces the prior network and the"
+        self.say(f"phase {phase.name!r}{note}: {choice} partition ({what}; cluster sizes: the model's {sizes[0]}, "
+                 f"new fit {sizes[1]})")
         return (params_r, own) if keep else (self.model.load_prior(params_r, new), fitted)
 
-    def _fit(self, phase, current, note, echo):
+    def _fit(self, phase, current, note):
         """The plain fit, or the balanced one where balanced_above finds the current partition uneven."""
         spec = phase.spec
         if phase.name not in self.fits:
@@ -170,33 +168,30 @@ class EmbeddingPhases:
             return self.fits[phase.name]
         uneven = partition_imbalance(current[0])
         balanced = uneven > spec["balanced_above"]
-        if echo:
-            echo(f"phase {phase.name!r}{note}: the current partition's imbalance {uneven:.4f} is "
+        self.say(f"phase {phase.name!r}{note}: the current partition's imbalance {uneven:.4f} is "
                  f"{'above' if balanced else 'within'} balanced_above={spec['balanced_above']}: a "
-                 f"{'balanced' if balanced else 'plain'} fit", flush=True)
+                 f"{'balanced' if balanced else 'plain'} fit")
         if not balanced:
             return self.fits[phase.name]
         if phase.name not in self.balanced_fits:
             self.balanced_fits[phase.name] = prior_fit({**spec, "balanced": True}, self.model)
         return self.balanced_fits[phase.name]
 
-    def pull_table(self, labels=None, echo=None, name=""):
+    def pull_table(self, labels=None, name=""):
         """After an init_prior phase with "pull": m, the table [R, N, m] that gives each sample the
         m anchors of its group in that fit's merged partition (the members nearest the group's
         mean embedding), which the `neighbours` term of the next train phases reads in place of
         nearest neighbours: each group is pulled into the component its anchors hold (group g
         is the prior's component g), so groups of any shape keep apart. `labels` only report."""
         tables = np.stack([table for table, _, _ in self.pulled])
-        if echo:
-            _, groups, within = self.pulled[0]
-            sizes = sorted(np.bincount(groups).tolist(), reverse=True)
-            shared = "" if labels is None else f"; {agreement(tables[0], labels):.1%} share its label (reported only)"
-            echo(f"phase {name!r}: the kept partition's group sizes {sizes}, {within:.1%} of the neighbour "
-                 f"links within a group; each sample pulled to its group's {tables.shape[2]} anchors{shared}",
-                 flush=True)
+        _, groups, within = self.pulled[0]
+        sizes = sorted(np.bincount(groups).tolist(), reverse=True)
+        shared = "" if labels is None else f"; {agreement(tables[0], labels):.1%} share its label (reported only)"
+        self.say(f"phase {name!r}: the kept partition's group sizes {sizes}, {within:.1%} of the neighbour "
+                 f"links within a group; each sample pulled to its group's {tables.shape[2]} anchors{shared}")
         return tables
 
-    def neighbours(self, phase, params, x, labels=None, echo=None):
+    def neighbours(self, phase, params, x, labels=None):
         """The neighbour table [R, N, k]: each restart's k nearest neighbours of every row of x in its
         embedding. `labels` only report how many neighbours share a sample's label."""
         k, method = phase.spec["k"], phase.spec["method"]
@@ -207,11 +202,9 @@ class EmbeddingPhases:
         else:
             find = lambda z, r: knn_descent(z, k, jax.random.fold_in(jax.random.key(0), r))
         tables = np.stack([find(self.embed(jax.tree.map(lambda a: a[r], params), x), r) for r in range(self.restarts)])
-        if echo:
-            shared = "" if labels is None else f" ({agreement(tables[0], labels):.1%} share its label; reported only)"
-            how = "" if method == "exact" else " (approximate: NN-descent)"
-            echo(f"phase {phase.name!r}: {k} nearest neighbours of each sample in the embedding{how}{shared}",
-                 flush=True)
+        shared = "" if labels is None else f" ({agreement(tables[0], labels):.1%} share its label; reported only)"
+        how = "" if method == "exact" else " (approximate: NN-descent)"
+        self.say(f"phase {phase.name!r}: {k} nearest neighbours of each sample in the embedding{how}{shared}")
         return tables
 
 
@@ -294,7 +287,7 @@ def partition_scores(select, partitions, table, k):
     return [-partition_imbalance(np.bincount(np.asarray(g), minlength=k)) for g in partitions]
 
 
-def keep_or_replace(phase, current, new, z, note="", echo=None, current_report=None, graph=None):
+def keep_or_replace(phase, current, new, z, note="", say=None, current_report=None, graph=None):
     """init_prior with keep_current: `new` replaces `current` only if it scores better on the
     embeddings z by phase.spec["select"]: "balance" scores the partition (each embedding to its
     most likely component; KL of its cluster sizes from the uniform, lower is better), as
@@ -320,11 +313,11 @@ def keep_or_replace(phase, current, new, z, note="", echo=None, current_report=N
         s_old, s_new = float(ll_old), float(ll_new)
         what = f"mean log-likelihood: current {s_old:.4f}, new fit {s_new:.4f}"
     keep = not (s_new > s_old or (math.isnan(s_old) and not math.isnan(s_new)))
-    if echo:
+    if say:
         sizes = [sorted(np.asarray(n).astype(int).tolist(), reverse=True) for n in (sizes_old, sizes_new)]
-        echo(f"phase {phase.name!r}{note}: "
+        say(f"phase {phase.name!r}{note}: "
              f"{'kept the current prior' if keep else 'the new fit replaces the prior'} ({what}; cluster sizes of "
-             f"the {len(z)} embeddings fitted: current {sizes[0]}, new fit {sizes[1]})", flush=True)
+             f"the {len(z)} embeddings fitted: current {sizes[0]}, new fit {sizes[1]})")
     return current if keep else new
 
 
@@ -348,3 +341,7 @@ def hard_partition(prior, z):
 def prior_report(prior, z):
     """(cluster sizes [K] of z's partition by the prior, mean log-likelihood of z)."""
     return cluster_counts(prior, z), mean_log_likelihood(prior, z)
+
+
+def _quiet(*args, **kwargs):
+    pass

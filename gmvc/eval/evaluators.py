@@ -1,5 +1,5 @@
-"""Watching a run at its log steps: a validation split held out from training, its ELBO,
-early stopping on it with the best checkpoint kept, and the TensorBoard events (gmvc/eval/events.py).
+"""The evaluators of a run's log steps, each a plug-in that returns a dict of values to log
+(make_evaluators), and early stopping, a rule over the validation values:
 
 - train.validation_fraction: that share of the samples (a permutation from config.seed, no
   labels needed) never trains; at every log step its ELBO (and each ELBO term) is computed with
@@ -100,7 +100,6 @@ class EarlyStopping:
     def __init__(self, patience):
         self.patience = patience
         self.best_step, self.best_value, self.bad_count = None, -math.inf, 0
-        self.improved = False                  # this log step is a new best, not yet checkpointed
 
     @property
     def stopped(self):
@@ -112,11 +111,12 @@ class EarlyStopping:
             self.best_value = -math.inf if record["best_value"] is None else record["best_value"]
 
     def update(self, step, value):
+        """Read the validation ELBO of log step `step`; returns whether it is a new best."""
         if math.isfinite(value) and value > self.best_value:
-            self.best_step, self.best_value, self.bad_count, self.improved = step, value, 0, True
-        else:
-            self.bad_count += 1
-        return self.stopped
+            self.best_step, self.best_value, self.bad_count = step, value, 0
+            return True
+        self.bad_count += 1
+        return False
 
     def record(self):
         return {"best_step": self.best_step, "bad_count": self.bad_count,
@@ -128,97 +128,46 @@ class EarlyStopping:
                 "stopped_at": stopped_at}
 
 
-class Monitor:
-    """Everything a log step does besides the progress line: validation ELBO, early stopping
-    (only in the last train phase: earlier phases such as pretraining optimise other things),
-    TensorBoard scalars, histograms and, every tensorboard.images_every steps, images."""
+def make_evaluators(ctx):
+    """The log steps' evaluators of a run: each evaluator(step, phase, params, values) -> a dict
+    of values to log (params [R, ...] placed like the train state's; values: the chunk's)."""
+    evaluators = [TrainELBO(ctx.model)]
+    if ctx.val_inputs is not None:
+        evaluators.append(Validation(ctx))
+    return evaluators
 
-    def __init__(self, ctx, events, echo):
-        config, t = ctx.config, ctx.config.train
-        self.model, self.events, self.last_phase, self.echo = ctx.model, events, ctx.last_phase, echo
-        self.restarts, self.total = t.restarts, t.steps
-        val_inputs = ctx.val_inputs
-        self.val = (ValidationELBO(ctx.model, val_inputs, config.eval.batch_size, config.seed, ctx.layout,
-                                   ctx.streamed)
-                    if val_inputs is not None else None)
-        self.stopper = EarlyStopping(t.patience) if t.patience > 0 else None
-        every = config.tensorboard.images_every
-        self.images_every = math.ceil(every / t.log_every) * t.log_every if every else 0
 
-    @property
-    def stopped(self):
-        return self.stopper is not None and self.stopper.stopped
+class TrainELBO:
+    """The training ELBO, from the chunk's logged terms where the objective has all of them."""
 
-    def resume(self, meta):
-        """Early stopping's record from the meta of the checkpoint the run resumes from."""
-        if self.stopper is not None:
-            self.stopper.resume(meta.get("early_stopping"))
+    def __init__(self, model):
+        self.model = model
 
-    @property
-    def improved(self):
-        """Whether this log step is early stopping's new best (its checkpoint is written now)."""
-        return self.stopper is not None and self.stopper.improved
-
-    def validate(self, step, phase, params, values):
-        """Add the training ELBO and the validation values to `values`; returns True to stop."""
+    def __call__(self, step, phase, params, values):
         elbo = train_elbo(values, self.model)
-        if elbo is not None:
-            values["elbo"] = elbo
-        if self.val is None:
-            return False
-        per_restart = self.val(params)                              # each [R]
+        return {} if elbo is None else {"elbo": elbo}
+
+
+class Validation:
+    """The validation split's ELBO and its terms (val_elbo, val_<term>): the best restart's, and
+    each restart's ELBO (val_elbo_per_restart) with several."""
+
+    def __init__(self, ctx):
+        config = ctx.config
+        self.restarts = config.train.restarts
+        self.elbo = ValidationELBO(ctx.model, ctx.val_inputs, config.eval.batch_size, config.seed, ctx.layout,
+                                   ctx.streamed)
+
+    def __call__(self, step, phase, params, values):
+        per_restart = self.elbo(params)                              # each [R]
         best = int(np.nanargmax(per_restart["elbo"])) if np.isfinite(per_restart["elbo"]).any() else 0
-        values.update({f"val_{k}": float(v[best]) for k, v in per_restart.items()})
+        out = {f"val_{k}": float(v[best]) for k, v in per_restart.items()}
         if self.restarts > 1:
-            values["val_elbo_per_restart"] = [round(float(v), 5) for v in per_restart["elbo"]]
-        if self.stopper is None or phase.name != self.last_phase:
-            return False
-        if self.stopper.update(step, values["val_elbo"]) and step < phase.end:
-            s = self.stopper
-            self.echo(f"early stopping at step {step}: the validation ELBO has not improved for {s.bad_count} "
-                      f"log steps (best {s.best_value:.5g} at step {s.best_step})", flush=True)
-            return True
-        return False
-
-    def write_events(self, step, params, values):
-        """Only process 0 writes (the others hold NullEvents): it computes on its local copy of the
-        parameters, as a program over arrays that span processes would wait for the others."""
-        if not self.events.enabled:
-            return
-        self.events.scalars(step, {k: v for k, v in values.items() if not k.startswith("val_")}, "train")
-        self.events.scalars(step, {k[4:]: v for k, v in values.items() if k.startswith("val_")}, "val")
-        spans_processes = any(isinstance(a, jax.Array) and not a.is_fully_addressable for a in jax.tree.leaves(params))
-        self.events.histograms(step, jax.tree.map(parallel.to_host, params) if spans_processes else params)
-        if self.images_every and step % self.images_every == 0 and step < self.total:
-            # Host copies: the same compiled programs as the final images' (evaluate passes host arrays).
-            self.events.snapshot(step, jax.tree.map(lambda a: parallel.to_host(a)[0], params))
-
-    def before_checkpoint(self):
-        """(what the checkpoint's meta records, the validation ELBO that keeps it as the best or
-        None)."""
-        self.events.flush()
-        if self.stopper is None:
-            return {}, None
-        best, self.stopper.improved = self.stopper.improved, False
-        return {"early_stopping": self.stopper.record()}, self.stopper.best_value if best else None
-
-    def final_params(self, params, ckpt):
-        """The parameters the outputs come from: the best step's under early stopping (read from
-        its checkpoint), else `params`."""
-        if self.stopper is None or self.stopper.best_step is None:
-            return params
-        return jax.tree.map(parallel.to_host, ckpt.restore_params(self.stopper.best_step, params))
-
-    def summary(self, params, chosen, stopped_at):
-        out = {}
-        if self.val is not None:
-            per_restart = self.val(params)
-            out["validation"] = {"elbo": float(per_restart["elbo"][chosen]),
-                                 **({"elbo_per_restart": [float(v) for v in per_restart["elbo"]]}
-                                    if self.restarts > 1 else {})}
-        if self.stopper is not None:
-            out["early_stopping"] = self.stopper.summary(stopped_at)
+            out["val_elbo_per_restart"] = [round(float(v), 5) for v in per_restart["elbo"]]
         return out
 
-    def close(self):
-        pass
+    def final(self, params, chosen):
+        """results.json's "validation": the chosen restart's validation ELBO (and each restart's)."""
+        per_restart = self.elbo(params)
+        return {"elbo": float(per_restart["elbo"][chosen]),
+                **({"elbo_per_restart": [float(v) for v in per_restart["elbo"]]} if self.restarts > 1 else {})}
