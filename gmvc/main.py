@@ -73,17 +73,19 @@ def main(argv):
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _CPU_DEVICES.value)
     except GmvcError as e:
         fail(e)
-    from gmvc.trainer import load_run, train_and_evaluate  # after flag parsing: keeps --help fast
-
     config = _CONFIG.value
     workdir = _WORKDIR.value or f"runs/{config.name}"
     try:
+        # Each mode imports what it runs, after flag parsing (--help stays fast); predict reads the
+        # model, its parameters, the scaling and the config, and nothing of training.
         if _MODE.value == "train":
+            from gmvc.trainer import train_and_evaluate
             train_and_evaluate(config, workdir)
             return
         config = run_config(workdir)
         if _MODE.value == "generate":
             from gmvc.generate import generate
+            from gmvc.trainer import load_run
             generate(load_run(config, workdir), workdir, _INPUTS.value, _LABEL.value, _INTERPOLATE.value)
         else:
             predict(config, workdir)
