@@ -135,3 +135,19 @@ def test_balance_restart_choice_reads_the_partition_not_the_soft_usage():
     skewed = np.log(np.eye(k)[np.minimum(np.arange(n) % 12, k - 1)] * 0.9 + 0.01)     # cluster 9 takes 3 shares
     assert 0 < partition_imbalance(skewed) < np.log(k)
     assert np.isnan(partition_imbalance(np.full((3, k), np.nan)))
+
+
+def test_a_checkpoint_of_another_format_is_named_in_one_line(run):
+    """A checkpoint without the "state" item (another layout of items) is refused by path, and
+    left as it was."""
+    import shutil
+    _, workdir, _ = run
+    copy = workdir.parent / "other_format"
+    shutil.copytree(workdir, copy)
+    step_dir = copy / "checkpoints" / "20"
+    (step_dir / "state").rename(step_dir / "default")
+    (step_dir / "gmvc_checksums.json").unlink()
+    before = _snapshot(copy)
+    with pytest.raises(CheckpointError, match=r"checkpoints/20 holds no 'state' item \(it holds \['default', 'meta'\]\)"):
+        load_trained(copy)
+    assert _snapshot(copy) == before

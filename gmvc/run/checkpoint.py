@@ -130,6 +130,7 @@ class Checkpointer:
         problem = self.verify(step)
         if problem:
             raise CheckpointError(f"checkpoint {self.path(step)} is corrupt: {problem}; it was left in place")
+        self._check_items(step)
         like, tables_like = dict(like), dict(tables_like or {})
         self._check_metadata(step, like, "state")
         self._check_metadata(step, tables_like, "tables")
@@ -146,6 +147,14 @@ class Checkpointer:
         state, tables = restored["state"], restored["tables"] if tables_like else {}
         _check_same_shapes((state, tables), (like, tables_like), self.path(step))
         return state, tables
+
+    def _check_items(self, step):
+        """A checkpoint without the "state" item: one line, not orbax's error."""
+        if self.path(step).is_dir() and not (self.path(step) / "state").is_dir():
+            held = sorted(p.name for p in self.path(step).iterdir() if p.is_dir())
+            raise CheckpointError(f"checkpoint {self.path(step)} holds no 'state' item (it holds {held}): it was "
+                                  f"written in another format; it was left in place; use another --workdir to "
+                                  f"train afresh")
 
     def restore_params(self, step, params_like):
         """The parameters of checkpoint `step` alone (no optimizer, no tables), shaped like
@@ -167,6 +176,7 @@ class Checkpointer:
     def read(self, step):
         """Everything checkpoint `step` holds, as saved: {"step", "params", "opt_state", and its
         tables by name} (arrays as numpy)."""
+        self._check_items(step)
         try:
             restored = self._manager.restore(int(step))
         except Exception as e:
