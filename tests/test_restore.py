@@ -148,6 +148,7 @@ def test_a_checkpoint_of_another_format_is_named_in_one_line(run):
     (step_dir / "state").rename(step_dir / "default")
     (step_dir / "gmvc_checksums.json").unlink()
     before = _snapshot(copy)
-    with pytest.raises(CheckpointError, match=r"checkpoints/20 holds no 'state' item \(it holds \['default', 'meta'\]\)"):
+    held = r"checkpoints/20 holds no 'state' item \(it holds \['default', 'meta'\]\)"
+    with pytest.raises(CheckpointError, match=held):
         load_trained(copy)
     assert _snapshot(copy) == before

@@ -176,8 +176,9 @@ def wrap_chunk(layout, chunk, feed_spec=P(AXIS), donate=True):
     if layout.mode == "single":
         return jax.jit(chunk, donate_argnums=donate_argnums)
     if layout.mode == "shard_map":
+        # check_vma=False: pmap semantics, the body pmeans its own gradients
         body = jax.shard_map(chunk, mesh=layout.mesh, in_specs=(P(), P(), feed_spec, P(), P()),
-                             out_specs=(P(), P()), check_vma=False)   # pmap semantics: the body pmeans its own gradients
+                             out_specs=(P(), P()), check_vma=False)
         return jax.jit(body, donate_argnums=donate_argnums)
     return jax.pmap(chunk, axis_name=AXIS, in_axes=(0, 0, 0, None, None), devices=list(layout.devices),
                     donate_argnums=donate_argnums)

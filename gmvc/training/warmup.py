@@ -70,10 +70,11 @@ def start_warmup(ctx, params_like, start_at):
             program = ctx.programs[phase.name]
             if program.owner is not program:
                 continue            # its program is an earlier phase's, compiled (or queued) already
+            r, n = config.train.restarts, len(x_rows)
             tables_like = Tables(
-                jax.ShapeDtypeStruct((config.train.restarts, len(x_rows), neighbour_k(ctx.phases, i)), np.int32)
+                jax.ShapeDtypeStruct((r, n, neighbour_k(ctx.phases, i)), np.int32)
                 if uses_neighbours(phase.spec) else None,
-                jax.ShapeDtypeStruct((config.train.restarts, len(x_rows)), np.int32) if uses_groups(phase.spec) else None)
+                jax.ShapeDtypeStruct((r, n), np.int32) if uses_groups(phase.spec) else None)
             warm.submit(phase.name, program.precompile, params_like, ctx.x_device, ctx.rngs["train"], tables_like)
         elif phase.kind == "init_prior":
             x_like = jax.ShapeDtypeStruct((prior_fit_rows(phase.spec, len(x_rows)), *x_rows.shape[1:]), x_rows.dtype)
