@@ -14,13 +14,11 @@ from gmvc.errors import ConfigError, DataError
 from gmvc.eval.restarts import RESTART_CHOICES
 from gmvc.models import make_model
 from gmvc.objectives import make_objective
-from gmvc.training import augment, parallel, stream
+from gmvc.training import augment, parallel, program, stream
 from gmvc.training.context import model_inputs, validation_size
 from gmvc.training.phases import build_phases, uses_neighbours
 from gmvc.training.warmup import COMPILE_AHEAD
 
-RESTART_BATCHES = ("own", "shared")
-LOOPS = ("auto", "scan", "host")
 
 
 class Plan(NamedTuple):
@@ -108,7 +106,7 @@ def _check_train(t):
     for key in ("steps", "log_every", "checkpoint_every", "restarts", "max_checkpoints"):
         if t[key] < 1:
             raise ConfigError(f"train.{key} must be at least 1, got {t[key]}")
-    for key, known in (("restart_choice", RESTART_CHOICES), ("restart_batches", RESTART_BATCHES), ("loop", LOOPS)):
+    for key, known in (("restart_choice", RESTART_CHOICES), ("restart_batches", program.RESTART_BATCHES), ("loop", program.LOOPS)):
         if t[key] not in known:
             raise ConfigError(f"unknown train.{key} {t[key]!r}; known: {sorted(known)}")
     if str(t.compile_ahead).lower() not in (*COMPILE_AHEAD, "auto"):

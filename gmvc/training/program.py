@@ -10,6 +10,10 @@ from gmvc.training.phases import program_key, uses_neighbours
 from gmvc.training.state import create_state, make_optimizer, opt_init
 
 
+LOOPS = ("auto", "scan", "host")                 # train.loop
+RESTART_BATCHES = ("own", "shared")              # train.restart_batches
+
+
 def uses_host_loop(config):
     """train.loop: "scan" runs each chunk of steps in one compiled lax.scan; "host" loops over a
     compiled step on the host; "auto" = host for convolutional networks (see steps.make_host_chunk)."""
