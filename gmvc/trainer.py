@@ -98,10 +98,11 @@ def _train(plan, workdir, writer, write_outputs, bar):
 
     # ------------------------------------------------------------------ checkpoints
     ckpt = Checkpointer(workdir / "checkpoints", config.train.max_checkpoints)
-    step = ckpt.latest_valid_step(say)
-    resume_at = resume_index(ctx.phases, step) if step else -1          # a checkpoint past the phases: an error
     params_like = jax.eval_shape(lambda r: init_params(ctx.model.init, r, config.train.restarts), ctx.rngs["init"])
     with contextlib.ExitStack() as cleanup:
+        cleanup.callback(ckpt.close)                # also when a start is refused or training fails
+        step = ckpt.latest_valid_step(say)
+        resume_at = resume_index(ctx.phases, step) if step else -1      # a checkpoint past the phases: an error
         # The phases compile in a background thread from here on, while the parameters initialise.
         warm = start_warmup(ctx, params_like, max(resume_at, 0))
         cleanup.callback(warm.close)
@@ -119,6 +120,10 @@ def _train(plan, workdir, writer, write_outputs, bar):
         stopper = evaluators.EarlyStopping(config.train.patience) if config.train.patience > 0 else None
         if stopper is not None and step:
             stopper.resume(ckpt.meta(step).get("early_stopping"))
+            if stopper.best_step is not None and stopper.best_step not in ckpt.steps():
+                say(f"note: the best step's checkpoint ({stopper.best_step}) is gone: early stopping starts "
+                    f"its count afresh from step {step}")
+                stopper = evaluators.EarlyStopping(config.train.patience)
         logs = Logs(ckpt, writer, evaluators.make_evaluators(ctx), stopper)
 
         # -------------------------------------------------------------- the phases
@@ -227,9 +232,9 @@ def train_phase(ctx, index, position, logs):
                          init_opt=program.init_opt)
     tables = make_tables(position.tables.neighbours if uses_neighbours(phase.spec) else None,
                          position.tables.groups if uses_groups(phase.spec) else None)
-    state, tables = parallel.put_state(layout, state), parallel.put_state(layout, tables)
     rng = ctx.rngs["train"]
-    batches = program.batches(ctx.x_device, position.tables, rng, position.step)
+    batches = program.batches(ctx.x_device, tables, rng, position.step)    # the tables this phase reads
+    state, tables = parallel.put_state(layout, state), parallel.put_state(layout, tables)
     ckpt_every = math.ceil(t.checkpoint_every / t.log_every) * t.log_every
     watching = stopper is not None and phase.name == ctx.last_phase     # early stopping: the last phase only
 

@@ -160,6 +160,17 @@ def test_early_stopping_keeps_the_best_step_and_survives_a_crash(cli_run, tmp_pa
     assert any("stopped early" in m for m in messages)
     assert again["steps"] == stop and again["acc"] == out["acc"]
 
+    # The best step's checkpoint gone (the stop step's record names it): the run says so, counts
+    # afresh from the stop step and ends with outputs from a checkpoint it has.
+    lost = tmp_path / "lost"
+    shutil.copytree(run, lost)
+    shutil.rmtree(lost / "checkpoints" / str(best))
+    messages.clear()
+    later = train_and_evaluate(c, lost, echo=lambda m, **k: messages.append(m))
+    assert any(f"the best step's checkpoint ({best}) is gone" in m for m in messages)
+    new_best = later["early_stopping"]["best_step"]
+    assert new_best > stop and (lost / "checkpoints" / str(new_best)).is_dir()
+
 
 @pytest.mark.parametrize("overrides, message", [
     ({"validation_fraction": 1.0}, r"validation_fraction must be in \[0, 1\), got 1.0"),

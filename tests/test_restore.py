@@ -152,3 +152,24 @@ def test_a_checkpoint_of_another_format_is_named_in_one_line(run):
     with pytest.raises(CheckpointError, match=held):
         load_trained(copy)
     assert _snapshot(copy) == before
+
+
+def test_an_unreadable_meta_is_named_not_read_as_empty(run):
+    """Early stopping's record lives in a checkpoint's meta: a meta that cannot be read is a
+    CheckpointError naming the checkpoint, and a checkpoint without one reads as {}."""
+    import shutil
+    from gmvc.run.checkpoint import Checkpointer
+    _, workdir, _ = run
+    copy = workdir.parent / "bad_meta"
+    shutil.copytree(workdir, copy)
+    (copy / "checkpoints" / "20" / "gmvc_checksums.json").unlink()
+    (copy / "checkpoints" / "20" / "meta" / "metadata").write_text("{not json")
+    shutil.rmtree(copy / "checkpoints" / "10" / "meta")
+    ckpt = Checkpointer(copy / "checkpoints")
+    try:
+        with pytest.raises(CheckpointError, match=r"checkpoints/20: its meta could not be read"):
+            ckpt.meta(20)
+        assert ckpt.meta(10) == {} and ckpt.steps() == [10, 20]
+    finally:
+        ckpt.close()
+        ckpt.close()                                    # closing twice is harmless

@@ -91,3 +91,23 @@ def test_a_streamed_run_resumes_where_it_stopped(tmp_path):
         interrupt._requested.clear()
     resumed, _ = cluster_run(tmp_path, "resumed", stream="on")
     assert same(straight, resumed)
+
+
+def test_a_streamed_phase_reads_no_table_it_does_not_use_over_a_mesh(tmp_path):
+    """A neighbours phase before a train phase whose objective has no neighbours term: the streamed
+    feed carries no neighbour rows (its spec over the mesh has none), and the run trains the
+    in-memory run's parameters."""
+    def run(name, stream):
+        c = recipes.cluster(5, steps=40, hidden_sizes=(16, 16, 16))
+        c.unlock()
+        c.data.source, c.data.num_points, c.seed, c.train.log_every = "spiral", 200, 3, 10
+        c.train.phases = ("pretrain", "knn", "gmm_init", "main")
+        c.phases["main"].objective = {k: v for k, v in c.phases["main"].objective.items() if k != "neighbours"}
+        c.phases["gmm_init"].n_init = 1
+        c.parallel.stream, c.parallel.mode, c.parallel.devices = stream, "shard_map", 2
+        c.lock()
+        summary = train_and_evaluate(c, tmp_path / name, echo=lambda *a, **k: None, write_outputs=False)
+        return jax.tree.leaves(load_trained(tmp_path / name).params), summary
+    memory, s_memory = run("memory", "off")
+    streamed, s_streamed = run("streamed", "on")
+    assert s_streamed["steps"] == s_memory["steps"] > 20 and same(memory, streamed)

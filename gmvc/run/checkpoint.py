@@ -162,12 +162,21 @@ class Checkpointer:
         return self.restore(step, {"params": params_like})[0]["params"]
 
     def meta(self, step):
-        """Checkpoint `step`'s "meta" item ({} where it has none)."""
-        try:
-            return dict(self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-                        or {})
-        except Exception:
+        """Checkpoint `step`'s "meta" item ({} where it has none); an unreadable one is a
+        CheckpointError, not a silent {} (early stopping's record lives there)."""
+        if not (self.path(step) / "meta").is_dir():
             return {}
+        try:
+            meta = self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {self.path(step)}: its meta could not be read ({type(e).__name__}: "
+                                  f"{str(e)[:200]}); it was left in place") from None
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"checkpoint {self.path(step)}: its meta is not a JSON object; it was left in place")
+        return meta
+
+    def steps(self):
+        return list(self._manager.all_steps())
 
     def phase(self, step):
         """The name of the phase checkpoint `step` was written in, or None."""
@@ -203,7 +212,9 @@ class Checkpointer:
                                   f"place; use another --workdir to start afresh.")
 
     def close(self):
-        self._manager.close()
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
 
 
 CHECKSUMS = "gmvc_checksums.json"
