@@ -233,7 +233,7 @@ def train_phase(ctx, index, position, logs):
     tables = make_tables(position.tables.neighbours if uses_neighbours(phase.spec) else None,
                          position.tables.groups if uses_groups(phase.spec) else None)
     rng = ctx.rngs["train"]
-    batches = program.batches(ctx.x_device, tables, rng, position.step)    # the tables this phase reads
+    batches = program.batches(ctx.x_device, tables, rng)        # the tables this phase reads
     state, tables = parallel.put_state(layout, state), parallel.put_state(layout, tables)
     ckpt_every = math.ceil(t.checkpoint_every / t.log_every) * t.log_every
     watching = stopper is not None and phase.name == ctx.last_phase     # early stopping: the last phase only

@@ -109,9 +109,9 @@ class Program:
             return fn(*args)
         return traced
 
-    def batches(self, x, tables, rng, step):
-        """The phase's batch source from `step`: DeviceBatches of the placed inputs `x`, or (streamed)
-        a StreamedBatches reading the host inputs `x`."""
+    def batches(self, x, tables, rng):
+        """The phase's batch source: DeviceBatches of the placed inputs `x`, or (streamed) a
+        StreamedBatches reading the host inputs `x` and drawing neighbours from `tables`."""
         if not self.streamed:
             return DeviceBatches(x)
         return stream.StreamedBatches(x, self.plan, tables.neighbours, rng, self.layout, end=self.phase.end,
