@@ -25,7 +25,7 @@ from gmvc.run.checkpoint import Checkpointer
 from gmvc.run.progress import attended
 from gmvc.run.restore import Restored, check_run_exists, load_trained, read_results
 from gmvc.training import context, interrupt, parallel
-from gmvc.training.phases import fit_reads_table, neighbour_k, resume_index, uses_groups, uses_neighbours
+from gmvc.training.phases import fit_reads_table, resume_index, uses_groups, uses_neighbours
 from gmvc.training.state import Tables, create_state, init_params, make_tables
 from gmvc.training.warmup import start_warmup
 from gmvc.errors import CheckpointError, Interrupted, TrainingError
@@ -168,10 +168,7 @@ def start(ctx, ckpt, step, resume_at, workdir, say):
             f"{_layout_note(ctx.layout)})")
         return Position(0, params, None, Tables(), -1)
     phase = ctx.phases[resume_at]
-    restarts, n = config.train.restarts, len(ctx.x_train)
-    tables_like = Tables(
-        np.zeros((restarts, n, neighbour_k(ctx.phases, resume_at)), np.int32) if uses_neighbours(phase.spec) else None,
-        np.zeros((restarts, n), np.int32) if uses_groups(phase.spec) else None).to_dict()
+    tables_like = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), ctx.tables_like(resume_at)).to_dict()
     like = create_state(params, ctx.programs[phase.name].tx)._asdict()
     if ctx.layout.mode == "shard_map":            # written by any number of devices, read for this mesh
         like, tables_like = parallel.put_state(ctx.layout, (like, tables_like))

@@ -108,20 +108,6 @@ class Checkpointer:
                      f"the checkpoint before it", flush=True)
         return 0
 
-    def saved_shape(self, step, key):
-        """Shape of the table `key` ("neighbours", "groups") in checkpoint `step`, or None."""
-        tree = self._metadata(step).get("tables") or {}
-        return tuple(tree[key].shape) if key in tree else None
-
-    def _metadata(self, step):
-        """{item: its tree of array metadata} of checkpoint `step` (items it does not hold: None)."""
-        try:
-            meta = self._manager.item_metadata(int(step))
-            return {k: getattr(meta.get(k), "tree", None) for k in ("state", "tables")}
-        except Exception as e:
-            raise CheckpointError(f"checkpoint {self.path(step)} could not be read (corrupt?): "
-                                  f"{type(e).__name__}: {str(e)[:300]}. It was left in place.") from None
-
     def restore(self, step, like, tables_like=None):
         """(state, tables) of checkpoint `step` in the structure, shapes and dtypes of `like` (a
         dict of the state's fields, or a part of them: {"params": ...} restores the parameters

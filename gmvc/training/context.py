@@ -9,7 +9,9 @@ from gmvc.data.rows import Rows, stored
 from gmvc.errors import DataError
 from gmvc.training import parallel, stream
 from gmvc.training.embedding_phases import EmbeddingPhases
+from gmvc.training.phases import neighbour_k, uses_groups, uses_neighbours
 from gmvc.training.program import make_programs, uses_host_loop
+from gmvc.training.state import Tables
 
 
 class RunContext(NamedTuple):
@@ -44,6 +46,13 @@ class RunContext(NamedTuple):
     @property
     def last_phase(self):
         return [p.name for p in self.phases if p.kind == "train"][-1]
+
+    def tables_like(self, index):
+        """Tables of int32 ShapeDtypeStructs: the per-sample tables train phase `index` reads."""
+        r, n, spec = self.config.train.restarts, len(self.x_train), self.phases[index].spec
+        like = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32)
+        return Tables(like(r, n, neighbour_k(self.phases, index)) if uses_neighbours(spec) else None,
+                      like(r, n) if uses_groups(spec) else None)
 
 
 def build(plan, say=None):

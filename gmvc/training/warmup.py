@@ -8,8 +8,7 @@ import jax
 import numpy as np
 
 from gmvc.training.embedding_phases import prior_fit_rows
-from gmvc.training.phases import fit_reads_table, neighbour_k, uses_groups, uses_neighbours
-from gmvc.training.state import Tables
+from gmvc.training.phases import fit_reads_table, neighbour_k
 
 COMPILE_AHEAD = {"on": True, "true": True, "off": False, "false": False}
 
@@ -70,12 +69,8 @@ def start_warmup(ctx, params_like, start_at):
             program = ctx.programs[phase.name]
             if program.owner is not program:
                 continue            # its program is an earlier phase's, compiled (or queued) already
-            r, n = config.train.restarts, len(x_rows)
-            tables_like = Tables(
-                jax.ShapeDtypeStruct((r, n, neighbour_k(ctx.phases, i)), np.int32)
-                if uses_neighbours(phase.spec) else None,
-                jax.ShapeDtypeStruct((r, n), np.int32) if uses_groups(phase.spec) else None)
-            warm.submit(phase.name, program.precompile, params_like, ctx.x_device, ctx.rngs["train"], tables_like)
+            warm.submit(phase.name, program.precompile, params_like, ctx.x_device, ctx.rngs["train"],
+                        ctx.tables_like(i))
         elif phase.kind == "init_prior":
             x_like = jax.ShapeDtypeStruct((prior_fit_rows(phase.spec, len(x_rows)), *x_rows.shape[1:]), x_rows.dtype)
             z_like = jax.eval_shape(ctx.model.embed, one_like, x_like)
