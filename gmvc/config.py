@@ -39,6 +39,20 @@ def base_config():
     c.model.input_dropout = 0.0        # training only: each input value zeroed with this probability (denoising)
     c.model.gamma_transform = "none"   # vade: none | inverse_minmax (S3VDC's NaN guard)
 
+    # model.num_clusters=auto: the mixture finds K while it trains (gmvc/training/k_auto.py). The model
+    # gets max(2, min(max_clusters, N / 20)) slots (a rule of gmvc/recipes/rules.py); between chunks of
+    # the clustering phases its components retire, merge and split (gmvc/core/k_moves.py).
+    c.choose_k = ml_collections.ConfigDict()
+    c.choose_k.auto = False            # set by --config.model.num_clusters=auto (or n_clusters="auto")
+    c.choose_k.max_clusters = 20       # the most clusters a run can find
+    c.choose_k.alpha = 10.0            # the Dirichlet process's concentration in a split's Hastings ratio
+    c.choose_k.niw_scale = 0.1         # NIW prior scale: psi = niw_scale x diag(variance of the embeddings)
+    c.choose_k.merge_ratio = 0.5       # merge two components when the density between their means dips no lower
+                                       # than this share of the lower peak
+    c.choose_k.split_margin = 0.0      # split when log H exceeds this and the halves show a valley
+    c.choose_k.min_share = 0.01        # retire a component holding fewer than max(5, min_share x N) samples
+    c.choose_k.patience = 2            # the moves stop after this many rounds in a row that changed nothing
+
     # Term name -> weight (a number or a schedule dict, see gmvc/core/schedules.py).
     c.objective = ml_collections.ConfigDict({"recon": 1.0, "cond_prior": 1.0, "w_prior": 1.0,
                                              "c_prior": 1.0, "cv": 1.0})

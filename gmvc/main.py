@@ -135,6 +135,7 @@ def parse_flags(argv):
         argv = resolve_config_flag(argv)
         keys = check_given_once(argv)
         argv, terms = split_term_overrides(argv)
+        argv, keys = auto_clusters(argv, keys)
         check_keys(argv, keys - {".".join(path) for path, _ in terms})
         sys.argv = argv                              # the config flag reads its overrides from sys.argv
         argv = flags.FLAGS(argv)
@@ -284,6 +285,16 @@ def _get(config, key):
 
 # Sections whose keys are term names, so an override may add a key the config file lacks.
 TERM_SECTIONS = ("objective", "terms")
+
+
+def auto_clusters(argv, keys):
+    """(argv, keys) with --config.model.num_clusters=auto read as --config.choose_k.auto=true:
+    model.num_clusters holds a number (the slots a rule then gives the run)."""
+    flag = "--config.model.num_clusters"
+    if not any(a.split("=", 1)[0] == flag and a.split("=", 1)[-1].strip().lower() == "auto" for a in argv):
+        return argv, keys
+    argv = [a for a in argv if a.split("=", 1)[0] != flag] + ["--config.choose_k.auto=true"]
+    return argv, (keys - {"model.num_clusters"}) | {"choose_k.auto"}
 
 
 def split_term_overrides(argv):

@@ -24,7 +24,7 @@ from gmvc.run import workdir as workdir_lib
 from gmvc.run.checkpoint import Checkpointer
 from gmvc.run.progress import attended
 from gmvc.run.restore import Restored, check_run_exists, load_trained, read_results
-from gmvc.training import context, interrupt, parallel
+from gmvc.training import context, interrupt, k_auto, parallel
 from gmvc.training.phases import fit_reads_table, resume_index, uses_groups, uses_neighbours
 from gmvc.training.state import Tables, create_state, init_params, make_tables
 from gmvc.training.warmup import start_warmup
@@ -83,6 +83,7 @@ class Logs(NamedTuple):
     writer: Writer
     evaluators: list             # evaluator(step, phase, params, values) -> dict (gmvc/eval/evaluators.py)
     stopper: object              # evaluators.EarlyStopping, or None
+    moves: object = None         # k_auto.KMoves with model.num_clusters=auto, or None
 
 
 def _train(plan, workdir, writer, write_outputs, bar):
@@ -93,6 +94,7 @@ def _train(plan, workdir, writer, write_outputs, bar):
     # The model, the phases, each train phase's compiled chunk of steps and the training inputs
     # placed for the layout (gmvc/training/context.py, gmvc/training/program.py).
     ctx = context.build(plan, say)
+    k_auto.check(config, ctx.model, ctx.streamed)
     for note in plan.notes + ([f"input: {ctx.stream_note}"] if ctx.stream_note else []):
         say(note)
 
@@ -124,7 +126,10 @@ def _train(plan, workdir, writer, write_outputs, bar):
                 say(f"note: the best step's checkpoint ({stopper.best_step}) is gone: early stopping starts "
                     f"its count afresh from step {step}")
                 stopper = evaluators.EarlyStopping(config.train.patience)
-        logs = Logs(ckpt, writer, evaluators.make_evaluators(ctx), stopper)
+        moves = k_auto.KMoves(ctx, say) if config.choose_k.auto else None
+        if moves is not None and step:
+            moves.resume(ckpt.meta(step).get("choose_k"))
+        logs = Logs(ckpt, writer, evaluators.make_evaluators(ctx), stopper, moves)
 
         # -------------------------------------------------------------- the phases
         t_train = time.time()
@@ -255,6 +260,11 @@ def train_phase(ctx, index, position, logs):
                 logs.writer.say(f"early stopping at step {step}: the validation ELBO has not improved for "
                                 f"{stopper.bad_count} log steps (best {stopper.best_value:.5g} at step "
                                 f"{stopper.best_step})")
+            if logs.moves is not None and not stop:
+                state, tables = logs.moves.after_chunk(index, step, state, tables)
+                params = first_of_run(state.params)
+                if logs.moves.record()["path"]:
+                    values["k"] = float(logs.moves.record()["path"][-1]["k"][0])     # restart 0's K
             logs.writer.log(step, phase.name, values, params)
             halt = interrupt.requested()
             if stop or halt or improved or (step - phase.start) % ckpt_every == 0 or step == phase.end:
@@ -262,6 +272,8 @@ def train_phase(ctx, index, position, logs):
                 meta = {"phase": phase.name, "data_shape": list(ctx.data.x.shape[1:])}
                 if stopper is not None:
                     meta["early_stopping"] = stopper.record()
+                if logs.moves is not None:
+                    meta["choose_k"] = logs.moves.record()
                 logs.ckpt.save(step, first_of_run(state)._asdict(), first_of_run(tables).to_dict(), meta,
                                val_elbo=values["val_elbo"] if improved else None)
             if halt:
@@ -272,7 +284,10 @@ def train_phase(ctx, index, position, logs):
     finally:
         batches.close()
     state = parallel.get_state(layout, state)              # one host copy between phases
-    return position._replace(step=int(state.step), params=state.params, opt_state=state.opt_state)
+    position = position._replace(step=int(state.step), params=state.params, opt_state=state.opt_state)
+    if logs.moves is not None and tables.groups is not None:   # the groups the moves changed go on
+        position = position._replace(tables=position.tables._replace(groups=parallel.get_state(layout, tables.groups)))
+    return position
 
 
 def check_finite(step, per_restart):
@@ -301,6 +316,11 @@ def finish(ctx, stacked, step, logs, outputs):
         for name, path in summary["files"].items():
             writer.say(f"wrote {name}: {path}")
     summary.update(choice)
+    if logs.moves is not None:
+        summary["choose_k"] = logs.moves.summary(params, choice["chosen_restart"])
+        writer.say(k_auto.report(summary["choose_k"]))
+        if outputs is not None and writer.main:
+            summary.setdefault("files", {})["k_selection"] = str(k_auto.plot(summary["choose_k"], outputs))
     validation = [e for e in logs.evaluators if isinstance(e, evaluators.Validation)]
     if validation:
         summary["validation"] = validation[0].final(stacked, choice["chosen_restart"])

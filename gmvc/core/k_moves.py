@@ -9,6 +9,12 @@ A split of the points X of a cluster into X1 and X2 (sizes N1 + N2 = N) is accep
 alpha the Dirichlet process's concentration and L the NIW marginal likelihood; a merge of two
 clusters into one is the inverse move, accepted when -log H > 0 for the pair. Numpy and scipy on
 the host: the moves run between training chunks, on the encoder means.
+
+`valley_ratio` is the unimodality test of a merge (the role Hartigan's dip test has in DipDECK):
+the points of two components projected on the line between their means, their density there (a
+Gaussian kernel estimate), and the ratio of its lowest point between the two peaks to the lower
+peak (1: no valley, one mode; near 0: two modes). `propose_moves` runs the three moves of a
+mixture with a fixed number of slots, where a retired slot has the logit DEAD.
 """
 from typing import NamedTuple
 
@@ -67,6 +73,186 @@ def log_merge_ratio(x1, x2, alpha, prior):
     x = np.concatenate([np.asarray(x1, np.float64), np.asarray(x2, np.float64)])
     sub = np.arange(len(x)) >= len(x1)
     return -log_split_ratio(x, sub, alpha, prior)
+
+
+DEAD = -1e4           # the logit of a retired slot: its weight exp(-1e4) is 0 in float32; no shape changes
+
+
+def active_slots(logits):
+    return np.asarray(logits) > DEAD / 2
+
+
+def valley_ratio(z, mean_a, mean_b, grid=128, max_points=4000):
+    """Unimodality of the points z [N, D] along the line from mean_a to mean_b: z projected on it
+    (t = 0 at mean_a, 1 at mean_b), a Gaussian kernel density of t (Silverman's bandwidth), and
+    min f over the stretch between its highest point on each side of t = 1/2, divided by the lower
+    of those two peaks. 1.0: no valley between the means (unimodal); near 0: two modes."""
+    z = np.asarray(z, np.float64)
+    u = np.asarray(mean_b, np.float64) - np.asarray(mean_a, np.float64)
+    length2 = float(u @ u)
+    if len(z) < 4 or length2 <= 0:
+        return 1.0
+    t = (z - mean_a) @ u / length2
+    if len(t) > max_points:                        # an even thinning: the same t every time
+        t = np.sort(t)[np.linspace(0, len(t) - 1, max_points).astype(int)]
+    q75, q25 = np.percentile(t, [75, 25])
+    spread = min(t.std(), (q75 - q25) / 1.34) or t.std()
+    h = max(0.9 * spread * len(t) ** -0.2, 1e-6)
+    g = np.linspace(-0.25, 1.25, grid)
+    f = np.exp(-0.5 * ((g[:, None] - t[None, :]) / h) ** 2).sum(1)
+    left, right = g <= 0.5, g >= 0.5
+    i = np.flatnonzero(left)[np.argmax(f[left])]
+    j = np.flatnonzero(right)[np.argmax(f[right])]
+    low = min(f[i], f[j])
+    return float(min(1.0, f[i:j + 1].min() / low)) if low > 0 else 1.0
+
+
+class Settings(NamedTuple):
+    """The stated constants of the moves (config choose_k.*)."""
+    alpha: float = 10.0            # the Dirichlet process's concentration in a split's log H
+    niw_scale: float = 0.1         # NIW psi = niw_scale x diag(var of all the embeddings)
+    merge_ratio: float = 0.5       # merge when the valley between two means is no lower than this share of the lower peak
+    split_margin: float = 0.0      # split when log H exceeds this (and the halves have a valley below merge_ratio)
+    min_share: float = 0.01        # retire a component holding fewer than max(5, min_share x N) samples
+    weak_ratio: float = 0.1        # a merge within this of merge_ratio is weak evidence
+    weak_log_h: float = 5.0        # a split within this of split_margin is weak evidence
+
+
+def _gaussian(z, floor=1e-4):
+    return z.mean(0), np.log(z.var(0) + floor)
+
+
+def _two_means(z, iters=20):
+    """A deterministic split of z [N, D] in two: 2-means started from the halves along the
+    principal axis. Returns bools [N] (True: the second part)."""
+    centred = z - z.mean(0)
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+    side = centred @ axis > np.median(centred @ axis)
+    for _ in range(iters):
+        if side.all() or not side.any():
+            break
+        c0, c1 = z[~side].mean(0), z[side].mean(0)
+        new = ((z - c1) ** 2).sum(1) < ((z - c0) ** 2).sum(1)
+        if np.array_equal(new, side):
+            break
+        side = new
+    return side
+
+
+def _hard(z, prior, live):
+    """Each embedding's most likely live component (diagonal Gaussians with their weights)."""
+    logits, means, log_vars = (np.asarray(prior[k], np.float64) for k in ("logits", "means", "log_vars"))
+    lj = -0.5 * (log_vars[None] + (z[:, None, :] - means[None]) ** 2 * np.exp(-log_vars)[None]).sum(-1) + logits[None]
+    lj[:, ~live] = -np.inf
+    return lj.argmax(1)
+
+
+def propose_moves(z, prior, groups, settings, step):
+    """One round of moves on a mixture with slots: `prior` {"logits" [K], "means" [K, D],
+    "log_vars" [K, D]} (numpy; a slot is live while its logit is above DEAD / 2), z [N, D] the
+    encoder means, `groups` [N] the partition the `pin` term holds (or None). In order:
+    1. retire: a live component holding (by each embedding's most likely component) fewer than
+       max(5, min_share x N) samples; its samples go to their next most likely component;
+    2. merge, repeated while one passes: each live component with its 3 nearest live ones by mean
+       distance; the pair with the highest valley_ratio >= merge_ratio merges (its moments
+       matched, the weights added; the second slot retires);
+    3. split: each live component not touched in this round, with at least 2 x the retire floor,
+       split by 2-means; accepted when log H > split_margin and the halves' valley_ratio is below
+       merge_ratio (so the next round's merge test would not undo it), into a free slot.
+    Returns (prior, groups, tests): tests, one dict per test made (step, move, slots, score,
+    accepted, weak)."""
+    prior = {k: np.array(v, np.float64) for k, v in prior.items()}
+    groups = None if groups is None else np.array(groups)
+    z = np.asarray(z, np.float64)
+    n = len(z)
+    floor = max(5, int(np.ceil(settings.min_share * n)))
+    tests, touched = [], set()
+    live = active_slots(prior["logits"])
+    hard = _hard(z, prior, live)
+
+    def record(move, slots, score, accepted, weak):
+        tests.append({"step": int(step), "move": move, "slots": [int(s) for s in slots], "score": round(float(score), 4),
+                      "accepted": bool(accepted), "weak": bool(weak)})
+
+    def retire(k):
+        prior["logits"][k] = DEAD
+        live[k] = False
+
+    # 1. retire the components too small to hold a cluster
+    counts = np.bincount(hard, minlength=len(live))
+    for k in np.flatnonzero(live & (counts < floor)):
+        if live.sum() <= 1:
+            break
+        retire(k)
+        record("retire", [k], counts[k], True, False)
+        touched.add(int(k))
+    hard = _hard(z, prior, live)
+    if groups is not None:
+        moved = ~live[groups]
+        groups[moved] = hard[moved]
+
+    # 2. merge while the best neighbouring pair shows no valley
+    while live.sum() > 1:
+        slots = np.flatnonzero(live)
+        means = prior["means"][slots]
+        d = ((means[:, None] - means[None]) ** 2).sum(-1)
+        np.fill_diagonal(d, np.inf)
+        pairs = {tuple(sorted((int(slots[i]), int(slots[j])))) for i in range(len(slots))
+                 for j in np.argsort(d[i])[:3] if np.isfinite(d[i, j])}
+        scored = []
+        for a, b in sorted(pairs):
+            members = (hard == a) | (hard == b)
+            if members.sum() < 4:
+                continue
+            scored.append((valley_ratio(z[members], prior["means"][a], prior["means"][b]), a, b))
+        best = max(scored, default=None)
+        for ratio, a, b in scored:
+            if best is None or best[0] < settings.merge_ratio or (a, b) != best[1:]:
+                record("merge", [a, b], ratio, False, abs(ratio - settings.merge_ratio) < settings.weak_ratio)
+        if best is None or best[0] < settings.merge_ratio:
+            break
+        ratio, a, b = best
+        members = (hard == a) | (hard == b)
+        prior["means"][a], prior["log_vars"][a] = _gaussian(z[members])
+        prior["logits"][a] = np.logaddexp(prior["logits"][a], prior["logits"][b])
+        retire(b)
+        record("merge", [a, b], ratio, True, ratio - settings.merge_ratio < settings.weak_ratio)
+        touched.update((a, b))
+        hard[hard == b] = a
+        if groups is not None:
+            groups[groups == b] = a
+
+    # 3. split where the evidence says two
+    niw = niw_prior(z, scale=settings.niw_scale)
+    for k in [int(k) for k in np.flatnonzero(live)]:
+        members = np.flatnonzero(hard == k)
+        free = np.flatnonzero(~live)
+        if k in touched or len(members) < 2 * floor or not len(free):
+            continue
+        side = _two_means(z[members])
+        if min(side.sum(), (~side).sum()) < floor:
+            continue
+        log_h = log_split_ratio(z[members], side, settings.alpha, niw)
+        parts = (z[members][~side], z[members][side])
+        if log_h > settings.split_margin:
+            valley = valley_ratio(z[members], parts[0].mean(0), parts[1].mean(0))
+            accepted = valley < settings.merge_ratio
+        else:
+            accepted = False
+        weak = abs(log_h - settings.split_margin) < settings.weak_log_h
+        record("split", [k] + ([int(free[0])] if accepted else []), log_h, accepted, weak)
+        if not accepted:
+            continue
+        new, logit, s = int(free[0]), prior["logits"][k], side.mean()
+        for slot, part, w in ((k, parts[0], 1.0 - s), (new, parts[1], s)):
+            prior["means"][slot], prior["log_vars"][slot] = _gaussian(part)
+            prior["logits"][slot] = logit + np.log(w)
+        live[new] = True
+        touched.update((k, new))
+        hard[members[side]] = new
+        if groups is not None:
+            groups[members[side]] = new
+    return prior, groups, tests
 
 
 def _logdet(a):

@@ -13,6 +13,11 @@ config.json, so a resumed run and its predictions read the same values):
   Gaussian, nor one whose nearest neighbours judge a partition;
 - an over-clustered fit (`overcluster`) has at most max(K + 1, N / 20) components, so that every
   component has about 20 samples or more;
+- with choose_k.auto (model.num_clusters=auto), the model gets K_max = max(2, min(
+  choose_k.max_clusters, N / 20)) slots (model.num_clusters; every component about 20 samples or
+  more), the over-clustered fit scales its components with K_max in place of K, the refits
+  (init_prior phases with keep_current) leave the run (they would refit K_max components over
+  the moves) and the features' GMM is off (it needs K);
 - with train.epochs > 0, train.steps (and with it every phase given as a share of it, the log
   and checkpoint intervals) becomes min(train.steps, max(train.min_steps, epochs x N /
   batch_size)): the steps follow the data up to the ceiling train.steps;
@@ -45,8 +50,9 @@ def fit_to_data(config, n, sample_shape):
         changed.setdefault(f"batch size cut to N = {n}", []).append("train")
     _steps_by_epochs(c, n, changed)
     _small_network(c, n * math.prod(sample_shape), changed)
-    k = int(c.model.num_clusters)
     phases = c.phases.to_dict()
+    _auto_slots(c, phases, n, changed)
+    k = int(c.model.num_clusters)
     for name, spec in phases.items():
         if spec.get("augment") == "auto":
             spec["augment"] = shift_for(sample_shape)
@@ -74,6 +80,27 @@ def fit_to_data(config, n, sample_shape):
     c.phases = phases
     c.lock()
     return c, [f"{rule} ({', '.join(names)})" for rule, names in changed.items()]
+
+
+def _auto_slots(c, phases, n, changed):
+    """choose_k.auto: the slots, the over-clustered fit, no refits and no features' GMM (see the
+    module's rules)."""
+    if not c.choose_k.auto:
+        return
+    k_old, k_max = int(c.model.num_clusters), max(2, min(int(c.choose_k.max_clusters), n // 20))
+    c.model.num_clusters = k_max
+    changed.setdefault(f"num_clusters auto: K_max = max(2, min({c.choose_k.max_clusters}, N / 20)) = {k_max} slots",
+                       []).append("model")
+    refits = [name for name in c.train.phases if phases.get(name, {}).get("keep_current")]
+    if refits:
+        c.train.phases = tuple(name for name in c.train.phases if name not in refits)
+        changed.setdefault("num_clusters auto: no refits (the moves change the prior)", []).extend(refits)
+    for name, spec in phases.items():
+        if _whole(spec.get("overcluster")) and spec["overcluster"] and name not in refits:
+            spec["overcluster"] = max(k_max + 1, round(spec["overcluster"] * k_max / max(k_old, 1)))
+        if spec.get("features") and name not in refits:
+            spec["features"] = 0
+            changed.setdefault("num_clusters auto: features' GMM off (it needs K)", []).append(name)
 
 
 def _steps_by_epochs(c, n, changed):

@@ -1,0 +1,199 @@
+"""model.num_clusters=auto: the mixture finds K while it trains.
+
+The model has K_max slots (gmvc/recipes/rules.py); a retired slot keeps its shape and has the
+logit DEAD, so its weight is 0 and no compiled shape changes. After each chunk of train.log_every
+steps of a clustering phase (the train phases after the first init_prior phase; without one,
+those whose objective has `vade_kl`), the moves of gmvc/core/k_moves.py run on every training
+sample's encoder mean, for each restart: retire (too few samples), merge (no density valley
+between two neighbouring means), split (DeepDPM's Hastings test, and a valley between the
+halves). A move changes the prior's slots, the `pin` groups of the samples it moves and, where
+the phase reads the anchors of the first fit's groups, the anchors. The moves stop after
+choose_k.patience rounds in a row that changed nothing. Every test made is recorded (step, move,
+slots, score, accepted, weak) in the checkpoints' meta, results.json and k_selection.png.
+"""
+import jax
+import numpy as np
+
+from gmvc.core import k_moves
+from gmvc.errors import ConfigError
+from gmvc.training import parallel
+from gmvc.training.state import Tables
+
+
+def check(config, model, streamed):
+    """A ConfigError where model.num_clusters=auto cannot run."""
+    if not config.choose_k.auto:
+        return
+    if config.model.name != "vade" or not model.stored_prior:
+        raise ConfigError(f"model.num_clusters=auto needs VaDE's mixture prior (model.name='vade'), not "
+                          f"model.name={config.model.name!r}")
+    if config.model.gamma_transform != "none":
+        raise ConfigError("model.num_clusters=auto needs model.gamma_transform='none' (inverse_minmax rescales "
+                          "over every slot, retired ones too)")
+    if streamed:
+        raise ConfigError("model.num_clusters=auto moves the groups between chunks: it needs the data in memory "
+                          "(--config.parallel.stream=off)")
+    c = config.choose_k
+    if not (isinstance(c.patience, int) and c.patience >= 1 and c.alpha > 0 and c.niw_scale > 0
+            and 0 < c.merge_ratio <= 1 and 0 <= c.min_share < 1):
+        raise ConfigError(f"choose_k: patience must be a whole number >= 1, alpha and niw_scale above 0, merge_ratio "
+                          f"in (0, 1], min_share in [0, 1); got {c.to_dict()}")
+
+
+def settings(config):
+    c = config.choose_k
+    return k_moves.Settings(alpha=float(c.alpha), niw_scale=float(c.niw_scale), merge_ratio=float(c.merge_ratio),
+                            split_margin=float(c.split_margin), min_share=float(c.min_share))
+
+
+def moving_phases(phases):
+    """Names of the train phases whose chunks are followed by moves."""
+    first_fit = next((i for i, p in enumerate(phases) if p.kind == "init_prior"), None)
+    if first_fit is None:
+        return {p.name for p in phases if p.kind == "train" and p.spec.get("objective", {}).get("vade_kl")}
+    return {p.name for p in phases[first_fit + 1:] if p.kind == "train"}
+
+
+def pull_anchors(phases, index):
+    """m where the train phase at `index` reads the anchors of an init_prior phase's groups (its
+    "pull"), else 0: the latest table-making phase before it decides."""
+    for p in reversed(phases[:index]):
+        if p.kind == "neighbours":
+            return 0
+        if p.kind == "init_prior" and p.spec.get("pull"):
+            return int(p.spec["pull"])
+    return 0
+
+
+class KMoves:
+    """The moves of one run and their record: K per restart after each round, every test, the
+    rounds in a row without a move."""
+
+    def __init__(self, ctx, say):
+        self.ctx, self.say = ctx, say
+        self.settings = settings(ctx.config)
+        self.patience = int(ctx.config.choose_k.patience)
+        self.moving = moving_phases(ctx.phases)
+        r = ctx.config.train.restarts
+        self.rec = {"k_max": int(ctx.model.num_clusters), "path": [], "tests": [[] for _ in range(r)], "quiet": 0}
+
+    def resume(self, record):
+        if record:
+            self.rec = record
+
+    def record(self):
+        return self.rec
+
+    @property
+    def done(self):
+        return self.rec["quiet"] >= self.patience
+
+    def after_chunk(self, index, step, state, tables):
+        """(state, tables) after one round of moves at `step` (device arrays, the layout's); the
+        same objects where no move was accepted."""
+        ctx, phase = self.ctx, self.ctx.phases[index]
+        if phase.name not in self.moving or self.done:
+            return state, tables
+        layout = ctx.layout
+        params = jax.tree.map(parallel.to_host, state.params if layout.mode != "pmap"
+                              else jax.tree.map(lambda a: a[0], state.params))
+        groups = None if tables.groups is None else np.array(parallel.to_host(
+            tables.groups if layout.mode != "pmap" else tables.groups[0]))
+        prior = {k: np.array(v) for k, v in params["prior"].items()}
+        m = pull_anchors(ctx.phases, index) if tables.neighbours is not None else 0
+        neighbours = None if not m else np.array(parallel.to_host(
+            tables.neighbours if layout.mode != "pmap" else tables.neighbours[0]))
+        changed, ks = False, []
+        for r in range(ctx.config.train.restarts):
+            z = np.asarray(ctx.embedding.embed(jax.tree.map(lambda a: a[r], params), ctx.x_train))
+            prior_r = {k: v[r] for k, v in prior.items()}
+            new, groups_r, tests = k_moves.propose_moves(z, prior_r, None if groups is None else groups[r],
+                                                         self.settings, step)
+            self.rec["tests"][r].extend(tests)
+            accepted = [t for t in tests if t["accepted"]]
+            if accepted:
+                changed = True
+                for k in prior:
+                    prior[k][r] = new[k].astype(prior[k].dtype)
+                if groups is not None:
+                    groups[r] = groups_r
+                    if m:
+                        from gmvc.training.embedding_phases import anchors
+                        neighbours[r] = anchors(z, groups_r, len(prior["logits"][r]), m)[groups_r]
+                self.say(f"K at step {step}{f' (restart {r})' if len(prior['logits']) > 1 else ''}: "
+                         f"{int(k_moves.active_slots(prior['logits'][r]).sum())} "
+                         f"({', '.join(describe(t) for t in accepted)})")
+            ks.append(int(k_moves.active_slots(prior["logits"][r]).sum()))
+        self.rec["path"].append({"step": int(step), "phase": phase.name, "k": ks})
+        self.rec["quiet"] = 0 if changed else self.rec["quiet"] + 1
+        if self.done:
+            self.say(f"K: no move for {self.patience} rounds at step {step}: the moves stop (K = {ks[0]})")
+        if not changed:
+            return state, tables
+        host = parallel.get_state(layout, state)
+        host = host._replace(params={**host.params, "prior": prior})
+        new_tables = Tables(neighbours if m else (None if tables.neighbours is None else
+                                                  parallel.get_state(layout, tables.neighbours)),
+                            groups)
+        return parallel.put_state(layout, host), parallel.put_state(layout, new_tables)
+
+    def summary(self, params, restart):
+        """results.json's choose_k: the final K of the chosen restart, its path and moves."""
+        logits = np.asarray(params["prior"]["logits"])
+        tests = self.rec["tests"][restart]
+        accepted = [t for t in tests if t["accepted"]]
+        weak = [t for t in accepted if t["weak"]]
+        return {"k": int(k_moves.active_slots(logits).sum()), "k_max": self.rec["k_max"],
+                "slots": np.flatnonzero(k_moves.active_slots(logits)).tolist(),
+                "path": [{"step": p["step"], "phase": p["phase"], "k": p["k"][restart]} for p in self.rec["path"]],
+                "moves": accepted, "weak_moves": len(weak), "tests": tests,
+                "refused": {m: sum(1 for t in tests if t["move"] == m and not t["accepted"])
+                            for m in ("merge", "split", "retire")},
+                "settings": self.settings._asdict(), "patience": self.patience,
+                "stopped": self.done}
+
+
+def describe(test):
+    what = {"merge": "valley ratio", "split": "log H", "retire": "samples"}[test["move"]]
+    weak = "; weak evidence" if test["weak"] else ""
+    return f"{test['move']} {test['slots']} ({what} {test['score']:g}{weak})"
+
+
+def report(summary):
+    """One line: the K found, how the moves went, and whether the evidence was weak."""
+    moves = summary["moves"]
+    counts = {m: sum(1 for t in moves if t["move"] == m) for m in ("retire", "merge", "split")}
+    weak = summary["weak_moves"]
+    evidence = (f"; weak evidence: {weak} of {len(moves)} accepted moves scored within the margin of their "
+                f"threshold, so K is uncertain" if weak else "")
+    stop = "the moves had stopped" if summary["stopped"] else "the moves were still changing K at the end"
+    return (f"K found: {summary['k']} of {summary['k_max']} slots ({counts['retire']} retired, {counts['merge']} "
+            f"merges, {counts['split']} splits; {stop}){evidence}")
+
+
+def plot(summary, outdir):
+    """k_selection.png: K over the steps, and the score of every move tested (accepted filled,
+    refused hollow) against its threshold."""
+    from gmvc.run.export import new_figure
+    path = outdir / "k_selection.png"
+    fig, _ = new_figure((13, 3.6))
+    fig.clear()
+    axes = fig.subplots(1, 3)
+    steps = [p["step"] for p in summary["path"]]
+    axes[0].step(steps, [p["k"] for p in summary["path"]], where="post", color="k")
+    axes[0].set(xlabel="step", ylabel="K (live components)", title=f"K over training: {summary['k']} at the end")
+    for ax, move, label, threshold in ((axes[1], "merge", "valley ratio (merge at or above)",
+                                        summary["settings"]["merge_ratio"]),
+                                       (axes[2], "split", "log H (split above)", summary["settings"]["split_margin"])):
+        tests = [t for t in summary.get("tests", []) if t["move"] == move]
+        for accepted, style in ((False, dict(facecolors="none", edgecolors="0.5")), (True, dict(color="C3"))):
+            pts = [(t["step"], t["score"]) for t in tests if t["accepted"] == accepted]
+            if pts:
+                ax.scatter(*zip(*pts), s=14, label="accepted" if accepted else "refused", **style)
+        ax.axhline(threshold, color="C0", lw=1)
+        ax.set(xlabel="step", ylabel=label, title=f"{move} tests")
+        if tests:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
