@@ -112,7 +112,20 @@ def gmvc_given(job, seed):
     return (0, 0.0) if run.get("nan") else (sum(s > 0 for s in run["cluster_sizes"]), run["acc"])
 
 
-METHODS = {"bic": bic, "dpgmm": dpgmm, "hdbscan": hdbscan, "gmvc_given": gmvc_given}
+def gmvc_auto(job, seed):
+    overrides = [o for o in job["overrides"] if not o.startswith("model.num_clusters=")] + ["choose_k.auto=True"]
+    config = quality.load_config(CLUSTER, overrides, seed)
+    workdir = pathlib.Path(job["workdir"]) / job["name"] / f"auto_seed{seed}"
+    run = quality.run_gmvc(config, workdir, job["y"])
+    if run.get("nan"):
+        return 0, 0.0
+    found = json.loads((workdir / "results.json").read_text())["choose_k"]
+    job.setdefault("auto_records", {})[seed] = {"live": found["k"], "path": [p["k"] for p in found["path"]],
+                                                "weak_moves": found["weak_moves"]}
+    return sum(s > 0 for s in run["cluster_sizes"]), run["acc"]
+
+
+METHODS = {"bic": bic, "dpgmm": dpgmm, "hdbscan": hdbscan, "gmvc_given": gmvc_given, "gmvc_auto": gmvc_auto}
 PEERS = ("bic", "dpgmm", "hdbscan")      # these read the reduced data; the PCA's seconds are theirs too
 
 
@@ -124,11 +137,13 @@ def parse_args(argv=None):
     p.add_argument("--sets", default="", help="only these of the 19 sets (comma-separated)")
     p.add_argument("--methods", default=",".join(PEERS), help=f"comma-separated, of {list(METHODS)}")
     p.add_argument("--gmvc", action="store_true", help="add gmvc_given (gmvc's cluster recipe with K given; slow)")
+    p.add_argument("--auto", action="store_true", help="add gmvc_auto (the cluster recipe with model.num_clusters=auto)")
     p.add_argument("--out", default="", help="also write the JSON object to this file")
     p.add_argument("--table", nargs="?", const="-", default="", metavar="PATH",
                    help="a Markdown table to stderr (alone) or to PATH")
     args = p.parse_args(argv)
-    args.methods = list(dict.fromkeys([m for m in args.methods.split(",") if m] + ["gmvc_given"] * args.gmvc))
+    args.methods = list(dict.fromkeys([m for m in args.methods.split(",") if m] + ["gmvc_given"] * args.gmvc
+                                      + ["gmvc_auto"] * args.auto))
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         p.error(f"unknown method(s) {unknown}; known: {list(METHODS)}")
@@ -208,7 +223,7 @@ def main(argv=None):
     logging.set_verbosity(logging.WARNING)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     cache = None
-    if "gmvc_given" in args.methods:
+    if {"gmvc_given", "gmvc_auto"} & set(args.methods):
         from gmvc.run.cache import enable_compilation_cache
         cache = enable_compilation_cache()  # as quality.py: later seeds load the compiled programs
     results = []
@@ -232,6 +247,8 @@ def main(argv=None):
                                  "within_one": abs(int(k) - job["k"]) <= 1, "acc": round(float(acc), 4),
                                  "seconds": round(seconds, 2)})
                 entry["runs"][m] = runs
+                if m == "gmvc_auto":
+                    entry["auto_records"] = job.get("auto_records", {})
                 print(f"{job['name']} (K={job['k']}) {m}: k={[r['k'] for r in runs]} acc={[r['acc'] for r in runs]} "
                       f"s={[r['seconds'] for r in runs]}", file=sys.stderr, flush=True)
             results.append(entry)

@@ -113,12 +113,19 @@ COMMON = {"random_state": _random_state,
 ESTIMATOR = {"config": _optional(_one_of(str, os.PathLike, dict, ml_collections.ConfigDict,
                                          text="None, a recipe's name, a dict, a ConfigDict or a config file's path")),
              "overrides": _overrides, **COMMON}
-VADE = {"n_clusters": int_at_least(1), "latent_dim": int_at_least(1), "hidden_sizes": _hidden_sizes_or_auto,
+VADE = {"n_clusters": _auto_or(int_at_least(1), "the mixture finds K while it trains"), "latent_dim": int_at_least(1), "hidden_sizes": _hidden_sizes_or_auto,
         "likelihood": _likelihood, "steps": _auto_or(int_at_least(1), "steps that follow the data's size"),
         "pretrain_steps": _optional(int_at_least(0)),
         "batch_size": int_at_least(1), "learning_rate": _number_above(0, inclusive=False),
         "c_marginal": _number_above(0, inclusive=True), "restarts": int_at_least(1), **COMMON}
-GMVAE = {**VADE, "hidden_sizes": _hidden_sizes, "steps": int_at_least(1), "w_dim": int_at_least(1),
+def _clusters_not_auto(name, value):
+    if isinstance(value, str) and value == "auto":
+        raise ArgumentError(f"{name}='auto' is gmvc.VaDE's (its mixture finds K while it trains); GMVAE needs a "
+                            f"positive int")
+    int_at_least(1)(name, value)
+
+
+GMVAE = {**VADE, "n_clusters": _clusters_not_auto, "hidden_sizes": _hidden_sizes, "steps": int_at_least(1), "w_dim": int_at_least(1),
          "cv_weight": _number_above(0, inclusive=True)}
 
 

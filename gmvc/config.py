@@ -49,6 +49,7 @@ def base_config():
     c.choose_k.niw_scale = 0.1         # NIW prior scale: psi = niw_scale x diag(variance of the embeddings)
     c.choose_k.merge_ratio = 0.5       # merge two components when the density between their means dips no lower
                                        # than this share of the lower peak
+    c.choose_k.merge_links = 0.01      # ... and at least this share of the smaller one's 10-NN links join the two
     c.choose_k.split_margin = 0.0      # split when log H exceeds this and the halves show a valley
     c.choose_k.min_share = 0.01        # retire a component holding fewer than max(5, min_share x N) samples
     c.choose_k.patience = 2            # the moves stop after this many rounds in a row that changed nothing

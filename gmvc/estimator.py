@@ -120,7 +120,9 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _start_line(self, x, config, workdir):
         clusters = ""
-        if config.model.name in CLUSTERING_MODELS:
+        if config.model.name in CLUSTERING_MODELS and config.choose_k.auto:
+            clusters = f" into K clusters found while it trains (at most {config.choose_k.max_clusters})"
+        elif config.model.name in CLUSTERING_MODELS:
             clusters = f" into K={config.model.num_clusters} clusters{self._default_k_note()}"
         where = f"{workdir} (temporary: save() keeps the model)" if not self.workdir else str(workdir)
         return (f"{type(self).__name__}: fitting {len(x)} samples of shape {list(x.shape[1:])}{clusters}, "
@@ -149,7 +151,8 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
                                                                   trained.workdir)
         self.scaling_ = trained.scaling
         self.sample_shape_ = tuple(trained.data_shape)
-        self.n_clusters_ = trained.model.num_clusters
+        self.cluster_slots_ = cluster_slots(trained.config, trained.model, trained.params)
+        self.n_clusters_ = len(self.cluster_slots_) if trained.model.num_clusters else 0
 
     def _check(self, X, reset=False):
         arguments.refuse_complex(X)
@@ -175,7 +178,10 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self, "params_")
         x = self._inputs(X)
         out = batching.make_predict(self.model_, self.config_.eval.batch_size)(self.params_, x)
-        return check_finite_outputs(out, x, "X")
+        out = check_finite_outputs(out, x, "X")
+        if "log_gamma" in out and len(self.cluster_slots_) < out["log_gamma"].shape[1]:    # auto: the live slots
+            out["log_gamma"] = out["log_gamma"][:, self.cluster_slots_]
+        return out
 
     def _require_clusters(self, what):
         if not self.model_.num_clusters:
@@ -227,15 +233,16 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         if cluster is not None and (not arguments.is_int(cluster) or not 0 <= cluster < k):
             raise ValueError(f"cluster must be in 0..{k - 1} (or None), got {cluster!r}")
         rng = check_random_state(self.random_state)
+        slots = np.asarray(self.cluster_slots_)
         if cluster is None:
-            log_pi = self.params_["prior"]["logits"] if self.model_.stored_prior else jnp.zeros(k)
+            log_pi = self.params_["prior"]["logits"][slots] if self.model_.stored_prior else jnp.zeros(k)
             pi = np.asarray(jax.nn.softmax(log_pi), np.float64)
             clusters = rng.choice(k, size=n_samples, p=pi / pi.sum())
         else:
             clusters = np.full(n_samples, int(cluster))
         key = jax.random.key(int(rng.randint(2**31)))
         out = np.asarray(jax.jit(self.model_.sample, static_argnums=2)(self.params_, key, n_samples))
-        x = out[clusters, np.arange(n_samples)]                       # [n, *sample_shape]
+        x = out[slots[clusters], np.arange(n_samples)]                # [n, *sample_shape]
         return self.scaling_.invert(x), clusters                      # in the units of the data fitted
 
     # ------------------------------------------------------------------ persistence
@@ -315,6 +322,15 @@ class VaDE(GMVCEstimator):
                                likelihood=self.likelihood, steps=self.steps, pretrain_steps=self.pretrain_steps,
                                batch_size=self.batch_size, learning_rate=self.learning_rate,
                                c_marginal=self.c_marginal, restarts=self.restarts)
+
+
+def cluster_slots(config, model, params):
+    """The mixture's components a fitted model uses: all K, or with model.num_clusters=auto the
+    live slots (gmvc/core/k_moves.py); cluster i of predict is slot cluster_slots_[i]."""
+    if config.choose_k.auto and model.stored_prior:
+        from gmvc.core.k_moves import active_slots
+        return np.flatnonzero(active_slots(np.asarray(params["prior"]["logits"])))
+    return np.arange(model.num_clusters)
 
 
 class GMVAE(GMVCEstimator):

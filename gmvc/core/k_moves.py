@@ -112,6 +112,7 @@ class Settings(NamedTuple):
     alpha: float = 10.0            # the Dirichlet process's concentration in a split's log H
     niw_scale: float = 0.1         # NIW psi = niw_scale x diag(var of all the embeddings)
     merge_ratio: float = 0.5       # merge when the valley between two means is no lower than this share of the lower peak
+    merge_links: float = 0.01      # ... and the two are linked: this share of the smaller one's 10-NN links cross
     split_margin: float = 0.0      # split when log H exceeds this (and the halves have a valley below merge_ratio)
     min_share: float = 0.01        # retire a component holding fewer than max(5, min_share x N) samples
     weak_ratio: float = 0.1        # a merge within this of merge_ratio is weak evidence
@@ -139,6 +140,33 @@ def _two_means(z, iters=20):
     return side
 
 
+LINK_NEIGHBOURS = 10
+
+
+def _knn(z, k):
+    """Each row's k nearest other rows [N, k] (exact; at most 20,000 rows are linked, the rest -1)."""
+    from sklearn.neighbors import NearestNeighbors
+    n = len(z)
+    rows = np.arange(n) if n <= 20_000 else np.linspace(0, n - 1, 20_000).astype(int)
+    out = np.full((n, k), -1)
+    k = min(k, len(rows) - 1)
+    if k < 1:
+        return out[:, :0]
+    idx = NearestNeighbors(n_neighbors=k + 1).fit(z[rows]).kneighbors(z[rows], return_distance=False)[:, 1:]
+    out[rows, :k] = rows[idx]
+    return out
+
+
+def link_share(knn, hard, a, b):
+    """The neighbour links between components a and b (either way), over k x the smaller one's
+    size: 0 for two clusters apart, a few percent for two pieces of one."""
+    linked = knn >= 0
+    other = np.where(linked, hard[np.maximum(knn, 0)], -1)
+    cross = ((hard == a)[:, None] & (other == b)).sum() + ((hard == b)[:, None] & (other == a)).sum()
+    smaller = min((hard == a).sum(), (hard == b).sum())
+    return float(cross / (knn.shape[1] * smaller)) if smaller and knn.shape[1] else 0.0
+
+
 def _hard(z, prior, live):
     """Each embedding's most likely live component (diagonal Gaussians with their weights)."""
     logits, means, log_vars = (np.asarray(prior[k], np.float64) for k in ("logits", "means", "log_vars"))
@@ -154,8 +182,10 @@ def propose_moves(z, prior, groups, settings, step):
     1. retire: a live component holding (by each embedding's most likely component) fewer than
        max(5, min_share x N) samples; its samples go to their next most likely component;
     2. merge, repeated while one passes: each live component with its 3 nearest live ones by mean
-       distance; the pair with the highest valley_ratio >= merge_ratio merges (its moments
-       matched, the weights added; the second slot retires);
+       distance; of the pairs linked in the embeddings' 10-nearest-neighbour graph (link_share >=
+       merge_links: a projection cannot tell two interlocking shapes apart, the graph can), the
+       one with the highest valley_ratio >= merge_ratio merges (its moments matched, the weights
+       added; the second slot retires);
     3. split: each live component not touched in this round, with at least 2 x the retire floor,
        split by 2-means; accepted when log H > split_margin and the halves' valley_ratio is below
        merge_ratio (so the next round's merge test would not undo it), into a free slot.
@@ -170,9 +200,9 @@ def propose_moves(z, prior, groups, settings, step):
     live = active_slots(prior["logits"])
     hard = _hard(z, prior, live)
 
-    def record(move, slots, score, accepted, weak):
+    def record(move, slots, score, accepted, weak, **more):
         tests.append({"step": int(step), "move": move, "slots": [int(s) for s in slots], "score": round(float(score), 4),
-                      "accepted": bool(accepted), "weak": bool(weak)})
+                      "accepted": bool(accepted), "weak": bool(weak), **{k: round(float(v), 4) for k, v in more.items()}})
 
     def retire(k):
         prior["logits"][k] = DEAD
@@ -191,7 +221,8 @@ def propose_moves(z, prior, groups, settings, step):
         moved = ~live[groups]
         groups[moved] = hard[moved]
 
-    # 2. merge while the best neighbouring pair shows no valley
+    # 2. merge while the best neighbouring pair shows no valley and is linked in the neighbour graph
+    knn = _knn(z, LINK_NEIGHBOURS)
     while live.sum() > 1:
         slots = np.flatnonzero(live)
         means = prior["means"][slots]
@@ -204,19 +235,23 @@ def propose_moves(z, prior, groups, settings, step):
             members = (hard == a) | (hard == b)
             if members.sum() < 4:
                 continue
-            scored.append((valley_ratio(z[members], prior["means"][a], prior["means"][b]), a, b))
+            links = link_share(knn, hard, a, b)
+            ratio = valley_ratio(z[members], prior["means"][a], prior["means"][b])
+            scored.append((ratio if links >= settings.merge_links else -links, a, b, ratio, links))
         best = max(scored, default=None)
-        for ratio, a, b in scored:
-            if best is None or best[0] < settings.merge_ratio or (a, b) != best[1:]:
-                record("merge", [a, b], ratio, False, abs(ratio - settings.merge_ratio) < settings.weak_ratio)
-        if best is None or best[0] < settings.merge_ratio:
+        refused = best is None or best[0] < settings.merge_ratio
+        for _, a, b, ratio, links in scored:
+            if refused or (a, b) != best[1:3]:
+                record("merge", [a, b], ratio, False, abs(ratio - settings.merge_ratio) < settings.weak_ratio,
+                       links=links)
+        if refused:
             break
-        ratio, a, b = best
+        _, a, b, ratio, links = best
         members = (hard == a) | (hard == b)
         prior["means"][a], prior["log_vars"][a] = _gaussian(z[members])
         prior["logits"][a] = np.logaddexp(prior["logits"][a], prior["logits"][b])
         retire(b)
-        record("merge", [a, b], ratio, True, ratio - settings.merge_ratio < settings.weak_ratio)
+        record("merge", [a, b], ratio, True, ratio - settings.merge_ratio < settings.weak_ratio, links=links)
         touched.update((a, b))
         hard[hard == b] = a
         if groups is not None:

@@ -40,6 +40,11 @@ def cluster(n_clusters=10, steps="auto", pretrain_steps=None, batch_size=100, la
        neighbours (a quarter of the remaining steps each). A run that kept the features'
        partition keeps it: it is not refitted.
 
+    n_clusters "auto" (choose_k.auto): the mixture finds K while it trains (gmvc/training/k_auto.py):
+    K_max slots (a rule of gmvc/recipes/rules.py), the first fit over-clustered into K_max groups
+    without the features' GMM, no refits, and after each chunk of the clustering phases components
+    retire, merge and split.
+
     The data are scaled and the likelihood chosen from their values (data.scaling and
     model.likelihood "auto"; `sigma` is the Gaussian likelihood's std on standardized data).
     hidden_sizes "auto": the encoder's widths are 500-500-1000 for data of 1,000,000 values
@@ -50,7 +55,8 @@ def cluster(n_clusters=10, steps="auto", pretrain_steps=None, batch_size=100, la
     The restart kept is the one with the lowest objective on the data.
     """
     auto_steps = isinstance(steps, str) and steps == "auto"
-    k, steps = int(n_clusters), STEPS if auto_steps else int(steps)
+    auto_k = isinstance(n_clusters, str) and n_clusters == "auto"
+    k, steps = 10 if auto_k else int(n_clusters), STEPS if auto_steps else int(steps)
     pretrain_steps = steps * 3 // 8 if pretrain_steps is None else int(pretrain_steps)
     if not 0 < pretrain_steps < steps:
         raise ConfigError(f"pretrain_steps={pretrain_steps} leaves no steps to cluster in: it must lie between 0 "
@@ -65,6 +71,7 @@ def cluster(n_clusters=10, steps="auto", pretrain_steps=None, batch_size=100, la
     c.unlock()
     c.data.source = "mnist5k"            # the command line's default; set data.source to your data
     c.model.sigma = float(sigma)
+    c.choose_k.auto = auto_k             # the slots, the fits and the moves: gmvc/recipes/rules.py, gmvc/training/k_auto.py
     if auto_net:
         c.model.small_hidden_sizes, c.model.small_below = SMALL_NET, SMALL_BELOW
     if auto_steps:

@@ -35,14 +35,15 @@ def check(config, model, streamed):
                           "(--config.parallel.stream=off)")
     c = config.choose_k
     if not (isinstance(c.patience, int) and c.patience >= 1 and c.alpha > 0 and c.niw_scale > 0
-            and 0 < c.merge_ratio <= 1 and 0 <= c.min_share < 1):
+            and 0 < c.merge_ratio <= 1 and 0 <= c.merge_links <= 1 and 0 <= c.min_share < 1):
         raise ConfigError(f"choose_k: patience must be a whole number >= 1, alpha and niw_scale above 0, merge_ratio "
-                          f"in (0, 1], min_share in [0, 1); got {c.to_dict()}")
+                          f"in (0, 1], merge_links in [0, 1], min_share in [0, 1); got {c.to_dict()}")
 
 
 def settings(config):
     c = config.choose_k
     return k_moves.Settings(alpha=float(c.alpha), niw_scale=float(c.niw_scale), merge_ratio=float(c.merge_ratio),
+                            merge_links=float(c.merge_links),
                             split_margin=float(c.split_margin), min_share=float(c.min_share))
 
 

@@ -1,0 +1,66 @@
+"""model.num_clusters=auto end to end: the command line's flag, results.json's record of K's path,
+k_selection.png, the estimator's n_clusters="auto" (live slots as clusters 0..K-1), and the one-line
+refusals where it cannot run."""
+import json
+
+import numpy as np
+import pytest
+
+import gmvc
+from conftest import run_cli
+from gmvc.core.metrics import hungarian_accuracy
+from gmvc.errors import ConfigError
+
+
+def _blobs(n=200, d=4, apart=10.0, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = np.zeros((3, d))
+    centres[1, 0], centres[2, 1] = apart, apart
+    y = np.repeat(np.arange(3), n)
+    return (rng.normal(size=(3 * n, d)) + centres[y]).astype(np.float32), y
+
+
+SMALL = {"train.steps": 800, "model.small_hidden_sizes": (32, 32), "train.epochs": 0}
+
+
+def test_the_command_line_finds_k_and_records_its_path(tmp_path):
+    x, y = _blobs()
+    np.savez(tmp_path / "blobs.npz", x=x, y=y)
+    run = run_cli("--config=configs/cluster.py", f"--config.data.source=file:{tmp_path / 'blobs.npz'}",
+                  "--config.model.num_clusters=auto", *(f"--config.{k}={v}" for k, v in SMALL.items()),
+                  f"--workdir={tmp_path / 'run'}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    found = results["choose_k"]
+    assert found["k"] == 3 and found["k_max"] == 20 and len(found["slots"]) == 3
+    assert found["path"][0]["k"] <= 20 and found["path"][-1]["k"] == 3
+    assert found["moves"] and all(m["accepted"] for m in found["moves"])
+    assert sum(m["move"] in ("merge", "retire") for m in found["moves"]) >= 17 - sum(
+        m["move"] == "split" for m in found["moves"])                  # 20 slots down to 3
+    assert results["acc"] > 0.99 and sum(s > 0 for s in results["cluster_sizes"]) == 3
+    assert (tmp_path / "run" / "k_selection.png").stat().st_size > 5000
+    assert "K found: 3 of 20 slots" in run.stdout + run.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["choose_k"]["auto"] is True and config["model"]["num_clusters"] == 20
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["k"] for r in logged if "k" in r][-1] == 3.0
+
+
+def test_the_estimator_reports_the_live_clusters():
+    x, y = _blobs(n=150, seed=1)
+    est = gmvc.VaDE(n_clusters="auto", steps=800, hidden_sizes=(32, 32), random_state=0, progress=False).fit(x)
+    assert est.n_clusters_ == 3 and len(est.cluster_slots_) == 3
+    assert set(np.unique(est.labels_)) == {0, 1, 2} and hungarian_accuracy(est.labels_, y) > 0.99
+    proba = est.predict_proba(x[:10])
+    assert proba.shape == (10, 3) and np.allclose(proba.sum(1), 1.0, atol=1e-5)
+    samples, clusters = est.sample(4, cluster=2)
+    assert samples.shape == (4, 4) and (clusters == 2).all()
+
+
+def test_auto_is_refused_in_one_line_where_it_cannot_run():
+    with pytest.raises(ConfigError, match="n_clusters='auto' is gmvc.VaDE's"):
+        gmvc.GMVAE(n_clusters="auto").fit(np.zeros((20, 2), np.float32))
+    x, _ = _blobs(n=20)
+    est = gmvc.GMVCEstimator(config="gmvae", overrides={"choose_k.auto": True, "train.steps": 2}, progress=False)
+    with pytest.raises(ConfigError, match="model.num_clusters=auto needs VaDE's mixture prior"):
+        est.fit(x)
