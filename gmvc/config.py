@@ -52,6 +52,8 @@ def base_config():
     c.choose_k.merge_links = 0.01      # ... and at least this share of the smaller one's 10-NN links join the two
     c.choose_k.split_margin = 0.0      # split when log H exceeds this and the halves show a valley
     c.choose_k.min_share = 0.01        # retire a component holding fewer than max(5, min_share x N) samples
+    c.choose_k.merge_test = "valley"   # valley | hastings: what a merge must pass (besides the links)
+    c.choose_k.at_fit = True           # a round of moves right after the first fit, on the pretrained embeddings
     c.choose_k.patience = 2            # the moves stop after this many rounds in a row that changed nothing
 
     # Term name -> weight (a number or a schedule dict, see gmvc/core/schedules.py).

@@ -206,6 +206,8 @@ def run_phases(ctx, position, logs, warm):
             tables = tables._replace(groups=ctx.embedding.groups)
             if phase.spec["pull"]:
                 tables = tables._replace(neighbours=ctx.embedding.pull_table(ctx.y_train, phase.name))
+            if logs.moves is not None:
+                params, tables = logs.moves.after_fit(i, position.step, params, tables)
             position = position._replace(params=params, tables=tables)
         elif phase.kind == "neighbours":
             table = ctx.embedding.neighbours(phase, position.params, ctx.x_train, ctx.y_train)

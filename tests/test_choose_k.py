@@ -3,6 +3,7 @@ k_selection.png, the estimator's n_clusters="auto" (live slots as clusters 0..K-
 refusals where it cannot run."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -64,3 +65,38 @@ def test_auto_is_refused_in_one_line_where_it_cannot_run():
     est = gmvc.GMVCEstimator(config="gmvae", overrides={"choose_k.auto": True, "train.steps": 2}, progress=False)
     with pytest.raises(ConfigError, match="model.num_clusters=auto needs VaDE's mixture prior"):
         est.fit(x)
+
+
+def test_a_run_resumed_after_its_moves_ends_where_the_straight_run_ends(tmp_path):
+    """A crash after the moves began: the checkpoint holds the moved prior, the pin groups and the
+    moves' record; the resumed run continues them and ends with the same parameters and K path."""
+    import shutil
+
+    from gmvc import recipes
+    from gmvc.run.checkpoint import Checkpointer
+    from gmvc.trainer import train_and_evaluate
+    x, y = _blobs(n=100, seed=2)
+    np.savez(tmp_path / "blobs.npz", x=x, y=y)
+    config = recipes.cluster(n_clusters="auto", steps=800, hidden_sizes=(32, 32))
+    config.unlock()
+    config.data.source = f"file:{tmp_path / 'blobs.npz'}"
+    config.train.epochs, config.train.checkpoint_every, config.train.max_checkpoints = 0, 100, 20
+    config.lock()
+    quiet = {"echo": lambda *a, **k: None, "write_outputs": False}
+    straight = train_and_evaluate(config, tmp_path / "straight", **quiet)
+    assert straight["choose_k"]["k"] == 3 and straight["choose_k"]["moves"]
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    ckpt = Checkpointer(tmp_path / "resumed" / "checkpoints")
+    steps = ckpt.steps()
+    ckpt.close()
+    first_move = min(m["step"] for m in straight["choose_k"]["moves"])
+    keep = [s for s in steps if s > first_move][0]            # a checkpoint after the first moves
+    for s in steps:
+        if s > keep:
+            shutil.rmtree(tmp_path / "resumed" / "checkpoints" / str(s))
+    (tmp_path / "resumed" / "results.json").unlink()
+    resumed = train_and_evaluate(config, tmp_path / "resumed", **quiet)
+    assert resumed["choose_k"]["path"] == straight["choose_k"]["path"]
+    assert resumed["choose_k"]["moves"] == straight["choose_k"]["moves"]
+    for a, b in zip(jax.tree.leaves(straight.trained.params), jax.tree.leaves(resumed.trained.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

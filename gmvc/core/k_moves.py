@@ -113,6 +113,7 @@ class Settings(NamedTuple):
     niw_scale: float = 0.1         # NIW psi = niw_scale x diag(var of all the embeddings)
     merge_ratio: float = 0.5       # merge when the valley between two means is no lower than this share of the lower peak
     merge_links: float = 0.01      # ... and the two are linked: this share of the smaller one's 10-NN links cross
+    merge_test: str = "valley"     # "valley" (the density between the means) or "hastings" (log H of the merge > 0)
     split_margin: float = 0.0      # split when log H exceeds this (and the halves have a valley below merge_ratio)
     min_share: float = 0.01        # retire a component holding fewer than max(5, min_share x N) samples
     weak_ratio: float = 0.1        # a merge within this of merge_ratio is weak evidence
@@ -223,6 +224,10 @@ def propose_moves(z, prior, groups, settings, step):
 
     # 2. merge while the best neighbouring pair shows no valley and is linked in the neighbour graph
     knn = _knn(z, LINK_NEIGHBOURS)
+    niw = niw_prior(z, scale=settings.niw_scale)
+    hastings = settings.merge_test == "hastings"
+    threshold = 0.0 if hastings else settings.merge_ratio
+    weak = settings.weak_log_h if hastings else settings.weak_ratio
     while live.sum() > 1:
         slots = np.flatnonzero(live)
         means = prior["means"][slots]
@@ -236,14 +241,18 @@ def propose_moves(z, prior, groups, settings, step):
             if members.sum() < 4:
                 continue
             links = link_share(knn, hard, a, b)
-            ratio = valley_ratio(z[members], prior["means"][a], prior["means"][b])
-            scored.append((ratio if links >= settings.merge_links else -links, a, b, ratio, links))
+            if settings.merge_test == "hastings":
+                ratio = log_merge_ratio(z[hard == a], z[hard == b], settings.alpha, niw)
+            else:
+                ratio = valley_ratio(z[members], prior["means"][a], prior["means"][b])
+                if settings.merge_test == "both" and ratio >= threshold:
+                    ratio = ratio if log_merge_ratio(z[hard == a], z[hard == b], settings.alpha, niw) > 0 else -1.0
+            scored.append((ratio if links >= settings.merge_links else -np.inf, a, b, ratio, links))
         best = max(scored, default=None)
-        refused = best is None or best[0] < settings.merge_ratio
+        refused = best is None or best[0] < threshold
         for _, a, b, ratio, links in scored:
             if refused or (a, b) != best[1:3]:
-                record("merge", [a, b], ratio, False, abs(ratio - settings.merge_ratio) < settings.weak_ratio,
-                       links=links)
+                record("merge", [a, b], ratio, False, abs(ratio - threshold) < weak, links=links)
         if refused:
             break
         _, a, b, ratio, links = best
@@ -251,14 +260,13 @@ def propose_moves(z, prior, groups, settings, step):
         prior["means"][a], prior["log_vars"][a] = _gaussian(z[members])
         prior["logits"][a] = np.logaddexp(prior["logits"][a], prior["logits"][b])
         retire(b)
-        record("merge", [a, b], ratio, True, ratio - settings.merge_ratio < settings.weak_ratio, links=links)
+        record("merge", [a, b], ratio, True, ratio - threshold < weak, links=links)
         touched.update((a, b))
         hard[hard == b] = a
         if groups is not None:
             groups[groups == b] = a
 
     # 3. split where the evidence says two
-    niw = niw_prior(z, scale=settings.niw_scale)
     for k in [int(k) for k in np.flatnonzero(live)]:
         members = np.flatnonzero(hard == k)
         free = np.flatnonzero(~live)
@@ -271,7 +279,7 @@ def propose_moves(z, prior, groups, settings, step):
         parts = (z[members][~side], z[members][side])
         if log_h > settings.split_margin:
             valley = valley_ratio(z[members], parts[0].mean(0), parts[1].mean(0))
-            accepted = valley < settings.merge_ratio
+            accepted = hastings or valley < settings.merge_ratio
         else:
             accepted = False
         weak = abs(log_h - settings.split_margin) < settings.weak_log_h

@@ -43,7 +43,7 @@ def check(config, model, streamed):
 def settings(config):
     c = config.choose_k
     return k_moves.Settings(alpha=float(c.alpha), niw_scale=float(c.niw_scale), merge_ratio=float(c.merge_ratio),
-                            merge_links=float(c.merge_links),
+                            merge_links=float(c.merge_links), merge_test=str(c.merge_test),
                             split_margin=float(c.split_margin), min_share=float(c.min_share))
 
 
@@ -89,6 +89,19 @@ class KMoves:
     def done(self):
         return self.rec["quiet"] >= self.patience
 
+    def after_fit(self, index, step, params, tables):
+        """(params, tables) after the round of moves that follows the first init_prior phase, on
+        the embeddings that fit saw (host arrays, as run_phases holds them)."""
+        phase = self.ctx.phases[index]
+        if self.rec["path"] or phase.kind != "init_prior" or self.done or not self.ctx.config.choose_k.at_fit:    # the first fit only (and not again on resume)
+            return params, tables
+        prior, groups, neighbours, m = self._move(index + 1, step, phase.name, params, tables.groups,
+                                                  tables.neighbours)
+        if prior is None:
+            return params, tables
+        return {**params, "prior": prior}, tables._replace(groups=groups, neighbours=neighbours if m else
+                                                           tables.neighbours)
+
     def after_chunk(self, index, step, state, tables):
         """(state, tables) after one round of moves at `step` (device arrays, the layout's); the
         same objects where no move was accepted."""
@@ -96,14 +109,25 @@ class KMoves:
         if phase.name not in self.moving or self.done:
             return state, tables
         layout = ctx.layout
-        params = jax.tree.map(parallel.to_host, state.params if layout.mode != "pmap"
-                              else jax.tree.map(lambda a: a[0], state.params))
-        groups = None if tables.groups is None else np.array(parallel.to_host(
-            tables.groups if layout.mode != "pmap" else tables.groups[0]))
+        host = lambda a: None if a is None else np.array(parallel.to_host(a if layout.mode != "pmap" else a[0]))
+        params = jax.tree.map(host, state.params)
+        prior, groups, neighbours, m = self._move(index, step, phase.name, params, host(tables.groups),
+                                                  host(tables.neighbours))
+        if prior is None:
+            return state, tables
+        state = parallel.get_state(layout, state)
+        state = state._replace(params={**state.params, "prior": prior})
+        return parallel.put_state(layout, state), parallel.put_state(layout, Tables(neighbours, groups))
+
+    def _move(self, index, step, name, params, groups, neighbours):
+        """One round for every restart on host arrays: (prior, groups, neighbours, m) with the moves
+        applied, or prior None where none was accepted. `index`: the train phase the tables feed
+        (m: the anchors it reads, 0 for none)."""
+        ctx = self.ctx
         prior = {k: np.array(v) for k, v in params["prior"].items()}
-        m = pull_anchors(ctx.phases, index) if tables.neighbours is not None else 0
-        neighbours = None if not m else np.array(parallel.to_host(
-            tables.neighbours if layout.mode != "pmap" else tables.neighbours[0]))
+        groups = None if groups is None else np.array(groups)
+        m = pull_anchors(ctx.phases, index) if neighbours is not None and index < len(ctx.phases) else 0
+        neighbours = None if neighbours is None else np.array(neighbours)
         changed, ks = False, []
         for r in range(ctx.config.train.restarts):
             z = np.asarray(ctx.embedding.embed(jax.tree.map(lambda a: a[r], params), ctx.x_train))
@@ -125,18 +149,11 @@ class KMoves:
                          f"{int(k_moves.active_slots(prior['logits'][r]).sum())} "
                          f"({', '.join(describe(t) for t in accepted)})")
             ks.append(int(k_moves.active_slots(prior["logits"][r]).sum()))
-        self.rec["path"].append({"step": int(step), "phase": phase.name, "k": ks})
+        self.rec["path"].append({"step": int(step), "phase": name, "k": ks})
         self.rec["quiet"] = 0 if changed else self.rec["quiet"] + 1
         if self.done:
             self.say(f"K: no move for {self.patience} rounds at step {step}: the moves stop (K = {ks[0]})")
-        if not changed:
-            return state, tables
-        host = parallel.get_state(layout, state)
-        host = host._replace(params={**host.params, "prior": prior})
-        new_tables = Tables(neighbours if m else (None if tables.neighbours is None else
-                                                  parallel.get_state(layout, tables.neighbours)),
-                            groups)
-        return parallel.put_state(layout, host), parallel.put_state(layout, new_tables)
+        return (prior if changed else None), groups, neighbours, m
 
     def summary(self, params, restart):
         """results.json's choose_k: the final K of the chosen restart, its path and moves."""
