@@ -45,14 +45,14 @@ def base_config():
     c.choose_k = ml_collections.ConfigDict()
     c.choose_k.auto = False            # set by --config.model.num_clusters=auto (or n_clusters="auto")
     c.choose_k.max_clusters = 20       # the most clusters a run can find
-    c.choose_k.alpha = 10.0            # the Dirichlet process's concentration in a split's Hastings ratio
-    c.choose_k.niw_scale = 0.1         # NIW prior scale: psi = niw_scale x diag(variance of the embeddings)
-    c.choose_k.merge_ratio = 0.5       # merge two components when the density between their means dips no lower
-                                       # than this share of the lower peak
-    c.choose_k.merge_links = 0.01      # ... and at least this share of the smaller one's 10-NN links join the two
-    c.choose_k.split_margin = 0.0      # split when log H exceeds this and the halves show a valley
+    c.choose_k.alpha = 1.0             # the Dirichlet process's concentration in the Hastings ratios
+    c.choose_k.niw_scale = 10.0        # NIW prior scale: psi = niw_scale x diag(variance of the embeddings)
+    c.choose_k.merge_test = "hastings" # hastings | valley | both: what a merge must pass besides the links
+    c.choose_k.merge_links = 0.02      # a merge needs at least this share of the smaller one's 10-NN links to join the two
+    c.choose_k.merge_ratio = 0.5       # valley: merge when the density between the two means dips no lower than
+                                       # this share of the lower peak
+    c.choose_k.split_margin = 0.0      # split when log H exceeds this (valley: and the halves show a valley)
     c.choose_k.min_share = 0.01        # retire a component holding fewer than max(5, min_share x N) samples
-    c.choose_k.merge_test = "valley"   # valley | hastings: what a merge must pass (besides the links)
     c.choose_k.at_fit = True           # a round of moves right after the first fit, on the pretrained embeddings
     c.choose_k.patience = 2            # the moves stop after this many rounds in a row that changed nothing
 

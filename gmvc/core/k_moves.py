@@ -109,11 +109,12 @@ def valley_ratio(z, mean_a, mean_b, grid=128, max_points=4000):
 
 class Settings(NamedTuple):
     """The stated constants of the moves (config choose_k.*)."""
-    alpha: float = 10.0            # the Dirichlet process's concentration in a split's log H
-    niw_scale: float = 0.1         # NIW psi = niw_scale x diag(var of all the embeddings)
+    alpha: float = 1.0             # the Dirichlet process's concentration in log H
+    niw_scale: float = 10.0        # NIW psi = niw_scale x diag(var of all the embeddings)
     merge_ratio: float = 0.5       # merge when the valley between two means is no lower than this share of the lower peak
-    merge_links: float = 0.01      # ... and the two are linked: this share of the smaller one's 10-NN links cross
-    merge_test: str = "valley"     # "valley" (the density between the means) or "hastings" (log H of the merge > 0)
+    merge_links: float = 0.02      # a merge needs the two linked: this share of the smaller one's 10-NN links cross
+    merge_test: str = "hastings"   # "hastings" (log H of the merge > 0), "valley" (valley_ratio >= merge_ratio)
+                                   # or "both"
     split_margin: float = 0.0      # split when log H exceeds this (and the halves have a valley below merge_ratio)
     min_share: float = 0.01        # retire a component holding fewer than max(5, min_share x N) samples
     weak_ratio: float = 0.1        # a merge within this of merge_ratio is weak evidence

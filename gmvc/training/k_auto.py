@@ -20,6 +20,9 @@ from gmvc.training import parallel
 from gmvc.training.state import Tables
 
 
+MERGE_TESTS = ("hastings", "valley", "both")
+
+
 def check(config, model, streamed):
     """A ConfigError where model.num_clusters=auto cannot run."""
     if not config.choose_k.auto:
@@ -34,6 +37,8 @@ def check(config, model, streamed):
         raise ConfigError("model.num_clusters=auto moves the groups between chunks: it needs the data in memory "
                           "(--config.parallel.stream=off)")
     c = config.choose_k
+    if c.merge_test not in MERGE_TESTS:
+        raise ConfigError(f"choose_k.merge_test must be one of {list(MERGE_TESTS)}, got {c.merge_test!r}")
     if not (isinstance(c.patience, int) and c.patience >= 1 and c.alpha > 0 and c.niw_scale > 0
             and 0 < c.merge_ratio <= 1 and 0 <= c.merge_links <= 1 and 0 <= c.min_share < 1):
         raise ConfigError(f"choose_k: patience must be a whole number >= 1, alpha and niw_scale above 0, merge_ratio "
