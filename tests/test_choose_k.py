@@ -75,7 +75,7 @@ def test_a_run_resumed_after_its_moves_ends_where_the_straight_run_ends(tmp_path
     from gmvc import recipes
     from gmvc.run.checkpoint import Checkpointer
     from gmvc.trainer import train_and_evaluate
-    x, y = _blobs(n=100, seed=2)
+    x, y = _blobs()
     np.savez(tmp_path / "blobs.npz", x=x, y=y)
     config = recipes.cluster(n_clusters="auto", steps=800, hidden_sizes=(32, 32))
     config.unlock()

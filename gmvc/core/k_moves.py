@@ -199,12 +199,15 @@ def propose_moves(z, prior, groups, settings, step):
     n = len(z)
     floor = max(5, int(np.ceil(settings.min_share * n)))
     tests, touched = [], set()
+    hastings = settings.merge_test == "hastings"
     live = active_slots(prior["logits"])
     hard = _hard(z, prior, live)
 
     def record(move, slots, score, accepted, weak, **more):
+        by = {"retire": "samples", "split": "log_h", "merge": "log_h" if hastings else "valley_ratio"}[move]
         tests.append({"step": int(step), "move": move, "slots": [int(s) for s in slots], "score": round(float(score), 4),
-                      "accepted": bool(accepted), "weak": bool(weak), **{k: round(float(v), 4) for k, v in more.items()}})
+                      "by": by, "accepted": bool(accepted), "weak": bool(weak),
+                      **{k: round(float(v), 4) for k, v in more.items()}})
 
     def retire(k):
         prior["logits"][k] = DEAD
@@ -226,7 +229,6 @@ def propose_moves(z, prior, groups, settings, step):
     # 2. merge while the best neighbouring pair shows no valley and is linked in the neighbour graph
     knn = _knn(z, LINK_NEIGHBOURS)
     niw = niw_prior(z, scale=settings.niw_scale)
-    hastings = settings.merge_test == "hastings"
     threshold = 0.0 if hastings else settings.merge_ratio
     weak = settings.weak_log_h if hastings else settings.weak_ratio
     while live.sum() > 1:

@@ -177,7 +177,7 @@ class KMoves:
 
 
 def describe(test):
-    what = {"merge": "valley ratio", "split": "log H", "retire": "samples"}[test["move"]]
+    what = {"log_h": "log H", "valley_ratio": "valley ratio", "samples": "samples"}[test["by"]]
     weak = "; weak evidence" if test["weak"] else ""
     return f"{test['move']} {test['slots']} ({what} {test['score']:g}{weak})"
 
@@ -205,8 +205,10 @@ def plot(summary, outdir):
     steps = [p["step"] for p in summary["path"]]
     axes[0].step(steps, [p["k"] for p in summary["path"]], where="post", color="k")
     axes[0].set(xlabel="step", ylabel="K (live components)", title=f"K over training: {summary['k']} at the end")
-    for ax, move, label, threshold in ((axes[1], "merge", "valley ratio (merge at or above)",
-                                        summary["settings"]["merge_ratio"]),
+    hastings = summary["settings"]["merge_test"] == "hastings"
+    for ax, move, label, threshold in ((axes[1], "merge", "log H (merge above)" if hastings else
+                                        "valley ratio (merge at or above)",
+                                        0.0 if hastings else summary["settings"]["merge_ratio"]),
                                        (axes[2], "split", "log H (split above)", summary["settings"]["split_margin"])):
         tests = [t for t in summary.get("tests", []) if t["move"] == move]
         for accepted, style in ((False, dict(facecolors="none", edgecolors="0.5")), (True, dict(color="C3"))):
