@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted, check_random_state, valida
 
 from gmvc import arguments, persist, recipes
 from gmvc.core import batching
+from gmvc.core.k_moves import cluster_slots
 from gmvc.data import Dataset
 from gmvc.run.cache import enable_compilation_cache
 from gmvc.config import apply_overrides, from_dict
@@ -151,7 +152,8 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
                                                                   trained.workdir)
         self.scaling_ = trained.scaling
         self.sample_shape_ = tuple(trained.data_shape)
-        self.cluster_slots_ = cluster_slots(trained.config, trained.model, trained.params)
+        self.cluster_slots_ = cluster_slots(trained.config.choose_k.auto and trained.model.stored_prior,
+                                            trained.model.num_clusters, trained.params)
         self.n_clusters_ = len(self.cluster_slots_) if trained.model.num_clusters else 0
 
     def _check(self, X, reset=False):
@@ -322,15 +324,6 @@ class VaDE(GMVCEstimator):
                                likelihood=self.likelihood, steps=self.steps, pretrain_steps=self.pretrain_steps,
                                batch_size=self.batch_size, learning_rate=self.learning_rate,
                                c_marginal=self.c_marginal, restarts=self.restarts)
-
-
-def cluster_slots(config, model, params):
-    """The mixture's components a fitted model uses: all K, or with model.num_clusters=auto the
-    live slots (gmvc/core/k_moves.py); cluster i of predict is slot cluster_slots_[i]."""
-    if config.choose_k.auto and model.stored_prior:
-        from gmvc.core.k_moves import active_slots
-        return np.flatnonzero(active_slots(np.asarray(params["prior"]["logits"])))
-    return np.arange(model.num_clusters)
 
 
 class GMVAE(GMVCEstimator):

@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 
 from gmvc.core import batching
+from gmvc.core.k_moves import cluster_slots
 from gmvc.data import load_dataset, validate
 from gmvc.errors import ConfigError, DataError, RunError
 
@@ -123,8 +124,10 @@ def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, ech
     out_path = check_output(out_path, trained.workdir)             # before anything is read or computed
     total, rows = open_source(data_cfg, trained.config.seed, trained.data_shape)
     z_dim = int(trained.config.model.z_dim)
+    slots = cluster_slots(trained.config.choose_k.auto and trained.model.stored_prior, trained.model.num_clusters,
+                          trained.params)                  # model.num_clusters=auto: the live slots, as clusters
     try:
-        writer = _Writer(out_path, fmt, trained.model.num_clusters, z_dim, total)
+        writer = _Writer(out_path, fmt, len(slots), z_dim, total)
     except OSError as e:
         raise RunError(f"cannot write the predictions to {out_path}: {e.strerror or e}") from None
     clusters, labels = [], []
@@ -133,6 +136,8 @@ def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, ech
             x, y = rows(start, min(total, start + batch_size))
             x = trained.scaling.apply(x)                        # as the run read its data
             out = check_finite_outputs(predict(trained.params, x), x, f"data {data_cfg.source!r}", start)
+            if "log_gamma" in out:
+                out["log_gamma"] = out["log_gamma"][:, slots]
             writer.add(out.get("log_gamma"), out["z_mean"])
             if y is not None and "log_gamma" in out:
                 clusters.append(out["log_gamma"].argmax(1))

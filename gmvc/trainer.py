@@ -15,8 +15,9 @@ import jax
 import numpy as np
 
 from gmvc import config as config_lib
+from gmvc.core.k_moves import cluster_slots
 from gmvc.data import load_dataset, prepare
-from gmvc.eval import clustering, evaluators
+from gmvc.eval import clustering, evaluators, k_selection
 from gmvc.eval.writer import Writer
 from gmvc.eval.restarts import choose_restart, describe_choice
 from gmvc.run import export
@@ -308,11 +309,15 @@ def finish(ctx, stacked, step, logs, outputs):
     if config.train.restarts > 1:
         writer.say(describe_choice(choice, config.train.restarts))
     out = clustering.predict_all(model, params, ctx.inputs, config.eval.batch_size)
+    slots = cluster_slots(logs.moves is not None, model.num_clusters, params)     # auto: the live slots are the clusters
+    if logs.moves is not None:
+        out = {**out, "log_gamma": out["log_gamma"][:, slots]}
     summary, clusters = clustering.score(model, out, ctx.data.y)
     if "acc" in summary:
         writer.say("clustering: " + " ".join(f"{m}={summary[m]:.4f}" for m in clustering.SCORES))
     if outputs is not None and writer.main:
         samples = clustering.draw_samples(config, model, params, ctx.rngs["sample"], ctx.data.is_image)
+        samples = samples[slots] if logs.moves is not None and len(samples) == model.num_clusters else samples
         writer.snapshot(step, params, out=out, samples=samples)
         summary["files"] = clustering.write_outputs(outputs, config, model, ctx.data, out, clusters, samples)
         for name, path in summary["files"].items():
@@ -320,9 +325,9 @@ def finish(ctx, stacked, step, logs, outputs):
     summary.update(choice)
     if logs.moves is not None:
         summary["choose_k"] = logs.moves.summary(params, choice["chosen_restart"])
-        writer.say(k_auto.report(summary["choose_k"]))
+        writer.say(k_selection.report(summary["choose_k"]))
         if outputs is not None and writer.main:
-            summary.setdefault("files", {})["k_selection"] = str(k_auto.plot(summary["choose_k"], outputs))
+            summary.setdefault("files", {})["k_selection"] = str(k_selection.plot(summary["choose_k"], outputs))
     validation = [e for e in logs.evaluators if isinstance(e, evaluators.Validation)]
     if validation:
         summary["validation"] = validation[0].final(stacked, choice["chosen_restart"])

@@ -38,9 +38,17 @@ def test_the_command_line_finds_k_and_records_its_path(tmp_path):
     assert found["moves"] and all(m["accepted"] for m in found["moves"])
     assert sum(m["move"] in ("merge", "retire") for m in found["moves"]) >= 17 - sum(
         m["move"] == "split" for m in found["moves"])                  # 20 slots down to 3
-    assert results["acc"] > 0.99 and sum(s > 0 for s in results["cluster_sizes"]) == 3
+    assert results["acc"] > 0.99 and len(results["cluster_sizes"]) == results["num_clusters"] == 3
+    predicted = (tmp_path / "run" / "predictions.csv").read_text().splitlines()
+    assert len(predicted) == 601 and "p_2" in predicted[0] and "p_3" not in predicted[0]   # the live slots only
     assert (tmp_path / "run" / "k_selection.png").stat().st_size > 5000
     assert "K found: 3 of 20 slots" in run.stdout + run.stderr
+    out = tmp_path / "again.npz"
+    p = run_cli("--mode=predict", f"--workdir={tmp_path / 'run'}", f"--data=file:{tmp_path / 'blobs.npz'}",
+                "--format=npz", f"--output={out}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    with np.load(out) as f:                                         # a prediction reads the live slots too
+        assert f["probs"].shape == (600, 3) and hungarian_accuracy(f["cluster"], y) > 0.99
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["choose_k"]["auto"] is True and config["model"]["num_clusters"] == 20
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -82,6 +82,14 @@ def active_slots(logits):
     return np.asarray(logits) > DEAD / 2
 
 
+def cluster_slots(auto, num_clusters, params):
+    """The mixture components a trained model's clusters are: all of them, or with
+    model.num_clusters=auto (`auto`) its live slots; cluster i is slot cluster_slots[i]."""
+    if auto and num_clusters:
+        return np.flatnonzero(active_slots(np.asarray(params["prior"]["logits"])))
+    return np.arange(num_clusters)
+
+
 def valley_ratio(z, mean_a, mean_b, grid=128, max_points=4000):
     """Unimodality of the points z [N, D] along the line from mean_a to mean_b: z projected on it
     (t = 0 at mean_a, 1 at mean_b), a Gaussian kernel density of t (Silverman's bandwidth), and

@@ -19,6 +19,7 @@ def score(model, out, labels):
     """{"num_samples", "num_clusters", "cluster_sizes", and with labels acc, nmi, ...}, and each
     sample's cluster (labels for a model without clusters)."""
     k, n = model.num_clusters, len(out["z_mean"])
+    k = out["log_gamma"].shape[1] if k else 0          # model.num_clusters=auto: the live slots
     summary = {"num_samples": n, "num_clusters": k}
     if not k:
         return summary, (labels if labels is not None else np.zeros(n, np.int64))
