@@ -107,14 +107,14 @@ def hdbscan(job, seed):
 
 
 def gmvc_given(job, seed):
-    config = quality.load_config(CLUSTER, job["overrides"], seed)
+    config = quality.load_config(CLUSTER, job["overrides"] + job["extra"], seed)
     run = quality.run_gmvc(config, pathlib.Path(job["workdir"]) / job["name"] / f"seed{seed}", job["y"])
     return (0, 0.0) if run.get("nan") else (sum(s > 0 for s in run["cluster_sizes"]), run["acc"])
 
 
 def gmvc_auto(job, seed):
     overrides = [o for o in job["overrides"] if not o.startswith("model.num_clusters=")] + ["choose_k.auto=True"]
-    config = quality.load_config(CLUSTER, overrides, seed)
+    config = quality.load_config(CLUSTER, overrides + job["extra"], seed)
     workdir = pathlib.Path(job["workdir"]) / job["name"] / f"auto_seed{seed}"
     run = quality.run_gmvc(config, workdir, job["y"])
     if run.get("nan"):
@@ -138,6 +138,8 @@ def parse_args(argv=None):
     p.add_argument("--methods", default=",".join(PEERS), help=f"comma-separated, of {list(METHODS)}")
     p.add_argument("--gmvc", action="store_true", help="add gmvc_given (gmvc's cluster recipe with K given; slow)")
     p.add_argument("--auto", action="store_true", help="add gmvc_auto (the cluster recipe with model.num_clusters=auto)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override of the gmvc runs (repeatable), e.g. choose_k.during=all")
     p.add_argument("--out", default="", help="also write the JSON object to this file")
     p.add_argument("--table", nargs="?", const="-", default="", metavar="PATH",
                    help="a Markdown table to stderr (alone) or to PATH")
@@ -230,7 +232,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="gmvc_choose_k_") as tmp:
         chosen, root = jobs(args, pathlib.Path(tmp) / "data")
         for job in chosen:
-            job["workdir"] = tmp
+            job["workdir"], job["extra"] = tmp, list(args.override)
             with threadpool_limits(1):
                 job["z"], pca_seconds = reduce(job["x"]) if set(PEERS) & set(args.methods) else (None, 0.0)
             entry = {"set": job["name"], "kind": job["kind"], "N": len(job["x"]), "D": job["x"].shape[1],
@@ -254,7 +256,7 @@ def main(argv=None):
             results.append(entry)
     out = {"suite_dir": root, "seeds": args.seeds, "first_seed": args.first_seed, "methods": args.methods,
            "peer_max_dims": MAX_DIMS, "bic_n_init": N_INIT, "dpgmm_floor": DP_FLOOR,
-           "hdbscan_min_cluster_size": "max(5, N // 100)", "compilation_cache": cache,
+           "hdbscan_min_cluster_size": "max(5, N // 100)", "compilation_cache": cache, "overrides": args.override,
            "summary": summary(results, args.methods), "sets": results}
     print(json.dumps(out), flush=True)
     if args.out:

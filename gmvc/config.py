@@ -53,7 +53,8 @@ def base_config():
                                        # this share of the lower peak
     c.choose_k.split_margin = 0.0      # split when log H exceeds this (valley: and the halves show a valley)
     c.choose_k.min_share = 0.01        # retire a component holding fewer than max(5, min_share x N) samples
-    c.choose_k.at_fit = True           # a round of moves right after the first fit, on the pretrained embeddings
+    c.choose_k.at_fit = True           # rounds of moves right after the first fit, on the pretrained embeddings
+    c.choose_k.during = "retire"       # retire | all: the moves after each chunk of the clustering phases
     c.choose_k.patience = 2            # the moves stop after this many rounds in a row that changed nothing
 
     # Term name -> weight (a number or a schedule dict, see gmvc/core/schedules.py).

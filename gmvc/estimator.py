@@ -268,6 +268,8 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         if "config_" in state:
             from gmvc.models import make_model
             self.model_ = make_model(self.config_.model, self.sample_shape_)
+            if "cluster_slots_" not in state:      # pickled before model.num_clusters=auto: every component
+                self.cluster_slots_ = np.arange(self.model_.num_clusters)
 
     def _more_tags(self):      # scikit-learn < 1.6
         return {"allow_nan": False, "non_deterministic": False}
@@ -291,7 +293,11 @@ class VaDE(GMVCEstimator):
     holds the batch's cluster usage to the mixture's own weights (the sizes of the partition
     kept); 0 turns it off. `steps` scales every phase ("auto": 100 epochs, at least 2,000 and at
     most 4,000 steps); pretrain_steps None is 3/8 of them. The recipe of earlier versions (one
-    GMM fit, 3 restarts) is gmvc.recipes.vade()."""
+    GMM fit, 3 restarts) is gmvc.recipes.vade().
+
+    n_clusters="auto": the mixture finds K while it trains (gmvc/training/k_auto.py; its measured
+    limits are in README.md): n_clusters_ is the K found, clusters are numbered 0..n_clusters_ - 1
+    (cluster_slots_[i] is the mixture's component of cluster i)."""
 
     _ARGUMENTS = arguments.VADE
 

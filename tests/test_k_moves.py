@@ -118,3 +118,11 @@ def test_a_component_with_too_few_samples_retires_and_its_samples_move():
     prior, groups, tests = propose_moves(x, _slots(4, means, log_vars), groups, Settings(min_share=0.01), 0)
     assert tests[0]["move"] == "retire" and tests[0]["slots"] == [2] and tests[0]["accepted"]
     assert active_slots(prior["logits"]).tolist() == [True, True, False, False] and 2 not in groups
+
+
+def test_a_retire_only_round_neither_merges_nor_splits():
+    rng = np.random.default_rng(0)
+    x = _three_blobs(rng)
+    km = KMeans(8, n_init=3, random_state=0).fit(x)
+    prior, _, tests = propose_moves(x, _slots(12, km.cluster_centers_), km.labels_, Settings(), 0, moves=("retire",))
+    assert active_slots(prior["logits"]).sum() == 8 and tests == []

@@ -185,7 +185,7 @@ def _hard(z, prior, live):
     return lj.argmax(1)
 
 
-def propose_moves(z, prior, groups, settings, step):
+def propose_moves(z, prior, groups, settings, step, moves=("retire", "merge", "split")):
     """One round of moves on a mixture with slots: `prior` {"logits" [K], "means" [K, D],
     "log_vars" [K, D]} (numpy; a slot is live while its logit is above DEAD / 2), z [N, D] the
     encoder means, `groups` [N] the partition the `pin` term holds (or None). In order:
@@ -200,7 +200,7 @@ def propose_moves(z, prior, groups, settings, step):
        split by 2-means; accepted when log H > split_margin and the halves' valley_ratio is below
        merge_ratio (so the next round's merge test would not undo it), into a free slot.
     Returns (prior, groups, tests): tests, one dict per test made (step, move, slots, score,
-    accepted, weak)."""
+    accepted, weak). `moves`: ("retire",) runs only the first."""
     prior = {k: np.array(v, np.float64) for k, v in prior.items()}
     groups = None if groups is None else np.array(groups)
     z = np.asarray(z, np.float64)
@@ -233,6 +233,9 @@ def propose_moves(z, prior, groups, settings, step):
     if groups is not None:
         moved = ~live[groups]
         groups[moved] = hard[moved]
+
+    if moves == ("retire",):
+        return prior, groups, tests
 
     # 2. merge while the best neighbouring pair shows no valley and is linked in the neighbour graph
     knn = _knn(z, LINK_NEIGHBOURS)

@@ -42,8 +42,9 @@ def cluster(n_clusters=10, steps="auto", pretrain_steps=None, batch_size=100, la
 
     n_clusters "auto" (choose_k.auto): the mixture finds K while it trains (gmvc/training/k_auto.py):
     K_max slots (a rule of gmvc/recipes/rules.py), the first fit over-clustered into K_max groups
-    without the features' GMM, no refits, and after each chunk of the clustering phases components
-    retire, merge and split.
+    without the features' GMM, then rounds of moves on those embeddings (retire, merge, split)
+    until none is accepted, no refits, and after each chunk of the clustering phases a component
+    left without samples retires.
 
     The data are scaled and the likelihood chosen from their values (data.scaling and
     model.likelihood "auto"; `sigma` is the Gaussian likelihood's std on standardized data).

@@ -1,15 +1,25 @@
 """model.num_clusters=auto: the mixture finds K while it trains.
 
 The model has K_max slots (gmvc/recipes/rules.py); a retired slot keeps its shape and has the
-logit DEAD, so its weight is 0 and no compiled shape changes. After each chunk of train.log_every
-steps of a clustering phase (the train phases after the first init_prior phase; without one,
-those whose objective has `vade_kl`), the moves of gmvc/core/k_moves.py run on every training
-sample's encoder mean, for each restart: retire (too few samples), merge (no density valley
-between two neighbouring means), split (DeepDPM's Hastings test, and a valley between the
-halves). A move changes the prior's slots, the `pin` groups of the samples it moves and, where
-the phase reads the anchors of the first fit's groups, the anchors. The moves stop after
+logit DEAD, so its weight is 0 and no compiled shape changes. The moves of gmvc/core/k_moves.py
+run on every training sample's encoder mean, for each restart, between the steps of training:
+
+- right after the first init_prior phase (choose_k.at_fit), on the pretrained embeddings that
+  fit saw, rounds of all three moves until a round changes nothing (at most FIT_ROUNDS):
+  retire (too few samples), merge (two neighbouring components linked in the 10-nearest-neighbour
+  graph that DeepDPM's Hastings test would join), split (the test prefers two);
+- after each chunk of train.log_every steps of a clustering phase (the train phases after the
+  first init_prior phase; without one, those whose objective has `vade_kl`), a component that has
+  lost its samples retires (choose_k.during="retire"); with during="all" the three moves run
+  there too. Measured (docs/results.md): once `pin` has shaped the embedding around the groups,
+  the tests judge the groups the training made, not the data: merges went on past the classes
+  (digits 11 -> 4) and the moons split again (2 -> 4).
+
+A move changes the prior's slots, the `pin` groups of the samples it moves and, where the phase
+reads the anchors of the first fit's groups, the anchors. The rounds after chunks stop after
 choose_k.patience rounds in a row that changed nothing. Every test made is recorded (step, move,
-slots, score, accepted, weak) in the checkpoints' meta, results.json and k_selection.png.
+slots, score, what scored it, accepted, weak) in the checkpoints' meta and results.json, and drawn
+in k_selection.png (gmvc/eval/k_selection.py).
 """
 import jax
 import numpy as np
@@ -21,6 +31,9 @@ from gmvc.training.state import Tables
 
 
 MERGE_TESTS = ("hastings", "valley", "both")
+DURING = ("retire", "all")
+ALL_MOVES = ("retire", "merge", "split")
+FIT_ROUNDS = 5          # at most this many rounds after the fit
 
 
 def check(config, model, streamed):
@@ -37,6 +50,8 @@ def check(config, model, streamed):
         raise ConfigError("model.num_clusters=auto moves the groups between chunks: it needs the data in memory "
                           "(--config.parallel.stream=off)")
     c = config.choose_k
+    if c.during not in DURING:
+        raise ConfigError(f"choose_k.during must be one of {list(DURING)}, got {c.during!r}")
     if c.merge_test not in MERGE_TESTS:
         raise ConfigError(f"choose_k.merge_test must be one of {list(MERGE_TESTS)}, got {c.merge_test!r}")
     if not (isinstance(c.patience, int) and c.patience >= 1 and c.alpha > 0 and c.niw_scale > 0
@@ -98,14 +113,17 @@ class KMoves:
         """(params, tables) after the round of moves that follows the first init_prior phase, on
         the embeddings that fit saw (host arrays, as run_phases holds them)."""
         phase = self.ctx.phases[index]
-        if self.rec["path"] or phase.kind != "init_prior" or self.done or not self.ctx.config.choose_k.at_fit:    # the first fit only (and not again on resume)
-            return params, tables
-        prior, groups, neighbours, m = self._move(index + 1, step, phase.name, params, tables.groups,
-                                                  tables.neighbours)
-        if prior is None:
-            return params, tables
-        return {**params, "prior": prior}, tables._replace(groups=groups, neighbours=neighbours if m else
-                                                           tables.neighbours)
+        if self.rec["path"] or phase.kind != "init_prior" or not self.ctx.config.choose_k.at_fit:
+            return params, tables                    # the first fit only, and not again on resume
+        for _ in range(FIT_ROUNDS):                  # until a round changes nothing
+            prior, groups, neighbours, m = self._move(index + 1, step, phase.name, params, tables.groups,
+                                                      tables.neighbours, ALL_MOVES)
+            if prior is None:
+                break
+            params = {**params, "prior": prior}
+            tables = tables._replace(groups=groups, neighbours=neighbours if m else tables.neighbours)
+        self.rec["quiet"] = 0                        # the training's rounds count afresh
+        return params, tables
 
     def after_chunk(self, index, step, state, tables):
         """(state, tables) after one round of moves at `step` (device arrays, the layout's); the
@@ -116,15 +134,16 @@ class KMoves:
         layout = ctx.layout
         host = lambda a: None if a is None else np.array(parallel.to_host(a if layout.mode != "pmap" else a[0]))
         params = jax.tree.map(host, state.params)
+        moves = ALL_MOVES if ctx.config.choose_k.during == "all" else ("retire",)
         prior, groups, neighbours, m = self._move(index, step, phase.name, params, host(tables.groups),
-                                                  host(tables.neighbours))
+                                                  host(tables.neighbours), moves)
         if prior is None:
             return state, tables
         state = parallel.get_state(layout, state)
         state = state._replace(params={**state.params, "prior": prior})
         return parallel.put_state(layout, state), parallel.put_state(layout, Tables(neighbours, groups))
 
-    def _move(self, index, step, name, params, groups, neighbours):
+    def _move(self, index, step, name, params, groups, neighbours, moves):
         """One round for every restart on host arrays: (prior, groups, neighbours, m) with the moves
         applied, or prior None where none was accepted. `index`: the train phase the tables feed
         (m: the anchors it reads, 0 for none)."""
@@ -138,7 +157,7 @@ class KMoves:
             z = np.asarray(ctx.embedding.embed(jax.tree.map(lambda a: a[r], params), ctx.x_train))
             prior_r = {k: v[r] for k, v in prior.items()}
             new, groups_r, tests = k_moves.propose_moves(z, prior_r, None if groups is None else groups[r],
-                                                         self.settings, step)
+                                                         self.settings, step, moves)
             self.rec["tests"][r].extend(tests)
             accepted = [t for t in tests if t["accepted"]]
             if accepted:
