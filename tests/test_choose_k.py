@@ -108,3 +108,10 @@ def test_a_run_resumed_after_its_moves_ends_where_the_straight_run_ends(tmp_path
     assert resumed["choose_k"]["moves"] == straight["choose_k"]["moves"]
     for a, b in zip(jax.tree.leaves(straight.trained.params), jax.tree.leaves(resumed.trained.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Over 4 devices under pmap (the moves read device 0's copy and write every device's): the same K
+    config.unlock()
+    config.parallel.mode, config.parallel.devices = "pmap", 4
+    config.lock()
+    pmapped = train_and_evaluate(config, tmp_path / "pmap", **quiet)
+    assert pmapped["parallel"]["mode"] == "pmap" and pmapped["choose_k"]["k"] == 3
+    assert [p["k"] for p in pmapped["choose_k"]["path"]] == [p["k"] for p in straight["choose_k"]["path"]]
