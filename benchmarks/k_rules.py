@@ -41,7 +41,7 @@ RULES = {
     **{f"valley r={r} links={l}": dict(merge_test="valley", merge_ratio=r, merge_links=l)
        for r in (0.5, 0.8) for l in (0.01, 0.03)},
     **{f"hastings scale={s} alpha={a} links={l}": dict(merge_test="hastings", niw_scale=s, alpha=a, merge_links=l)
-       for s in (1.0, 5.0, 10.0, 15.0, 30.0) for a in (1.0, 10.0) for l in (0.01, 0.02)},
+       for s in (1.0, 5.0, 7.0, 10.0, 15.0, 30.0) for a in (1.0, 10.0) for l in (0.01, 0.02)},
 }
 
 
@@ -59,7 +59,7 @@ def capture(args):
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 path = out / f"{job['name']}_s{seed}.npz"
 
-                def grab(z, prior, groups, settings, step, path=path, job=job):
+                def grab(z, prior, groups, settings, step, moves=None, *, path=path, job=job):
                     np.savez(path, z=np.asarray(z, np.float32), groups=np.asarray(groups), y=np.asarray(job["y"]),
                              k=job["k"], **{f"prior_{k}": np.asarray(v) for k, v in prior.items()})
                     raise _Captured()
