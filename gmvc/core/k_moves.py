@@ -19,7 +19,6 @@ mixture with a fixed number of slots, where a retired slot has the logit DEAD.
 from typing import NamedTuple
 
 import numpy as np
-from scipy.special import gammaln, multigammaln
 
 
 class NIW(NamedTuple):
@@ -41,6 +40,7 @@ def niw_prior(z, kappa=1.0, scale=1.0):
 def log_marginal(x, prior):
     """log p(x) of the points x [N, D] with the Gaussian's mean and covariance integrated out
     under `prior` (NIW); 0 for no points."""
+    from scipy.special import multigammaln      # scipy is loaded when a move is tested, not at start-up
     x = np.asarray(x, np.float64)
     n, d = x.shape
     if n == 0:
@@ -58,6 +58,7 @@ def log_marginal(x, prior):
 def log_split_ratio(x, sub, alpha, prior):
     """log H of splitting the points x [N, D] by `sub` [N] (bools: the second part) under
     concentration `alpha`; -inf when a part is empty."""
+    from scipy.special import gammaln
     sub = np.asarray(sub, bool)
     n1, n2 = int((~sub).sum()), int(sub.sum())
     if n1 == 0 or n2 == 0:
