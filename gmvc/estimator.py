@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_is_fitted, check_random_state, valida
 
 from gmvc import arguments, persist, recipes
 from gmvc.core import batching
-from gmvc.core.k_moves import cluster_slots
+from gmvc.core.k_moves import cluster_slots, on_slots
 from gmvc.data import Dataset
 from gmvc.run.cache import enable_compilation_cache
 from gmvc.config import apply_overrides, from_dict
@@ -152,8 +152,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
                                                                   trained.workdir)
         self.scaling_ = trained.scaling
         self.sample_shape_ = tuple(trained.data_shape)
-        self.cluster_slots_ = cluster_slots(trained.config.choose_k.auto and trained.model.stored_prior,
-                                            trained.model.num_clusters, trained.params)
+        self.cluster_slots_ = cluster_slots(trained.config, trained.model, trained.params)
         self.n_clusters_ = len(self.cluster_slots_) if trained.model.num_clusters else 0
 
     def _check(self, X, reset=False):
@@ -180,10 +179,7 @@ class GMVCEstimator(ClusterMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self, "params_")
         x = self._inputs(X)
         out = batching.make_predict(self.model_, self.config_.eval.batch_size)(self.params_, x)
-        out = check_finite_outputs(out, x, "X")
-        if "log_gamma" in out and len(self.cluster_slots_) < out["log_gamma"].shape[1]:    # auto: the live slots
-            out["log_gamma"] = out["log_gamma"][:, self.cluster_slots_]
-        return out
+        return on_slots(check_finite_outputs(out, x, "X"), self.cluster_slots_)     # auto: the live slots
 
     def _require_clusters(self, what):
         if not self.model_.num_clusters:

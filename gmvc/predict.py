@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 
 from gmvc.core import batching
-from gmvc.core.k_moves import cluster_slots
+from gmvc.core.k_moves import cluster_slots, on_slots
 from gmvc.data import load_dataset, validate
 from gmvc.errors import ConfigError, DataError, RunError
 
@@ -124,8 +124,7 @@ def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, ech
     out_path = check_output(out_path, trained.workdir)             # before anything is read or computed
     total, rows = open_source(data_cfg, trained.config.seed, trained.data_shape)
     z_dim = int(trained.config.model.z_dim)
-    slots = cluster_slots(trained.config.choose_k.auto and trained.model.stored_prior, trained.model.num_clusters,
-                          trained.params)                  # model.num_clusters=auto: the live slots, as clusters
+    slots = cluster_slots(trained.config, trained.model, trained.params)    # auto: the live slots, as clusters
     try:
         writer = _Writer(out_path, fmt, len(slots), z_dim, total)
     except OSError as e:
@@ -135,9 +134,8 @@ def predict_to_file(trained, data_cfg, out_path, fmt="csv", batch_size=None, ech
         for start in range(0, total, batch_size):
             x, y = rows(start, min(total, start + batch_size))
             x = trained.scaling.apply(x)                        # as the run read its data
-            out = check_finite_outputs(predict(trained.params, x), x, f"data {data_cfg.source!r}", start)
-            if "log_gamma" in out:
-                out["log_gamma"] = out["log_gamma"][:, slots]
+            out = on_slots(check_finite_outputs(predict(trained.params, x), x, f"data {data_cfg.source!r}", start),
+                           slots)
             writer.add(out.get("log_gamma"), out["z_mean"])
             if y is not None and "log_gamma" in out:
                 clusters.append(out["log_gamma"].argmax(1))

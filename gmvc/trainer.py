@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from gmvc import config as config_lib
-from gmvc.core.k_moves import cluster_slots
+from gmvc.core.k_moves import cluster_slots, on_slots
 from gmvc.data import load_dataset, prepare
 from gmvc.eval import clustering, evaluators, k_selection
 from gmvc.eval.writer import Writer
@@ -308,16 +308,15 @@ def finish(ctx, stacked, step, logs, outputs):
     params, choice = choose_restart(config, ctx.programs[ctx.last_phase], model, stacked, ctx.inputs)
     if config.train.restarts > 1:
         writer.say(describe_choice(choice, config.train.restarts))
-    out = clustering.predict_all(model, params, ctx.inputs, config.eval.batch_size)
-    slots = cluster_slots(logs.moves is not None, model.num_clusters, params)     # auto: the live slots are the clusters
-    if logs.moves is not None:
-        out = {**out, "log_gamma": out["log_gamma"][:, slots]}
+    slots = cluster_slots(config, model, params)             # auto: the live slots are the clusters
+    out = on_slots(clustering.predict_all(model, params, ctx.inputs, config.eval.batch_size), slots)
     summary, clusters = clustering.score(model, out, ctx.data.y)
     if "acc" in summary:
         writer.say("clustering: " + " ".join(f"{m}={summary[m]:.4f}" for m in clustering.SCORES))
     if outputs is not None and writer.main:
         samples = clustering.draw_samples(config, model, params, ctx.rngs["sample"], ctx.data.is_image)
-        samples = samples[slots] if logs.moves is not None and len(samples) == model.num_clusters else samples
+        if len(slots) < model.num_clusters:                  # auto: the live slots' rows
+            samples = samples[slots]
         writer.snapshot(step, params, out=out, samples=samples)
         summary["files"] = clustering.write_outputs(outputs, config, model, ctx.data, out, clusters, samples)
         for name, path in summary["files"].items():

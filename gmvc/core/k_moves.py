@@ -83,12 +83,21 @@ def active_slots(logits):
     return np.asarray(logits) > DEAD / 2
 
 
-def cluster_slots(auto, num_clusters, params):
+def cluster_slots(config, model, params):
     """The mixture components a trained model's clusters are: all of them, or with
-    model.num_clusters=auto (`auto`) its live slots; cluster i is slot cluster_slots[i]."""
-    if auto and num_clusters:
+    model.num_clusters=auto (config.choose_k.auto, VaDE's stored prior) its live slots; cluster i
+    is slot cluster_slots[i]."""
+    if config.choose_k.auto and model.stored_prior and model.num_clusters:
         return np.flatnonzero(active_slots(np.asarray(params["prior"]["logits"])))
-    return np.arange(num_clusters)
+    return np.arange(model.num_clusters)
+
+
+def on_slots(out, slots):
+    """A prediction's outputs with the responsibilities of the clusters `slots` only (the same
+    dict where they are all the components)."""
+    if "log_gamma" not in out or len(slots) == out["log_gamma"].shape[1]:
+        return out
+    return {**out, "log_gamma": out["log_gamma"][:, slots]}
 
 
 def valley_ratio(z, mean_a, mean_b, grid=128, max_points=4000):

@@ -27,6 +27,7 @@ import numpy as np
 from gmvc.core import k_moves
 from gmvc.errors import ConfigError
 from gmvc.training import parallel
+from gmvc.training.embedding_phases import anchors
 from gmvc.training.state import Tables
 
 
@@ -167,7 +168,6 @@ class KMoves:
                 if groups is not None:
                     groups[r] = groups_r
                     if m:
-                        from gmvc.training.embedding_phases import anchors
                         neighbours[r] = anchors(z, groups_r, len(prior["logits"][r]), m)[groups_r]
                 self.say(f"K at step {step}{f' (restart {r})' if len(prior['logits']) > 1 else ''}: "
                          f"{int(k_moves.active_slots(prior['logits'][r]).sum())} "
