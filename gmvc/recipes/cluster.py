@@ -44,7 +44,7 @@ def cluster(n_clusters=10, steps="auto", pretrain_steps=None, batch_size=100, la
     K_max slots (a rule of gmvc/recipes/rules.py), the first fit over-clustered into K_max groups
     without the features' GMM, then rounds of moves on those embeddings (retire, merge, split)
     until none is accepted, no refits, and after each chunk of the clustering phases a component
-    left without samples retires.
+    left with too few samples retires.
 
     The data are scaled and the likelihood chosen from their values (data.scaling and
     model.likelihood "auto"; `sigma` is the Gaussian likelihood's std on standardized data).

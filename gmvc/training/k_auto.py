@@ -9,8 +9,8 @@ run on every training sample's encoder mean, for each restart, between the steps
   retire (too few samples), merge (two neighbouring components linked in the 10-nearest-neighbour
   graph that DeepDPM's Hastings test would join), split (the test prefers two);
 - after each chunk of train.log_every steps of a clustering phase (the train phases after the
-  first init_prior phase; without one, those whose objective has `vade_kl`), a component that has
-  lost its samples retires (choose_k.during="retire"); with during="all" the three moves run
+  first init_prior phase; without one, those whose objective has `vade_kl`), a component left with
+  too few samples retires (choose_k.during="retire"); with during="all" the three moves run
   there too. Measured (docs/results.md): once `pin` has shaped the embedding around the groups,
   the tests judge the groups the training made, not the data: merges went on past the classes
   (digits 11 -> 4) and the moons split again (2 -> 4).
